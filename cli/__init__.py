@@ -1,0 +1,1 @@
+"""The ``sowmeta`` command line: one thin command per library function."""

@@ -1,0 +1,227 @@
+"""``sowmeta collect``, ``inspect``, ``validate``, ``models``, ``taps``: make and check bundles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+__all__ = ["register"]
+
+
+def _parse_taps(value: str) -> str | list[str]:
+    return value if value in ("auto", "bn-inputs", "conv-outputs") else [v for v in value.split(",") if v]
+
+
+def _load(model: str, weights: str | None, crop: int | None, resize: int | None, mean: str | None, std: str | None):  # noqa: ANN202
+    from sowmeta.errors import ConfigError
+    from sowmeta.models import load_model
+    from sowmeta.preprocess import Preprocessing
+
+    loaded = load_model(model, weights=weights)
+    if any(v is not None for v in (crop, resize, mean, std)):
+        base = loaded.preprocessing
+
+        def triple(text: str | None, default: tuple[float, float, float]) -> tuple[float, float, float]:
+            if text is None:
+                return default
+            vals = tuple(float(v) for v in text.split(","))
+            if len(vals) != 3:
+                raise ConfigError(f"--mean/--std take three comma-separated numbers, got {text!r}")
+            return vals  # type: ignore[return-value]
+
+        loaded.preprocessing = Preprocessing(
+            crop=crop or base.crop,
+            resize=resize if resize is not None else base.resize,
+            mean=triple(mean, base.mean),
+            std=triple(std, base.std),
+            interpolation=base.interpolation,
+            source="options",
+        )
+    return loaded
+
+
+def _progress_bar(console):  # noqa: ANN001, ANN202
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def register(group: click.Group) -> None:
+    """Add the bundle-making commands to ``group``."""
+    from sowmeta.cli.main import console, err_console, handle_errors
+
+    @group.command()
+    @click.option("--model", required=True, help="torchvision name (resnet50), cifar-resnet20..110, or package.module:factory.")
+    @click.option("--weights", default="DEFAULT", show_default=True, help="DEFAULT, a torchvision weights name, a file, or none.")
+    @click.option("--data", type=click.Path(path_type=Path), help="Class-per-folder image directory (Scenario A).")
+    @click.option("--seeds", type=click.Path(path_type=Path), help="Seed images seeds/<label>/<img> (Scenario B, or C with one per class).")
+    @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+    @click.option("--taps", default="auto", show_default=True, help="auto, bn-inputs, conv-outputs, or module names/globs with :in/:out.")
+    @click.option("--fuse", is_flag=True, help="Fold BatchNorm into convolutions first (inference-optimized model).")
+    @click.option("--keep-rejected", is_flag=True, help="Keep seeds the model misclassifies.")
+    @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+    @click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
+    @click.option("--device", default="cpu", show_default=True)
+    @click.option("--limit-per-class", type=click.IntRange(1), help="Use only the first N images of each class.")
+    @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+    @click.option("--shard-size", default=1 << 30, show_default=True, type=click.IntRange(1), help="Bytes per safetensors file.")
+    @click.option("--crop", type=click.IntRange(1), help="Input resolution (overrides the weights' preprocessing).")
+    @click.option("--resize", type=click.IntRange(1), help="Resize the short side first.")
+    @click.option("--mean", help="Normalization mean, e.g. 0.485,0.456,0.406.")
+    @click.option("--std", help="Normalization std.")
+    @click.option("--strict", is_flag=True, help="Fail on the first undecodable image instead of skipping it.")
+    @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+    @handle_errors
+    def collect(model, weights, data, seeds, out, taps, fuse, keep_rejected, batch_size, workers, device, limit_per_class, dtype, shard_size, crop, resize, mean, std, strict, overwrite) -> None:  # noqa: ANN001
+        """Record per-class feature statistics of a model into a bundle."""
+        from sowmeta.collect import collect as run_collect
+        from sowmeta.collect import collect_seeds
+        from sowmeta.errors import ConfigError, OutputExistsError
+
+        if (data is None) == (seeds is None):
+            raise ConfigError("pass exactly one of --data (a labelled dataset) or --seeds (seed images)")
+        if out.exists() and not overwrite:
+            raise OutputExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+        loaded = _load(model, weights, crop, resize, mean, std)
+        if seeds is not None:
+            bundle, report = collect_seeds(loaded, seeds, taps=_parse_taps(taps), fuse=fuse, keep_rejected=keep_rejected, device=device)
+            for r in report.rejected:
+                err_console.print(f"[yellow]rejected seed[/] {r['path']}: class {r['class']}, predicted {r['predicted']}")
+        else:
+            bar = _progress_bar(console)
+            task = bar.add_task("collect", total=None, rate="")
+
+            def progress(done: int, total: int) -> None:
+                if not bar.live.is_started:  # shown once data loads, so input errors stay one line
+                    bar.start()
+                elapsed = bar.tasks[0].elapsed or 1e-9
+                bar.update(task, completed=done, total=total, rate=f"{done / elapsed:,.0f} img/s")
+
+            try:
+                bundle, report = run_collect(
+                    loaded, data, taps=_parse_taps(taps), fuse=fuse, batch_size=batch_size, workers=workers,
+                    device=device, limit_per_class=limit_per_class, strict=strict, progress=progress,
+                )
+            finally:
+                bar.stop()
+            if report.skipped:
+                err_console.print(f"[yellow]skipped {len(report.skipped)} undecodable images[/] (first: {report.skipped[0]})")
+        bundle.save(out, overwrite=overwrite, dtype=dtype, shard_bytes=shard_size)
+        empty = bundle.manifest.source.empty_classes
+        if empty:
+            err_console.print(f"[yellow]{len(empty)} classes have no images[/] (first: {empty[0]}); their rows are zeros")
+        console.print(f"wrote [bold]{out}[/]: {report.images} images, {len(bundle.manifest.taps)} taps, scenario {bundle.manifest.source.scenario}")
+
+    @group.command()
+    @click.argument("bundle")
+    @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+    @click.option("--all-taps", is_flag=True, help="List every tap, not the first 12.")
+    @handle_errors
+    def inspect(bundle: str, as_json: bool, all_taps: bool) -> None:
+        """Show a bundle's model, classes, taps, channels, counts and size."""
+        from sowmeta.summary import summarize
+
+        s = summarize(_resolve(bundle))
+        if as_json:
+            click.echo(json.dumps(s, indent=2))
+            return
+        from rich.table import Table
+
+        m = s["model"]
+        console.print(f"[bold]{s['path']}[/]  format {s['format_version']}  scenario {s['source']['scenario']} ({s['source']['collector']})")
+        console.print(f"model {m['architecture']}  weights {m['weights']}  fused {m['fused']}  {m['fingerprint'][:23]}...")
+        console.print(f"{m['num_classes']} classes, {s['images']} images, {len(s['taps'])} taps, {s['size_bytes']:,} bytes in {len(s['files'])} files, {s['dtype']}")
+        if s["source"]["empty_classes"]:
+            console.print(f"[yellow]empty classes[/]: {s['source']['empty_classes']}")
+        classes = Table(title="classes")
+        for col in ("index", "label", "images"):
+            classes.add_column(col)
+        for row in s["classes"][:20]:
+            classes.add_row(str(row["index"]), row["label"], str(row["images"]))
+        if len(s["classes"]) > 20:
+            classes.add_row("...", f"{len(s['classes']) - 20} more", "")
+        console.print(classes)
+        taps_t = Table(title="taps")
+        for col in ("name", "kind", "channels"):
+            taps_t.add_column(col)
+        shown = s["taps"] if all_taps else s["taps"][:12]
+        for t in shown:
+            taps_t.add_row(t["name"], t["kind"], str(t["channels"]))
+        if len(shown) < len(s["taps"]):
+            taps_t.add_row("...", f"{len(s['taps']) - len(shown)} more (--all-taps)", "")
+        console.print(taps_t)
+
+    @group.command()
+    @click.argument("bundle")
+    @click.option("--model", help="Also check the bundle against this model (defaults to none).")
+    @click.option("--weights", default=None, help="Weights for --model (default: those the manifest names).")
+    @handle_errors
+    def validate(bundle: str, model: str | None, weights: str | None) -> None:
+        """Check a bundle's schema, checksums and tensors, and optionally that it matches a model."""
+        from sowmeta.bundle import Bundle
+        from sowmeta.fuse import fuse_bn
+        from sowmeta.models import load_model
+
+        path = _resolve(bundle)
+        b = Bundle.load(path, verify=True)
+        console.print(f"[green]ok[/] {path}: schema, {len(b.manifest.files)} file checksums, {len(b.manifest.taps)} taps")
+        if model is not None:
+            loaded = load_model(model, weights=weights if weights is not None else (b.manifest.model.weights or "none"))
+            module = loaded.module
+            if b.manifest.model.fused:
+                crop = b.manifest.preprocessing.crop
+                import torch
+
+                module = fuse_bn(module, torch.rand(1, 3, crop, crop))
+            b.check(module)
+            console.print(f"[green]ok[/] matches {model}: taps, channels, classes and fingerprint")
+
+    @group.command("models")
+    @click.argument("pattern", default="*")
+    @handle_errors
+    def models_cmd(pattern: str) -> None:
+        """List the model names --model accepts (glob PATTERN)."""
+        from sowmeta.models import list_models
+
+        for name in list_models(pattern):
+            click.echo(name)
+
+    @group.command("taps")
+    @click.option("--model", required=True)
+    @click.option("--weights", default="none", show_default=True)
+    @click.option("--taps", "spec", default="auto", show_default=True)
+    @handle_errors
+    def taps_cmd(model: str, weights: str, spec: str) -> None:
+        """List the taps a specification resolves to on a model, with channels."""
+        from sowmeta.collect import default_taps
+        from sowmeta.taps import probe_channels
+
+        loaded = _load(model, weights, None, None, None, None)
+        taps = default_taps(loaded.module, _parse_taps(spec))
+        channels = probe_channels(loaded.module, taps, loaded.preprocessing.crop)
+        for t in taps:
+            click.echo(f"{t.name}\t{t.kind}\t{channels.get(t.name)}")
+
+
+def _resolve(ref: str) -> Path:
+    """A local bundle path, or a registry name pulled on demand."""
+    p = Path(ref)
+    if p.exists():
+        return p
+    try:
+        from sowmeta.registry import resolve_bundle
+    except ImportError:
+        return p
+    return resolve_bundle(ref)

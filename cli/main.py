@@ -1,0 +1,104 @@
+"""The ``sowmeta`` click application: parse options, call the library, render with rich."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from sowmeta import errors as E
+from sowmeta.env import debug_enabled
+from sowmeta.version import __version__
+
+__all__ = ["main", "console", "err_console", "handle_errors"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Exception type -> message prefix, most specific first (the first isinstance match wins).
+ERROR_TABLE: list[tuple[type[BaseException], str]] = [
+    (E.UnsupportedVersionError, "unsupported bundle version"),
+    (E.ChecksumError, "checksum mismatch"),
+    (E.CorruptBundleError, "corrupt bundle"),
+    (E.SchemaError, "invalid manifest"),
+    (E.ModelMismatchError, "bundle does not match the model"),
+    (E.BundleNotFoundError, "bundle not found"),
+    (E.BundleError, "bundle error"),
+    (E.OutputExistsError, "output exists"),
+    (E.RevisionNotFoundError, "revision not found"),
+    (E.NotFoundError, "not found"),
+    (E.GatedRepoError, "gated repository"),
+    (E.AuthError, "authentication failed"),
+    (E.OfflineError, "offline"),
+    (E.NetworkError, "network error"),
+    (E.RegistryError, "registry error"),
+    (E.CorruptImageError, "corrupt image"),
+    (E.SeedRejectedError, "seeds rejected"),
+    (E.DataError, "data error"),
+    (E.WeightsError, "weights error"),
+    (E.ModelError, "model error"),
+    (E.TapError, "tap error"),
+    (E.DivergenceError, "diverged"),
+    (E.SynthesisError, "synthesis error"),
+    (E.ConfigError, "invalid option"),
+    (E.SowmetaError, "error"),
+]
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line the CLI prints for a ``SowmetaError``."""
+    for typ, prefix in ERROR_TABLE:
+        if isinstance(exc, typ):
+            return f"{prefix}: {exc}"
+    return str(exc)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn any ``SowmetaError`` into one line on stderr and exit code 1 (traceback with SOWMETA_DEBUG=1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except E.SowmetaError as exc:
+            if debug_enabled():
+                raise
+            err_console.print(f"[bold red]error[/]: {error_line(exc)}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]: nothing partial was written")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sowmeta")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """sowmeta: release class-conditional statistics with a classifier and synthesize images from it."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    import importlib
+
+    for name in ("collect_cmds", "registry_cmds", "synth_cmds", "evaluate_cmds", "demo_cmds"):
+        try:
+            mod = importlib.import_module(f"sowmeta.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"sowmeta.cli.{name}":
+                raise
+            continue
+        mod.register(main)
+
+
+_register()

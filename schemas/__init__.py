@@ -1,0 +1,1 @@
+"""JSON Schemas of sowmeta's file formats (installed as ``sowmeta.schemas``)."""

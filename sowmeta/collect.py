@@ -1,0 +1,373 @@
+"""Collectors: record per-layer, per-class feature moments (paper Sections 3.2-3.3).
+
+* ``collect``: after training, one pass of the model over a labelled dataset (Scenario A).
+* ``TrainingCollector``: during training, fed with each batch's labels by the user's loop.
+* ``collect_seeds``: from a few seed images per class (Scenario B) or one (Scenario C).
+
+Under ``torchrun`` each rank reads its shard and the partial moments are merged with
+``torch.distributed`` collectives, so the result equals a single-process run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .bundle import Bundle, ModelRecord, SourceRecord
+from .data import ImageFiles, collate_skip_bad, raise_if_strict, read_image, scan_image_folder
+from .errors import ConfigError, DataError, SeedRejectedError
+from .fuse import fuse_bn
+from .models import LoadedModel, fingerprint
+from .preprocess import Preprocessing
+from .stats import ClassMoments
+from .taps import Tap, resolve_taps, tap_hooks
+
+__all__ = ["StatsRecorder", "TrainingCollector", "CollectReport", "collect", "collect_seeds", "default_taps"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+def default_taps(model: nn.Module, spec: str | Sequence[str] = "auto") -> list[Tap]:
+    """``auto``: BatchNorm inputs if the model has BatchNorm, else Conv2d outputs."""
+    if spec == "auto":
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        spec = "bn-inputs" if has_bn else "conv-outputs"
+    return resolve_taps(model, spec)
+
+
+class StatsRecorder:
+    """Owns the tap hooks and the per-tap ``ClassMoments``; the labels of the current batch are set by the caller."""
+
+    def __init__(self, model: nn.Module, taps: Sequence[Tap], num_classes: int) -> None:
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be positive, not {num_classes}")
+        self.model = model
+        self.taps = list(taps)
+        self.num_classes = num_classes
+        self.moments: dict[str, ClassMoments] = {}
+        self.labels: torch.Tensor | None = None
+
+    def _record(self, tap: Tap, x: torch.Tensor) -> None:
+        if self.labels is None:
+            return
+        with torch.no_grad():
+            feat = x.detach()
+            if feat.shape[0] != self.labels.shape[0]:
+                raise DataError(f"tap {tap.name!r}: batch of {feat.shape[0]} features but {self.labels.shape[0]} labels")
+            m = self.moments.get(tap.name)
+            if m is None:
+                m = self.moments[tap.name] = ClassMoments.zeros(self.num_classes, feat.shape[1], device=feat.device)
+            m.update(feat, self.labels)
+
+    @contextmanager
+    def hooks(self) -> Iterator[StatsRecorder]:
+        """Register the hooks for the duration of the block (removed on exit, even on errors)."""
+        with tap_hooks(self.model, self.taps, self._record):
+            yield self
+
+    def set_labels(self, labels: torch.Tensor | None) -> None:
+        if labels is not None:
+            labels = labels.detach().to(torch.int64)
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise DataError(f"labels must lie in 0..{self.num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+        self.labels = labels
+
+    def reduce(self) -> None:
+        """Merge moments across ranks when torch.distributed is initialised."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for t in self.taps:
+                if t.name not in self.moments:
+                    raise ConfigError(f"tap {t.name!r} recorded nothing on rank {dist.get_rank()}: shard too small?")
+                self.moments[t.name].all_reduce()
+
+    def reset(self) -> None:
+        """Forget everything recorded so far (e.g. at the start of the last training epoch)."""
+        self.moments.clear()
+
+
+class TrainingCollector:
+    """Record statistics inside the user's own training loop (Scenario A proper).
+
+    It never changes the forward result or the gradients: features are detached and reduced
+    under ``no_grad``. Example::
+
+        collector = TrainingCollector(model, num_classes=10)
+        for x, y in loader:
+            with collector.observe(y):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward(); opt.step(); opt.zero_grad()
+        bundle = collector.to_bundle(architecture="my-net", labels=classes, preprocessing=prep)
+    """
+
+    def __init__(self, model: nn.Module, *, num_classes: int, taps: str | Sequence[str] = "auto") -> None:
+        self.model = model
+        self.recorder = StatsRecorder(model, default_taps(model, taps), num_classes)
+
+    @contextmanager
+    def observe(self, labels: torch.Tensor) -> Iterator[None]:
+        """Record the forward passes inside the block as belonging to ``labels``."""
+        self.recorder.set_labels(labels)
+        try:
+            with self.recorder.hooks():
+                yield
+        finally:
+            self.recorder.set_labels(None)
+
+    def reset(self) -> None:
+        """Drop what was recorded (collect only the last epoch, when the weights have settled)."""
+        self.recorder.reset()
+
+    def to_bundle(
+        self,
+        *,
+        architecture: str,
+        preprocessing: Preprocessing,
+        labels: Sequence[str] | None = None,
+        weights: str | None = None,
+        data: str = "training loop",
+    ) -> Bundle:
+        """Freeze what was recorded into a Scenario-A bundle of the model's current weights."""
+        self.recorder.reduce()
+        k = self.recorder.num_classes
+        record = ModelRecord(architecture, fingerprint(self.model), k, list(labels or [str(i) for i in range(k)]), weights)
+        source = SourceRecord("A", "during-training", data, 0)
+        return Bundle.from_moments(self.recorder.moments, self.recorder.taps, model=record, preprocessing=preprocessing, source=source)
+
+
+@dataclass
+class CollectReport:
+    """What a collection run saw besides the statistics."""
+
+    images: int = 0
+    skipped: list[str] = field(default_factory=list)
+    rejected: list[dict[str, object]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _prepare(model: LoadedModel, fuse: bool, device: torch.device) -> tuple[nn.Module, bool]:
+    module = model.module
+    if fuse:
+        crop = model.preprocessing.crop
+        module = fuse_bn(module, torch.rand(1, 3, crop, crop))
+    return module.to(device).eval(), fuse
+
+
+def _record_for(model: LoadedModel, module: nn.Module, fused: bool, labels: Sequence[str]) -> ModelRecord:
+    return ModelRecord(
+        architecture=model.name,
+        fingerprint=fingerprint(module),
+        num_classes=model.num_classes,
+        labels=list(labels),
+        weights=model.weights,
+        fused=fused,
+        base_model=model.base_model,
+    )
+
+
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _num_outputs(module: nn.Module, crop: int, device: torch.device) -> int:
+    with torch.no_grad():
+        return int(module(torch.rand(1, 3, crop, crop, device=device)).shape[-1])
+
+
+def collect(
+    model: LoadedModel,
+    data: str | Path | DataLoader,
+    *,
+    taps: str | Sequence[str] = "auto",
+    fuse: bool = False,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    limit_per_class: int | None = None,
+    strict: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Bundle, CollectReport]:
+    """One pass of ``model`` over a labelled dataset: a Scenario-A bundle (paper Sec. 3.2).
+
+    Args:
+        model: from ``load_model``; its preprocessing is applied to folder images.
+        data: an ImageFolder-style directory, or a DataLoader yielding (images, labels)
+            already preprocessed.
+        taps: ``auto``, ``bn-inputs``, ``conv-outputs`` or module names/globs.
+        fuse: fold BatchNorm into the convolutions first (inference-optimized model).
+        limit_per_class: use only the first N images (by file name) of each class.
+        strict: fail on the first undecodable image instead of skipping and counting it.
+        progress: called with (images done, images total) after every batch.
+
+    Returns:
+        The bundle (not yet saved) and a report of skipped images.
+    """
+    dev = torch.device(device)
+    module, fused = _prepare(model, fuse, dev)
+    crop = model.preprocessing.crop
+    outputs = _num_outputs(module, crop, dev)
+    tap_list = default_taps(module, taps)
+    rank, world = _rank_world()
+    report = CollectReport()
+    if isinstance(data, DataLoader):
+        loader: Iterable = data
+        total = len(data.dataset) if hasattr(data.dataset, "__len__") else 0  # type: ignore[arg-type]
+        labels = model.labels or [str(i) for i in range(outputs)]
+        samples = None
+        data_name = type(data.dataset).__name__
+    else:
+        index = scan_image_folder(data).limit(limit_per_class)
+        if len(index.classes) > outputs:
+            raise DataError(
+                f"{data} has {len(index.classes)} class folders but {model.name} has {outputs} outputs; "
+                "remove extra folders or use a model with more classes"
+            )
+        samples = index.samples[rank::world]
+        ds = ImageFiles(samples, model.preprocessing.transform())
+        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad, shuffle=False)
+        total = len(samples)
+        labels = list(model.labels) if model.labels and len(model.labels) == outputs else list(index.classes)
+        labels += [str(i) for i in range(len(labels), outputs)]
+        data_name = str(data)
+    recorder = StatsRecorder(module, tap_list, outputs)
+    start = time.perf_counter()
+    done = 0
+    with recorder.hooks(), torch.no_grad():
+        for batch in loader:
+            if samples is not None:
+                x, y, bad = batch
+                raise_if_strict(bad, samples, strict)
+                report.skipped += [str(samples[i][0]) for i in bad]
+                done += len(bad)
+            else:
+                x, y = batch[0], batch[1]
+            if x is not None and len(y):
+                if int(y.max()) >= outputs or int(y.min()) < 0:
+                    raise DataError(f"label {int(y.max())} is outside the model's {outputs} outputs")
+                recorder.set_labels(y.to(dev))
+                module(x.to(dev, non_blocking=True))
+                done += len(y)
+            if progress is not None:
+                progress(done, total)
+    recorder.set_labels(None)
+    if not recorder.moments:
+        raise DataError(f"no image of {data_name} could be read; nothing was collected")
+    recorder.reduce()
+    report.images = int(next(iter(recorder.moments.values())).images.sum())
+    report.seconds = time.perf_counter() - start
+    if report.skipped:
+        log.warning("skipped %d undecodable images (first: %s)", len(report.skipped), report.skipped[0])
+    source = SourceRecord(
+        scenario="A",
+        collector="after-training",
+        data=data_name,
+        images=report.images,
+        images_per_class_limit=limit_per_class,
+        skipped_images=len(report.skipped),
+    )
+    bundle = Bundle.from_moments(
+        recorder.moments, tap_list, model=_record_for(model, module, fused, labels), preprocessing=model.preprocessing, source=source
+    )
+    return bundle, report
+
+
+def _seed_list(seeds: str | Path | Mapping[int, Sequence[str | Path]], classes: Sequence[str]) -> list[tuple[Path, int]]:
+    if isinstance(seeds, Mapping):
+        return [(Path(p), int(k)) for k, paths in seeds.items() for p in paths]
+    index = scan_image_folder(seeds)
+    names = {n: i for i, n in enumerate(classes)}
+    out = []
+    for path, label in index.samples:
+        folder = index.classes[label]
+        if folder in names:
+            out.append((path, names[folder]))
+        elif folder.isdigit():
+            out.append((path, int(folder)))
+        else:
+            raise DataError(f"seed folder {folder!r} is neither a class label of the model nor a class index; rename it")
+    return out
+
+
+def collect_seeds(
+    model: LoadedModel,
+    seeds: str | Path | Mapping[int, Sequence[str | Path]],
+    *,
+    taps: str | Sequence[str] = "auto",
+    fuse: bool = False,
+    keep_rejected: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[Bundle, CollectReport]:
+    """Statistics from a few seed images per class: Scenario B (several) or C (one per class).
+
+    Every seed is inference-checked: the model's prediction must equal its class. Rejected
+    seeds are reported and excluded unless ``keep_rejected``.
+
+    Args:
+        seeds: a folder ``seeds/<label or index>/<image>``, or a mapping class index -> files.
+    """
+    dev = torch.device(device)
+    module, fused = _prepare(model, fuse, dev)
+    outputs = _num_outputs(module, model.preprocessing.crop, dev)
+    labels = list(model.labels) if model.labels and len(model.labels) == outputs else [str(i) for i in range(outputs)]
+    items = _seed_list(seeds, labels)
+    if not items:
+        raise DataError("no seed images given")
+    transform = model.preprocessing.transform()
+    report = CollectReport()
+    kept_x, kept_y = [], []
+    for path, k in items:
+        if not 0 <= k < outputs:
+            raise DataError(f"seed {path}: class {k} is outside the model's {outputs} outputs")
+        try:
+            x = transform(read_image(path)).unsqueeze(0).to(dev)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DataError(f"cannot decode seed image {path} ({exc}); replace it") from exc
+        with torch.no_grad():
+            pred = int(module(x).argmax(dim=1))
+        if pred != k:
+            report.rejected.append({"path": str(path), "class": k, "predicted": pred})
+            log.warning("seed %s of class %d is predicted as %d", path, k, pred)
+            if not keep_rejected:
+                continue
+        kept_x.append(x)
+        kept_y.append(k)
+    if not kept_x:
+        raise SeedRejectedError(
+            f"all {len(items)} seeds were rejected (the model predicts another class); use other seeds or keep_rejected=True"
+        )
+    tap_list = default_taps(module, taps)
+    recorder = StatsRecorder(module, tap_list, outputs)
+    y = torch.tensor(kept_y, dtype=torch.long, device=dev)
+    with recorder.hooks(), torch.no_grad():
+        recorder.set_labels(y)
+        module(torch.cat(kept_x))
+    recorder.set_labels(None)
+    per_class = torch.bincount(y, minlength=outputs)
+    scenario = "C" if int(per_class.max()) == 1 else "B"
+    report.images = len(kept_y)
+    source = SourceRecord(
+        scenario=scenario,
+        collector="seeds",
+        data=str(seeds) if not isinstance(seeds, Mapping) else "seed files",
+        images=len(kept_y),
+        rejected_seeds=report.rejected,
+    )
+    bundle = Bundle.from_moments(
+        recorder.moments, tap_list, model=_record_for(model, module, fused, labels), preprocessing=model.preprocessing, source=source
+    )
+    return bundle, report

@@ -1,0 +1,53 @@
+"""Every environment variable sowmeta reads, in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["shared_dir", "cache_dir", "registry_dir", "registry_choice", "hf_endpoint", "hf_offline", "debug_enabled"]
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_dir() -> Path:
+    """``SOWMETA_SHARED``, else ``../shared`` beside the repository root (real data for tests)."""
+    value = os.environ.get("SOWMETA_SHARED")
+    return Path(value) if value else _REPO_ROOT.parent / "shared"
+
+
+def cache_dir() -> Path:
+    """``SOWMETA_CACHE``, else ``$XDG_CACHE_HOME/sowmeta`` or ``~/.cache/sowmeta``."""
+    value = os.environ.get("SOWMETA_CACHE")
+    if value:
+        return Path(value)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "sowmeta"
+
+
+def registry_choice() -> str | None:
+    """``SOWMETA_REGISTRY`` as given: ``hub``, ``local``, a directory, or None when unset."""
+    return os.environ.get("SOWMETA_REGISTRY") or None
+
+
+def registry_dir() -> Path:
+    """``SOWMETA_REGISTRY`` when it is a directory, else ``<cache>/registry``: the embedded local registry."""
+    value = registry_choice()
+    return Path(value) if value and value not in ("hub", "local") else cache_dir() / "registry"
+
+
+def hf_endpoint() -> str | None:
+    """``HF_ENDPOINT``, re-read per call (huggingface_hub reads it once, at import)."""
+    value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    return value or None
+
+
+def hf_offline() -> bool:
+    """``HF_HUB_OFFLINE=1``, re-read per call (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def debug_enabled() -> bool:
+    """``SOWMETA_DEBUG=1`` makes the CLI show tracebacks."""
+    return os.environ.get("SOWMETA_DEBUG", "") not in ("", "0", "false", "False")

@@ -1,0 +1,152 @@
+"""The one exception tree of sowmeta: every failure a user can cause is a ``SowmetaError``.
+
+Messages say what was wrong, where, and how to fix it, in one line. Where a built-in
+exception means the same thing, the class inherits from it too, so ``except
+FileNotFoundError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SowmetaError",
+    "ConfigError",
+    "ModelError",
+    "WeightsError",
+    "TapError",
+    "DataError",
+    "CorruptImageError",
+    "SeedRejectedError",
+    "BundleError",
+    "BundleNotFoundError",
+    "SchemaError",
+    "ChecksumError",
+    "CorruptBundleError",
+    "ModelMismatchError",
+    "UnsupportedVersionError",
+    "OutputExistsError",
+    "RegistryError",
+    "NotFoundError",
+    "RevisionNotFoundError",
+    "AuthError",
+    "GatedRepoError",
+    "NetworkError",
+    "OfflineError",
+    "SynthesisError",
+    "DivergenceError",
+]
+
+
+class SowmetaError(Exception):
+    """Base of every error sowmeta raises on purpose."""
+
+
+class ConfigError(SowmetaError, ValueError):
+    """An option or argument has a value sowmeta cannot use."""
+
+
+class ModelError(SowmetaError, ValueError):
+    """A model name, factory or architecture cannot be resolved or built."""
+
+
+class WeightsError(ModelError):
+    """A weights file is missing, unreadable, unsafe, or does not fit the architecture."""
+
+
+class TapError(SowmetaError, ValueError):
+    """A tap specification names no module, or a module whose output has no channel axis."""
+
+
+class DataError(SowmetaError, ValueError):
+    """A dataset is missing, malformed, or does not fit the model."""
+
+
+class CorruptImageError(DataError):
+    """An image file could not be decoded (raised only in strict mode; otherwise counted)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SeedRejectedError(DataError):
+    """Every seed of a class was rejected by the inference check."""
+
+
+class BundleError(SowmetaError):
+    """A bundle is missing, malformed, or does not belong to the given model."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class BundleNotFoundError(BundleError, FileNotFoundError):
+    """No bundle (no ``sowmeta.json``) at the given path."""
+
+
+class SchemaError(BundleError):
+    """The manifest does not satisfy ``bundle-v1.schema.json``."""
+
+
+class ChecksumError(BundleError):
+    """A bundle file's sha256 differs from the one its manifest records."""
+
+
+class CorruptBundleError(BundleError):
+    """A bundle file is truncated or not valid safetensors, or its tensors are inconsistent."""
+
+
+class ModelMismatchError(BundleError):
+    """The bundle was recorded on a different model (taps, channels, classes or weights)."""
+
+    def __init__(self, message: str, *, tap: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.tap = tap
+
+
+class UnsupportedVersionError(BundleError):
+    """The bundle's format major version is newer than this sowmeta can read."""
+
+    def __init__(self, message: str, *, version: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.version = version
+
+
+class OutputExistsError(SowmetaError, FileExistsError):
+    """The output path exists and overwriting was not asked for."""
+
+
+class RegistryError(SowmetaError):
+    """Publishing or fetching a bundle failed."""
+
+
+class NotFoundError(RegistryError, FileNotFoundError):
+    """The named bundle repository does not exist (or is not visible with these credentials)."""
+
+
+class RevisionNotFoundError(NotFoundError):
+    """The repository exists but the revision (branch, tag or commit) does not."""
+
+
+class AuthError(RegistryError, PermissionError):
+    """The registry refused the credentials (missing or invalid token)."""
+
+
+class GatedRepoError(AuthError):
+    """The repository is gated: access must be requested on the Hub first."""
+
+
+class NetworkError(RegistryError, ConnectionError):
+    """The registry could not be reached."""
+
+
+class OfflineError(RegistryError):
+    """Offline mode is on and the bundle is not in the local cache."""
+
+
+class SynthesisError(SowmetaError):
+    """Synthesis cannot start or continue."""
+
+
+class DivergenceError(SynthesisError, FloatingPointError):
+    """The synthesis loss became NaN or infinite."""

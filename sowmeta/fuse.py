@@ -1,0 +1,93 @@
+"""Fold every BatchNorm into the convolution that feeds it: the paper's "inference-optimized" model."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+__all__ = ["fuse_bn"]
+
+
+def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Conv2d:
+    fused = copy.deepcopy(conv)
+    w = conv.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    var = bn.running_var.double()
+    mean = bn.running_mean.double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    fused.weight = nn.Parameter((w * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
+    fused.bias = nn.Parameter(((b - mean) * scale + beta).to(conv.weight.dtype))
+    return fused
+
+
+def _set(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, module)
+
+
+def fuse_bn(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Module:
+    """Return an eval-mode copy of ``model`` with every BatchNorm folded into its convolution.
+
+    Which convolution feeds which BatchNorm is observed, not guessed: one forward pass of
+    ``example_input`` (default: a random 1x3x64x64 image) pairs each BatchNorm with the
+    Conv2d whose output tensor it receives. The BatchNorm becomes ``nn.Identity``.
+
+    Raises:
+        ModelError: a BatchNorm's input is not the output of a Conv2d (e.g. DenseNet's
+            pre-activation blocks), or the conv output also feeds another layer.
+    """
+    fused = copy.deepcopy(model).eval()
+    named = dict(fused.named_modules())
+    bns = {n: m for n, m in named.items() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if not bns:
+        return fused
+    convs = {n: m for n, m in named.items() if isinstance(m, nn.Conv2d)}
+    produced: dict[int, str] = {}
+    fed: dict[str, int] = {}
+    uses: dict[int, int] = {}
+    handles = []
+    keep: list[torch.Tensor] = []  # every tensor seen stays alive, so id() is unique during the pass
+    for n, m in convs.items():
+        handles.append(m.register_forward_hook(lambda mod, a, out, _n=n: produced.__setitem__(id(out), _n)))
+    for n, m in named.items():
+        if n and m is not fused:
+
+            def count(mod: nn.Module, args: tuple, _n: str = n) -> None:
+                for a in args:
+                    if isinstance(a, torch.Tensor):
+                        keep.append(a)
+                        uses[id(a)] = uses.get(id(a), 0) + 1
+                if _n in bns:
+                    fed[_n] = id(args[0])
+
+            handles.append(m.register_forward_pre_hook(count))
+    x = example_input if example_input is not None else torch.rand(1, 3, 64, 64)
+    try:
+        with torch.no_grad():
+            for m in convs.values():
+                handles.append(m.register_forward_hook(lambda mod, a, out: keep.append(out)))
+            fused(x)
+    finally:
+        for h in handles:
+            h.remove()
+    for bn_name, bn in bns.items():
+        if bn_name not in fed:
+            raise ModelError(f"cannot fuse {bn_name}: it did not run in a forward pass of the example input")
+        conv_name = produced.get(fed[bn_name])
+        if conv_name is None:
+            raise ModelError(
+                f"cannot fuse {bn_name}: its input is not the output of a Conv2d "
+                "(pre-activation block?); use the unfused model with taps 'bn-inputs'"
+            )
+        if uses.get(fed[bn_name], 0) > 1:
+            raise ModelError(f"cannot fuse {bn_name}: the output of {conv_name} also feeds another layer")
+        _set(fused, conv_name, _fold(convs[conv_name], bn))
+        _set(fused, bn_name, nn.Identity())
+    return fused

@@ -1,0 +1,301 @@
+"""Models by name: torchvision classifiers, built-in CIFAR ResNets, and ``package.module:factory``.
+
+Weights files are safetensors or torch checkpoints read with ``weights_only=True``: nothing
+a user downloads is ever unpickled as arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ModelError, WeightsError
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+__all__ = [
+    "LoadedModel",
+    "CifarResNet",
+    "CIFAR10_LABELS",
+    "register_model",
+    "list_models",
+    "load_model",
+    "load_weights_file",
+    "fingerprint",
+]
+
+log = logging.getLogger(__name__)
+
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for use, with what a bundle must record about it."""
+
+    module: nn.Module
+    name: str  # the --model string that rebuilds it
+    weights: str | None  # the --weights string ("DEFAULT", an enum name, a file, or None)
+    num_classes: int
+    labels: list[str] | None
+    preprocessing: Preprocessing
+    base_model: str | None = None  # a Hub id of the weights, where known
+
+
+# --- CIFAR ResNets (He et al. 2016, section 4.2, option A shortcuts) -----------------
+
+
+class _PadShortcut(nn.Module):
+    """Parameter-free shortcut: every second pixel, channels zero-padded on both sides."""
+
+    def __init__(self, pad: int) -> None:
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = _PadShortcut((cout - cin) // 2) if (stride != 1 or cin != cout) else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 images, key-compatible with the public pytorch_resnet_cifar10 weights."""
+
+    def __init__(self, depth: int, num_classes: int = 10) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ModelError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), not {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        cin = 16
+        for stage, cout in enumerate((16, 32, 64), start=1):
+            blocks = []
+            for i in range(n):
+                stride = 2 if (stage > 1 and i == 0) else 1
+                blocks.append(_BasicBlock(cin, cout, stride))
+                cin = cout
+            setattr(self, f"layer{stage}", nn.Sequential(*blocks))
+        self.linear = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+# --- the name registry ------------------------------------------------------------------
+
+_Builder = Callable[[str, "str | None", "int | None"], LoadedModel]
+_REGISTRY: dict[str, _Builder] = {}
+
+
+def register_model(name: str) -> Callable[[_Builder], _Builder]:
+    """Register a builder ``(name, weights, num_classes) -> LoadedModel`` under ``name``."""
+
+    def deco(fn: _Builder) -> _Builder:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def _cifar_builder(depth: int) -> _Builder:
+    def build(name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+        module = CifarResNet(depth, num_classes or 10)
+        if weights is not None and weights.upper() == "DEFAULT":
+            raise WeightsError(
+                f"{name} has no downloadable weights; pass --weights FILE "
+                "(e.g. ../shared/models/cifar10/resnet56.safetensors) or --weights none"
+            )
+        if weights is not None:
+            _load_into(module, weights)
+        labels = list(CIFAR10_LABELS) if (num_classes or 10) == 10 else None
+        prep = Preprocessing(crop=32, resize=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, source=name)
+        return LoadedModel(module, name, weights, num_classes or 10, labels, prep)
+
+    return build
+
+
+for _depth in (20, 32, 44, 56, 110):
+    register_model(f"cifar-resnet{_depth}")(_cifar_builder(_depth))
+
+
+def _torchvision_names() -> list[str]:
+    from torchvision import models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names ``load_model`` accepts (built-ins and torchvision classifiers), filtered by a glob."""
+    names = sorted(_REGISTRY) + _torchvision_names()
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def _torchvision(name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+    from torchvision import models as tvm
+
+    try:
+        enum = tvm.get_model_weights(name)
+    except (ValueError, KeyError) as exc:
+        raise ModelError(f"unknown model {name!r}; see `sowmeta models` for names, or use package.module:factory") from exc
+    file_weights = weights is not None and weights.upper() != "DEFAULT" and not hasattr(enum, weights)
+    chosen = None
+    if weights is not None and not file_weights:
+        chosen = enum.DEFAULT if weights.upper() == "DEFAULT" else enum[weights]
+    meta_weights = chosen or enum.DEFAULT
+    labels = list(meta_weights.meta.get("categories") or []) or None
+    kwargs = {}
+    if num_classes is not None and chosen is None:
+        kwargs["num_classes"] = num_classes
+    try:
+        module = tvm.get_model(name, weights=chosen, **kwargs)
+    except Exception as exc:  # torchvision raises plain errors for download/shape problems
+        raise WeightsError(f"could not build {name} with weights {weights}: {exc}") from exc
+    if file_weights:
+        _load_into(module, str(weights))
+    out_features = _num_outputs(module)
+    if labels is not None and len(labels) != out_features:
+        labels = None
+    t = meta_weights.transforms()
+    prep = Preprocessing(
+        crop=int(t.crop_size[0]),
+        resize=int(t.resize_size[0]),
+        mean=tuple(t.mean),  # type: ignore[arg-type]
+        std=tuple(t.std),  # type: ignore[arg-type]
+        interpolation=t.interpolation.value,
+        source=f"torchvision:{meta_weights}",
+    )
+    base = None
+    return LoadedModel(module, name, weights, out_features, labels, prep, base)
+
+
+def _factory(name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+    mod_name, _, attr = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"cannot import factory {name!r}: {exc}; check PYTHONPATH and the name after ':'") from exc
+    module = fn(num_classes) if num_classes is not None else fn()
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"factory {name!r} returned {type(module).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        if weights.upper() == "DEFAULT":
+            raise WeightsError(f"factory models have no DEFAULT weights; pass --weights FILE or none for {name}")
+        _load_into(module, weights)
+    return LoadedModel(module, name, weights, _num_outputs(module), None, Preprocessing(crop=224, resize=256))
+
+
+def _num_outputs(module: nn.Module) -> int:
+    last = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return int(last[-1].out_features) if last else -1
+
+
+def load_model(
+    name: str,
+    *,
+    weights: str | None = "DEFAULT",
+    num_classes: int | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> LoadedModel:
+    """Build a model by name and load its weights; the model is returned in eval mode.
+
+    Args:
+        name: a registered name (``cifar-resnet56``), a torchvision classifier (``resnet50``),
+            or ``package.module:factory``.
+        weights: ``"DEFAULT"``, a torchvision weights name, a file (safetensors or torch
+            checkpoint), or ``None``/``"none"`` for random initialisation.
+        num_classes: output classes, for models built without pretrained weights.
+        preprocessing: overrides the preprocessing that comes with the weights.
+    """
+    if weights is not None and weights.lower() == "none":
+        weights = None
+    if name in _REGISTRY:
+        loaded = _REGISTRY[name](name, weights, num_classes)
+    elif ":" in name:
+        loaded = _factory(name, weights, num_classes)
+    else:
+        loaded = _torchvision(name, weights, num_classes)
+    if preprocessing is not None:
+        loaded.preprocessing = preprocessing
+    loaded.module.eval()
+    return loaded
+
+
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a torch checkpoint (``weights_only=True``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"weights file {str(p)!r} does not exist; pass an existing file, DEFAULT, or none")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+            state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
+    except Exception as exc:
+        raise WeightsError(f"cannot read weights {str(p)!r}: {exc}; only safetensors or plain tensor checkpoints load") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights {str(p)!r} do not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_into(module: nn.Module, path: str) -> None:
+    state = load_weights_file(path)
+    own = module.state_dict()
+    # num_batches_tracked only drives BatchNorm momentum in training; many published weights omit it.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise WeightsError(
+            f"weights {path!r} do not fit the architecture ({what}; {len(missing)} missing, "
+            f"{len(unexpected)} unexpected keys); check --model"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise WeightsError(f"weights {path!r}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    module.load_state_dict(state, strict=False)
+
+
+def fingerprint(module: nn.Module) -> str:
+    """sha256 over the state dict: for each key in sorted order, key, dtype, shape, then raw bytes.
+
+    See docs/format.md ("Model fingerprint") for the exact byte layout.
+    """
+    h = hashlib.sha256()
+    state = module.state_dict()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        header = f"{key}\0{str(t.dtype).removeprefix('torch.')}\0{','.join(str(s) for s in t.shape)}\0"
+        h.update(header.encode("utf-8"))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()

@@ -1,0 +1,40 @@
+"""A bundle's summary (model, classes, taps, counts, size) as plain data, for ``inspect``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from .bundle import Bundle
+
+__all__ = ["summarize"]
+
+
+def summarize(path: str | Path) -> dict[str, Any]:
+    """Everything ``sowmeta inspect`` shows, read from the manifest and the ``counts`` tensor only."""
+    path = Path(path)
+    manifest = Bundle.read_manifest(path)
+    d = manifest.to_dict()
+    counts_file = next(f.name for f in manifest.files if "counts" in f.tensors)
+    with safe_open(str(path / counts_file), framework="pt") as f:
+        counts = f.get_tensor("counts").tolist()
+    labels = manifest.model.labels
+    return {
+        "path": str(path),
+        "format_version": manifest.format_version,
+        "model": d["model"],
+        "source": d["source"],
+        "preprocessing": d["preprocessing"],
+        "dtype": manifest.dtype,
+        "images": int(sum(counts)),
+        "classes": [
+            {"index": i, "label": labels[i] if i < len(labels) else str(i), "images": int(c)} for i, c in enumerate(counts)
+        ],
+        "taps": [{"name": t.name, "kind": t.kind, "channels": t.channels} for t in manifest.taps],
+        "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in manifest.files],
+        "size_bytes": sum(f.size for f in manifest.files),
+        "created": manifest.created,
+        "tool_version": manifest.tool_version,
+    }

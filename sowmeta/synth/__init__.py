@@ -1,0 +1,1 @@
+"""The synthesis engine: class-conditional model inversion."""

@@ -1,0 +1,147 @@
+"""Taps: the layers whose features are recorded, addressed by ``named_modules()`` names.
+
+Presets: ``bn-inputs`` (the input of every BatchNorm, DeepInversion's positions) and
+``conv-outputs`` (the output of every Conv2d, for BN-free or BN-fused models). Or an explicit
+list of module names or globs, each optionally suffixed ``:in`` or ``:out`` (default ``:out``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .errors import TapError
+
+__all__ = ["Tap", "TAP_PRESETS", "resolve_taps", "tap_hooks", "probe_channels"]
+
+Position = Literal["in", "out"]
+TAP_PRESETS = ("bn-inputs", "conv-outputs")
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One recording position: a module's input or output.
+
+    ``name`` is the key under which statistics are stored: the module's qualified name,
+    with ``:in`` appended for explicit input taps of non-BatchNorm modules.
+    """
+
+    name: str
+    module: str
+    position: Position
+    kind: str  # "bn-input", "conv-output", "input" or "output"
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm)
+
+
+def resolve_taps(model: nn.Module, spec: str | Sequence[str] = "bn-inputs") -> list[Tap]:
+    """Turn a preset name or a list of module names/globs into taps, in module order.
+
+    Raises:
+        TapError: the preset finds no module, or a name or glob matches nothing.
+    """
+    modules = [(n, m) for n, m in model.named_modules() if n]
+    if isinstance(spec, str) and spec in TAP_PRESETS:
+        if spec == "bn-inputs":
+            taps = [Tap(n, n, "in", "bn-input") for n, m in modules if _is_bn(m)]
+            if not taps:
+                raise TapError(
+                    "the model has no BatchNorm layer, so taps 'bn-inputs' finds nothing; "
+                    "use taps 'conv-outputs' (BN-free or fused models) or name modules explicitly"
+                )
+        else:
+            taps = [Tap(n, n, "out", "conv-output") for n, m in modules if isinstance(m, nn.Conv2d)]
+            if not taps:
+                raise TapError("the model has no Conv2d layer, so taps 'conv-outputs' finds nothing; name modules explicitly")
+        return taps
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not items:
+        raise TapError(f"empty tap specification; use one of {', '.join(TAP_PRESETS)} or module names")
+    chosen: dict[tuple[str, str], Tap] = {}
+    for item in items:
+        pattern, _, pos = item.partition(":")
+        pos = pos or "out"
+        if pos not in ("in", "out"):
+            raise TapError(f"tap {item!r}: position must be ':in' or ':out', not ':{pos}'")
+        hits = [(n, m) for n, m in modules if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise TapError(f"tap {item!r} matches no module of the model; list names with `sowmeta taps --model ...`")
+        for n, m in hits:
+            if pos == "in" and _is_bn(m):
+                tap = Tap(n, n, "in", "bn-input")
+            elif pos == "out" and isinstance(m, nn.Conv2d):
+                tap = Tap(n, n, "out", "conv-output")
+            else:
+                tap = Tap(n if pos == "out" else f"{n}:in", n, pos, "output" if pos == "out" else "input")
+            chosen[(n, pos)] = tap
+    order = {n: i for i, (n, _) in enumerate(modules)}
+    return sorted(chosen.values(), key=lambda t: (order[t.module], t.position != "in"))
+
+
+TapCallback = Callable[[Tap, torch.Tensor], None]
+
+
+@contextmanager
+def tap_hooks(model: nn.Module, taps: Sequence[Tap], callback: TapCallback) -> Iterator[None]:
+    """Call ``callback(tap, feature)`` for every tap on every forward; hooks removed on exit, always.
+
+    The callback receives the live tensor (still in the autograd graph): collectors detach,
+    the synthesis engine does not. Hooks never replace the module's input or output.
+    """
+    named = dict(model.named_modules())
+    handles = []
+
+    def _check(tap: Tap, value: object) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor) or value.dim() < 2:
+            raise TapError(
+                f"tap {tap.name!r}: the module's {tap.position}put is not a tensor with a channel axis "
+                f"(got {type(value).__name__}); tap another module"
+            )
+        return value
+
+    try:
+        for tap in taps:
+            module = named.get(tap.module)
+            if module is None:
+                raise TapError(f"tap {tap.name!r}: the model has no module named {tap.module!r}")
+            if tap.position == "in":
+
+                def pre(mod: nn.Module, args: tuple, _tap: Tap = tap) -> None:
+                    callback(_tap, _check(_tap, args[0] if args else None))
+
+                handles.append(module.register_forward_pre_hook(pre))
+            else:
+
+                def post(mod: nn.Module, args: tuple, out: object, _tap: Tap = tap) -> None:
+                    callback(_tap, _check(_tap, out))
+
+                handles.append(module.register_forward_hook(post))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def probe_channels(model: nn.Module, taps: Sequence[Tap], image_size: int, *, device: torch.device | str = "cpu") -> dict[str, int]:
+    """Channels of every tap, found by one forward pass of a random image of ``image_size``."""
+    channels: dict[str, int] = {}
+
+    def record(tap: Tap, x: torch.Tensor) -> None:
+        channels[tap.name] = int(x.shape[1])
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), tap_hooks(model, taps, record):
+            model(torch.rand(1, 3, image_size, image_size, device=device))
+    finally:
+        model.train(was_training)
+    return channels

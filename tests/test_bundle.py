@@ -1,0 +1,205 @@
+"""Bundle format v1: round trip, schema, sliced loading, versions, corruption, model checks."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from sowmeta.bundle import Bundle, ModelRecord, SourceRecord
+from sowmeta.errors import (
+    BundleNotFoundError,
+    ChecksumError,
+    CorruptBundleError,
+    ModelMismatchError,
+    OutputExistsError,
+    SchemaError,
+    UnsupportedVersionError,
+)
+from sowmeta.models import fingerprint
+from sowmeta.preprocess import Preprocessing
+from sowmeta.schema import validate_manifest
+from sowmeta.stats import ClassMoments
+from sowmeta.taps import resolve_taps, tap_hooks
+
+from conftest import tiny_net
+
+K = 6
+
+
+def make_bundle(model=None, classes: int = K, seed: int = 0) -> Bundle:
+    model = model or tiny_net(classes)
+    taps = resolve_taps(model, "bn-inputs") + resolve_taps(model, "fc:in")
+    moments: dict[str, ClassMoments] = {}
+
+    def rec(tap, x):
+        moments.setdefault(tap.name, ClassMoments.zeros(classes, x.shape[1])).update(x.detach(), labels)
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat(3)
+    labels[labels == classes - 1] = 0  # the last class stays empty
+    with torch.no_grad(), tap_hooks(model, taps, rec):
+        model(torch.rand(len(labels), 3, 8, 8, generator=g))
+    record = ModelRecord("conftest:tiny_net", fingerprint(model), classes, [f"class{i}" for i in range(classes)])
+    return Bundle.from_moments(
+        moments, taps, model=record, preprocessing=Preprocessing(crop=8), source=SourceRecord("A", "after-training", "random", 0)
+    )
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    return make_bundle().save(tmp_path / "b")
+
+
+def test_round_trip_and_layout(saved: Path):
+    b = make_bundle()
+    loaded = Bundle.load(saved)
+    assert [t.name for t in loaded.manifest.taps] == ["bn1", "bn2", "fc:in"]
+    for name, s in b.stats.items():
+        torch.testing.assert_close(loaded.stats[name].mean, s.mean)
+        torch.testing.assert_close(loaded.stats[name].var, s.var)
+        torch.testing.assert_close(loaded.stats[name].global_var, s.global_var)
+    assert loaded.counts.tolist() == [6, 3, 3, 3, 3, 0]
+    assert loaded.manifest.source.empty_classes == [K - 1]
+    files = sorted(p.name for p in saved.iterdir())
+    assert files == ["sowmeta.json", "stats.safetensors"]
+    with safe_open(str(saved / "stats.safetensors"), framework="pt") as f:
+        assert f.metadata()["format"] == "sowmeta-bundle" and f.metadata()["format_version"] == "1.0"
+        assert f.get_tensor("bn2/mean").shape == (K, 12) and f.get_tensor("bn2/mean").dtype == torch.float32
+        assert f.get_tensor("counts").dtype == torch.int64
+    manifest = json.loads((saved / "sowmeta.json").read_text())
+    import hashlib
+
+    assert manifest["files"][0]["sha256"] == hashlib.sha256((saved / "stats.safetensors").read_bytes()).hexdigest()
+    assert manifest["model"]["fingerprint"].startswith("sha256:")
+
+
+def test_float16_and_sharding(tmp_path: Path):
+    b = make_bundle()
+    p = b.save(tmp_path / "sharded", dtype="float16", shard_bytes=200)
+    names = sorted(f.name for f in Bundle.read_manifest(p).files)
+    assert len(names) > 2 and names[0].startswith("stats-00001-of-")
+    loaded = Bundle.load(p, classes=[4, 1])
+    torch.testing.assert_close(loaded.stats["bn2"].mean, b.stats["bn2"].mean[[4, 1]].half().float())
+
+
+def test_existing_output_is_refused(saved: Path):
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        make_bundle().save(saved)
+    make_bundle(seed=3).save(saved, overwrite=True)
+    assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch):
+    import safetensors.torch
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        make_bundle().save(tmp_path / "b")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sliced_loading_touches_only_the_asked_rows(saved: Path):
+    """Overwrite every other class's rows on disk with NaN: the asked rows must still load intact."""
+    full = Bundle.load(saved)
+    path = saved / "stats.safetensors"
+    raw = bytearray(path.read_bytes())
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + hlen])
+    keep = [1, 3]
+    for key, info in header.items():
+        if key == "__metadata__" or not key.endswith(("/mean", "/var")) or key.endswith(("global_mean", "global_var")):
+            continue
+        start, end = info["data_offsets"]
+        rows, cols = info["shape"]
+        row_bytes = (end - start) // rows
+        for r in range(rows):
+            if r not in keep:
+                off = 8 + hlen + start + r * row_bytes
+                raw[off : off + row_bytes] = struct.pack("<f", float("nan")) * cols
+    path.write_bytes(bytes(raw))
+    part = Bundle.load(saved, classes=[3, 1], verify=False)
+    assert part.classes == [3, 1]
+    for name in full.stats:
+        torch.testing.assert_close(part.stats[name].mean, full.stats[name].mean[[3, 1]])
+        torch.testing.assert_close(part.stats[name].var, full.stats[name].var[[3, 1]])
+    assert part.counts.tolist() == [3, 3]
+    with pytest.raises(ChecksumError):
+        Bundle.load(saved)
+
+
+def test_schema_accepts_valid_and_rejects_broken(saved: Path):
+    good = json.loads((saved / "sowmeta.json").read_text())
+    validate_manifest(good)
+    broken = [
+        lambda d: d.pop("taps"),
+        lambda d: d["taps"][0].update(channels=0),
+        lambda d: d["model"].update(fingerprint="md5:abc"),
+        lambda d: d["files"][0].update(sha256="xyz"),
+        lambda d: d["source"].update(scenario="D"),
+        lambda d: d.update(dtype="int8"),
+        lambda d: d["preprocessing"].update(mean=[0.5]),
+        lambda d: d["taps"][0].update(name="a/b"),
+    ]
+    for breaker in broken:
+        d = json.loads(json.dumps(good))
+        breaker(d)
+        with pytest.raises(SchemaError):
+            validate_manifest(d)
+
+
+def test_versions_newer_minor_accepted_newer_major_refused(saved: Path):
+    d = json.loads((saved / "sowmeta.json").read_text())
+    d["format_version"] = "1.7"
+    d["future_field"] = {"x": 1}
+    (saved / "sowmeta.json").write_text(json.dumps(d))
+    b = Bundle.load(saved)
+    assert b.manifest.format_version == "1.7" and b.manifest.extra == {"future_field": {"x": 1}}
+    d["format_version"] = "2.0"
+    (saved / "sowmeta.json").write_text(json.dumps(d))
+    with pytest.raises(UnsupportedVersionError, match="newer than this sowmeta reads"):
+        Bundle.load(saved)
+
+
+def test_corrupt_and_truncated_files_give_typed_errors(saved: Path, tmp_path: Path):
+    with pytest.raises(BundleNotFoundError):
+        Bundle.load(tmp_path / "nowhere")
+    data = (saved / "stats.safetensors").read_bytes()
+    (saved / "stats.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ChecksumError, match="truncated"):
+        Bundle.load(saved)
+    with pytest.raises(CorruptBundleError):
+        Bundle.load(saved, verify=False)
+    (saved / "stats.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(CorruptBundleError):
+        Bundle.load(saved, verify=False)
+    (saved / "sowmeta.json").write_text("{not json")
+    with pytest.raises(SchemaError, match="not valid JSON"):
+        Bundle.load(saved)
+
+
+def test_check_against_models(saved: Path):
+    b = Bundle.load(saved)
+    b.check(tiny_net(K))
+    with pytest.raises(ModelMismatchError, match="fingerprint"):
+        b.check(tiny_net(K, seed=5))
+    wide = tiny_net(K)
+    import torch.nn as nn
+
+    wide.conv2 = nn.Conv2d(6, 10, 3, stride=2, padding=1)
+    wide.bn2 = nn.BatchNorm2d(10)
+    wide.conv3 = nn.Conv2d(10, 12, 1)
+    with pytest.raises(ModelMismatchError, match="'bn2': the bundle has 12 channels, the model gives 10") as e:
+        b.check(wide)
+    assert e.value.tap == "bn2"
+    with pytest.raises(ModelMismatchError, match="outputs"):
+        b.check(tiny_net(K + 1), fingerprint=False)
+    with pytest.raises(ModelMismatchError, match="no module"):
+        b.check(nn.Sequential(nn.Conv2d(3, 4, 1)))

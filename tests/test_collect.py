@@ -1,0 +1,196 @@
+"""Collectors against an independent float64 recomputation of the same features."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import ImageFolder
+
+from sowmeta.collect import TrainingCollector, collect, collect_seeds
+from sowmeta.errors import CorruptImageError, DataError, SeedRejectedError
+from sowmeta.models import LoadedModel, load_model
+from sowmeta.preprocess import Preprocessing
+from sowmeta.taps import resolve_taps
+
+from conftest import tiny_net, write_image_folder
+
+
+def loaded_tiny(crop: int = 12, classes: int = 4) -> LoadedModel:
+    return LoadedModel(tiny_net(classes), "conftest:tiny_net", None, classes, None, Preprocessing(crop=crop))
+
+
+def reference_stats(module, folder: Path, prep: Preprocessing, modules: dict[str, str], k: int):
+    """Features by plain hooks over torchvision's ImageFolder; per class: concatenate, var_mean in float64."""
+    ds = ImageFolder(str(folder), transform=prep.transform())
+    feats: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
+    named = dict(module.named_modules())
+    hooks = []
+    for tap, (mod, pos) in ((t, m.split(":")) for t, m in modules.items()):
+        if pos == "in":
+            hooks.append(named[mod].register_forward_pre_hook(lambda m_, a, _t=tap: feats[_t].append(a[0].double())))
+        else:
+            hooks.append(named[mod].register_forward_hook(lambda m_, a, o, _t=tap: feats[_t].append(o.double())))
+    labels = []
+    with torch.no_grad():
+        for x, y in ds:
+            module(x.unsqueeze(0))
+            labels.append(y)
+    for h in hooks:
+        h.remove()
+    y = torch.tensor(labels)
+    out = {}
+    for tap, fl in feats.items():
+        f = torch.cat(fl)
+        c = f.shape[1]
+        mean = torch.zeros(k, c, dtype=torch.float64)
+        var = torch.zeros(k, c, dtype=torch.float64)
+        for cls in range(k):
+            sel = f[y == cls]
+            if len(sel):
+                v, m = torch.var_mean(sel.transpose(0, 1).reshape(c, -1), dim=1, correction=0)
+                mean[cls], var[cls] = m, v
+        out[tap] = (mean, var, torch.var_mean(f.transpose(0, 1).reshape(c, -1), dim=1, correction=0))
+    return out, torch.bincount(y, minlength=k)
+
+
+def assert_matches(bundle, ref, counts):
+    assert bundle.counts.tolist() == counts.tolist()
+    for tap, (mean, var, (gvar, gmean)) in ref.items():
+        s = bundle.stats[tap]
+        torch.testing.assert_close(s.mean.double(), mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(s.var.double(), var, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(s.global_mean.double(), gmean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(s.global_var.double(), gvar, rtol=1e-5, atol=1e-6)
+
+
+def test_small_cnn_matches_independent_recomputation(image_folder: Path):
+    model = loaded_tiny()
+    bundle, report = collect(model, image_folder, taps=["bn*:in", "conv3", "fc:in"], batch_size=4)
+    assert report.images == 15 and report.skipped == []
+    ref, counts = reference_stats(model.module, image_folder, model.preprocessing, {"bn1": "bn1:in", "bn2": "bn2:in", "conv3": "conv3:out", "fc:in": "fc:in"}, 4)
+    assert_matches(bundle, ref, counts)
+    assert bundle.manifest.source.empty_classes == [3]  # the model has 4 outputs, the data 3 classes
+    assert bundle.manifest.model.labels[:3] == ["c0", "c1", "c2"]
+
+
+def test_torchvision_resnet18_matches_independent_recomputation(tmp_path: Path):
+    folder = write_image_folder(tmp_path / "d", classes=2, per_class=3, size=40)
+    torch.manual_seed(0)
+    model = load_model("resnet18", weights="none", preprocessing=Preprocessing(crop=32, resize=36))
+    bundle, _ = collect(model, folder, batch_size=4)
+    assert len(bundle.manifest.taps) == 20 and bundle.manifest.taps[0].name == "bn1"
+    picks = {"bn1": "bn1:in", "layer2.0.downsample.1": "layer2.0.downsample.1:in", "layer4.1.bn2": "layer4.1.bn2:in"}
+    ref, counts = reference_stats(model.module, folder, model.preprocessing, picks, 1000)
+    sub = {k: v for k, v in ref.items()}
+    assert_matches(bundle, sub, counts)
+
+
+def test_batch_size_invariance(image_folder: Path):
+    a, _ = collect(loaded_tiny(), image_folder, batch_size=1)
+    b, _ = collect(loaded_tiny(), image_folder, batch_size=15)
+    for tap in a.stats:
+        torch.testing.assert_close(a.stats[tap].mean, b.stats[tap].mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a.stats[tap].var, b.stats[tap].var, rtol=1e-6, atol=1e-7)
+
+
+def test_fused_model_conv_outputs_equal_original_bn_outputs(image_folder: Path):
+    model = loaded_tiny()
+    fused, _ = collect(model, image_folder, fuse=True)
+    assert fused.manifest.model.fused and [t.name for t in fused.manifest.taps] == ["conv1", "conv2", "conv3"]
+    original, _ = collect(model, image_folder, taps=["bn1:out", "bn2:out"])
+    for conv, bn in (("conv1", "bn1"), ("conv2", "bn2")):
+        torch.testing.assert_close(fused.stats[conv].mean, original.stats[bn].mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fused.stats[conv].var, original.stats[bn].var, rtol=1e-4, atol=1e-5)
+
+
+def test_training_collector_changes_nothing_and_records_exactly():
+    torch.manual_seed(0)
+    a = tiny_net(3).train()
+    b = copy.deepcopy(a)
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1)
+    collector = TrainingCollector(a, num_classes=3)
+    g = torch.Generator().manual_seed(1)
+    seen, ys = [], []
+    hook = a.bn2.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().double()))
+    for _ in range(3):
+        x = torch.rand(5, 3, 8, 8, generator=g)
+        y = torch.randint(0, 3, (5,), generator=g)
+        with collector.observe(y):
+            loss_a = F.cross_entropy(a(x), y)
+        loss_b = F.cross_entropy(b(x), y)
+        assert torch.equal(loss_a, loss_b)
+        loss_a.backward()
+        loss_b.backward()
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.equal(pa.grad, pb.grad)
+        opt_a.step(), opt_b.step(), opt_a.zero_grad(), opt_b.zero_grad()
+        ys.append(y)
+    hook.remove()
+    assert all(not m._forward_pre_hooks for m in a.modules() if m is not a.bn2)
+    bundle = collector.to_bundle(architecture="tiny", preprocessing=Preprocessing(crop=8))
+    f, y = torch.cat(seen), torch.cat(ys)
+    for k in range(3):
+        v, m = torch.var_mean(f[y == k].transpose(0, 1).reshape(12, -1), dim=1, correction=0)
+        torch.testing.assert_close(bundle.stats["bn2"].mean[k].double(), m, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bundle.stats["bn2"].var[k].double(), v, rtol=1e-5, atol=1e-6)
+    assert bundle.manifest.source.collector == "during-training"
+
+
+def test_seeds_are_inference_checked(tmp_path: Path):
+    model = loaded_tiny()
+    folder = write_image_folder(tmp_path / "pool", classes=3, per_class=6)
+    ds = ImageFolder(str(folder), transform=model.preprocessing.transform())
+    with torch.no_grad():
+        preds = [(p, int(model.module(x.unsqueeze(0)).argmax())) for (p, _), (x, _) in zip(ds.samples, ds)]
+    right = {}
+    for p, k in preds:
+        right.setdefault(k, p)
+    wrong_path, wrong_pred = preds[0]
+    wrong_class = (wrong_pred + 1) % 4
+    seeds = {k: [p] for k, p in right.items()}
+    seeds.setdefault(wrong_class, []).append(wrong_path)
+    bundle, report = collect_seeds(model, seeds)
+    assert report.rejected == [{"path": str(wrong_path), "class": wrong_class, "predicted": wrong_pred}]
+    assert bundle.counts.tolist() == [1 if k in right else 0 for k in range(4)]
+    assert bundle.manifest.source.scenario == "C" and bundle.manifest.source.rejected_seeds == report.rejected
+    kept, _ = collect_seeds(model, seeds, keep_rejected=True)
+    assert int(kept.counts.sum()) == len(right) + 1
+    with pytest.raises(SeedRejectedError):
+        collect_seeds(model, {wrong_class: [wrong_path]})
+
+
+def test_bad_data_gives_typed_errors(tmp_path: Path, image_folder: Path):
+    model = loaded_tiny()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (image_folder / "c0" / "img000.png").rename(flat / "x.png")
+    with pytest.raises(DataError, match="not class-per-folder"):
+        collect(model, flat)
+    with pytest.raises(DataError, match="does not exist"):
+        collect(model, tmp_path / "missing")
+    many = write_image_folder(tmp_path / "many", classes=5, per_class=1)
+    with pytest.raises(DataError, match="5 class folders but conftest:tiny_net has 4 outputs"):
+        collect(model, many)
+
+
+def test_corrupt_images_are_counted_or_strict(image_folder: Path):
+    (image_folder / "c1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    good = image_folder / "c2" / "img000.png"
+    (image_folder / "c2" / "truncated.png").write_bytes(good.read_bytes()[:60])
+    bundle, report = collect(loaded_tiny(), image_folder, batch_size=4)
+    assert sorted(Path(p).name for p in report.skipped) == ["broken.png", "truncated.png"]
+    assert bundle.counts.tolist()[:3] == [5, 5, 5] and bundle.manifest.source.skipped_images == 2
+    with pytest.raises(CorruptImageError, match="broken.png"):
+        collect(loaded_tiny(), image_folder, strict=True)
+
+
+def test_limit_per_class_and_empty_class_folder(image_folder: Path):
+    (image_folder / "c3").mkdir()
+    bundle, _ = collect(loaded_tiny(), image_folder, limit_per_class=2)
+    assert bundle.counts.tolist() == [2, 2, 2, 0]
+    assert bundle.manifest.source.empty_classes == [3] and bundle.manifest.source.images_per_class_limit == 2
