@@ -58,6 +58,34 @@ def _progress_bar(console):  # noqa: ANN001, ANN202
     )
 
 
+def _collect_data(loaded, data, taps, fuse, batch_size, workers, device, limit_per_class, strict, *, quiet: bool):  # noqa: ANN001, ANN202
+    """Run the dataset collector with a rich progress bar (started once data loads)."""
+    from sowmeta.cli.main import console, err_console
+    from sowmeta.collect import collect
+
+    bar = _progress_bar(console)
+    task = bar.add_task("collect", total=None, rate="")
+
+    def progress(done: int, total: int) -> None:
+        if quiet:
+            return
+        if not bar.live.is_started:  # shown once data loads, so input errors stay one line
+            bar.start()
+        elapsed = bar.tasks[0].elapsed or 1e-9
+        bar.update(task, completed=done, total=total, rate=f"{done / elapsed:,.0f} img/s")
+
+    try:
+        bundle, report = collect(
+            loaded, data, taps=_parse_taps(taps), fuse=fuse, batch_size=batch_size, workers=workers,
+            device=device, limit_per_class=limit_per_class, strict=strict, progress=progress,
+        )
+    finally:
+        bar.stop()
+    if report.skipped and not quiet:
+        err_console.print(f"[yellow]skipped {len(report.skipped)} undecodable images[/] (first: {report.skipped[0]})")
+    return bundle, report
+
+
 def register(group: click.Group) -> None:
     """Add the bundle-making commands to ``group``."""
     from sowmeta.cli.main import console, err_console, handle_errors
@@ -86,8 +114,8 @@ def register(group: click.Group) -> None:
     @handle_errors
     def collect(model, weights, data, seeds, out, taps, fuse, keep_rejected, batch_size, workers, device, limit_per_class, dtype, shard_size, crop, resize, mean, std, strict, overwrite) -> None:  # noqa: ANN001
         """Record per-class feature statistics of a model into a bundle."""
-        from sowmeta.collect import collect as run_collect
         from sowmeta.collect import collect_seeds
+        from sowmeta.distributed import process_group
         from sowmeta.errors import ConfigError, OutputExistsError
 
         if (data is None) == (seeds is None):
@@ -95,29 +123,15 @@ def register(group: click.Group) -> None:
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         loaded = _load(model, weights, crop, resize, mean, std)
-        if seeds is not None:
+        if seeds is None:
+            with process_group(device) as (rank, _):
+                bundle, report = _collect_data(loaded, data, taps, fuse, batch_size, workers, device, limit_per_class, strict, quiet=rank != 0)
+                if rank != 0:
+                    return
+        else:
             bundle, report = collect_seeds(loaded, seeds, taps=_parse_taps(taps), fuse=fuse, keep_rejected=keep_rejected, device=device)
             for r in report.rejected:
                 err_console.print(f"[yellow]rejected seed[/] {r['path']}: class {r['class']}, predicted {r['predicted']}")
-        else:
-            bar = _progress_bar(console)
-            task = bar.add_task("collect", total=None, rate="")
-
-            def progress(done: int, total: int) -> None:
-                if not bar.live.is_started:  # shown once data loads, so input errors stay one line
-                    bar.start()
-                elapsed = bar.tasks[0].elapsed or 1e-9
-                bar.update(task, completed=done, total=total, rate=f"{done / elapsed:,.0f} img/s")
-
-            try:
-                bundle, report = run_collect(
-                    loaded, data, taps=_parse_taps(taps), fuse=fuse, batch_size=batch_size, workers=workers,
-                    device=device, limit_per_class=limit_per_class, strict=strict, progress=progress,
-                )
-            finally:
-                bar.stop()
-            if report.skipped:
-                err_console.print(f"[yellow]skipped {len(report.skipped)} undecodable images[/] (first: {report.skipped[0]})")
         bundle.save(out, overwrite=overwrite, dtype=dtype, shard_bytes=shard_size)
         empty = bundle.manifest.source.empty_classes
         if empty:

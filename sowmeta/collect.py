@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .bundle import Bundle, ModelRecord, SourceRecord
+from .distributed import rank_world
 from .data import ImageFiles, collate_skip_bad, raise_if_strict, read_image, scan_image_folder
 from .errors import ConfigError, DataError, SeedRejectedError
 from .fuse import fuse_bn
@@ -176,14 +177,6 @@ def _record_for(model: LoadedModel, module: nn.Module, fused: bool, labels: Sequ
     )
 
 
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _num_outputs(module: nn.Module, crop: int, device: torch.device) -> int:
     with torch.no_grad():
         return int(module(torch.rand(1, 3, crop, crop, device=device)).shape[-1])
@@ -222,7 +215,7 @@ def collect(
     crop = model.preprocessing.crop
     outputs = _num_outputs(module, crop, dev)
     tap_list = default_taps(module, taps)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     report = CollectReport()
     if isinstance(data, DataLoader):
         loader: Iterable = data

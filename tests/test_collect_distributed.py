@@ -44,3 +44,35 @@ def test_two_process_gloo_equals_single_process(image_folder: Path, tmp_path: Pa
         torch.testing.assert_close(merged.stats[tap].mean, single.stats[tap].mean, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(merged.stats[tap].var, single.stats[tap].var, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(merged.stats[tap].global_var, single.stats[tap].global_var, rtol=1e-6, atol=1e-7)
+
+
+def test_torchrun_cli_equals_single_process(image_folder: Path, tmp_path: Path):
+    """`torchrun --nproc-per-node 2 sowmeta collect ...` writes the single-process bundle."""
+    import os
+    import shutil
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from sowmeta.cli.main import main
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    sowmeta_bin = shutil.which("sowmeta", path=str(Path(sys.executable).parent))
+    if torchrun is None or sowmeta_bin is None:
+        import pytest
+
+        pytest.skip("torchrun or the sowmeta entry point is not installed beside this python")
+    args = ["collect", "--model", "conftest:tiny_net", "--weights", "none", "--crop", "12", "--workers", "0", "--data", str(image_folder)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", sowmeta_bin, *args, "--out", str(tmp_path / "tr"), "--batch-size", "3"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "one"), "--batch-size", "7"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    a, b = Bundle.load(tmp_path / "tr"), Bundle.load(tmp_path / "one")
+    assert a.counts.tolist() == b.counts.tolist() == [5, 5, 5, 0]
+    for tap in b.stats:
+        torch.testing.assert_close(a.stats[tap].mean, b.stats[tap].mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a.stats[tap].var, b.stats[tap].var, rtol=1e-6, atol=1e-7)

@@ -1,0 +1,43 @@
+"""torch.distributed set-up from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+__all__ = ["launched_by_torchrun", "process_group", "rank_world"]
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or an equivalent launcher) started several processes."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@contextmanager
+def process_group(device: str | torch.device = "cpu") -> Iterator[tuple[int, int]]:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA) for the block; no-op alone."""
+    import torch.distributed as dist
+
+    if not launched_by_torchrun() or dist.is_initialized():
+        yield rank_world()
+        return
+    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    try:
+        yield rank_world()
+    finally:
+        dist.destroy_process_group()
