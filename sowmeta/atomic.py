@@ -11,7 +11,20 @@ from pathlib import Path
 
 from .errors import OutputExistsError
 
-__all__ = ["atomic_dir", "atomic_file", "sha256_file"]
+__all__ = ["atomic_dir", "atomic_file", "sha256_file", "publish_modes"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_modes(root: Path) -> None:
+    """Give ``root`` and everything in it the usual modes (temp files are created private)."""
+    mask = _umask()
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -38,6 +51,7 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        publish_modes(tmp)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / "x")
@@ -62,6 +76,7 @@ def atomic_file(target: str | Path, *, overwrite: bool = True) -> Iterator[Path]
     tmp = Path(name)
     try:
         yield tmp
+        publish_modes(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

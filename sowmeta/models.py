@@ -24,6 +24,7 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 __all__ = [
     "LoadedModel",
     "CifarResNet",
+    "DemoCNN",
     "CIFAR10_LABELS",
     "register_model",
     "list_models",
@@ -109,6 +110,23 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
+class DemoCNN(nn.Module):
+    """The demo's small BatchNorm CNN for 32x32 images: three conv-BN-ReLU stages and a linear head."""
+
+    def __init__(self, num_classes: int = 4, width: int = 16) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for i, cout in enumerate((width, 2 * width, 4 * width)):
+            layers += [nn.Conv2d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x).mean(dim=(2, 3)))
+
+
 # --- the name registry ------------------------------------------------------------------
 
 _Builder = Callable[[str, "str | None", "int | None"], LoadedModel]
@@ -144,6 +162,16 @@ def _cifar_builder(depth: int) -> _Builder:
 
 for _depth in (20, 32, 44, 56, 110):
     register_model(f"cifar-resnet{_depth}")(_cifar_builder(_depth))
+
+
+@register_model("demo-cnn")
+def _demo_builder(name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+    module = DemoCNN(num_classes or 4)
+    if weights is not None:
+        if weights.upper() == "DEFAULT":
+            raise WeightsError("demo-cnn has no downloadable weights; pass the file `sowmeta demo` wrote, or none")
+        _load_into(module, weights)
+    return LoadedModel(module, name, weights, num_classes or 4, None, Preprocessing(crop=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), source=name))
 
 
 def _torchvision_names() -> list[str]:

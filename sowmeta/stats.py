@@ -32,11 +32,10 @@ def _per_image_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int
     step = max(1, _CHUNK_ELEMENTS // max(1, c * p))
     means, m2s = [], []
     for start in range(0, n, step):
-        chunk = v[start : start + step].to(torch.float64)
-        mean = chunk.mean(dim=2)
-        m2 = (chunk - mean.unsqueeze(2)).square().sum(dim=2)
+        # var_mean is a single-pass Welford reduction: one read of the float64 copy.
+        var, mean = torch.var_mean(v[start : start + step].to(torch.float64), dim=2, correction=0)
         means.append(mean)
-        m2s.append(m2)
+        m2s.append(var * p)
     return torch.cat(means), torch.cat(m2s), p
 
 
