@@ -142,12 +142,13 @@ def register(group: click.Group) -> None:
     @click.argument("bundle")
     @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
     @click.option("--all-taps", is_flag=True, help="List every tap, not the first 12.")
+    @click.option("--registry", default=None, help="hub, local, or a local registry directory (for ORG/NAME references).")
     @handle_errors
-    def inspect(bundle: str, as_json: bool, all_taps: bool) -> None:
+    def inspect(bundle: str, as_json: bool, all_taps: bool, registry: str | None) -> None:
         """Show a bundle's model, classes, taps, channels, counts and size."""
         from sowmeta.summary import summarize
 
-        s = summarize(_resolve(bundle))
+        s = summarize(_resolve(bundle, registry))
         if as_json:
             click.echo(json.dumps(s, indent=2))
             return
@@ -181,14 +182,15 @@ def register(group: click.Group) -> None:
     @click.argument("bundle")
     @click.option("--model", help="Also check the bundle against this model (defaults to none).")
     @click.option("--weights", default=None, help="Weights for --model (default: those the manifest names).")
+    @click.option("--registry", default=None, help="hub, local, or a local registry directory (for ORG/NAME references).")
     @handle_errors
-    def validate(bundle: str, model: str | None, weights: str | None) -> None:
+    def validate(bundle: str, model: str | None, weights: str | None, registry: str | None) -> None:
         """Check a bundle's schema, checksums and tensors, and optionally that it matches a model."""
         from sowmeta.bundle import Bundle
         from sowmeta.fuse import fuse_bn
         from sowmeta.models import load_model
 
-        path = _resolve(bundle)
+        path = _resolve(bundle, registry)
         b = Bundle.load(path, verify=True)
         console.print(f"[green]ok[/] {path}: schema, {len(b.manifest.files)} file checksums, {len(b.manifest.taps)} taps")
         if model is not None:
@@ -229,13 +231,8 @@ def register(group: click.Group) -> None:
             click.echo(f"{t.name}\t{t.kind}\t{channels.get(t.name)}")
 
 
-def _resolve(ref: str) -> Path:
-    """A local bundle path, or a registry name pulled on demand."""
-    p = Path(ref)
-    if p.exists():
-        return p
-    try:
-        from sowmeta.registry import resolve_bundle
-    except ImportError:
-        return p
-    return resolve_bundle(ref)
+def _resolve(ref: str, registry: str | None) -> Path:
+    """A local bundle path, or a registry name (ORG/NAME[@REV]) pulled on demand."""
+    from sowmeta.registry import resolve_bundle
+
+    return resolve_bundle(ref, registry=registry)

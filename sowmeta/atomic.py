@@ -14,15 +14,19 @@ from .errors import OutputExistsError
 __all__ = ["atomic_dir", "atomic_file", "sha256_file", "publish_modes"]
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
+_UMASK = _read_umask()
+
+
 def publish_modes(root: Path) -> None:
     """Give ``root`` and everything in it the usual modes (temp files are created private)."""
-    mask = _umask()
+    mask = _UMASK
     for p in [root, *root.rglob("*")]:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 

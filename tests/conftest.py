@@ -119,3 +119,7 @@ def cifar_test_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(zf.read(n))
     return root
+
+
+# --- registry (issue 3): tiny bundles, isolated HF caches, a Hub-compatible server ------
+from registry_fixtures import *  # noqa: E402, F401, F403

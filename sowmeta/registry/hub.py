@@ -1,0 +1,270 @@
+"""The Hugging Face Hub backend: a bundle is a model repository holding ``sowmeta.json``, its files and a card.
+
+A push is one commit (``create_commit``): the manifest, every file it lists and a generated
+README.md, plus the deletion of bundle shards (``stats*.safetensors``) the new manifest no longer
+lists. The Hub applies a commit whole or not at all, so an interrupted push leaves the previous
+revision in place. A pull is ``snapshot_download`` of ``sowmeta.json``, ``*.safetensors`` and
+``README.md`` at one revision into ``<SOWMETA_CACHE>/hub`` (a Hugging Face cache), then a check of
+the manifest (schema) and of every file's sha256.
+
+Environment: ``HF_TOKEN`` (read by huggingface_hub), ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` (re-read
+per call through ``sowmeta.env``; offline, a pull is served from the cache or fails with
+``OfflineError``). huggingface_hub's errors become ``sowmeta.errors`` with a one-line fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
+from huggingface_hub import errors as hf
+
+from .. import env
+from ..bundle import MANIFEST_NAME, Bundle, verify_files
+from ..errors import (
+    AuthError,
+    BundleNotFoundError,
+    ConfigError,
+    GatedRepoError,
+    NetworkError,
+    NotFoundError,
+    OfflineError,
+    RegistryError,
+    RevisionNotFoundError,
+    SowmetaError,
+)
+from ..version import __version__
+from .card import DEFAULT_LICENSE, card_from_manifest
+from .local import CARD_NAME, export_bundle
+from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_name, check_ref
+
+__all__ = ["push", "pull", "list_bundles", "endpoint", "PULL_PATTERNS"]
+
+log = logging.getLogger(__name__)
+
+PULL_PATTERNS = [MANIFEST_NAME, "*.safetensors", CARD_NAME]
+_SHARD_RE = re.compile(r"^stats(-\d{5}-of-\d{5})?\.safetensors$")
+
+
+def endpoint() -> str:
+    """The Hub URL in use: ``HF_ENDPOINT`` now, else huggingface_hub's default."""
+    return env.hf_endpoint() or constants.ENDPOINT
+
+
+def _offline() -> bool:
+    return env.hf_offline() or constants.HF_HUB_OFFLINE
+
+
+def _api() -> HfApi:
+    return HfApi(endpoint=endpoint(), library_name="sowmeta", library_version=__version__)
+
+
+def _first_line(text: str | None) -> str:
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[0].rstrip(".") if lines else ""
+
+
+def _translate(exc: BaseException, what: str, repo: str, url: str, *, offline: bool) -> SowmetaError | None:
+    """Map one huggingface_hub / httpx2 exception to a sowmeta error with a one-line message."""
+    if isinstance(exc, hf.GatedRepoError):
+        return GatedRepoError(
+            f"{repo} is gated on {url}: request access at {url}/{repo}, then set HF_TOKEN to a token of the approved account"
+        )
+    if isinstance(exc, hf.RevisionNotFoundError):
+        return RevisionNotFoundError(f"{what}: {url} has no such branch, tag or commit; check the revision (default main)")
+    if isinstance(exc, hf.RepositoryNotFoundError):
+        return NotFoundError(
+            f"{what}: {url} has no repository {repo}, or it is private and the token (HF_TOKEN or `hf auth login`) "
+            "cannot see it; check the name or set HF_TOKEN"
+        )
+    if isinstance(exc, hf.OfflineModeIsEnabled) or (isinstance(exc, hf.LocalEntryNotFoundError) and offline):
+        return OfflineError(
+            f"{what}: not in the cache and HF_HUB_OFFLINE=1 forbids downloading; pull it once online or unset HF_HUB_OFFLINE"
+        )
+    if isinstance(exc, hf.HfHubHTTPError):
+        code = exc.response.status_code if exc.response is not None else 0
+        detail = _first_line(exc.server_message)
+        status = f"({code}: {detail})" if detail else f"({code})"
+        if code == 401:
+            return AuthError(f"{what}: {url} refused the credentials {status}; set HF_TOKEN to a valid token or run `hf auth login`")
+        if code == 403:
+            return AuthError(f"{what}: {url} denied access {status}; use a token with write access to {repo.split('/')[0]}")
+        if code == 429 or code >= 500:
+            return NetworkError(f"{what}: {url} answered {status}; retry later")
+        return RegistryError(f"{what}: {url} answered {status}")
+    if isinstance(exc, hf.LocalEntryNotFoundError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, hf.HfHubHTTPError):  # the Hub answered with an error and nothing was cached
+            return _translate(cause, what, repo, url, offline=offline)
+        reason = f" ({type(cause).__name__})" if cause is not None else ""
+        return NetworkError(f"{what}: cannot reach {url}{reason} and nothing is cached; check the connection or HF_ENDPOINT")
+    if isinstance(exc, httpx2.TransportError):
+        if what.startswith("pushing") and not isinstance(exc, httpx2.ConnectError):
+            return NetworkError(
+                f"{what}: the connection to {url} broke ({type(exc).__name__}); a Hub commit is all or nothing, "
+                "so the repository keeps its previous revision unless the commit completed: push again"
+            )
+        return NetworkError(f"{what}: cannot reach {url} ({type(exc).__name__}); check the connection or HF_ENDPOINT and retry")
+    if isinstance(exc, hf.HFValidationError):
+        return ConfigError(f"{what}: {_first_line(str(exc))}")
+    return None
+
+
+@contextmanager
+def _mapped(what: str, repo: str, url: str, *, offline: bool = False) -> Iterator[None]:
+    try:
+        yield
+    except SowmetaError:
+        raise
+    except Exception as exc:
+        mapped = _translate(exc, what, repo, url, offline=offline)
+        if mapped is None:
+            raise
+        log.debug("%s failed", what, exc_info=True)
+        raise mapped from exc
+
+
+def _refuse_offline(what: str) -> None:
+    if _offline():
+        raise OfflineError(f"{what}: HF_HUB_OFFLINE=1 forbids talking to the Hub; unset HF_HUB_OFFLINE")
+
+
+def _ensure_repo(api: HfApi, name: str, *, private: bool) -> None:
+    """Create the repository unless it exists; refuse ``private`` for an existing public one.
+
+    ``repo_info`` comes first because ``create_repo(exist_ok=True)`` answers a 403 on an existing
+    repository with a ``RepoUrl`` parsed against the import-time endpoint, which fails when
+    HF_ENDPOINT was changed after import (huggingface_hub 2.4.0).
+    """
+    try:
+        info = api.repo_info(name)
+    except hf.GatedRepoError:
+        raise
+    except hf.RepositoryNotFoundError:
+        try:
+            api.create_repo(name, private=private)
+            return
+        except hf.HfHubHTTPError as exc:
+            if exc.response is None or exc.response.status_code != 409:  # 409: created meanwhile
+                raise
+        info = api.repo_info(name)
+    if private and not info.private:
+        raise ConfigError(
+            f"{name} already exists and is public; --private does not change an existing repository: "
+            "make it private in its settings on the Hub, or push without --private"
+        )
+
+
+def push(
+    bundle_dir: str | Path,
+    name: str,
+    *,
+    revision: str | None = None,
+    private: bool = False,
+    message: str | None = None,
+    license: str = DEFAULT_LICENSE,
+) -> PushResult:
+    """Publish the bundle at ``bundle_dir`` to the Hub repository ``name`` as one commit on branch ``revision``.
+
+    Args:
+        bundle_dir: a bundle directory; it is verified (schema, sha256) before anything is sent.
+        name: ``ORG/NAME``; the repository is created if needed.
+        revision: the branch to commit to (default main; created from main if missing).
+        private: create the repository private (an existing public repository is refused).
+        message: the commit message.
+        license: the card's license id.
+
+    Raises:
+        AuthError, GatedRepoError, NotFoundError, NetworkError, RegistryError, ConfigError, BundleError.
+    """
+    check_name(name)
+    branch = check_ref(revision) if revision else DEFAULT_REF
+    src = Path(bundle_dir)
+    manifest = Bundle.read_manifest(src)
+    verify_files(src, manifest)
+    card = card_from_manifest(manifest, name, license=license, manifest_size=(src / MANIFEST_NAME).stat().st_size)
+    m = manifest.model
+    summary = message or f"sowmeta: publish {m.architecture} bundle ({m.num_classes} classes, {len(manifest.taps)} taps)"
+    _refuse_offline(f"pushing {name}@{branch}")
+    api, url = _api(), endpoint()
+    with _mapped(f"pushing {name}@{branch}", name, url):
+        _ensure_repo(api, name, private=private)
+        if branch != DEFAULT_REF:
+            api.create_branch(name, branch=branch, exist_ok=True)
+        existing = set(api.list_repo_files(name, revision=branch))
+        ops: list[CommitOperationAdd | CommitOperationDelete] = [
+            CommitOperationAdd(path_in_repo=MANIFEST_NAME, path_or_fileobj=str(src / MANIFEST_NAME)),
+            *(CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(src / f.name)) for f in manifest.files),
+            CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode("utf-8")),
+        ]
+        keep = {op.path_in_repo for op in ops}
+        ops += [CommitOperationDelete(path_in_repo=p) for p in sorted(existing - keep) if _SHARD_RE.match(p)]
+        info = api.create_commit(name, ops, commit_message=summary, revision=branch)
+    log.info("pushed %s@%s -> commit %s (%s)", name, branch, info.oid, url)
+    return PushResult(name=name, revision=branch, commit=info.oid, backend="hub", url=info.commit_url)
+
+
+def pull(
+    name: str,
+    *,
+    revision: str | None = None,
+    to: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> PullResult:
+    """Download ``name`` at ``revision`` (branch, tag or commit; default main), verify it, return its directory.
+
+    Args:
+        name: ``ORG/NAME`` on the Hub.
+        revision: what to pin; the resolved commit hash is in the result.
+        to: copy the verified bundle to this new (or empty) directory instead of returning the cache path.
+        cache_dir: the Hugging Face cache to use; default ``<SOWMETA_CACHE>/hub``.
+
+    Raises:
+        NotFoundError, RevisionNotFoundError, GatedRepoError, AuthError, NetworkError, OfflineError,
+        BundleNotFoundError (the repository holds no sowmeta.json), SchemaError, ChecksumError.
+    """
+    check_name(name)
+    rev = revision or DEFAULT_REF
+    cache = Path(cache_dir) if cache_dir is not None else env.cache_dir() / "hub"
+    offline = _offline()
+    api, url = _api(), endpoint()
+    with _mapped(f"pulling {name}@{rev}", name, url, offline=offline):
+        folder = Path(
+            api.snapshot_download(name, revision=rev, cache_dir=cache, allow_patterns=PULL_PATTERNS, local_files_only=offline)
+        )
+    if not (folder / MANIFEST_NAME).is_file():
+        raise BundleNotFoundError(
+            f"{name}@{rev} on {url} has no {MANIFEST_NAME}: it is not a sowmeta bundle repository", path=str(folder)
+        )
+    manifest = Bundle.read_manifest(folder)
+    verify_files(folder, manifest)
+    commit = folder.name  # the Hugging Face cache keeps each revision under snapshots/<commit hash>
+    path = export_bundle(folder, manifest, to) if to is not None else folder
+    log.info("pulled %s@%s (commit %s) -> %s", name, rev, commit, path)
+    return PullResult(name=name, revision=rev, commit=commit, path=path, backend="hub")
+
+
+def list_bundles(*, author: str | None = None) -> list[BundleEntry]:
+    """The Hub repositories tagged ``sowmeta`` (optionally of one user or organization), newest first."""
+    _refuse_offline("listing sowmeta bundles on the Hub")
+    api, url = _api(), endpoint()
+    with _mapped("listing sowmeta bundles", author or "", url):
+        models = list(api.list_models(filter="sowmeta", author=author, expand=["sha", "lastModified", "private"]))
+    entries = [
+        BundleEntry(
+            name=m.id,
+            commit=m.sha,
+            backend="hub",
+            refs=(DEFAULT_REF,) if m.sha else (),
+            url=f"{url}/{m.id}",
+            updated=m.last_modified.isoformat().replace("+00:00", "Z") if m.last_modified else None,
+            private=m.private,
+        )
+        for m in models
+    ]
+    return sorted(entries, key=lambda e: e.updated or "", reverse=True)

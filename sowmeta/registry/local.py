@@ -1,0 +1,295 @@
+"""The local registry: immutable, content-addressed bundle revisions and named refs in one directory.
+
+Layout (``root`` is ``sowmeta.env.registry_dir()`` unless given)::
+
+    root/
+      ORG/NAME/
+        revisions/<id>/   sowmeta.json + the manifest's .safetensors files; never changed once written
+        refs/<ref>        a text file holding one revision id (main, v1, ...)
+        log.jsonl         one JSON line per push: time, ref, revision, previous revision, message
+        .lock             held while a push installs a revision and moves a ref
+      .tmp/               copies in progress (removed when a push fails)
+
+A revision id is the sha256 of ``sowmeta-revision-v1\\n``, the manifest's bytes, then one line
+``NAME SHA256\\n`` per data file in manifest order. The files are checked against those digests
+while they are copied, so an id always names exactly those bytes; pushing the same bundle twice
+stores it once. A push copies into ``.tmp``, renames the copy into ``revisions/`` and only then
+rewrites the ref (write to a temporary file + ``os.replace``), all under a per-bundle file lock:
+a reader sees the old revision or the new one, and a failed push leaves the refs as they were.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from ..atomic import atomic_dir, atomic_file, publish_modes
+from ..bundle import MANIFEST_NAME, Bundle, FileRecord, Manifest, verify_files
+from ..env import registry_dir
+from ..errors import (
+    ChecksumError,
+    ConfigError,
+    CorruptBundleError,
+    NotFoundError,
+    OutputExistsError,
+    RegistryError,
+    RevisionNotFoundError,
+)
+from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_name, check_ref
+
+__all__ = ["push", "pull", "list_bundles", "revision_id", "export_bundle", "LOCK_TIMEOUT_S"]
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT_S = 120.0
+CARD_NAME = "README.md"
+_HEX_RE = re.compile(r"^[0-9a-f]{7,64}$")
+_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+def _root(root: str | Path | None) -> Path:
+    return Path(root) if root is not None else registry_dir()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def revision_id(manifest_bytes: bytes, files: list[FileRecord]) -> str:
+    """The content address of a bundle: sha256 over the manifest bytes and each file's name and sha256."""
+    h = hashlib.sha256(b"sowmeta-revision-v1\n")
+    h.update(manifest_bytes)
+    h.update(b"\n")
+    for f in files:
+        h.update(f"{f.name} {f.sha256}\n".encode())
+    return h.hexdigest()
+
+
+def _copy_file(src: Path, dst: Path, record: FileRecord) -> None:
+    """Copy one data file, hashing it on the way; raise ``ChecksumError`` unless it matches ``record``."""
+    h = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while block := fin.read(_CHUNK):
+            h.update(block)
+            size += len(block)
+            fout.write(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+    if size != record.size or h.hexdigest() != record.sha256:
+        raise ChecksumError(
+            f"{src} ({size} bytes, sha256 {h.hexdigest()[:12]}...) does not match its manifest entry "
+            f"({record.size} bytes, {record.sha256[:12]}...): the bundle is corrupt, collect it again",
+            path=str(src),
+        )
+
+
+def _stage(src: Path, manifest_bytes: bytes, manifest: Manifest, root: Path) -> Path:
+    """Copy a bundle into ``root/.tmp``, verifying every file; the copy is read-only."""
+    tmp_root = root / ".tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix="push-", dir=tmp_root))
+    try:
+        for f in manifest.files:
+            if not (src / f.name).is_file():
+                raise CorruptBundleError(f"{src / f.name} is missing; the bundle is incomplete, collect it again", path=str(src))
+            _copy_file(src / f.name, staged / f.name, f)
+        (staged / MANIFEST_NAME).write_bytes(manifest_bytes)
+        publish_modes(staged)  # mkdtemp made it private; a registry may be shared by a team
+        for p in staged.iterdir():
+            p.chmod(p.stat().st_mode & ~0o222)  # stored revisions are read-only
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return staged
+
+
+@contextmanager
+def _locked(repo: Path, name: str) -> Iterator[None]:
+    repo.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(repo / ".lock"), timeout=LOCK_TIMEOUT_S)
+    try:
+        with lock:
+            yield
+    except Timeout:
+        raise RegistryError(
+            f"{name} has been locked by another push for {LOCK_TIMEOUT_S:.0f} s ({repo / '.lock'}); retry when it is done"
+        ) from None
+
+
+def _read_ref(repo: Path, ref: str) -> str | None:
+    p = repo / "refs" / ref
+    if not p.is_file():
+        return None
+    rid = p.read_text(encoding="utf-8").strip()
+    if not _ID_RE.match(rid):
+        raise RegistryError(f"ref file {p} does not hold a revision id; the local registry is damaged, push the bundle again")
+    return rid
+
+
+def push(
+    bundle_dir: str | Path,
+    name: str,
+    *,
+    revision: str | None = None,
+    message: str | None = None,
+    root: str | Path | None = None,
+) -> PushResult:
+    """Store the bundle at ``bundle_dir`` as an immutable revision and point ref ``revision`` (default main) at it.
+
+    Args:
+        bundle_dir: a bundle directory (``sowmeta.json`` + its files).
+        name: ``ORG/NAME``.
+        revision: the ref to move, e.g. ``main`` or ``v1``.
+        message: recorded in the bundle's ``log.jsonl``.
+        root: the registry directory; default ``sowmeta.env.registry_dir()``.
+
+    Raises:
+        BundleNotFoundError, SchemaError, ChecksumError, CorruptBundleError: the bundle is not publishable.
+        ConfigError: a bad name or ref. RegistryError: the lock could not be taken.
+    """
+    check_name(name)
+    ref = check_ref(revision or DEFAULT_REF)
+    src, base = Path(bundle_dir), _root(root)
+    manifest = Bundle.read_manifest(src)
+    manifest_bytes = (src / MANIFEST_NAME).read_bytes()
+    rid = revision_id(manifest_bytes, manifest.files)
+    repo = base / name
+    target = repo / "revisions" / rid
+    staged = None if target.is_dir() else _stage(src, manifest_bytes, manifest, base)
+    try:
+        with _locked(repo, name):
+            if not target.is_dir():
+                if staged is None:  # removed meanwhile (by hand): copy again, still under the lock
+                    staged = _stage(src, manifest_bytes, manifest, base)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, target)
+                staged = None
+            previous = _read_ref_safe(repo, ref)
+            with atomic_file(repo / "refs" / ref) as tmp:
+                tmp.write_text(rid + "\n", encoding="utf-8")
+            entry = {"time": _now(), "ref": ref, "revision": rid, "previous": previous, "message": message}
+            with open(repo / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+    log.info("pushed %s@%s -> %s (local registry %s)", name, ref, rid[:12], base)
+    return PushResult(name=name, revision=ref, commit=rid, backend="local", path=target)
+
+
+def _resolve(repo: Path, name: str, rev: str, base: Path) -> str:
+    """A ref name first, else a revision id or a unique prefix of one (7+ hex digits)."""
+    check_ref(rev)
+    rid = _read_ref(repo, rev)
+    if rid is not None:
+        if not (repo / "revisions" / rid).is_dir():
+            raise RegistryError(f"{name}@{rev} points to revision {rid[:12]}..., which is missing from {base}; push it again")
+        return rid
+    if _HEX_RE.match(rev):
+        hits = sorted(d.name for d in (repo / "revisions").glob(f"{rev}*") if d.is_dir())
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise ConfigError(f"revision {rev!r} of {name} is ambiguous ({len(hits)} revisions start with it); give more digits")
+    refs = sorted(p.name for p in (repo / "refs").glob("[!.]*")) if (repo / "refs").is_dir() else []
+    raise RevisionNotFoundError(
+        f"{name} has no revision {rev!r} in the local registry {base} (refs: {', '.join(refs) or 'none'}); "
+        "pass one of them or a revision id"
+    )
+
+
+def _read_ref_safe(repo: Path, rev: str) -> str | None:
+    try:
+        return _read_ref(repo, rev)
+    except RegistryError:
+        return None
+
+
+def export_bundle(src: Path, manifest: Manifest, to: str | Path) -> Path:
+    """Copy a verified bundle (manifest, files, and README.md if present) to a new or empty directory ``to``."""
+    to = Path(to)
+    if to.exists() and (not to.is_dir() or any(to.iterdir())):
+        raise OutputExistsError(f"{to} exists and is not an empty directory; choose another --to or remove it")
+    names = [MANIFEST_NAME, *(f.name for f in manifest.files)]
+    if (src / CARD_NAME).is_file():
+        names.append(CARD_NAME)
+    with atomic_dir(to, overwrite=True) as tmp:
+        for n in names:
+            shutil.copyfile(src / n, tmp / n)
+    return to
+
+
+def pull(
+    name: str,
+    *,
+    revision: str | None = None,
+    to: str | Path | None = None,
+    root: str | Path | None = None,
+) -> PullResult:
+    """Find ``name@revision`` (a ref or a revision id, default main), verify it, and return its directory.
+
+    Without ``to`` the path is inside the registry (read-only files); with ``to`` a copy is written there.
+
+    Raises:
+        NotFoundError, RevisionNotFoundError, ChecksumError, CorruptBundleError, OutputExistsError.
+    """
+    check_name(name)
+    base = _root(root)
+    repo = base / name
+    if not (repo / "revisions").is_dir():
+        raise NotFoundError(
+            f"{name} is not in the local registry {base}; push it with `sowmeta push DIR {name}`, "
+            "or fetch from the Hub with --registry hub"
+        )
+    rev = revision or DEFAULT_REF
+    rid = _resolve(repo, name, rev, base)
+    path = repo / "revisions" / rid
+    manifest = Bundle.read_manifest(path)
+    verify_files(path, manifest)
+    if to is not None:
+        path = export_bundle(path, manifest, to)
+    log.info("pulled %s@%s (%s) from the local registry -> %s", name, rev, rid[:12], path)
+    return PullResult(name=name, revision=rev, commit=rid, path=path, backend="local")
+
+
+def list_bundles(*, root: str | Path | None = None) -> list[BundleEntry]:
+    """Every revision the local registry holds, with the refs pointing at it (newest first per name)."""
+    base = _root(root)
+    entries: list[BundleEntry] = []
+    if not base.is_dir():
+        return entries
+    for revs in sorted(base.glob("*/*/revisions")):
+        repo = revs.parent
+        if repo.parent.name.startswith("."):
+            continue
+        name = f"{repo.parent.name}/{repo.name}"
+        refs: dict[str, list[str]] = {}
+        for ref in sorted((repo / "refs").glob("[!.]*")) if (repo / "refs").is_dir() else []:
+            rid = _read_ref_safe(repo, ref.name)
+            if rid is not None:
+                refs.setdefault(rid, []).append(ref.name)
+        found = []
+        for d in revs.iterdir():
+            if d.is_dir() and _ID_RE.match(d.name):
+                mtime = _dt.datetime.fromtimestamp(d.stat().st_mtime, _dt.timezone.utc).replace(microsecond=0)
+                found.append((mtime, d))
+        for mtime, d in sorted(found, key=lambda x: x[0], reverse=True):
+            own = sorted(refs.get(d.name, []), key=lambda r: (r != DEFAULT_REF, r))
+            entries.append(
+                BundleEntry(name=name, commit=d.name, backend="local", refs=tuple(own), path=d,
+                            updated=mtime.isoformat().replace("+00:00", "Z"))
+            )
+    return entries

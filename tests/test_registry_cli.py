@@ -1,0 +1,100 @@
+"""``sowmeta push / pull / list``: thin commands, JSON output, and one-line errors with exit code 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from hub_server import HubServer
+from registry_fixtures import HUB_ORG, bundle_bytes, fake_hub, make_bundle, registry_env  # noqa: F401  (fixtures)
+
+from sowmeta.cli.main import main
+
+pytestmark = pytest.mark.usefixtures("registry_env")
+
+NAME = f"{HUB_ORG}/tiny-cli"
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def one_error_line(result: Result, prefix: str) -> str:
+    """The command failed with exit code 1 and printed exactly one line, ``error: <prefix>: ...``, on stderr."""
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {prefix}: "), lines[0]
+    assert result.stdout == ""
+    return lines[0]
+
+
+def test_local_push_pull_list(make_bundle, tmp_path: Path) -> None:  # noqa: ANN001
+    src = make_bundle(seed=1)
+    pushed = run("push", str(src), NAME, "--json")
+    assert pushed.exit_code == 0, pushed.output
+    info = json.loads(pushed.stdout)
+    assert (info["name"], info["revision"], info["backend"]) == (NAME, "main", "local")
+
+    pulled = run("pull", NAME)
+    assert pulled.exit_code == 0, pulled.output
+    path = Path(pulled.stdout.strip().splitlines()[-1])
+    assert bundle_bytes(path) == bundle_bytes(src)
+    assert "verified" in pulled.stderr
+
+    out = tmp_path / "copy"
+    pinned = run("pull", f"{NAME}@{info['commit'][:10]}", "--to", str(out))
+    assert pinned.exit_code == 0, pinned.output
+    assert bundle_bytes(out) == bundle_bytes(src)
+
+    listed = run("list", "--json")
+    assert listed.exit_code == 0
+    assert [(e["name"], e["commit"], e["refs"]) for e in json.loads(listed.stdout)] == [(NAME, info["commit"], ["main"])]
+    table = run("list")
+    assert NAME in table.stdout and info["commit"][:12] in table.stdout
+
+
+def test_hub_push_pull_list(fake_hub: HubServer, make_bundle, tmp_path: Path) -> None:  # noqa: ANN001
+    first, second = make_bundle(seed=1), make_bundle(seed=2)
+    a = run("push", str(first), NAME, "--registry", "hub", "--license", "mit", "-m", "v1 of the stats", "--json")
+    assert a.exit_code == 0, a.output
+    commit = json.loads(a.stdout)["commit"]
+    assert fake_hub.state.repos[NAME].commits[commit].summary == "v1 of the stats"
+    assert b"license: mit" in fake_hub.state.repos[NAME].commits[commit].files["README.md"]
+    b = run("push", str(second), NAME, "--registry", "hub")
+    assert b.exit_code == 0 and "pushed" in b.stdout
+
+    out = tmp_path / "first"
+    pulled = run("pull", f"{NAME}@{commit}", "--registry", "hub", "--to", str(out))
+    assert pulled.exit_code == 0, pulled.output
+    assert Path(pulled.stdout.strip()) == out and bundle_bytes(out) == bundle_bytes(first)
+
+    listed = run("list", "--registry", "hub", "--json")
+    assert [e["name"] for e in json.loads(listed.stdout)] == [NAME]
+
+
+def test_hub_errors_are_one_line(fake_hub: HubServer, make_bundle, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    src = make_bundle(seed=1)
+    line = one_error_line(run("pull", f"{HUB_ORG}/missing", "--registry", "hub"), "not found")
+    assert f"{HUB_ORG}/missing" in line and "HF_TOKEN" in line
+    assert run("push", str(src), NAME, "--registry", "hub").exit_code == 0
+    line = one_error_line(run("pull", f"{NAME}@v404", "--registry", "hub"), "revision not found")
+    assert "v404" in line
+    monkeypatch.delenv("HF_TOKEN")
+    line = one_error_line(run("push", str(src), NAME, "--registry", "hub"), "authentication failed")
+    assert "401" in line and "HF_TOKEN" in line
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    one_error_line(run("pull", f"{HUB_ORG}/never", "--registry", "hub"), "offline")
+
+
+def test_local_errors_are_one_line(make_bundle, tmp_path: Path) -> None:  # noqa: ANN001
+    src = make_bundle(seed=1)
+    one_error_line(run("pull", NAME), "not found")
+    one_error_line(run("push", str(src), NAME, "--private"), "invalid option")
+    one_error_line(run("push", str(tmp_path / "nothing"), NAME), "bundle not found")
+    assert run("push", str(src), NAME).exit_code == 0
+    one_error_line(run("pull", f"{NAME}@nope"), "revision not found")
+    one_error_line(run("pull", "not a name"), "invalid option")
+    one_error_line(run("pull", NAME, "--to", str(src)), "output exists")
