@@ -13,6 +13,7 @@ from .fuse import fuse_bn
 from .models import LoadedModel, fingerprint, list_models, load_model, register_model
 from .preprocess import Preprocessing
 from .stats import ClassMoments
+from .synth import SynthConfig, SynthProgress, SynthResult, synthesize
 from .taps import Tap, resolve_taps, tap_hooks
 from .version import __version__
 
@@ -44,4 +45,9 @@ __all__ = [
     "SourceRecord",
     "TapRecord",
     "TapStats",
+    # synthesis
+    "SynthConfig",
+    "SynthResult",
+    "SynthProgress",
+    "synthesize",
 ]

@@ -31,7 +31,7 @@ from .preprocess import Preprocessing
 from .stats import ClassMoments
 from .taps import Tap, resolve_taps, tap_hooks
 
-__all__ = ["StatsRecorder", "TrainingCollector", "CollectReport", "collect", "collect_seeds", "default_taps"]
+__all__ = ["StatsRecorder", "TrainingCollector", "CollectReport", "collect", "collect_seeds", "default_taps", "seed_files"]
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,8 @@ def collect(
     return bundle, report
 
 
-def _seed_list(seeds: str | Path | Mapping[int, Sequence[str | Path]], classes: Sequence[str]) -> list[tuple[Path, int]]:
+def seed_files(seeds: str | Path | Mapping[int, Sequence[str | Path]], classes: Sequence[str]) -> list[tuple[Path, int]]:
+    """(file, class index) of every seed: folders are named by class label or index."""
     if isinstance(seeds, Mapping):
         return [(Path(p), int(k)) for k, paths in seeds.items() for p in paths]
     index = scan_image_folder(seeds)
@@ -317,7 +318,7 @@ def collect_seeds(
     module, fused = _prepare(model, fuse, dev)
     outputs = _num_outputs(module, model.preprocessing.crop, dev)
     labels = list(model.labels) if model.labels and len(model.labels) == outputs else [str(i) for i in range(outputs)]
-    items = _seed_list(seeds, labels)
+    items = seed_files(seeds, labels)
     if not items:
         raise DataError("no seed images given")
     transform = model.preprocessing.transform()

@@ -150,3 +150,7 @@ class SynthesisError(SowmetaError):
 
 class DivergenceError(SynthesisError, FloatingPointError):
     """The synthesis loss became NaN or infinite."""
+
+    def __init__(self, message: str, *, iteration: int | None = None) -> None:
+        super().__init__(message)
+        self.iteration = iteration

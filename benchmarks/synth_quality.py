@@ -1,0 +1,50 @@
+"""Quality of synthesized CIFAR-10 sets: teacher and independent-model accuracy, per-class Fréchet distance.
+
+Run: ``python benchmarks/synth_quality.py c56-cc.h5 c56-di.h5 --real .work/cifar10/test``
+(weights from ``$SOWMETA_SHARED/models/cifar10``). Features for the Fréchet distance come from
+cifar-resnet20's penultimate layer (64-d), a network other than the teacher (cifar-resnet56).
+Prints one markdown table, rows = sets, for docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from sowmeta.env import shared_dir
+from sowmeta.metrics import per_class_frechet, run_model, top1_accuracy
+from sowmeta.models import load_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sets", nargs="+", type=Path, help="HDF5 synthesis files")
+    ap.add_argument("--real", type=Path, required=True, help="real test images, class-per-folder")
+    ap.add_argument("--models", type=Path, default=shared_dir() / "models" / "cifar10")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    teacher = load_model("cifar-resnet56", weights=str(args.models / "resnet56.safetensors"))
+    judge = load_model("cifar-resnet20", weights=str(args.models / "resnet20.safetensors"))
+    real = run_model(judge, args.real, features=True)
+    k = real.logits.shape[1]
+    print(f"real test set: {len(real.labels)} images; cifar-resnet20 top-1 {top1_accuracy(real.logits, real.labels):.2%}")
+    print()
+    print("| set | images | teacher (resnet56) top-1 | cifar-resnet20 top-1 | mean per-class FD (resnet20 features) | per-class FD |")
+    print("|---|---|---|---|---|---|")
+    for path in args.sets:
+        t = run_model(teacher, path)
+        j = run_model(judge, path, features=True)
+        fd = per_class_frechet(j.features, j.labels, real.features, real.labels, num_classes=k)
+        present = [v for v in fd if v is not None]
+        mean_fd = sum(present) / len(present)
+        cells = " ".join(f"{v:.1f}" if v is not None else "-" for v in fd)
+        print(
+            f"| {path.name} | {len(j.labels)} | {top1_accuracy(t.logits, t.labels):.1%} | {top1_accuracy(j.logits, j.labels):.1%} "
+            f"| {mean_fd:.2f} | {cells} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""``sowmeta synthesize``: images of chosen classes from a model and its bundle."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["register"]
+
+
+def _classes(text: str | None) -> list[str] | None:
+    if text is None or text.strip() in ("", "all"):
+        return None
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _tap_weights(items: tuple[str, ...]) -> dict[str, float]:
+    from sowmeta.errors import ConfigError
+
+    out = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ConfigError(f"--tap-weight takes TAP=WEIGHT (a name or glob, then a number), not {item!r}")
+    return out
+
+
+def _live_display(console: Any, quiet: bool) -> tuple[Any, Any]:
+    """A rich progress display with a batch bar, an iteration bar and the loss terms; and its update callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[terms]}"),
+        console=console,
+    )
+    images = bar.add_task("images", total=None, terms="")
+    iters = bar.add_task("iteration", total=None, terms="")
+
+    def update(p: Any) -> None:
+        if quiet:
+            return
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(images, completed=p.images_done, total=p.images_total, description=f"batch {p.batch}/{p.batches}")
+        if p.iteration is not None:
+            terms = "  ".join(f"{k} {v:.3g}" for k, v in p.iteration.terms.items())
+            bar.update(iters, completed=p.iteration.iteration, total=p.iteration.iterations, terms=terms)
+
+    return bar, update
+
+
+def register(group: click.Group) -> None:
+    """Add ``synthesize`` to ``group``."""
+    from sowmeta.cli.main import console, err_console, handle_errors
+
+    @group.command()
+    @click.option("--bundle", help="Bundle directory or registry name org/name[@revision] (pulled on demand).")
+    @click.option("--registry", help="Registry for bundle names: hub, local, or a directory (default: $SOWMETA_REGISTRY, else local).")
+    @click.option("--model", help="Model name (default: the one the bundle names).")
+    @click.option("--weights", default=None, help="Weights for --model: DEFAULT, a weights name, a file, or none.")
+    @click.option("--classes", default="all", show_default=True, help="Comma-separated class indices or labels, or 'all'.")
+    @click.option("--per-class", default=50, show_default=True, type=click.IntRange(1), help="Images per class.")
+    @click.option("--out", required=True, type=click.Path(path_type=Path), help="HDF5 file to write (resumed if unfinished).")
+    @click.option("--mode", type=click.Choice(["cc", "global", "di"]), default="cc", show_default=True,
+                  help="cc: class-conditional bundle statistics; global: the bundle's global ones; di: BatchNorm running statistics.")
+    @click.option("--mixed/--single-class", default=None, help="Mix classes within a batch (default: single-class for cc, mixed otherwise).")
+    @click.option("--preset", type=click.Choice(["auto", "imagenet", "cifar"]), default="auto", show_default=True,
+                  help="Default hyper-parameters; auto picks cifar for inputs of 64 px or less.")
+    @click.option("--iterations", type=click.IntRange(1), help="Optimization steps per batch [imagenet 2000, cifar 2000].")
+    @click.option("--batch-size", type=click.IntRange(1), help="Images per batch [64].")
+    @click.option("--lr", type=float, help="Adam learning rate (cosine schedule) [imagenet 0.25, cifar 0.1].")
+    @click.option("--alpha-tv", type=float, help="Total-variation weight [imagenet 1e-4, cifar 1e-4].")
+    @click.option("--alpha-l2", type=float, help="L2 image prior weight [imagenet 1e-5, cifar 0].")
+    @click.option("--alpha-cc", type=float, help="Statistics-matching weight [imagenet 0.01, cifar 1].")
+    @click.option("--first-tap-multiplier", type=float, help="Extra weight of the first tap [imagenet 10, cifar 1].")
+    @click.option("--tap-weight", multiple=True, help="Per-tap weight TAP=W (name or glob); repeatable.")
+    @click.option("--feature-loss", type=click.Choice(["eq7", "kl"]), help="F_l: paper Eq. 7 (default) or Gaussian KL.")
+    @click.option("--jitter", type=click.IntRange(0), help="Random shift in pixels [imagenet 30, cifar 2].")
+    @click.option("--flip/--no-flip", default=None, help="Random horizontal flips [on].")
+    @click.option("--multires", type=click.FloatRange(0, 1, max_open=True), help="Fraction of iterations at half resolution [0].")
+    @click.option("--init", "init", default="noise", show_default=True, help="noise, or a folder <label>/<image> of seed images or sketches.")
+    @click.option("--init-noise", type=float, help="Noise std added to initial images [0.2].")
+    @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True, help="Autocast on CUDA.")
+    @click.option("--seed", default=0, show_default=True, type=int, help="Makes runs repeatable.")
+    @click.option("--save-every", default=0, show_default=True, type=click.IntRange(0), help="Keep intermediate images every N iterations.")
+    @click.option("--png", type=click.Path(path_type=Path), help="Also write PNGs to DIR/<class>/.")
+    @click.option("--grid", type=click.Path(path_type=Path), help="Also write a contact sheet PNG (8 images per class).")
+    @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+    @click.option("--no-fingerprint-check", is_flag=True, help="Accept a bundle recorded with other weights of the same architecture.")
+    @click.option("--overwrite", is_flag=True, help="Replace --out and discard an unfinished run of it.")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+    @handle_errors
+    def synthesize(bundle, registry, model, weights, classes, per_class, out, mode, mixed, preset, iterations, batch_size, lr, alpha_tv, alpha_l2, alpha_cc,
+                   first_tap_multiplier, tap_weight, feature_loss, jitter, flip, multires, init, init_noise, amp, seed, save_every, png, grid, device,
+                   no_fingerprint_check, overwrite, quiet) -> None:  # noqa: ANN001
+        """Synthesize images of chosen classes from a model and its class-conditional statistics."""
+        from sowmeta.bundle import Bundle
+        from sowmeta.errors import ConfigError
+        from sowmeta.models import load_model
+        from sowmeta.registry import resolve_bundle
+        from sowmeta.synth import SynthConfig
+        from sowmeta.synth import synthesize as run
+
+        if bundle is None and mode != "di":
+            raise ConfigError(f"mode {mode} needs --bundle (a directory or org/name); only --mode di works from the model alone")
+        if bundle is None and model is None:
+            raise ConfigError("pass --bundle, or --model with --mode di")
+        path = resolve_bundle(bundle, registry=registry) if bundle is not None else None
+        manifest = Bundle.read_manifest(path) if path is not None else None
+        loaded = None
+        if model is None and weights is not None and manifest is not None:
+            model = manifest.model.architecture
+        if model is not None:
+            loaded = load_model(model, weights=weights or "DEFAULT", num_classes=manifest.model.num_classes if manifest else None,
+                                preprocessing=manifest.preprocessing if manifest else None)
+        crop = manifest.preprocessing.crop if manifest else loaded.preprocessing.crop  # type: ignore[union-attr]
+        chosen = ("cifar" if crop <= 64 else "imagenet") if preset == "auto" else preset
+        overrides = {
+            "iterations": iterations, "batch_size": batch_size, "lr": lr, "alpha_tv": alpha_tv, "alpha_l2": alpha_l2, "alpha_cc": alpha_cc,
+            "first_tap_multiplier": first_tap_multiplier, "feature_loss": feature_loss, "jitter": jitter, "flip": flip, "multires": multires,
+            "init_noise": init_noise,
+        }
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        init_dir = None if init == "noise" else Path(init)
+        if init_dir is not None and not init_dir.is_dir():
+            raise ConfigError(f"--init must be 'noise' or a folder of initial images; {init_dir} is not a directory")
+        config = SynthConfig.preset(
+            chosen, mode=mode, mixed=mixed, tap_weights=_tap_weights(tap_weight), init="noise" if init_dir is None else "images",
+            amp=amp, seed=seed, save_every=save_every, check_fingerprint=not no_fingerprint_check, **overrides,
+        )
+        bar, update = _live_display(console, quiet)
+        try:
+            result = run(path, loaded, classes=_classes(classes), per_class=per_class, config=config, out=out, device=device,
+                         overwrite=overwrite, init_images=init_dir, progress=update)
+        finally:
+            bar.stop()
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+            return
+        if png is not None:
+            from sowmeta.synth.export import write_pngs
+
+            write_pngs(out, png, overwrite=overwrite)
+        if grid is not None:
+            from sowmeta.synth.export import contact_sheet, save_contact_sheet
+
+            save_contact_sheet(contact_sheet(result.images(), result.labels), grid)
+        resumed = f" ({result.resumed_batches} batches resumed)" if result.resumed_batches else ""
+        console.print(
+            f"wrote [bold]{out}[/]: {len(result.labels)} images, mode {mode}, preset {chosen}, "
+            f"teacher top-1 {result.teacher_accuracy:.1%}, {result.seconds:.0f} s{resumed}"
+        )
+        if not quiet and result.teacher_accuracy < 0.5:
+            err_console.print("[yellow]the teacher recognises fewer than half of the images[/]; try more --iterations or a lower --alpha-cc")

@@ -1,0 +1,362 @@
+"""Score an image set (a synthesis file or a class-per-folder directory) with named networks.
+
+One report holds every score, and every score names the network that computed it:
+
+- top-1 accuracy of each given classifier, overall and per class;
+- an Inception-Score-style score, from the softmax of the first given classifier;
+- Fréchet distance and KID between the features of the set and of a reference folder of real
+  images, overall and (Fréchet) per class;
+- within-class diversity (mean pairwise feature distance), of the set and of the reference.
+
+Features come from Inception-V3 when its weights are cached locally, else from the first given
+classifier's penultimate layer (``metrics.default_feature_model``); nothing is downloaded.
+Each image set goes through each network once; every score is computed from those passes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .atomic import atomic_file
+from .errors import ConfigError, DataError
+from .metrics import (
+    Outputs,
+    class_diversity,
+    default_feature_model,
+    frechet_distance,
+    inception_score,
+    kernel_distance,
+    network_name,
+    per_class_frechet,
+    run_model,
+    top1_accuracy,
+)
+from .models import LoadedModel
+from .synthdata import SynthDataset, SynthInfo, fit_square, read_info
+
+__all__ = [
+    "AccuracyScore",
+    "InceptionScoreResult",
+    "DistanceScores",
+    "DiversityScore",
+    "EvaluationReport",
+    "evaluate",
+    "save_class_sheets",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""Called with (what is running, images done, images in that pass)."""
+
+
+@dataclass(frozen=True)
+class AccuracyScore:
+    """Top-1 accuracy of one classifier on the set: overall, and per class (None for classes without images)."""
+
+    network: str
+    top1: float
+    per_class: list[float | None]
+
+
+@dataclass(frozen=True)
+class InceptionScoreResult:
+    """exp(E_x KL(p(y|x) || p(y))) from ``network``'s softmax; mean and std over ``splits`` splits."""
+
+    network: str
+    mean: float
+    std: float | None
+    splits: int
+
+
+@dataclass(frozen=True)
+class DistanceScores:
+    """How far the set's features lie from a reference set's, in ``network``'s feature space.
+
+    ``kid_mean``/``kid_std``: unbiased MMD² with the cubic polynomial kernel over random subsets
+    of ``kid_subset_size`` images. ``per_class_frechet`` is None where a class has fewer than two
+    images in either set; ``mean_class_frechet`` averages the others.
+    """
+
+    network: str
+    reference: str
+    reference_images: int
+    frechet: float
+    kid_mean: float
+    kid_std: float
+    kid_subset_size: int
+    per_class_frechet: list[float | None]
+    mean_class_frechet: float | None
+
+
+@dataclass(frozen=True)
+class DiversityScore:
+    """Mean Euclidean distance between features of two images of the same class (larger: more diverse)."""
+
+    network: str
+    per_class: list[float | None]
+    mean: float | None
+    reference_per_class: list[float | None] | None = None
+    reference_mean: float | None = None
+
+
+@dataclass
+class EvaluationReport:
+    """Every score of one image set. Per-class lists are indexed like ``classes``."""
+
+    data: str
+    kind: str  # "hdf5" or "folder"
+    images: int  # images evaluated (after the class filter)
+    classes: list[str]
+    counts: list[int]  # images evaluated per class
+    accuracy: list[AccuracyScore] = field(default_factory=list)
+    inception_score: InceptionScoreResult | None = None
+    feature_network: str | None = None
+    diversity: DiversityScore | None = None
+    distances: DistanceScores | None = None
+    sheets: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serializable dictionary (``json.dumps(report.to_dict())``)."""
+        return asdict(self)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _class_names(info: SynthInfo, models: Sequence[LoadedModel]) -> list[str]:
+    n = len(info.per_class)
+    if info.classes is not None:
+        return list(info.classes)
+    for m in models:
+        if m.labels is not None and len(m.labels) >= n:
+            return list(m.labels[:n])
+    return [str(k) for k in range(n)]
+
+
+def _resolve_classes(chosen: Sequence[int | str] | None, names: list[str], info: SynthInfo) -> list[int]:
+    """Class indices to evaluate: those asked for (indices or names), else every class the set holds."""
+    if chosen is None:
+        return [k for k, n in enumerate(info.per_class) if n > 0]
+    out: list[int] = []
+    for c in chosen:
+        if isinstance(c, int) or (isinstance(c, str) and c.strip().isdigit()):
+            k = int(c)
+            if not 0 <= k < len(names):
+                raise ConfigError(f"class index {k} is out of range; {info.path} has classes 0..{len(names) - 1}")
+        elif c in names:
+            k = names.index(c)
+        else:
+            raise ConfigError(f"no class {c!r} in {info.path}; its classes are {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}")
+        if info.per_class[k] == 0:
+            raise ConfigError(f"class {names[k]!r} ({k}) has no images in {info.path}; drop it from the classes")
+        out.append(k)
+    return sorted(set(out))
+
+
+def _view(path: Path, model: LoadedModel, keep: list[int] | None) -> Dataset:
+    """The set as uint8 images fitted to ``model``'s input size, restricted to classes ``keep``."""
+    crop, resize = model.preprocessing.crop, model.preprocessing.resize
+    ds = SynthDataset(path, transform=functools.partial(fit_square, size=crop, resize=resize))
+    if keep is None:
+        return ds
+    mask = torch.isin(ds.labels, torch.tensor(keep, dtype=torch.long))
+    return Subset(ds, torch.nonzero(mask).flatten().tolist())
+
+
+def _check_names(what: str, names: Sequence[str] | None, other: Sequence[str] | None, keep: list[int]) -> None:
+    if names is None or other is None:
+        return
+    for k in keep:
+        if k < len(other) and names[k] != other[k]:
+            log.warning("class %d is %r in the data but %r in %s; scores assume index %d is the same class", k, names[k], other[k], what, k)
+            return
+
+
+def evaluate(
+    data: str | Path,
+    models: Sequence[LoadedModel],
+    *,
+    reference: str | Path | None = None,
+    feature_model: LoadedModel | None = None,
+    classes: Sequence[int | str] | None = None,
+    sheets: str | Path | None = None,
+    sheet_size: int = 64,
+    is_splits: int = 10,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> EvaluationReport:
+    """Score an image set: accuracy per classifier, IS-style score, FD/KID against real images, diversity.
+
+    Args:
+        data: an HDF5 synthesis file or a class-per-folder image directory.
+        models: classifiers whose top-1 accuracy is measured; the first one also computes the
+            Inception-Score-style score (and the features, when no Inception-V3 is cached and
+            ``feature_model`` is not given).
+        reference: a class-per-folder directory of real images (class k = k-th folder in sorted
+            order, as in the data). Fréchet distance, KID and per-class Fréchet distance need it.
+            Only the reference's images of the evaluated classes are used.
+        feature_model: the network whose penultimate features feed FD, KID and diversity
+            (default: ``metrics.default_feature_model(models)``).
+        classes: class indices or names to evaluate (default: every class the data holds).
+        sheets: write one contact sheet per class, ``DIR/<index>-<name>.png``.
+        sheet_size: images per contact sheet (8 per row).
+        is_splits: splits of the Inception-Score-style score (lowered to the image count).
+        kid_subsets: random subsets KID averages over.
+        kid_subset_size: images per KID subset (lowered to the smaller set's size).
+        batch_size: images per forward pass.
+        device: where the networks run.
+        workers: DataLoader worker processes.
+        seed: seeds the random subsets of IS, KID and diversity.
+        progress: called with (stage, images done, images in the stage).
+
+    Returns:
+        An ``EvaluationReport``; ``report.to_dict()`` is JSON-ready.
+
+    Example:
+        >>> r20 = load_model("cifar-resnet20", weights="resnet20.safetensors")  # doctest: +SKIP
+        >>> report = evaluate("synth.h5", [r20], reference="cifar10/test")  # doctest: +SKIP
+        >>> report.accuracy[0].top1, report.distances.frechet  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; pass an HDF5 file from `sowmeta synthesize` or a class-per-folder image directory")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, not {batch_size}")
+    if sheet_size < 1:
+        raise ConfigError(f"sheet_size must be at least 1, not {sheet_size}")
+    models = list(models)
+    feat = feature_model if feature_model is not None else default_feature_model(models)
+    info = read_info(path)
+    names = _class_names(info, models)
+    keep = _resolve_classes(classes, names, info)
+    if not keep:
+        raise DataError(f"{path} holds no images")
+    for m in models:
+        if len(names) > m.num_classes:
+            raise DataError(f"{path} has {len(names)} classes but {network_name(m)} predicts {m.num_classes}; evaluate with a model of these classes")
+        _check_names(network_name(m), names, m.labels, keep)
+    subset = None if len(keep) == len(names) else keep
+    counts = [info.per_class[k] if k in keep else 0 for k in range(len(names))]
+
+    def stage(what: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else (lambda done, total: progress(what, done, total))
+
+    run = functools.partial(run_model, batch_size=batch_size, device=device, workers=workers)
+    outputs: list[Outputs] = []
+    feat_out: Outputs | None = None
+    for m in models:
+        out = run(m, _view(path, m, subset), features=m is feat, progress=stage(network_name(m)))
+        outputs.append(out)
+        if m is feat:
+            feat_out = out
+    if feat_out is None:
+        feat_out = run(feat, _view(path, feat, subset), features=True, progress=stage(f"features: {network_name(feat)}"))
+    assert feat_out.features is not None  # features=True above
+
+    report = EvaluationReport(str(path), info.kind, int(feat_out.labels.numel()), names, counts, feature_network=feat_out.network)
+    k_all = len(names)
+    for out in outputs:
+        per = [top1_accuracy(out.logits[out.labels == k], out.labels[out.labels == k]) if counts[k] else None for k in range(k_all)]
+        report.accuracy.append(AccuracyScore(out.network, top1_accuracy(out.logits, out.labels), per))
+    if outputs:
+        splits = min(is_splits, outputs[0].logits.shape[0])
+        mean, std = inception_score(outputs[0].logits, splits=splits, seed=seed)
+        report.inception_score = InceptionScoreResult(outputs[0].network, mean, std, splits)
+
+    diversity = class_diversity(feat_out.features, feat_out.labels, num_classes=k_all, seed=seed)
+    ref_diversity: list[float | None] | None = None
+    if reference is not None:
+        ref_path = Path(reference)
+        if not ref_path.is_dir():
+            raise DataError(f"reference {ref_path} is not a directory; pass a class-per-folder folder of real images")
+        ref_info = read_info(ref_path)
+        _check_names(f"reference {ref_path}", names, ref_info.classes, keep)
+        ref_keep = [k for k in keep if k < len(ref_info.per_class)]
+        missing = [names[k] for k in keep if k >= len(ref_info.per_class) or ref_info.per_class[k] == 0]
+        if missing:
+            log.warning("reference %s has no images of %s; their per-class scores are left out", ref_path, ", ".join(missing[:5]))
+        if not any(ref_info.per_class[k] for k in ref_keep):
+            raise DataError(f"reference {ref_path} has no images of the evaluated classes; pass real images of the same classes")
+        ref_subset = None if ref_keep == list(range(len(ref_info.per_class))) else ref_keep
+        ref = run(feat, _view(ref_path, feat, ref_subset), features=True, progress=stage(f"reference: {network_name(feat)}"))
+        assert ref.features is not None
+        fd = frechet_distance(ref.features, feat_out.features)
+        kid_mean, kid_std, kid_size = kernel_distance(
+            ref.features, feat_out.features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+        )
+        per_fd = per_class_frechet(feat_out.features, feat_out.labels, ref.features, ref.labels, num_classes=k_all)
+        report.distances = DistanceScores(
+            ref.network, str(ref_path), int(ref.labels.numel()), fd, kid_mean, kid_std, kid_size, per_fd, _mean(per_fd)
+        )
+        ref_diversity = class_diversity(ref.features, ref.labels, num_classes=k_all, seed=seed)
+    report.diversity = DiversityScore(
+        feat_out.network, diversity, _mean(diversity), ref_diversity, _mean(ref_diversity) if ref_diversity is not None else None
+    )
+    if sheets is not None:
+        report.sheets = [str(p) for p in save_class_sheets(path, sheets, classes=keep, per_sheet=sheet_size, names=names)]
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
+
+
+def save_class_sheets(
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    classes: Sequence[int] | None = None,
+    per_sheet: int = 64,
+    per_row: int = 8,
+    names: Sequence[str] | None = None,
+) -> list[Path]:
+    """Write one contact sheet PNG per class, ``out_dir/<index>-<name>.png``: its first ``per_sheet`` images.
+
+    Each file is written atomically. Returns the paths written, in class order.
+    """
+    from torchvision.utils import make_grid, save_image
+
+    ds = SynthDataset(data)
+    names = list(names) if names is not None else (ds.classes or [str(k) for k in range(len(ds.info.per_class))])
+    chosen = list(classes) if classes is not None else [k for k, n in enumerate(ds.info.per_class) if n > 0]
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a directory; pass a directory for the contact sheets")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k in chosen:
+        index = torch.nonzero(ds.labels == k).flatten()[:per_sheet].tolist()
+        if not index:
+            continue
+        images = [ds.image(i) for i in index]
+        if len({tuple(x.shape) for x in images}) > 1:  # folders may mix sizes: fit to the first
+            size = images[0].shape[-1]
+            images = [fit_square(x, size) for x in images]
+        grid = make_grid(torch.stack(images).float().div(255), nrow=per_row, padding=2, pad_value=1.0)
+        target = out / f"{k:03d}-{_safe(names[k])}.png"
+        with atomic_file(target) as tmp:
+            save_image(grid, tmp, format="png")
+        written.append(target)
+    ds.close()
+    return written

@@ -1,0 +1,128 @@
+"""``SynthConfig``: every knob of a synthesis run, with the paper's ImageNet defaults and CIFAR ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from ..errors import ConfigError
+from .losses import get_feature_loss
+
+__all__ = ["SynthConfig", "MODES"]
+
+MODES = ("cc", "global", "di")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Objective, optimizer and schedule of a synthesis run.
+
+    The defaults are the paper's ImageNet setting (lr 0.25, alpha_TV 1e-4, alpha_l2 1e-5,
+    alpha_CC 0.01, first-tap multiplier 10, jitter 30, 2k iterations); ``SynthConfig.cifar()``
+    gives the setting that works for 32 px CIFAR models.
+
+    Attributes:
+        mode: ``cc`` (class-conditional statistics of the bundle), ``global`` (the bundle's
+            class-independent statistics) or ``di`` (BatchNorm running statistics: DeepInversion).
+        mixed: batches mix classes (statistics per class group) instead of one class per batch.
+            Default: single-class batches for ``cc``, mixed for ``global``/``di``.
+        feature_loss: the F_l registered under this name (``eq7`` = paper Eq. 7, ``kl``).
+        tap_weights: lambda_l per tap name (fnmatch globs allowed); unnamed taps weigh 1.
+        first_tap_multiplier: extra weight of the first tap (DeepInversion's first-BN multiplier).
+        multires: fraction of the iterations run at half resolution (DeepInversion's fast setting).
+        init: ``noise`` or ``images`` (seed images / sketches given to ``synthesize(init_images=)``).
+        init_noise: std of the noise added to initial images when ``init="images"``.
+        amp: ``none``, ``bf16`` or ``fp16`` autocast (CUDA only).
+        save_every: keep the images every N iterations (0: never).
+    """
+
+    mode: str = "cc"
+    iterations: int = 2000
+    batch_size: int = 64
+    mixed: bool | None = None
+    lr: float = 0.25
+    betas: tuple[float, float] = (0.5, 0.9)
+    warmup: int = 0
+    alpha_ce: float = 1.0
+    alpha_tv: float = 1e-4
+    alpha_l2: float = 1e-5
+    alpha_cc: float = 0.01
+    feature_loss: str = "eq7"
+    first_tap_multiplier: float = 10.0
+    tap_weights: dict[str, float] = field(default_factory=dict)
+    jitter: int = 30
+    flip: bool = True
+    multires: float = 0.0
+    init: str = "noise"
+    init_noise: float = 0.2
+    amp: str = "none"
+    channels_last: bool = True
+    seed: int = 0
+    save_every: int = 0
+    check_fingerprint: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.iterations < 1 or self.batch_size < 1:
+            raise ConfigError(f"iterations and batch size must be at least 1 (got {self.iterations}, {self.batch_size})")
+        if self.lr <= 0:
+            raise ConfigError(f"learning rate must be positive, not {self.lr}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ConfigError(f"amp must be none, bf16 or fp16, not {self.amp!r}")
+        if self.init not in ("noise", "images"):
+            raise ConfigError(f"init must be 'noise' or 'images', not {self.init!r}")
+        if not 0 <= self.multires < 1:
+            raise ConfigError(f"multires is a fraction of the iterations in [0, 1), not {self.multires}")
+        if self.save_every < 0 or self.jitter < 0:
+            raise ConfigError("save_every and jitter must not be negative")
+        get_feature_loss(self.feature_loss)
+
+    @classmethod
+    def imagenet(cls, **overrides: Any) -> SynthConfig:
+        """The paper's ImageNet setting (224 px models)."""
+        return cls(**overrides)
+
+    @classmethod
+    def cifar(cls, **overrides: Any) -> SynthConfig:
+        """A setting for 32 px CIFAR models: small jitter, stronger statistics term."""
+        base = dict(lr=0.1, alpha_tv=1e-4, alpha_l2=0.0, alpha_cc=1.0, first_tap_multiplier=1.0, jitter=2, batch_size=64)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SynthConfig:
+        """``imagenet`` or ``cifar``."""
+        presets = {"imagenet": cls.imagenet, "cifar": cls.cifar}
+        if name not in presets:
+            raise ConfigError(f"unknown preset {name!r}; choose imagenet or cifar")
+        return presets[name](**overrides)
+
+    @property
+    def mixed_batches(self) -> bool:
+        return self.mode != "cc" if self.mixed is None else self.mixed
+
+    def replace(self, **changes: Any) -> SynthConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SynthConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown synthesis option(s): {', '.join(unknown)}")
+        if "betas" in d:
+            d = {**d, "betas": tuple(d["betas"])}
+        return cls(**d)
+
+    def fingerprint(self) -> str:
+        """sha256 of the settings that change the images (what a resumed run must share)."""
+        d = self.to_dict()
+        d.pop("check_fingerprint")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()

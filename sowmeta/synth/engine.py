@@ -1,0 +1,252 @@
+"""The inner loop: optimize one batch of images against a model and target statistics.
+
+Loss (paper Eq. 1-7): alpha_ce CE(f(x), y) + alpha_TV R_TV(x) + alpha_l2 R_l2(x)
++ alpha_CC sum_l lambda_l F_l(stats of x_l per class group, target stats of that class).
+Forward hooks reduce every tap's features to per-image moments on the spot, so the
+statistics term costs two small reductions per tap and no feature map is copied.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DivergenceError
+from ..preprocess import Preprocessing
+from ..taps import Tap, tap_hooks
+from .augment import augment
+from .config import SynthConfig
+from .losses import Segments, get_feature_loss, group_moments, l2_prior, per_image_moments, total_variation
+
+__all__ = ["TapTarget", "BatchResult", "IterationInfo", "Inverter", "tap_weights"]
+
+log = logging.getLogger(__name__)
+
+_CHECK_EVERY = 25  # iterations between finiteness checks (each one synchronizes the GPU)
+
+
+@dataclass
+class TapTarget:
+    """Target statistics of one tap: row r of ``mean``/``var`` (R x C) belongs to target row r."""
+
+    tap: Tap
+    mean: torch.Tensor
+    var: torch.Tensor
+    weight: float = 1.0
+
+
+@dataclass
+class IterationInfo:
+    """What the progress display shows about the batch being optimized."""
+
+    iteration: int
+    iterations: int
+    terms: dict[str, float]
+
+
+@dataclass
+class BatchResult:
+    """One optimized batch: images in [0, 1] (B x 3 x H x W, on CPU) and the teacher's verdict on them."""
+
+    images: torch.Tensor
+    confidence: torch.Tensor  # softmax probability of the target class
+    loss: torch.Tensor  # cross-entropy of the target class
+    prediction: torch.Tensor  # the teacher's top-1 class
+    terms: dict[str, float]
+    snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+
+
+def tap_weights(taps: list[Tap], config: SynthConfig) -> list[float]:
+    """lambda_l for every tap: 1, or the first matching glob in ``tap_weights``, times the first-tap multiplier."""
+    out = []
+    for i, t in enumerate(taps):
+        w = next((v for pat, v in config.tap_weights.items() if fnmatch.fnmatchcase(t.name, pat)), 1.0)
+        out.append(w * (config.first_tap_multiplier if i == 0 else 1.0))
+    return out
+
+
+@contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients for the block (only the image is optimized)."""
+    was_training = module.training
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    module.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        module.train(was_training)
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+
+class Inverter:
+    """Optimizes batches of images for one model, one set of taps and their target statistics.
+
+    Args:
+        module: the classifier (its parameters are frozen during ``run``).
+        targets: per tap, the target statistics (rows indexed by ``run``'s ``rows``).
+        preprocessing: maps images in [0, 1] to the model's input (its mean/std).
+        config: the objective and the schedule.
+        device: where the optimization runs.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        targets: list[TapTarget],
+        preprocessing: Preprocessing,
+        config: SynthConfig,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.module = module
+        self.targets = targets
+        self.config = config
+        self.device = torch.device(device)
+        self.feature_loss = get_feature_loss(config.feature_loss)
+        self.mean = torch.tensor(preprocessing.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocessing.std, device=self.device).view(1, 3, 1, 1)
+        self.lo, self.hi = -self.mean / self.std, (1 - self.mean) / self.std
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+        if self.autocast_dtype is not None and self.device.type != "cuda":
+            log.warning("AMP (%s) needs a CUDA device; running in float32 on %s", config.amp, self.device)
+            self.autocast_dtype = None
+        self.channels_last = config.channels_last and self.device.type == "cuda"
+        self._moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # all taps side by side on one channel axis, so the statistics term is a handful of ops
+        self.segments = Segments.of([int(t.mean.shape[1]) for t in targets], self.device)
+        self.target_mean = torch.cat([t.mean for t in targets], dim=1).to(self.device) if targets else None
+        self.target_var = torch.cat([t.var for t in targets], dim=1).to(self.device) if targets else None
+        self.tap_weight = torch.tensor([t.weight for t in targets], device=self.device)
+
+    def _record(self, tap: Tap, x: torch.Tensor) -> None:
+        self._moments[tap.name] = per_image_moments(x)
+
+    def _lr(self, it: int) -> float:
+        cfg = self.config
+        if it < cfg.warmup:
+            return cfg.lr * (it + 1) / cfg.warmup
+        t = (it - cfg.warmup) / max(1, cfg.iterations - cfg.warmup)
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
+
+    def _terms(
+        self, x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, group_rows: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        terms = {"ce": F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)}
+        if cfg.alpha_tv:
+            terms["tv"] = total_variation(x)
+        if cfg.alpha_l2:
+            terms["l2"] = l2_prior(x)
+        if cfg.alpha_cc and self.targets:
+            mean_i = torch.cat([self._moments[t.tap.name][0] for t in self.targets], dim=1)
+            sq_i = torch.cat([self._moments[t.tap.name][1] for t in self.targets], dim=1)
+            mean, var = group_moments(mean_i, sq_i, groups, len(group_rows))
+            per_tap = self.feature_loss(mean, var, self.target_mean[group_rows], self.target_var[group_rows], self.segments)
+            terms["stats"] = (self.tap_weight * per_tap).sum()
+        self._moments.clear()
+        return terms
+
+    def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.config
+        scale = {"ce": cfg.alpha_ce, "tv": cfg.alpha_tv, "l2": cfg.alpha_l2, "stats": cfg.alpha_cc}
+        return sum(scale[k] * v for k, v in terms.items())  # type: ignore[return-value]
+
+    def run(
+        self,
+        labels: torch.Tensor,
+        rows: torch.Tensor,
+        init: torch.Tensor,
+        *,
+        seed: int,
+        progress: Callable[[IterationInfo], None] | None = None,
+        report_every: int = 10,
+    ) -> BatchResult:
+        """Optimize one batch.
+
+        Args:
+            labels: the class (model output index) of every image, B.
+            rows: every image's row in the targets (its class's row in ``cc`` mode, 0 otherwise).
+            init: initial images in [0, 1], B x 3 x H x W.
+            seed: seeds jitter and flips (the batch's result depends only on it and ``init``).
+            progress: called every ``report_every`` iterations and at the end.
+        """
+        cfg = self.config
+        dev = self.device
+        labels, rows = labels.to(dev), rows.to(dev)
+        group_rows, groups = torch.unique(rows, return_inverse=True)
+        x = ((init.to(dev) - self.mean) / self.std).clamp(self.lo, self.hi)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas)
+        scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and self.autocast_dtype is not None else None
+        rng = random.Random(seed)
+        autocast = (
+            torch.autocast(dev.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None else nullcontext()
+        )
+        low_res_until = int(cfg.multires * cfg.iterations)
+        snapshots: list[tuple[int, torch.Tensor]] = []
+        finite = torch.ones((), dtype=torch.bool, device=dev)
+        terms: dict[str, torch.Tensor] = {}
+        module = self.module.to(memory_format=torch.channels_last) if self.channels_last else self.module
+        with _frozen(module), tap_hooks(module, [t.tap for t in self.targets], self._record):
+            for it in range(cfg.iterations):
+                for group in opt.param_groups:
+                    group["lr"] = self._lr(it)
+                opt.zero_grad(set_to_none=True)
+                x_in = augment(x, rng, jitter=cfg.jitter, flip=cfg.flip, low_res=it < low_res_until)
+                with autocast:
+                    logits = module(x_in)
+                terms = self._terms(x, logits, labels, groups, group_rows)
+                loss = self._total(terms)
+                finite &= torch.isfinite(loss)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                with torch.no_grad():
+                    torch.maximum(torch.minimum(x, self.hi), self.lo, out=x)
+                done = it + 1
+                if done % _CHECK_EVERY == 0 or done == cfg.iterations:
+                    if not bool(finite):
+                        raise DivergenceError(
+                            f"the loss became NaN or infinite by iteration {done}; lower --lr or the loss weights "
+                            "(--alpha-cc, --alpha-tv), or use --amp none",
+                            iteration=done,
+                        )
+                if cfg.save_every and done % cfg.save_every == 0 and done != cfg.iterations:
+                    snapshots.append((done, _to_uint8(x.detach() * self.std + self.mean)))
+                if progress is not None and (done % report_every == 0 or done == cfg.iterations):
+                    progress(IterationInfo(done, cfg.iterations, {k: float(v.detach()) for k, v in terms.items()} | {"total": float(loss.detach())}))
+            with torch.no_grad(), autocast:
+                logits = module(x.detach()).float()
+            self._moments.clear()
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        confidence = logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+        images = (x.detach() * self.std + self.mean).clamp(0, 1).float().contiguous().cpu()
+        return BatchResult(
+            images,
+            confidence.cpu(),
+            ce.cpu(),
+            logits.argmax(dim=1).cpu(),
+            {k: float(v.detach()) for k, v in terms.items()},
+            snapshots,
+        )

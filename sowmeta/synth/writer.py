@@ -1,0 +1,224 @@
+"""The HDF5 synthesis file, written batch by batch so that an interrupted run resumes where it stopped.
+
+While a run is under way its images go to ``OUT.partial`` (one per rank under torchrun:
+``OUT.rank{r}of{w}.partial``). Every dataset is sized for the whole plan up front and each
+finished batch is marked in ``batch_done``; a re-run with the same settings skips those
+batches. When every batch is done the partial file(s) become ``OUT`` by one rename (merged
+first under torchrun), so ``OUT`` is never half-written.
+
+Layout of ``OUT`` (readers depend on this only; see docs/synthesis.md):
+``images`` uint8 [N, H, W, 3] chunked per batch, ``labels`` int64 [N], ``confidence`` and
+``loss`` float32 [N] (the teacher's softmax probability and cross-entropy of the target class),
+``prediction`` int64 [N] (the teacher's top-1 class),
+optional ``snapshots`` uint8 [S, N, H, W, 3] with attribute ``iterations``, and attributes
+``format``, ``format_version``, ``config`` (JSON), ``run_key``, ``labels`` (JSON class names),
+``bundle``, ``model``, ``tool_version``, ``created``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_file, publish_modes
+from ..errors import ConfigError, DataError, OutputExistsError
+from ..version import __version__
+
+__all__ = ["Plan", "plan_batches", "SynthWriter", "partial_path", "merge_shards", "FORMAT", "FORMAT_VERSION"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "sowmeta-synth"
+FORMAT_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which class every image has, and how images are cut into batches ([start, stop) ranges)."""
+
+    labels: tuple[int, ...]
+    batches: tuple[tuple[int, int], ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def plan_batches(classes: list[int], per_class: int, batch_size: int, *, mixed: bool) -> Plan:
+    """Single-class batches (each class's images cut into batches), or mixed ones (classes interleaved)."""
+    if per_class < 1:
+        raise ConfigError(f"images per class must be at least 1, not {per_class}")
+    if not classes:
+        raise ConfigError("no classes to synthesize; pass at least one class")
+    labels: list[int] = []
+    batches: list[tuple[int, int]] = []
+    if mixed:
+        labels = [c for _ in range(per_class) for c in classes]
+        batches = [(s, min(s + batch_size, len(labels))) for s in range(0, len(labels), batch_size)]
+    else:
+        for c in classes:
+            start = len(labels)
+            labels += [c] * per_class
+            batches += [(s, min(s + batch_size, len(labels))) for s in range(start, len(labels), batch_size)]
+    return Plan(tuple(labels), tuple(batches))
+
+
+def partial_path(out: Path, rank: int = 0, world: int = 1) -> Path:
+    """Where a run writes before it is complete."""
+    return out.with_name(f"{out.name}.partial" if world == 1 else f"{out.name}.rank{rank}of{world}.partial")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class SynthWriter:
+    """One partial HDF5 file: create it for a plan, or reopen it to resume (same ``run_key`` only).
+
+    Args:
+        path: the partial file.
+        plan: the images and batches of the whole run.
+        size: (H, W) of the images.
+        run_key: identifies the settings; a partial file with another key is refused.
+        attrs: attributes copied to the final file (JSON-encoded when not plain).
+        snapshots: number of intermediate snapshots per image (0: none).
+        overwrite: discard an existing partial file instead of resuming it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        plan: Plan,
+        size: tuple[int, int],
+        *,
+        run_key: str,
+        attrs: dict[str, Any],
+        snapshots: int = 0,
+        overwrite: bool = False,
+    ) -> None:
+        import h5py
+
+        self.path = path
+        self.plan = plan
+        if path.exists() and overwrite:
+            path.unlink()
+        if path.exists():
+            try:
+                self.file = h5py.File(path, "r+")
+            except OSError as exc:
+                raise DataError(f"{path} is unreadable ({exc}); delete it or pass --overwrite to start over") from exc
+            key = self.file.attrs.get("run_key")
+            if key != run_key or self.file["images"].shape[0] != len(plan):
+                self.file.close()
+                raise ConfigError(
+                    f"{path} was started with other settings (classes, counts, model, bundle or options); "
+                    "run the same command to resume it, or pass --overwrite to start over"
+                )
+            log.info("resuming %s: %d of %d batches done", path, self.done_count, len(plan.batches))
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(path, "w")
+        n, (h, w) = len(plan), size
+        chunk = max(1, min(n, max(b - a for a, b in plan.batches)))
+        f = self.file
+        f.create_dataset("images", (n, h, w, 3), dtype="uint8", chunks=(chunk, h, w, 3))
+        f.create_dataset("labels", data=np.asarray(plan.labels, dtype=np.int64))
+        f.create_dataset("confidence", (n,), dtype="float32", fillvalue=np.nan)
+        f.create_dataset("loss", (n,), dtype="float32", fillvalue=np.nan)
+        f.create_dataset("prediction", (n,), dtype="int64", fillvalue=-1)
+        f.create_dataset("batch_done", (len(plan.batches),), dtype="uint8")
+        f.create_dataset("batches", data=np.asarray(plan.batches, dtype=np.int64).reshape(-1, 2))
+        if snapshots:
+            f.create_dataset("snapshots", (snapshots, n, h, w, 3), dtype="uint8", chunks=(1, chunk, h, w, 3))
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["run_key"] = run_key
+        f.attrs["tool_version"] = __version__
+        f.attrs["created"] = _now()
+        for k, v in attrs.items():
+            f.attrs[k] = v if isinstance(v, (str, int, float, bool)) else json.dumps(v)
+        f.flush()
+
+    @property
+    def done_count(self) -> int:
+        return int(np.asarray(self.file["batch_done"][:]).sum())
+
+    def done(self) -> set[int]:
+        """Indices of the finished batches."""
+        return {int(i) for i in np.flatnonzero(self.file["batch_done"][:])}
+
+    def write_batch(
+        self,
+        index: int,
+        images: np.ndarray,
+        confidence: np.ndarray,
+        loss: np.ndarray,
+        prediction: np.ndarray,
+        snapshots: list[tuple[int, np.ndarray]] | None = None,
+    ) -> None:
+        """Store batch ``index`` (images uint8 B x H x W x 3), then mark it done and flush."""
+        a, b = self.plan.batches[index]
+        f = self.file
+        f["images"][a:b] = images
+        f["confidence"][a:b] = confidence
+        f["loss"][a:b] = loss
+        f["prediction"][a:b] = prediction
+        if snapshots and "snapshots" in f:
+            for s, (it, snap) in enumerate(snapshots):
+                f["snapshots"][s, a:b] = snap
+            f["snapshots"].attrs["iterations"] = [it for it, _ in snapshots]
+        f["batch_done"][index] = 1
+        f.flush()
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+    def complete(self) -> bool:
+        return self.done_count == len(self.plan.batches)
+
+
+def _finish(path: Path, out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists; choose another path or pass --overwrite")
+    publish_modes(path)
+    os.replace(path, out)
+
+
+def merge_shards(shards: list[Path], out: Path, *, overwrite: bool) -> None:
+    """Combine complete partial files (one per rank) into ``out``; remove the shards."""
+    import h5py
+
+    if len(shards) == 1:
+        _finish(shards[0], out, overwrite)
+        return
+    with atomic_file(out, overwrite=overwrite) as tmp:
+        with h5py.File(shards[0], "r") as first, h5py.File(tmp, "w") as dst:
+            for name, ds in first.items():
+                dst.create_dataset(name, shape=ds.shape, dtype=ds.dtype, chunks=ds.chunks, fillvalue=ds.fillvalue)
+            for k, v in first.attrs.items():
+                dst.attrs[k] = v
+            if "snapshots" in first:
+                dst["snapshots"].attrs["iterations"] = first["snapshots"].attrs.get("iterations", [])
+            dst["labels"][:] = first["labels"][:]
+            dst["batches"][:] = first["batches"][:]
+            batches = first["batches"][:]
+            for shard in shards:
+                with h5py.File(shard, "r") as src:
+                    for i in np.flatnonzero(src["batch_done"][:]):
+                        a, b = (int(v) for v in batches[i])
+                        for name in ("images", "confidence", "loss", "prediction"):
+                            dst[name][a:b] = src[name][a:b]
+                        if "snapshots" in src:
+                            dst["snapshots"][:, a:b] = src["snapshots"][:, a:b]
+                        dst["batch_done"][i] = 1
+            if not np.asarray(dst["batch_done"][:]).all():
+                raise DataError(f"the shards {', '.join(map(str, shards))} do not cover every batch; run the command again to finish them")
+    for shard in shards:
+        shard.unlink(missing_ok=True)

@@ -1,0 +1,132 @@
+"""CLI: ``sowmeta evaluate`` and ``sowmeta distill``, the NAME=WEIGHTS parser, one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sowmeta.cli.evaluate_cmds import parse_model_spec
+from sowmeta.cli.main import main
+from sowmeta.errors import ConfigError
+
+from conftest import write_image_folder
+from synth_files import write_synth_h5
+
+# demo-cnn: a registered 4-class, 32 px model, cheap with random weights
+MODEL = "demo-cnn=none"
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    return write_synth_h5(tmp_path / "s.h5", classes=4, per_class=6, size=32), write_image_folder(tmp_path / "real", classes=4, per_class=4, size=32)
+
+
+def run(runner: CliRunner, *args: str):
+    return runner.invoke(main, list(args), catch_exceptions=False)
+
+
+def one_line_error(r, expect: str) -> None:
+    assert r.exit_code == 1, r.output
+    assert expect in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("cifar-resnet20=../shared/models/cifar10/resnet20.safetensors", ("cifar-resnet20", "../shared/models/cifar10/resnet20.safetensors")),
+        ("resnet50", ("resnet50", "DEFAULT")),
+        ("resnet50=IMAGENET1K_V2", ("resnet50", "IMAGENET1K_V2")),
+        ("demo-cnn=none", ("demo-cnn", "none")),
+        ("pkg.mod:factory=runs/lr=0.1/w.pt", ("pkg.mod:factory", "runs/lr=0.1/w.pt")),
+    ],
+)
+def test_parse_model_spec(text: str, expected: tuple[str, str]):
+    assert parse_model_spec(text) == expected
+
+
+@pytest.mark.parametrize("text", ["=w.safetensors", "cifar-resnet20=", "", " = "])
+def test_parse_model_spec_rejects(text: str):
+    with pytest.raises(ConfigError):
+        parse_model_spec(text)
+
+
+def test_evaluate_json_and_table(runner, files, tmp_path: Path):
+    synth, real = files
+    r = run(runner, "evaluate", str(synth), "--model", MODEL, "--reference", str(real), "--json", "--workers", "0", "--kid-subsets", "5")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["images"] == 24 and report["accuracy"][0]["network"] == "demo-cnn"
+    assert report["distances"]["network"] == "demo-cnn" and report["distances"]["reference_images"] == 16
+    assert report["inception_score"]["network"] == "demo-cnn"
+    r = run(runner, "evaluate", str(synth), "--model", MODEL, "--model", "demo-cnn", "--feature-model", MODEL,
+            "--reference", str(real), "--classes", "c0,2", "--sheets", str(tmp_path / "sheets"), "--workers", "0", "--kid-subsets", "5", "-q")
+    assert r.exit_code == 1 and "demo-cnn has no downloadable weights" in r.output  # the second --model means DEFAULT weights
+    r = run(runner, "evaluate", str(synth), "--model", MODEL, "--feature-model", MODEL, "--reference", str(real),
+            "--classes", "c0,2", "--sheets", str(tmp_path / "sheets"), "--workers", "0", "--kid-subsets", "5", "-q")
+    assert r.exit_code == 0, r.output
+    assert "top-1 accuracy" in r.output and "Fréchet distance" in r.output and "0 c0" in r.output and "1 c1" not in r.output
+    assert sorted(p.name for p in (tmp_path / "sheets").iterdir()) == ["000-c0.png", "002-c2.png"]
+
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["missing.h5", "--model", MODEL], "does not exist"),
+        (["{synth}", "--model", "demo-cnn="], "nothing after '='"),
+        (["{synth}", "--model", "=w.safetensors"], "no name before '='"),
+        (["{synth}", "--model", "demo-cnn=missing.safetensors"], "does not exist"),
+        (["{synth}", "--model", "no-such-model=none"], "model error"),
+        (["{synth}"], "at least one --model"),
+        (["{synth}", "--model", MODEL, "--classes", "dog"], "no class 'dog'"),
+    ],
+)
+def test_evaluate_bad_input(runner, files, tmp_path: Path, args, expect):
+    synth, _ = files
+    r = run(runner, "evaluate", *[a.format(synth=synth) if a.startswith("{") else str(tmp_path / a) if a.endswith(".h5") else a for a in args])
+    one_line_error(r, expect)
+
+
+def test_distill_run_resume_and_refusals(runner, files, tmp_path: Path):
+    synth, real = files
+    out = tmp_path / "kd"
+    base = ["distill", "--synth", str(synth), "--teacher", MODEL, "--student", "demo-cnn", "--test", str(real),
+            "--out", str(out), "--epochs", "1", "--batch-size", "8", "--workers", "0"]
+    r = run(runner, *base, "-q")
+    assert r.exit_code == 0, r.output
+    assert "student demo-cnn: test top-1" in r.output
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "student.safetensors", "metrics.json"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["temperature"] == 5.0 and metrics["config"]["batch_size"] == 8
+
+    one_line_error(run(runner, *base), "already exists")
+    one_line_error(run(runner, *base, "--resume", "--overwrite"), "not both")
+    one_line_error(run(runner, *base, "--resume", "--lr", "0.5"), "other settings")
+    r = run(runner, *base, "--resume")
+    assert r.exit_code == 0 and "test top-1 per epoch" in r.output
+
+
+@pytest.mark.parametrize(
+    "change,expect",
+    [
+        ({"--synth": "missing.h5"}, "does not exist"),
+        ({"--teacher": "demo-cnn="}, "nothing after '='"),
+        ({"--teacher": "demo-cnn=nope.safetensors"}, "weights error"),
+        ({"--student": "no-such-model"}, "model error"),
+        ({"--test": "missing-dir"}, "does not exist"),
+    ],
+)
+def test_distill_bad_input(runner, files, tmp_path: Path, change, expect):
+    synth, real = files
+    opts = {"--synth": str(synth), "--teacher": MODEL, "--student": "demo-cnn", "--test": str(real), "--out": str(tmp_path / "kd")}
+    opts.update({k: v if k in ("--teacher", "--student") else str(tmp_path / v) for k, v in change.items()})
+    r = run(runner, "distill", *[x for kv in opts.items() for x in kv], "--epochs", "1", "--workers", "0")
+    one_line_error(r, expect)
+    assert not (tmp_path / "kd").exists()

@@ -1,0 +1,155 @@
+"""sowmeta.distill: the KD loss, augmentation, resumable training equal to an uninterrupted run, output files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sowmeta.distill import CHECKPOINT, METRICS, STUDENT, DistillConfig, augment, distill, kd_loss
+from sowmeta.errors import ConfigError, DataError, OutputExistsError
+from sowmeta.metrics import accuracy
+from sowmeta.models import LoadedModel, load_model
+from sowmeta.preprocess import Preprocessing
+
+from conftest import tiny_net, write_image_folder
+from synth_files import write_synth_h5
+
+STUDENT_NAME = "conftest:tiny_net"
+CONFIG = DistillConfig(epochs=2, batch_size=16)  # 3 batches per epoch, the last one short
+
+
+def teacher() -> LoadedModel:
+    return LoadedModel(tiny_net(4, seed=3), "conftest:tiny_net", None, 4, None, Preprocessing(crop=12))
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> tuple[Path, Path]:
+    """A 4-class synthesis file (10 images per class, 12 px) and a real test folder of the same classes."""
+    return write_synth_h5(tmp_path / "synth.h5", classes=4, per_class=10), write_image_folder(tmp_path / "test", classes=4, per_class=3)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_kd_loss_equals_a_float64_computation():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 7, generator=g) * 3, torch.randn(6, 7, generator=g) * 3
+    for temperature in (1.0, 4.0, 5.0):
+        s64, t64 = s.double() / temperature, t.double() / temperature
+        p_t = t64.exp() / t64.exp().sum(1, keepdim=True)
+        log_p_t = t64 - t64.exp().sum(1, keepdim=True).log()
+        log_p_s = s64 - s64.exp().sum(1, keepdim=True).log()
+        expected = (p_t * (log_p_t - log_p_s)).sum(1).mean() * temperature**2
+        assert kd_loss(s, t, temperature).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert kd_loss(t, t, 5.0).abs().item() < 1e-6
+
+
+def test_augment_flips_and_crops_from_the_padded_image():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.uint8).view(2, 3, 5, 5)
+    out = augment(x, torch.Generator().manual_seed(1), pad=2)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    assert torch.equal(out, augment(x, torch.Generator().manual_seed(1), pad=2))
+    assert torch.equal(augment(x, torch.Generator(), pad=0, flip=False), x)
+    for i in range(2):
+        padded = torch.nn.functional.pad(x[i : i + 1], (2, 2, 2, 2))[0]
+        windows = [padded[:, a : a + 5, b : b + 5] for a in range(5) for b in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+    flipped = augment(x.float(), torch.Generator().manual_seed(0), pad=0)
+    assert all(torch.equal(flipped[i], x[i].float()) or torch.equal(flipped[i], x[i].float().flip(-1)) for i in range(2))
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, data):
+    synth, test = data
+    whole = distill(synth, teacher(), STUDENT_NAME, test=test, out=tmp_path / "whole", config=CONFIG)
+
+    def stop_in_epoch_2(p):
+        if p.epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        distill(synth, teacher(), STUDENT_NAME, test=test, out=tmp_path / "cut", config=CONFIG, progress=stop_in_epoch_2)
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == [CHECKPOINT]  # epoch 1's checkpoint only
+    ckpt = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
+    assert ckpt["epoch"] == 1 and set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "history", "run"}
+
+    seen = []
+    resumed = distill(synth, teacher(), STUDENT_NAME, test=test, out=tmp_path / "cut", config=CONFIG, resume=True, progress=seen.append)
+    assert {p.epoch for p in seen} == {2}
+    a, b = whole.student.module.state_dict(), resumed.student.module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("train_loss", "test_accuracy", "lr", "teacher_test_accuracy"):
+        assert whole.metrics[key] == resumed.metrics[key]
+    assert whole.metrics["lr"] == pytest.approx([0.1, 0.05])  # cosine over 2 epochs, stepped per epoch
+
+
+def test_outputs_load_back_and_the_callers_rng_is_untouched(tmp_path: Path, data):
+    synth, test = data
+    t = teacher()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    result = distill(synth, t, STUDENT_NAME, test=test, out=tmp_path / "run", config=DistillConfig(epochs=1, batch_size=16))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not t.module.training and all(p.grad is None for p in t.module.parameters())
+    metrics = json.loads((tmp_path / "run" / METRICS).read_text())
+    assert metrics["config"] == DistillConfig(epochs=1, batch_size=16).to_dict()
+    assert metrics["student"] == STUDENT_NAME and metrics["teacher"] == "conftest:tiny_net"
+    assert len(metrics["test_accuracy"]) == 1 and metrics["test_images"] == 12
+    assert metrics["teacher_test_accuracy"] == pytest.approx(accuracy(t, test))
+    reloaded = load_model(STUDENT_NAME, weights=str(tmp_path / "run" / STUDENT), num_classes=4, preprocessing=t.preprocessing)
+    assert accuracy(reloaded, test) == pytest.approx(metrics["final_test_accuracy"])
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "run" / STUDENT), "pt") as f:
+        meta = f.metadata()
+    assert meta["arch"] == STUDENT_NAME and json.loads(meta["preprocessing"])["crop"] == 12
+
+
+def test_output_directory_rules(tmp_path: Path, data):
+    synth, test = data
+    out = tmp_path / "run"
+    one = DistillConfig(epochs=1, batch_size=40)
+    distill(synth, teacher(), STUDENT_NAME, test=test, out=out, config=one)
+    with pytest.raises(OutputExistsError, match="already exists"):
+        distill(synth, teacher(), STUDENT_NAME, test=test, out=out, config=one)
+    with pytest.raises(ConfigError, match="not both"):
+        distill(synth, teacher(), STUDENT_NAME, test=test, out=out, config=one, resume=True, overwrite=True)
+    with pytest.raises(ConfigError, match="other settings .*lr"):
+        distill(synth, teacher(), STUDENT_NAME, test=test, out=out, config=DistillConfig(epochs=1, batch_size=40, lr=0.05), resume=True)
+    calls = []
+    done = distill(synth, teacher(), STUDENT_NAME, test=test, out=out, config=one, resume=True, progress=calls.append)
+    assert calls == [] and len(done.metrics["test_accuracy"]) == 1  # a finished run resumes to its result
+    again = distill(synth, teacher(), STUDENT_NAME, test=test, out=out, config=one, overwrite=True)
+    assert again.metrics["test_accuracy"] == done.metrics["test_accuracy"]  # same seed, same run
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputExistsError):
+        distill(synth, teacher(), STUDENT_NAME, test=test, out=tmp_path / "file", config=one, resume=True)
+
+
+def test_bad_input(tmp_path: Path, data):
+    synth, test = data
+    with pytest.raises(DataError, match="does not exist"):
+        distill(tmp_path / "missing.h5", teacher(), STUDENT_NAME, test=test, out=tmp_path / "o")
+    with pytest.raises(DataError, match="not a directory"):
+        distill(synth, teacher(), STUDENT_NAME, test=synth, out=tmp_path / "o")
+    with pytest.raises(DataError, match="6 classes"):
+        distill(write_synth_h5(tmp_path / "six.h5", classes=6, per_class=1), teacher(), STUDENT_NAME, test=test, out=tmp_path / "o")
+    for bad in ({"epochs": 0}, {"temperature": 0.0}, {"amp": "fp8"}, {"lr": -1.0}):
+        with pytest.raises(ConfigError):
+            DistillConfig(**bad)
+    assert not (tmp_path / "o").exists()
+
+
+def test_image_folder_data_and_worker_processes_give_the_same_run(tmp_path: Path, data):
+    """Any class-per-folder directory can be the data (the real-data baseline); worker processes change nothing."""
+    _, test = data
+    folder = write_image_folder(tmp_path / "real-train", classes=4, per_class=4)
+    one = DistillConfig(epochs=1, batch_size=6)
+    a = distill(folder, teacher(), STUDENT_NAME, test=test, out=tmp_path / "a", config=one, workers=0)
+    b = distill(folder, teacher(), STUDENT_NAME, test=test, out=tmp_path / "b", config=one, workers=2)
+    assert a.metrics["images"] == 16 and a.metrics["train_loss"] == b.metrics["train_loss"]
+    sa, sb = a.student.module.state_dict(), b.student.module.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
