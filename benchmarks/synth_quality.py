@@ -1,9 +1,10 @@
 """Quality of synthesized CIFAR-10 sets: teacher and independent-model accuracy, per-class Fréchet distance.
 
-Run: ``python benchmarks/synth_quality.py c56-cc.h5 c56-di.h5 --real .work/cifar10/test``
+Run: ``python benchmarks/synth_quality.py c56-cc.h5 c56-di.h5 --real .work/cifar10/test --grid cmp.png``
 (weights from ``$SOWMETA_SHARED/models/cifar10``). Features for the Fréchet distance come from
 cifar-resnet20's penultimate layer (64-d), a network other than the teacher (cifar-resnet56).
-Prints one markdown table, rows = sets, for docs/results.md.
+Prints one markdown table, rows = sets, for docs/results.md; ``--grid`` also writes the sets side
+by side (one row per class, the first ``--per-row`` images of each set).
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ import torch
 from sowmeta.env import shared_dir
 from sowmeta.metrics import per_class_frechet, run_model, top1_accuracy
 from sowmeta.models import load_model
+from sowmeta.synthdata import load_images
+
+
+def roughness(path: Path) -> float:
+    """Mean absolute difference between neighbouring pixels (in [0, 1]): noise shows up as a high value."""
+    x = load_images(path)[0].float() / 255
+    return float(((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()) / 2)
 
 
 def main() -> None:
@@ -23,16 +31,21 @@ def main() -> None:
     ap.add_argument("sets", nargs="+", type=Path, help="HDF5 synthesis files")
     ap.add_argument("--real", type=Path, required=True, help="real test images, class-per-folder")
     ap.add_argument("--models", type=Path, default=shared_dir() / "models" / "cifar10")
+    ap.add_argument("--grid", type=Path, help="write the sets side by side, one row per class")
+    ap.add_argument("--per-row", type=int, default=6, help="images per class and set in --grid")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     teacher = load_model("cifar-resnet56", weights=str(args.models / "resnet56.safetensors"))
     judge = load_model("cifar-resnet20", weights=str(args.models / "resnet20.safetensors"))
     real = run_model(judge, args.real, features=True)
     k = real.logits.shape[1]
-    print(f"real test set: {len(real.labels)} images; cifar-resnet20 top-1 {top1_accuracy(real.logits, real.labels):.2%}")
+    print(
+        f"real test set: {len(real.labels)} images; cifar-resnet20 top-1 {top1_accuracy(real.logits, real.labels):.2%}; "
+        f"roughness {roughness(args.real):.3f}"
+    )
     print()
-    print("| set | images | teacher (resnet56) top-1 | cifar-resnet20 top-1 | mean per-class FD (resnet20 features) | per-class FD |")
-    print("|---|---|---|---|---|---|")
+    print("| set | images | teacher (resnet56) top-1 | cifar-resnet20 top-1 | mean per-class FD (resnet20 features) | roughness | per-class FD |")
+    print("|---|---|---|---|---|---|---|")
     for path in args.sets:
         t = run_model(teacher, path)
         j = run_model(judge, path, features=True)
@@ -42,8 +55,26 @@ def main() -> None:
         cells = " ".join(f"{v:.1f}" if v is not None else "-" for v in fd)
         print(
             f"| {path.name} | {len(j.labels)} | {top1_accuracy(t.logits, t.labels):.1%} | {top1_accuracy(j.logits, j.labels):.1%} "
-            f"| {mean_fd:.2f} | {cells} |"
+            f"| {mean_fd:.2f} | {roughness(path):.3f} | {cells} |"
         )
+    if args.grid is not None:
+        side_by_side(args.sets, args.grid, args.per_row)
+
+
+def side_by_side(sets: list[Path], path: Path, per_row: int) -> None:
+    """One contact sheet per set (rows = classes), joined left to right with a white gap."""
+    from sowmeta.synth.export import contact_sheet, save_contact_sheet
+    from sowmeta.synthdata import load_images
+
+    sheets = []
+    for s in sets:
+        images, labels = load_images(s)
+        sheets.append(contact_sheet(images, labels, per_class=per_row))
+    gap = torch.ones(3, sheets[0].shape[1], 8)
+    joined = [sheets[0]]
+    for sheet in sheets[1:]:
+        joined += [gap, sheet]
+    save_contact_sheet(torch.cat(joined, dim=2), path)
 
 
 if __name__ == "__main__":

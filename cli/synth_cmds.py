@@ -82,10 +82,10 @@ def register(group: click.Group) -> None:
     @click.option("--iterations", type=click.IntRange(1), help="Optimization steps per batch [imagenet 2000, cifar 2000].")
     @click.option("--batch-size", type=click.IntRange(1), help="Images per batch [64].")
     @click.option("--lr", type=float, help="Adam learning rate (cosine schedule) [imagenet 0.25, cifar 0.1].")
-    @click.option("--alpha-tv", type=float, help="Total-variation weight [imagenet 1e-4, cifar 1e-4].")
+    @click.option("--alpha-tv", type=float, help="Total-variation weight [imagenet 1e-4, cifar 5e-2].")
     @click.option("--alpha-l2", type=float, help="L2 image prior weight [imagenet 1e-5, cifar 0].")
     @click.option("--alpha-cc", type=float, help="Statistics-matching weight [imagenet 0.01, cifar 1].")
-    @click.option("--first-tap-multiplier", type=float, help="Extra weight of the first tap [imagenet 10, cifar 1].")
+    @click.option("--first-tap-multiplier", type=float, help="Extra weight of the first tap [imagenet 10, cifar 10].")
     @click.option("--tap-weight", multiple=True, help="Per-tap weight TAP=W (name or glob); repeatable.")
     @click.option("--feature-loss", type=click.Choice(["eq7", "kl"]), help="F_l: paper Eq. 7 (default) or Gaussian KL.")
     @click.option("--jitter", type=click.IntRange(0), help="Random shift in pixels [imagenet 30, cifar 2].")
@@ -110,7 +110,7 @@ def register(group: click.Group) -> None:
         from sowmeta.bundle import Bundle
         from sowmeta.errors import ConfigError
         from sowmeta.models import load_model
-        from sowmeta.registry import resolve_bundle
+        from sowmeta.registry import locate_bundle
         from sowmeta.synth import SynthConfig
         from sowmeta.synth import synthesize as run
 
@@ -118,8 +118,8 @@ def register(group: click.Group) -> None:
             raise ConfigError(f"mode {mode} needs --bundle (a directory or org/name); only --mode di works from the model alone")
         if bundle is None and model is None:
             raise ConfigError("pass --bundle, or --model with --mode di")
-        path = resolve_bundle(bundle, registry=registry) if bundle is not None else None
-        manifest = Bundle.read_manifest(path) if path is not None else None
+        located = locate_bundle(bundle, registry=registry) if bundle is not None else None
+        manifest = Bundle.read_manifest(located.path) if located is not None else None
         loaded = None
         if model is None and weights is not None and manifest is not None:
             model = manifest.model.architecture
@@ -143,7 +143,7 @@ def register(group: click.Group) -> None:
         )
         bar, update = _live_display(console, quiet)
         try:
-            result = run(path, loaded, classes=_classes(classes), per_class=per_class, config=config, out=out, device=device,
+            result = run(located, loaded, classes=_classes(classes), per_class=per_class, config=config, out=out, device=device,
                          overwrite=overwrite, init_images=init_dir, progress=update)
         finally:
             bar.stop()

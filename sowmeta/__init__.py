@@ -8,7 +8,9 @@ from __future__ import annotations
 from . import errors
 from .bundle import Bundle, Manifest, ModelRecord, SourceRecord, TapRecord, TapStats
 from .collect import CollectReport, TrainingCollector, collect, collect_seeds
+from .distill import DistillConfig, DistillResult, distill
 from .errors import SowmetaError
+from .evaluate import EvaluationReport, evaluate
 from .fuse import fuse_bn
 from .models import LoadedModel, fingerprint, list_models, load_model, register_model
 from .preprocess import Preprocessing
@@ -50,4 +52,10 @@ __all__ = [
     "SynthResult",
     "SynthProgress",
     "synthesize",
+    # evaluation and distillation
+    "evaluate",
+    "EvaluationReport",
+    "distill",
+    "DistillConfig",
+    "DistillResult",
 ]

@@ -28,7 +28,7 @@ from .errors import ConfigError, DataError, SeedRejectedError
 from .fuse import fuse_bn
 from .models import LoadedModel, fingerprint
 from .preprocess import Preprocessing
-from .stats import ClassMoments
+from .stats import ClassMoments, LabelGroups
 from .taps import Tap, resolve_taps, tap_hooks
 
 __all__ = ["StatsRecorder", "TrainingCollector", "CollectReport", "collect", "collect_seeds", "default_taps", "seed_files"]
@@ -57,6 +57,7 @@ class StatsRecorder:
         self.num_classes = num_classes
         self.moments: dict[str, ClassMoments] = {}
         self.labels: torch.Tensor | None = None
+        self._groups: LabelGroups | None = None
 
     def _record(self, tap: Tap, x: torch.Tensor) -> None:
         if self.labels is None:
@@ -68,7 +69,9 @@ class StatsRecorder:
             m = self.moments.get(tap.name)
             if m is None:
                 m = self.moments[tap.name] = ClassMoments.zeros(self.num_classes, feat.shape[1], device=feat.device)
-            m.update(feat, self.labels)
+            if self._groups is None or self._groups.present.device != m.mean.device:
+                self._groups = LabelGroups.of(self.labels, m.mean.device)
+            m.update(feat, self._groups)
 
     @contextmanager
     def hooks(self) -> Iterator[StatsRecorder]:
@@ -82,6 +85,7 @@ class StatsRecorder:
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
                 raise DataError(f"labels must lie in 0..{self.num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
         self.labels = labels
+        self._groups = None
 
     def reduce(self) -> None:
         """Merge moments across ranks when torch.distributed is initialised."""

@@ -1,9 +1,14 @@
 """Mergeable per-class moments (count, mean, M2) in float64.
 
-Each batch is reduced to exact per-image moments, which are folded into per-class moments
-with Chan et al.'s parallel formula, vectorized over classes with ``index_add``. Merging
+Each batch is reduced to per-image moments, which are folded into per-class moments with
+Chan et al.'s parallel formula, vectorized over the classes present with ``index_add``. Merging
 two partial results with the same formula makes the outcome independent of batch size,
 batch order and the number of processes, up to float64 rounding.
+
+Per-image moments come from one float32 sum and one float32 dot product per image and channel
+(``bmm``: two reads of the feature map, no temporary), which keeps collection close to the cost
+of plain inference. Where E[x^2] - E[x]^2 would lose digits (|mean| large against the spread),
+those rows are recomputed exactly in float64 with the mean subtracted first.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ClassMoments", "channel_view"]
+__all__ = ["ClassMoments", "LabelGroups", "channel_view"]
 
-# Elements per float64 chunk when reducing a batch: bounds the temporary float64 copy.
-_CHUNK_ELEMENTS = 1 << 24
+# Rows with mean^2 > _ILL_CONDITIONED * variance are recomputed exactly: the float32 route's relative
+# error in the variance grows like 4e-7 * (1 + mean^2 / variance), so it stays below ~5e-6.
+_ILL_CONDITIONED = 10.0
+# Elements per float64 chunk when recomputing rows exactly: bounds the temporary copy.
+_CHUNK_ELEMENTS = 1 << 22
 
 
 def channel_view(x: torch.Tensor) -> torch.Tensor:
@@ -28,15 +36,56 @@ def channel_view(x: torch.Tensor) -> torch.Tensor:
 def _per_image_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Mean and M2 over positions, per image and channel, in float64: ([N, C], [N, C], P)."""
     v = channel_view(x.detach())
+    if v.dtype not in (torch.float32, torch.float64):
+        v = v.float()
+    v = v.contiguous()
     n, c, p = v.shape
-    step = max(1, _CHUNK_ELEMENTS // max(1, c * p))
-    means, m2s = [], []
-    for start in range(0, n, step):
-        # var_mean is a single-pass Welford reduction: one read of the float64 copy.
-        var, mean = torch.var_mean(v[start : start + step].to(torch.float64), dim=2, correction=0)
-        means.append(mean)
-        m2s.append(var * p)
-    return torch.cat(means), torch.cat(m2s), p
+    if p == 1:  # N x C features: every image is one sample per channel
+        return v.view(n, c).double(), torch.zeros(n, c, dtype=torch.float64, device=v.device), 1
+    if v.is_cuda:  # CUDA's var_mean is one Welford pass: exact enough and free of host syncs
+        var, mean = torch.var_mean(v, dim=2, correction=0)
+        return mean.double(), var.double() * p, p
+    rows = v.view(n * c, 1, p)
+    s1 = v.sum(dim=2).double()
+    s2 = torch.bmm(rows, rows.transpose(1, 2)).view(n, c).double()
+    mean = s1 / p
+    m2 = s2 - s1 * mean
+    ill = torch.nonzero((m2 * _ILL_CONDITIONED < mean.square() * p).flatten()).flatten()
+    if ill.numel():
+        flat_mean, flat_m2 = mean.view(-1), m2.view(-1)
+        step = max(1, _CHUNK_ELEMENTS // p)
+        for start in range(0, ill.numel(), step):
+            idx = ill[start : start + step]
+            exact = rows[idx, 0].double()
+            mu = exact.mean(dim=1, keepdim=True)
+            flat_mean[idx] = mu.squeeze(1)
+            flat_m2[idx] = (exact - mu).square().sum(dim=1)
+    return mean, m2.clamp_min_(0), p
+
+
+def _chan(
+    n_a: torch.Tensor, mean_a: torch.Tensor, m2_a: torch.Tensor, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chan et al.'s merge of two (count, mean, M2) partial results; empty parts (count 0) are neutral."""
+    n = n_a + n_b
+    safe = n.clamp_min(1)
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / safe), m2_a + m2_b + delta.square() * (n_a * n_b / safe)
+
+
+@dataclass(frozen=True)
+class LabelGroups:
+    """The classes present in a batch and which of them each image belongs to (shared by every tap)."""
+
+    present: torch.Tensor  # int64 [G], sorted class indices
+    group: torch.Tensor  # int64 [N], position of each image's class in ``present``
+    images: torch.Tensor  # int64 [G], images per present class
+
+    @classmethod
+    def of(cls, labels: torch.Tensor, device: torch.device | str | None = None) -> LabelGroups:
+        present, group = torch.unique(labels.to(device=device, dtype=torch.int64), return_inverse=True)
+        images = torch.zeros(present.numel(), dtype=torch.int64, device=present.device).index_add_(0, group, torch.ones_like(group))
+        return cls(present, group, images)
 
 
 @dataclass
@@ -65,34 +114,26 @@ class ClassMoments:
     def channels(self) -> int:
         return self.mean.shape[1]
 
-    def update(self, x: torch.Tensor, labels: torch.Tensor) -> None:
-        """Fold a batch of features ``x`` [N, C, ...] with class ``labels`` [N] into the moments."""
-        labels = labels.to(device=x.device, dtype=torch.int64)
+    def update(self, x: torch.Tensor, labels: torch.Tensor | LabelGroups) -> None:
+        """Fold a batch of features ``x`` [N, C, ...] with class ``labels`` [N] (or their groups) into the moments."""
         img_mean, img_m2, p = _per_image_moments(x)
-        img_mean, img_m2 = img_mean.to(self.mean.device), img_m2.to(self.mean.device)
-        labels = labels.to(self.mean.device)
-        k, c = self.mean.shape
-        n_b = torch.zeros(k, dtype=torch.float64, device=self.mean.device)
-        n_b.index_add_(0, labels, torch.full_like(labels, p, dtype=torch.float64))
-        sum_b = torch.zeros(k, c, dtype=torch.float64, device=self.mean.device).index_add_(0, labels, img_mean * p)
-        safe = n_b.clamp_min(1).unsqueeze(1)
-        mean_b = sum_b / safe
-        # Chan et al.: M2 of a union = sum of parts' M2 + n_i * (mean_i - mean)^2.
-        dev = (img_mean - mean_b[labels]).square() * p
-        m2_b = torch.zeros(k, c, dtype=torch.float64, device=self.mean.device).index_add_(0, labels, img_m2 + dev)
-        images_b = torch.zeros(k, dtype=torch.int64, device=self.mean.device).index_add_(
-            0, labels, torch.ones_like(labels)
-        )
-        self._merge_in(n_b.unsqueeze(1).expand(k, c), mean_b, m2_b, images_b)
+        dev = self.mean.device
+        img_mean, img_m2 = img_mean.to(dev), img_m2.to(dev)
+        groups = labels if isinstance(labels, LabelGroups) else LabelGroups.of(labels, dev)
+        # Only the classes present in the batch are touched: with 1000 classes most rows stay as they are.
+        present, group, images_b = groups.present, groups.group, groups.images
+        g, c = present.numel(), self.channels
+        n_b = (images_b * p).to(torch.float64).unsqueeze(1)
+        mean_b = torch.zeros(g, c, dtype=torch.float64, device=dev).index_add_(0, group, img_mean) / images_b.unsqueeze(1)
+        # Chan et al.: M2 of a union = sum of the parts' M2 + n_i * (mean_i - mean)^2.
+        spread = (img_mean - mean_b[group]).square_().mul_(p).add_(img_m2)
+        m2_b = torch.zeros(g, c, dtype=torch.float64, device=dev).index_add_(0, group, spread)
+        n, mean, m2 = _chan(self.count[present], self.mean[present], self.m2[present], n_b, mean_b, m2_b)
+        self.count[present], self.mean[present], self.m2[present] = n, mean, m2
+        self.images[present] += images_b
 
     def _merge_in(self, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor, images_b: torch.Tensor) -> None:
-        n_a = self.count
-        n = n_a + n_b
-        safe = n.clamp_min(1)
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / safe)
-        self.m2 = self.m2 + m2_b + delta.square() * (n_a * n_b / safe)
-        self.count = n
+        self.count, self.mean, self.m2 = _chan(self.count, self.mean, self.m2, n_b, mean_b, m2_b)
         self.images = self.images + images_b
 
     def merge(self, other: ClassMoments) -> ClassMoments:

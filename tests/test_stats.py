@@ -1,4 +1,10 @@
-"""ClassMoments against an independent float64 recomputation (concatenate, then var_mean)."""
+"""ClassMoments against an independent float64 recomputation (concatenate, then var_mean).
+
+Per-image sums are float32 (the features' own precision), so means agree with the float64
+reference to ~1e-7 and variances to ~5e-6 relative; rows where float32 would lose more digits
+are recomputed exactly. Accumulation across images is float64, so batch size, order and merging
+change nothing beyond float64 rounding.
+"""
 
 from __future__ import annotations
 
@@ -44,8 +50,8 @@ def test_matches_float64_reference(data):
     x, y = data
     m = feed(x, y, 4, batch=7)
     rm, rv = reference(x, y, 4)
-    torch.testing.assert_close(m.mean, rm, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(m.var(), rv, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(m.mean, rm, rtol=1e-7, atol=0)
+    torch.testing.assert_close(m.var(), rv, rtol=5e-6, atol=0)
     assert m.images.tolist() == torch.bincount(y, minlength=4).tolist()
 
 
@@ -75,8 +81,8 @@ def test_pooled_is_global_statistics(data):
     _, gmean, gvar = m.pooled()
     flat = x.double().transpose(0, 1).reshape(5, -1)
     v, mu = torch.var_mean(flat, dim=1, correction=0)
-    torch.testing.assert_close(gmean, mu, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gvar, v, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gmean, mu, rtol=1e-7, atol=0)
+    torch.testing.assert_close(gvar, v, rtol=5e-6, atol=0)
 
 
 def test_linear_features_and_empty_class():
@@ -84,8 +90,8 @@ def test_linear_features_and_empty_class():
     y = torch.tensor([0, 0, 1, 1, 1, 0, 1, 0, 1, 1])
     m = feed(x, y, 3, batch=4)
     rm, rv = reference(x, y, 3)
-    torch.testing.assert_close(m.mean, rm)
-    torch.testing.assert_close(m.var(), rv)
+    torch.testing.assert_close(m.mean, rm, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m.var(), rv, rtol=1e-12, atol=1e-12)
     assert m.images[2] == 0 and torch.all(m.var()[2] == 0)
 
 
@@ -101,3 +107,19 @@ def test_stays_accurate_over_many_batches():
     rm, rv = reference(torch.cat(chunks), torch.zeros(400 * 64, dtype=torch.long), 1)
     torch.testing.assert_close(m.mean, rm, rtol=1e-13, atol=0)
     torch.testing.assert_close(m.var(), rv, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("offset", [0.0, 2.9, 1e3])
+@pytest.mark.parametrize("positions", [49, 1024])
+def test_float32_route_and_exact_rows_match_reference(offset, positions):
+    """Offsets below sqrt(10) std take the float32 sum/dot route; far larger ones are recomputed exactly."""
+    g = torch.Generator().manual_seed(positions)
+    x = torch.randn(24, 6, positions, generator=g) + offset
+    y = torch.randint(0, 3, (24,), generator=g)
+    m = feed(x, y, 3, batch=5)
+    rm, rv = reference(x, y, 3)
+    torch.testing.assert_close(m.mean, rm, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(m.var(), rv, rtol=5e-6, atol=0)
+    half = feed(x.to(torch.bfloat16), y, 3, batch=24)  # AMP features are reduced in float32
+    rm16, rv16 = reference(x.to(torch.bfloat16), y, 3)
+    torch.testing.assert_close(half.var(), rv16, rtol=5e-6, atol=0)

@@ -43,10 +43,14 @@ def quick(**kw) -> SynthConfig:  # noqa: ANN003
 def test_plan_single_class_and_mixed():
     single = plan_batches([2, 0], 3, 2, mixed=False)
     assert single.labels == (2, 2, 2, 0, 0, 0)
-    assert single.batches == ((0, 2), (2, 3), (3, 5), (5, 6))
+    assert single.batches == ((0, 1), (1, 3), (3, 4), (4, 6))
     mixed = plan_batches([2, 0], 3, 4, mixed=True)
     assert mixed.labels == (2, 0, 2, 0, 2, 0)
-    assert mixed.batches == ((0, 4), (4, 6))
+    assert mixed.batches == ((0, 3), (3, 6))
+    even = plan_batches([1], 200, 64, mixed=False)
+    assert [b - a for a, b in even.batches] == [50, 50, 50, 50]
+    exact = plan_batches([1, 2], 64, 64, mixed=False)
+    assert exact.batches == ((0, 64), (64, 128))
 
 
 def test_file_layout_and_teacher_verdict(bundle_dir: Path, tmp_path: Path):
@@ -233,3 +237,15 @@ def test_torchrun_two_processes_equal_single_process(bundle_dir: Path, tmp_path:
     with h5py.File(tmp_path / "tr.h5", "r") as a, h5py.File(tmp_path / "one.h5", "r") as b:
         for name in ("images", "labels", "prediction"):
             np.testing.assert_array_equal(a[name][:], b[name][:])
+
+
+def test_registry_name_is_pulled_and_recorded(bundle_dir: Path, tmp_path: Path):
+    from sowmeta.registry import push
+
+    pushed = push(bundle_dir, "me/tiny-cc", revision="v1")
+    out = tmp_path / "s.h5"
+    synthesize("me/tiny-cc@v1", loaded(), classes=[1], per_class=2, config=quick(), out=out)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["bundle"] == "me/tiny-cc"
+        assert f.attrs["bundle_revision"] == "v1"
+        assert f.attrs["bundle_commit"] == pushed.commit

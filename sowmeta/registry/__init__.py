@@ -17,13 +17,14 @@ from pathlib import Path
 from ..errors import ConfigError
 from .card import DEFAULT_LICENSE, render_card
 from .records import BundleEntry, PullResult, PushResult, split_ref
-from .resolve import Backend, choose_backend, resolve_bundle
+from .resolve import Backend, choose_backend, locate_bundle, resolve_bundle
 
 __all__ = [
     "push",
     "pull",
     "list_bundles",
     "resolve_bundle",
+    "locate_bundle",
     "choose_backend",
     "render_card",
     "Backend",

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from .. import env
 from ..errors import BundleNotFoundError, ConfigError
-from .records import check_name, split_ref
+from .records import PullResult, check_name, split_ref
 
-__all__ = ["Backend", "choose_backend", "resolve_bundle"]
+__all__ = ["Backend", "choose_backend", "resolve_bundle", "locate_bundle"]
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,20 @@ def resolve_bundle(ref: str | Path, *, registry: str | Path | None = None, revis
         >>> resolve_bundle("bundles/resnet56")                # a directory
         >>> resolve_bundle("sowmeta/cifar-resnet56@v1", registry="hub")
     """
+    return locate_bundle(ref, registry=registry, revision=revision).path
+
+
+def locate_bundle(ref: str | Path, *, registry: str | Path | None = None, revision: str | None = None) -> PullResult:
+    """Like ``resolve_bundle``, with what the reference resolved to: name, revision and commit.
+
+    For a directory, ``name`` is the directory, ``revision`` and ``commit`` are empty and
+    ``backend`` is ``"directory"``.
+    """
     text = str(ref)
     if Path(text).is_dir():
         if revision is not None:
             raise ConfigError(f"{text} is a directory; a revision only applies to registry names (ORG/NAME@REV)")
-        return Path(text)
+        return PullResult(text, "", "", Path(text), "directory")
     try:
         check_name(text.partition("@")[0])
     except ConfigError:
@@ -79,4 +88,4 @@ def resolve_bundle(ref: str | Path, *, registry: str | Path | None = None, revis
     name, rev = split_ref(text, revision)
     from . import pull
 
-    return pull(name, revision=rev, registry=registry).path
+    return pull(name, revision=rev, registry=registry)

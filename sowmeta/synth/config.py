@@ -87,8 +87,14 @@ class SynthConfig:
 
     @classmethod
     def cifar(cls, **overrides: Any) -> SynthConfig:
-        """A setting for 32 px CIFAR models: small jitter, stronger statistics term."""
-        base = dict(lr=0.1, alpha_tv=1e-4, alpha_l2=0.0, alpha_cc=1.0, first_tap_multiplier=1.0, jitter=2, batch_size=64)
+        """A setting for 32 px CIFAR models: small jitter, strong statistics and smoothness terms.
+
+        Chosen on cifar-resnet56 by the independent cifar-resnet20's accuracy, the per-class
+        Frechet distance to real test images and the images' total variation against real ones
+        (docs/results.md): alpha_TV 1e-4 leaves high-frequency noise at 32 px (twice the real
+        images' total variation); 5e-2 at batch 50-64 matches it.
+        """
+        base = dict(lr=0.1, alpha_tv=5e-2, alpha_l2=0.0, alpha_cc=1.0, first_tap_multiplier=10.0, jitter=2, batch_size=64)
         return cls(**{**base, **overrides})
 
     @classmethod

@@ -73,25 +73,35 @@ def get_feature_loss(name: str) -> FeatureLoss:
 
 
 class _Moments(torch.autograd.Function):
-    """Per-image, per-channel E[x] and E[x^2] over positions, with a one-kernel backward.
+    """Per-image, per-channel E[x] and E[x^2] over positions, in float32, with a one-kernel backward.
 
-    The backward is d/dx = (g_mean + 2 x g_sq) / n: one fused multiply-add over the feature
-    map, instead of the several passes autograd would make (and ``var_mean``'s slow CPU path).
-    ``x`` is already kept by the tapped layer for its own backward, so saving it costs nothing.
+    Forward: on CUDA one Welford pass (``var_mean``); on the CPU, where ``var_mean`` is slow, a
+    sum and a batched dot product (two reads, no temporary). The backward is
+    d/dx = (g_mean + 2 x g_sq) / n: one fused multiply-add over the feature map, instead of the
+    several passes autograd would make. ``x`` is saved as it is (bf16 under autocast), and the
+    tapped layer keeps it for its own backward anyway, so saving it costs nothing.
     """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         ctx.save_for_backward(x)
         flat = x.flatten(2)
-        return flat.mean(-1), flat.square().mean(-1)
+        if flat.dtype not in (torch.float32, torch.float64):
+            flat = flat.float()
+        if flat.is_cuda:
+            var, mean = torch.var_mean(flat, dim=-1, correction=0)
+            return mean, var + mean * mean
+        n = flat.shape[-1]
+        rows = flat.reshape(-1, 1, n)
+        sq = torch.bmm(rows, rows.transpose(1, 2)).view(flat.shape[:2]) / n
+        return flat.sum(-1) / n, sq
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, g_mean: torch.Tensor, g_sq: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
         n = x[0, 0].numel()
         shape = g_mean.shape + (1,) * (x.dim() - 2)
-        return torch.addcmul((g_mean / n).view(shape), x, (g_sq * (2.0 / n)).view(shape))
+        return torch.addcmul((g_mean / n).view(shape), x, (g_sq * (2.0 / n)).view(shape)).to(x.dtype)
 
 
 def per_image_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,9 +110,8 @@ def per_image_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Reduced immediately inside the forward hook so no feature map is kept beyond autograd's
     own needs; computed in float32 even under autocast.
     """
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
     if x.dim() == 2:
+        x = x if x.dtype in (torch.float32, torch.float64) else x.float()
         return x, x * x
     return _Moments.apply(x)
 

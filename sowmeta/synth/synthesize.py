@@ -29,6 +29,7 @@ from ..errors import ConfigError, OutputExistsError, SynthesisError, TapError, W
 from ..fuse import fuse_bn
 from ..models import LoadedModel, fingerprint, load_model
 from ..preprocess import Preprocessing
+from ..registry import PullResult, locate_bundle
 from ..taps import resolve_taps
 from .config import SynthConfig
 from .engine import BatchResult, Inverter, IterationInfo, TapTarget, tap_weights
@@ -198,7 +199,7 @@ def _device_for(device: str | torch.device, world: int) -> torch.device:
 
 
 def synthesize(
-    bundle: Bundle | str | Path | None,
+    bundle: Bundle | PullResult | str | Path | None,
     model: LoadedModel | None = None,
     *,
     classes: Sequence[int | str] | None = None,
@@ -214,8 +215,9 @@ def synthesize(
     """Synthesize ``per_class`` images of every class in ``classes``.
 
     Args:
-        bundle: a ``Bundle``, a bundle directory, or a registry name ``org/name[@revision]``
-            (pulled on demand); may be None in mode ``di``, which needs only the model.
+        bundle: a ``Bundle``, a bundle directory, a registry name ``org/name[@revision]``
+            (pulled on demand) or what ``registry.locate_bundle`` returned; may be None in mode
+            ``di``, which needs only the model. The file records its name, revision and commit.
         model: the classifier; default the one the bundle's manifest names (architecture and
             weights). It must be the model the bundle was recorded on (checked).
         classes: class indices or labels; default all classes.
@@ -241,15 +243,14 @@ def synthesize(
     if config.init == "images" and init_images is None:
         raise ConfigError("init 'images' needs a folder of initial images (--init DIR)")
     manifest: Manifest | None = None
-    bundle_ref = ""
+    source: dict[str, str] = {"bundle": "", "bundle_revision": "", "bundle_commit": ""}
     if bundle is not None and not isinstance(bundle, Bundle):
-        from ..registry import resolve_bundle
-
-        bundle_ref = str(bundle)
-        path = resolve_bundle(bundle, registry=registry)
+        located = bundle if isinstance(bundle, PullResult) else locate_bundle(bundle, registry=registry)
+        source = {"bundle": located.name, "bundle_revision": located.revision, "bundle_commit": located.commit}
+        path = located.path
         manifest = Bundle.read_manifest(path)
     elif isinstance(bundle, Bundle):
-        manifest, bundle_ref = bundle.manifest, str(bundle.path or "<in memory>")
+        manifest, source["bundle"] = bundle.manifest, str(bundle.path or "<in memory>")
     if model is None:
         if manifest is None:
             raise ConfigError("without a bundle, pass the model (--model) to synthesize from")
@@ -296,7 +297,7 @@ def synthesize(
                 "classes": wanted,
                 "per_class": per_class,
                 "mode": config.mode,
-                "bundle": bundle_ref,
+                **source,
                 "bundle_scenario": manifest.source.scenario if manifest else "",
                 "model": model.name,
                 "weights": str(model.weights),

@@ -12,7 +12,7 @@ Layout of ``OUT`` (readers depend on this only; see docs/synthesis.md):
 ``prediction`` int64 [N] (the teacher's top-1 class),
 optional ``snapshots`` uint8 [S, N, H, W, 3] with attribute ``iterations``, and attributes
 ``format``, ``format_version``, ``config`` (JSON), ``run_key``, ``labels`` (JSON class names),
-``bundle``, ``model``, ``tool_version``, ``created``.
+``bundle``, ``bundle_revision``, ``bundle_commit``, ``model``, ``tool_version``, ``created``.
 """
 
 from __future__ import annotations
@@ -50,8 +50,20 @@ class Plan:
         return len(self.labels)
 
 
+def _even_cuts(start: int, stop: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into the fewest batches of at most ``batch_size``, sizes differing by at most one."""
+    n = stop - start
+    count = -(-n // batch_size)
+    edges = [start + (n * i) // count for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 def plan_batches(classes: list[int], per_class: int, batch_size: int, *, mixed: bool) -> Plan:
-    """Single-class batches (each class's images cut into batches), or mixed ones (classes interleaved)."""
+    """Single-class batches (each class's images cut into batches), or mixed ones (classes interleaved).
+
+    Batches are cut evenly (200 images at batch size 64: four of 50, not 64, 64, 64, 8), because
+    the objective's image priors weigh a batch as a whole and a small remainder batch would differ.
+    """
     if per_class < 1:
         raise ConfigError(f"images per class must be at least 1, not {per_class}")
     if not classes:
@@ -60,12 +72,12 @@ def plan_batches(classes: list[int], per_class: int, batch_size: int, *, mixed: 
     batches: list[tuple[int, int]] = []
     if mixed:
         labels = [c for _ in range(per_class) for c in classes]
-        batches = [(s, min(s + batch_size, len(labels))) for s in range(0, len(labels), batch_size)]
+        batches = _even_cuts(0, len(labels), batch_size)
     else:
         for c in classes:
             start = len(labels)
             labels += [c] * per_class
-            batches += [(s, min(s + batch_size, len(labels))) for s in range(start, len(labels), batch_size)]
+            batches += _even_cuts(start, len(labels), batch_size)
     return Plan(tuple(labels), tuple(batches))
 
 
