@@ -63,15 +63,20 @@ for split in train test; do
 done
 if [[ $REAL_PER_CLASS != all && ! -d "$DATA/$REAL" ]]; then
     log "link the first $REAL_PER_CLASS training images of each class into $DATA/$REAL"
-    rm -rf "$DATA/$REAL.tmp"
-    for cls in "$DATA"/train/*/; do
-        name=$(basename "$cls")
-        mkdir -p "$DATA/$REAL.tmp/$name"
-        find "$cls" -maxdepth 1 -type f | sort | head -n "$REAL_PER_CLASS" | while read -r f; do
-            ln -s "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$DATA/$REAL.tmp/$name/"
-        done
-    done
-    mv "$DATA/$REAL.tmp" "$DATA/$REAL"
+    "$PYTHON" - "$DATA/train" "$DATA/$REAL" "$REAL_PER_CLASS" <<'EOF'
+import shutil
+import sys
+from pathlib import Path
+
+train, out, n = Path(sys.argv[1]).resolve(), Path(sys.argv[2]), int(sys.argv[3])
+tmp = out.with_name(out.name + ".tmp")
+shutil.rmtree(tmp, ignore_errors=True)
+for folder in sorted(p for p in train.iterdir() if p.is_dir()):
+    (tmp / folder.name).mkdir(parents=True)
+    for image in sorted(f for f in folder.iterdir() if f.is_file())[:n]:
+        (tmp / folder.name / image.name).symlink_to(image)
+tmp.rename(out)
+EOF
 fi
 REAL_DIR="$DATA/train"
 [[ $REAL_PER_CLASS == all ]] || REAL_DIR="$DATA/$REAL"

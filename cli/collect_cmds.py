@@ -42,29 +42,14 @@ def _load(model: str, weights: str | None, crop: int | None, resize: int | None,
     return loaded
 
 
-def _progress_bar(console):  # noqa: ANN001, ANN202
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
 def _collect_data(loaded, data, taps, fuse, batch_size, workers, device, limit_per_class, strict, *, quiet: bool):  # noqa: ANN001, ANN202
     """Run the dataset collector with a rich progress bar (started once data loads)."""
     from sowmeta.cli.main import console, err_console
+    from sowmeta.cli.progress import progress_bar
     from sowmeta.collect import collect
 
-    bar = _progress_bar(console)
-    task = bar.add_task("collect", total=None, rate="")
+    bar = progress_bar(console)
+    task = bar.add_task("collect", total=None, info="")
 
     def progress(done: int, total: int) -> None:
         if quiet:
@@ -72,7 +57,7 @@ def _collect_data(loaded, data, taps, fuse, batch_size, workers, device, limit_p
         if not bar.live.is_started:  # shown once data loads, so input errors stay one line
             bar.start()
         elapsed = bar.tasks[0].elapsed or 1e-9
-        bar.update(task, completed=done, total=total, rate=f"{done / elapsed:,.0f} img/s")
+        bar.update(task, completed=done, total=total, info=f"{done / elapsed:,.0f} img/s")
 
     try:
         bundle, report = collect(

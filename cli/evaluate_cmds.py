@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from sowmeta.cli.progress import progress_bar
+
 __all__ = ["register", "parse_model_spec"]
 
 
@@ -44,21 +46,6 @@ def _classes(text: str) -> list[str] | None:
     if text.strip() in ("", "all"):
         return None
     return [c.strip() for c in text.split(",") if c.strip()]
-
-
-def _progress(console: Any) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-    )
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -151,7 +138,7 @@ def register(group: click.Group) -> None:
             raise ConfigError("pass at least one --model NAME[=WEIGHTS] (or --feature-model for distances only)")
         loaded = [_load_spec(m) for m in models]
         feat = _load_spec(feature_model) if feature_model is not None else None
-        bar = _progress(err_console)
+        bar = progress_bar(err_console)
         task = bar.add_task("evaluate", total=None, info="")
 
         def progress(stage: str, done: int, total: int) -> None:
@@ -199,7 +186,7 @@ def register(group: click.Group) -> None:
 
         config = DistillConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, amp=amp, seed=seed)
         loaded = _load_spec(teacher)
-        bar = _progress(err_console)
+        bar = progress_bar(err_console)
         epochs_task = bar.add_task("epoch", total=epochs, info="")
         batch_task = bar.add_task("batch", total=None, info="")
 

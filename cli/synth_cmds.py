@@ -34,20 +34,11 @@ def _tap_weights(items: tuple[str, ...]) -> dict[str, float]:
 
 def _live_display(console: Any, quiet: bool) -> tuple[Any, Any]:
     """A rich progress display with a batch bar, an iteration bar and the loss terms; and its update callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from sowmeta.cli.progress import progress_bar
 
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[terms]}"),
-        console=console,
-    )
-    images = bar.add_task("images", total=None, terms="")
-    iters = bar.add_task("iteration", total=None, terms="")
+    bar = progress_bar(console)
+    images = bar.add_task("images", total=None, info="")
+    iters = bar.add_task("iteration", total=None, info="")
 
     def update(p: Any) -> None:
         if quiet:
@@ -57,7 +48,7 @@ def _live_display(console: Any, quiet: bool) -> tuple[Any, Any]:
         bar.update(images, completed=p.images_done, total=p.images_total, description=f"batch {p.batch}/{p.batches}")
         if p.iteration is not None:
             terms = "  ".join(f"{k} {v:.3g}" for k, v in p.iteration.terms.items())
-            bar.update(iters, completed=p.iteration.iteration, total=p.iteration.iterations, terms=terms)
+            bar.update(iters, completed=p.iteration.iteration, total=p.iteration.iterations, info=terms)
 
     return bar, update
 
