@@ -26,16 +26,25 @@ def _load(model: str, weights: str | None, crop: int | None, resize: int | None,
         def triple(text: str | None, default: tuple[float, float, float]) -> tuple[float, float, float]:
             if text is None:
                 return default
-            vals = tuple(float(v) for v in text.split(","))
+            try:
+                vals = tuple(float(v) for v in text.split(","))
+            except ValueError:
+                vals = ()
             if len(vals) != 3:
-                raise ConfigError(f"--mean/--std take three comma-separated numbers, got {text!r}")
+                raise ConfigError(f"--mean/--std take three comma-separated numbers (e.g. 0.485,0.456,0.406), got {text!r}")
             return vals  # type: ignore[return-value]
 
+        new_std = triple(std, base.std)
+        if min(new_std) <= 0:
+            raise ConfigError(f"--std values must be positive, got {std!r}")
+        if resize is None and crop is not None and base.resize is not None:
+            # A new crop keeps the weights' resize/crop ratio (256/224): never a small centre of a large resize.
+            resize = max(crop, round(crop * base.resize / base.crop))
         loaded.preprocessing = Preprocessing(
             crop=crop or base.crop,
             resize=resize if resize is not None else base.resize,
             mean=triple(mean, base.mean),
-            std=triple(std, base.std),
+            std=new_std,
             interpolation=base.interpolation,
             source="options",
         )
@@ -114,7 +123,10 @@ def register(group: click.Group) -> None:
                 if rank != 0:
                     return
         else:
-            bundle, report = collect_seeds(loaded, seeds, taps=_parse_taps(taps), fuse=fuse, keep_rejected=keep_rejected, device=device)
+            with process_group(device) as (rank, _):
+                if rank != 0:  # a few seeds need no sharding: rank 0 alone checks them and writes the bundle
+                    return
+                bundle, report = collect_seeds(loaded, seeds, taps=_parse_taps(taps), fuse=fuse, keep_rejected=keep_rejected, device=device)
             for r in report.rejected:
                 err_console.print(f"[yellow]rejected seed[/] {r['path']}: class {r['class']}, predicted {r['predicted']}")
         bundle.save(out, overwrite=overwrite, dtype=dtype, shard_bytes=shard_size)

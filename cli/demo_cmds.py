@@ -15,8 +15,8 @@ def register(group: click.Group) -> None:
 
     @group.command()
     @click.option("--out", default="sowmeta-demo", show_default=True, type=click.Path(path_type=Path), help="Folder for the demo's files.")
-    @click.option("--quick", is_flag=True, help="A smaller run (about a minute), as in the tests.")
-    @click.option("--device", default="cpu", show_default=True)
+    @click.option("--quick", is_flag=True, help="A smaller run (seconds), as in the tests.")
+    @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ... (the demo is sized for a CPU).")
     @handle_errors
     def demo(out: Path, quick: bool, device: str) -> None:
         """Train a small CNN with statistics recording, publish, pull, and synthesize in cc and di modes."""

@@ -73,7 +73,10 @@ def handle_errors(fn: F) -> F:
             err_console.print(f"[bold red]error[/]: {error_line(exc)}", highlight=False, soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]: nothing partial was written")
+            err_console.print(
+                "[bold red]interrupted[/]: no output was left half-written; "
+                "synthesize and distill continue after their last finished batch or epoch when run again"
+            )
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
@@ -92,13 +95,7 @@ def _register() -> None:
     import importlib
 
     for name in ("collect_cmds", "registry_cmds", "synth_cmds", "evaluate_cmds", "demo_cmds"):
-        try:
-            mod = importlib.import_module(f"sowmeta.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"sowmeta.cli.{name}":
-                raise
-            continue
-        mod.register(main)
+        importlib.import_module(f"sowmeta.cli.{name}").register(main)
 
 
 _register()

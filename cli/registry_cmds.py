@@ -67,9 +67,7 @@ def register(group: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
     @handle_errors
     def list_cmd(registry: str | None, author: str | None, as_json: bool) -> None:
-        """List the bundles a registry holds (the Hub: repositories tagged sowmeta)."""
-        from rich.table import Column, Table
-
+        """List the local registry's bundles and those pulled into the cache (with the Hub: its sowmeta repositories)."""
         from sowmeta.registry import list_bundles
 
         entries = list_bundles(registry=registry, author=author)
@@ -79,13 +77,28 @@ def register(group: click.Group) -> None:
         if not entries:
             console.print("no bundles")
             return
-        hub = entries[0].backend == "hub"
-        caption = None if hub or entries[0].path is None else f"local registry {entries[0].path.parents[3]}"
-        table = Table(Column("name", no_wrap=True), "refs", Column("revision", no_wrap=True), "updated", caption=caption)
-        if hub:
-            table.add_column("private")
-            table.add_column("url", overflow="fold")
-        for e in entries:
-            row = [e.name, ", ".join(e.refs), (e.commit or "")[:12], e.updated or ""]
-            table.add_row(*row, *(["yes" if e.private else "no", e.url or ""] if hub else []))
-        console.print(table)
+        console.print(_table(entries))
+
+
+def _table(entries: list[Any]) -> Any:
+    """A rich table of ``BundleEntry`` rows: Hub repositories, or local revisions and cached pulls."""
+    from rich.table import Column, Table
+
+    hub = entries[0].backend == "hub"
+    roots = {"local": "local registry", "hub-cache": "Hub cache"}
+    where = {}
+    for e in entries:
+        if e.backend in roots and e.path is not None and e.backend not in where:
+            where[e.backend] = f"{roots[e.backend]} {e.path.parents[3 if e.backend == 'local' else 2]}"
+    table = Table(Column("name", no_wrap=True), "refs", Column("revision", no_wrap=True), "updated",
+                  caption="; ".join(where.values()) or None)
+    if hub:
+        table.add_column("private")
+        table.add_column("url", overflow="fold")
+    else:
+        table.add_column("source")
+    for e in entries:
+        row = [e.name, ", ".join(e.refs), (e.commit or "")[:12], e.updated or ""]
+        extra = ["yes" if e.private else "no", e.url or ""] if hub else [roots.get(e.backend, e.backend)]
+        table.add_row(*row, *extra)
+    return table

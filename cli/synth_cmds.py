@@ -76,7 +76,7 @@ def register(group: click.Group) -> None:
     @click.option("--alpha-tv", type=float, help="Total-variation weight [imagenet 1e-4, cifar 5e-2].")
     @click.option("--alpha-l2", type=float, help="L2 image prior weight [imagenet 1e-5, cifar 0].")
     @click.option("--alpha-cc", type=float, help="Statistics-matching weight [imagenet 0.01, cifar 1].")
-    @click.option("--first-tap-multiplier", type=float, help="Extra weight of the first tap [imagenet 10, cifar 10].")
+    @click.option("--first-tap-multiplier", type=float, help="Extra weight of the first tap [imagenet 1, cifar 10].")
     @click.option("--tap-weight", multiple=True, help="Per-tap weight TAP=W (name or glob); repeatable.")
     @click.option("--feature-loss", type=click.Choice(["eq7", "kl"]), help="F_l: paper Eq. 7 (default) or Gaussian KL.")
     @click.option("--jitter", type=click.IntRange(0), help="Random shift in pixels [imagenet 30, cifar 2].")

@@ -377,6 +377,8 @@ class Bundle:
             verify_files(path, manifest)
         k = manifest.model.num_classes
         wanted = list(range(k)) if classes is None else [int(c) for c in classes]
+        if not wanted:
+            raise ConfigError("classes=[] selects no class; pass at least one class index, or None for all")
         bad = [c for c in wanted if not 0 <= c < k]
         if bad:
             raise ConfigError(f"class {bad[0]} does not exist in this bundle (classes 0..{k - 1})")
@@ -399,9 +401,13 @@ class Bundle:
                 if fname not in handles:
                     handles[fname] = safe_open(str(path / fname), framework="pt")
                 sl = handles[fname].get_slice(key)
-                if not rows:
-                    return sl[:].float()
-                return torch.cat([sl[a:b] for a, b in runs]).float()[gather]
+                if rows and (not sl.get_shape() or sl.get_shape()[0] != k):
+                    raise CorruptBundleError(
+                        f"{path / fname}: {key!r} has shape {sl.get_shape()}, but the bundle has {k} classes; the file is corrupt",
+                        path=str(path / fname),
+                    )
+                t = sl[:] if not rows else torch.cat([sl[a:b] for a, b in runs])[gather]
+                return t.float() if t.is_floating_point() else t  # counts stay int64
             except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
                 raise CorruptBundleError(
                     f"{path / fname}: cannot read {key!r} ({exc}); the file is truncated or corrupt, fetch it again",

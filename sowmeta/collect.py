@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader
 from .bundle import Bundle, ModelRecord, SourceRecord
 from .distributed import rank_world
 from .data import ImageFiles, collate_skip_bad, raise_if_strict, read_image, scan_image_folder
-from .errors import ConfigError, DataError, SeedRejectedError
+from .errors import ConfigError, DataError, SeedRejectedError, TapError
 from .fuse import fuse_bn
 from .models import LoadedModel, fingerprint
 from .preprocess import Preprocessing
 from .stats import ClassMoments, LabelGroups
-from .taps import Tap, resolve_taps, tap_hooks
+from .taps import Tap, probe_channels, resolve_taps, tap_hooks
 
 __all__ = ["StatsRecorder", "TrainingCollector", "CollectReport", "collect", "collect_seeds", "default_taps", "seed_files"]
 
@@ -58,10 +58,17 @@ class StatsRecorder:
         self.moments: dict[str, ClassMoments] = {}
         self.labels: torch.Tensor | None = None
         self._groups: LabelGroups | None = None
+        self._fired: set[str] = set()
 
     def _record(self, tap: Tap, x: torch.Tensor) -> None:
         if self.labels is None:
             return
+        if tap.name in self._fired:
+            raise TapError(
+                f"tap {tap.name!r} ran twice for one batch of labels: its module is called more than once per forward "
+                "(a shared ReLU?) or the model ran twice inside one observe() block; tap a module that runs once"
+            )
+        self._fired.add(tap.name)
         with torch.no_grad():
             feat = x.detach()
             if feat.shape[0] != self.labels.shape[0]:
@@ -86,6 +93,7 @@ class StatsRecorder:
                 raise DataError(f"labels must lie in 0..{self.num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
         self.labels = labels
         self._groups = None
+        self._fired.clear()
 
     def reduce(self) -> None:
         """Merge moments across ranks when torch.distributed is initialised."""
@@ -144,8 +152,10 @@ class TrainingCollector:
         data: str = "training loop",
     ) -> Bundle:
         """Freeze what was recorded into a Scenario-A bundle of the model's current weights."""
-        self.recorder.reduce()
         k = self.recorder.num_classes
+        if labels is not None and len(labels) != k:
+            raise ConfigError(f"{len(labels)} labels given for {k} classes; pass one label per class (index = class)")
+        self.recorder.reduce()
         record = ModelRecord(architecture, fingerprint(self.model), k, list(labels or [str(i) for i in range(k)]), weights)
         source = SourceRecord("A", "during-training", data, 0)
         return Bundle.from_moments(self.recorder.moments, self.recorder.taps, model=record, preprocessing=preprocessing, source=source)
@@ -222,6 +232,10 @@ def collect(
     rank, world = rank_world()
     report = CollectReport()
     if isinstance(data, DataLoader):
+        if limit_per_class is not None:
+            raise ConfigError(
+                "limit_per_class applies to image folders; limit a DataLoader's dataset yourself (torch.utils.data.Subset)"
+            )
         loader: Iterable = data
         total = len(data.dataset) if hasattr(data.dataset, "__len__") else 0  # type: ignore[arg-type]
         labels = model.labels or [str(i) for i in range(outputs)]
@@ -242,6 +256,10 @@ def collect(
         labels += [str(i) for i in range(len(labels), outputs)]
         data_name = str(data)
     recorder = StatsRecorder(module, tap_list, outputs)
+    # Every tap starts with empty moments, so a rank whose shard is empty (or all undecodable)
+    # still takes part in the merge instead of leaving the other ranks waiting.
+    for name, channels in probe_channels(module, tap_list, crop, device=dev).items():
+        recorder.moments[name] = ClassMoments.zeros(outputs, channels, device=dev)
     start = time.perf_counter()
     done = 0
     with recorder.hooks(), torch.no_grad():
@@ -262,10 +280,16 @@ def collect(
             if progress is not None:
                 progress(done, total)
     recorder.set_labels(None)
-    if not recorder.moments:
-        raise DataError(f"no image of {data_name} could be read; nothing was collected")
     recorder.reduce()
+    if world > 1:  # every rank skipped its own files: the report and the manifest list them all
+        import torch.distributed as dist
+
+        parts: list[list[str]] = [[] for _ in range(world)]
+        dist.all_gather_object(parts, report.skipped)
+        report.skipped = [p for part in parts for p in part]
     report.images = int(next(iter(recorder.moments.values())).images.sum())
+    if report.images == 0:
+        raise DataError(f"no image of {data_name} could be read; nothing was collected")
     report.seconds = time.perf_counter() - start
     if report.skipped:
         log.warning("skipped %d undecodable images (first: %s)", len(report.skipped), report.skipped[0])

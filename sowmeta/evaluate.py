@@ -35,6 +35,7 @@ from .metrics import (
     default_feature_model,
     frechet_distance,
     inception_score,
+    inception_splits,
     kernel_distance,
     network_name,
     per_class_frechet,
@@ -71,7 +72,7 @@ class AccuracyScore:
 
 @dataclass(frozen=True)
 class InceptionScoreResult:
-    """exp(E_x KL(p(y|x) || p(y))) from ``network``'s softmax; mean and std over ``splits`` splits."""
+    """exp(E_x KL(p(y|x) || p(y))) from ``network``'s softmax; mean and std over the ``splits`` splits used."""
 
     network: str
     mean: float
@@ -219,7 +220,8 @@ def evaluate(
         classes: class indices or names to evaluate (default: every class the data holds).
         sheets: write one contact sheet per class, ``DIR/<index>-<name>.png``.
         sheet_size: images per contact sheet (8 per row).
-        is_splits: splits of the Inception-Score-style score (lowered to the image count).
+        is_splits: splits of the Inception-Score-style score (lowered to the image count, and to
+            the number of equal chunks the images make; the report holds the number used).
         kid_subsets: random subsets KID averages over.
         kid_subset_size: images per KID subset (lowered to the smaller set's size).
         batch_size: images per forward pass.
@@ -279,9 +281,9 @@ def evaluate(
         per = [top1_accuracy(out.logits[out.labels == k], out.labels[out.labels == k]) if counts[k] else None for k in range(k_all)]
         report.accuracy.append(AccuracyScore(out.network, top1_accuracy(out.logits, out.labels), per))
     if outputs:
-        splits = min(is_splits, outputs[0].logits.shape[0])
-        mean, std = inception_score(outputs[0].logits, splits=splits, seed=seed)
-        report.inception_score = InceptionScoreResult(outputs[0].network, mean, std, splits)
+        asked = min(is_splits, outputs[0].logits.shape[0])
+        mean, std = inception_score(outputs[0].logits, splits=asked, seed=seed)
+        report.inception_score = InceptionScoreResult(outputs[0].network, mean, std, inception_splits(outputs[0].logits.shape[0], asked))
 
     diversity = class_diversity(feat_out.features, feat_out.labels, num_classes=k_all, seed=seed)
     ref_diversity: list[float | None] | None = None

@@ -12,6 +12,7 @@ is written here, as no library provides it.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
@@ -35,6 +36,7 @@ __all__ = [
     "accuracy",
     "top1_accuracy",
     "inception_score",
+    "inception_splits",
     "frechet_distance",
     "kernel_distance",
     "per_class_frechet",
@@ -180,11 +182,24 @@ class _Given(nn.Module):
         return x
 
 
+def inception_splits(images: int, splits: int) -> int:
+    """How many splits the Inception-Score formula really makes of ``images`` rows when asked for ``splits``.
+
+    The rows are cut into chunks of ceil(images / splits) (``torch.chunk``), which can give
+    fewer splits than asked: 24 images in 10 splits are 8 splits of 3.
+    """
+    if images < 1 or splits < 1:
+        raise ConfigError(f"inception score needs at least one image and one split, got {images} images and {splits} splits")
+    return math.ceil(images / math.ceil(images / splits))
+
+
 def inception_score(logits: torch.Tensor, *, splits: int = 10, seed: int = 0) -> tuple[float, float | None]:
     """Inception-Score formula exp(E_x KL(p(y|x) || p(y))) on a classifier's logits: (mean, std over splits).
 
     Computed with whatever classifier produced ``logits`` (its softmax), not necessarily
-    Inception-V3; report that network with the score. The std is None for one split.
+    Inception-V3; report that network with the score. The rows are shuffled (seeded by
+    ``seed``) and cut into ``inception_splits(len(logits), splits)`` splits; the std is None
+    for one split.
     """
     from torchmetrics.image.inception import InceptionScore
 
@@ -197,7 +212,7 @@ def inception_score(logits: torch.Tensor, *, splits: int = 10, seed: int = 0) ->
     with _seeded(seed), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*degrees of freedom.*")  # one split has no std
         mean, std = metric.compute()
-    return float(mean), (float(std) if splits > 1 else None)
+    return float(mean), (float(std) if inception_splits(logits.shape[0], splits) > 1 else None)
 
 
 def _check_features(a: torch.Tensor, b: torch.Tensor, minimum: int, what: str) -> None:

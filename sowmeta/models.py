@@ -10,6 +10,7 @@ import fnmatch
 import hashlib
 import importlib
 import logging
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +187,36 @@ def list_models(pattern: str = "*") -> list[str]:
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (torch's messages run over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _fetch_checked(chosen: object, name: str) -> None:
+    """Download (or find in the torch hub cache) torchvision weights and check they load with ``weights_only=True``.
+
+    torchvision itself unpickles its checkpoints with ``weights_only=False``; checking the same
+    file first means no arbitrary object is ever unpickled, even from a tampered cache.
+    """
+    try:
+        chosen.get_state_dict(progress=True, check_hash=True, weights_only=True)  # type: ignore[attr-defined]
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"the cached {chosen} checkpoint for {name} holds objects other than tensors; "
+            "delete it from $TORCH_HOME/hub/checkpoints and retry, or pass --weights FILE"
+        ) from exc
+    except Exception as exc:  # network, disk or hash errors: torchvision raises plain exceptions
+        raise WeightsError(f"could not fetch {chosen} for {name} ({_first_line(exc)}); check the network, or pass --weights FILE or none") from exc
+
+
+def _head_classes(module: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """Outputs of the classifier head that ``state`` holds for ``module``'s last Linear layer, if any."""
+    heads = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    w = state.get(f"{heads[-1]}.weight") if heads else None
+    return int(w.shape[0]) if w is not None and w.dim() == 2 else None
+
+
 def _torchvision(name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
     from torchvision import models as tvm
 
@@ -193,21 +224,29 @@ def _torchvision(name: str, weights: str | None, num_classes: int | None) -> Loa
         enum = tvm.get_model_weights(name)
     except (ValueError, KeyError) as exc:
         raise ModelError(f"unknown model {name!r}; see `sowmeta models` for names, or use package.module:factory") from exc
-    file_weights = weights is not None and weights.upper() != "DEFAULT" and not hasattr(enum, weights)
+    file_weights = weights is not None and weights.upper() != "DEFAULT" and weights not in enum.__members__
     chosen = None
     if weights is not None and not file_weights:
         chosen = enum.DEFAULT if weights.upper() == "DEFAULT" else enum[weights]
     meta_weights = chosen or enum.DEFAULT
     labels = list(meta_weights.meta.get("categories") or []) or None
-    kwargs = {}
-    if num_classes is not None and chosen is None:
-        kwargs["num_classes"] = num_classes
-    try:
-        module = tvm.get_model(name, weights=chosen, **kwargs)
-    except Exception as exc:  # torchvision raises plain errors for download/shape problems
-        raise WeightsError(f"could not build {name} with weights {weights}: {exc}") from exc
-    if file_weights:
-        _load_into(module, str(weights))
+    state = load_weights_file(str(weights)) if file_weights else None
+    if chosen is not None:
+        _fetch_checked(chosen, name)
+
+    def build(classes: int | None) -> nn.Module:
+        kwargs = {} if classes is None or chosen is not None else {"num_classes": classes}
+        try:
+            return tvm.get_model(name, weights=chosen, **kwargs)
+        except Exception as exc:  # torchvision raises plain errors for download/shape problems
+            raise WeightsError(f"could not build {name} with weights {weights} ({_first_line(exc)})") from exc
+
+    module = build(num_classes)
+    if state is not None:
+        head = _head_classes(module, state) if num_classes is None else None
+        if head is not None and head != _num_outputs(module):
+            module = build(head)  # a fine-tuned checkpoint: the head's size says how many classes
+        _load_state(module, state, str(weights))
     out_features = _num_outputs(module)
     if labels is not None and len(labels) != out_features:
         labels = None
@@ -289,15 +328,23 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
             state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"cannot read weights {str(p)!r}: the checkpoint holds pickled objects other than tensors, "
+            "which sowmeta never unpickles; save model.state_dict() (or safetensors) instead"
+        ) from exc
     except Exception as exc:
-        raise WeightsError(f"cannot read weights {str(p)!r}: {exc}; only safetensors or plain tensor checkpoints load") from exc
+        raise WeightsError(f"cannot read weights {str(p)!r} ({_first_line(exc)}); only safetensors or plain tensor checkpoints load") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"weights {str(p)!r} do not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _load_into(module: nn.Module, path: str) -> None:
-    state = load_weights_file(path)
+    _load_state(module, load_weights_file(path), path)
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
     own = module.state_dict()
     # num_batches_tracked only drives BatchNorm momentum in training; many published weights omit it.
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]

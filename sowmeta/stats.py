@@ -1,7 +1,7 @@
 """Mergeable per-class moments (count, mean, M2) in float64.
 
 Each batch is reduced to per-image moments, which are folded into per-class moments with
-Chan et al.'s parallel formula, vectorized over the classes present with ``index_add``. Merging
+Chan et al.'s parallel formula, vectorized over the classes present with a scatter-add. Merging
 two partial results with the same formula makes the outcome independent of batch size,
 batch order and the number of processes, up to float64 rounding.
 
@@ -63,6 +63,17 @@ def _per_image_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int
     return mean, m2.clamp_min_(0), p
 
 
+def _group_sum(group: torch.Tensor, values: torch.Tensor, groups: int) -> torch.Tensor:
+    """Rows of ``values`` summed by ``group`` (a scatter-add over classes, no Python loop).
+
+    ``index_put_(accumulate=True)`` rather than ``index_add_``: on CPU, index_add_ opens an
+    OpenMP parallel region even for a few rows, which costs tens of milliseconds per call when
+    the cores are shared with other work; on CUDA it is deterministic (sorted, not atomic).
+    """
+    out = torch.zeros((groups, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    return out.index_put_((group,), values, accumulate=True)
+
+
 def _chan(
     n_a: torch.Tensor, mean_a: torch.Tensor, m2_a: torch.Tensor, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,7 +95,7 @@ class LabelGroups:
     @classmethod
     def of(cls, labels: torch.Tensor, device: torch.device | str | None = None) -> LabelGroups:
         present, group = torch.unique(labels.to(device=device, dtype=torch.int64), return_inverse=True)
-        images = torch.zeros(present.numel(), dtype=torch.int64, device=present.device).index_add_(0, group, torch.ones_like(group))
+        images = _group_sum(group, torch.ones_like(group), present.numel())
         return cls(present, group, images)
 
 
@@ -122,12 +133,12 @@ class ClassMoments:
         groups = labels if isinstance(labels, LabelGroups) else LabelGroups.of(labels, dev)
         # Only the classes present in the batch are touched: with 1000 classes most rows stay as they are.
         present, group, images_b = groups.present, groups.group, groups.images
-        g, c = present.numel(), self.channels
+        g = present.numel()
         n_b = (images_b * p).to(torch.float64).unsqueeze(1)
-        mean_b = torch.zeros(g, c, dtype=torch.float64, device=dev).index_add_(0, group, img_mean) / images_b.unsqueeze(1)
+        mean_b = _group_sum(group, img_mean, g) / images_b.unsqueeze(1)
         # Chan et al.: M2 of a union = sum of the parts' M2 + n_i * (mean_i - mean)^2.
         spread = (img_mean - mean_b[group]).square_().mul_(p).add_(img_m2)
-        m2_b = torch.zeros(g, c, dtype=torch.float64, device=dev).index_add_(0, group, spread)
+        m2_b = _group_sum(group, spread, g)
         n, mean, m2 = _chan(self.count[present], self.mean[present], self.m2[present], n_b, mean_b, m2_b)
         self.count[present], self.mean[present], self.m2[present] = n, mean, m2
         self.images[present] += images_b

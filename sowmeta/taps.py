@@ -82,6 +82,14 @@ def resolve_taps(model: nn.Module, spec: str | Sequence[str] = "bn-inputs") -> l
             else:
                 tap = Tap(n if pos == "out" else f"{n}:in", n, pos, "output" if pos == "out" else "input")
             chosen[(n, pos)] = tap
+    by_name: dict[str, Tap] = {}
+    for tap in chosen.values():
+        other = by_name.setdefault(tap.name, tap)
+        if other is not tap:
+            raise TapError(
+                f"taps '{other.module}:{other.position}' and '{tap.module}:{tap.position}' would both be stored as {tap.name!r} "
+                "(a BatchNorm's name stands for its input); keep one, or tap the next module's input instead"
+            )
     order = {n: i for i, (n, _) in enumerate(modules)}
     return sorted(chosen.values(), key=lambda t: (order[t.module], t.position != "in"))
 

@@ -3,7 +3,7 @@
 Checked against huggingface_hub 2.4.0 (httpx2 client), by reading the client's source
 (``hf_api.py``, ``_commit_api.py``, ``file_download.py``, ``_snapshot_download.py``,
 ``utils/_http.py``). It implements exactly the endpoints that ``create_repo``, ``repo_info``,
-``create_branch``, ``list_repo_files``, ``create_commit``, ``snapshot_download``,
+``create_branch``, ``delete_branch``, ``list_repo_files``, ``create_commit``, ``snapshot_download``,
 ``hf_hub_download`` and ``list_models`` call:
 
 ====== ================================================ ==========================================
@@ -17,6 +17,7 @@ POST   /api/models/{repo_id}/commit/{revision}          create_commit: NDJSON li
                                                         ``file`` (base64), ``deletedFile``,
                                                         ``deletedFolder``; ``lfsFile`` is refused
 POST   /api/models/{repo_id}/branch/{branch}            create_branch (``startingPoint``)
+DELETE /api/models/{repo_id}/branch/{branch}            delete_branch (not main)
 GET    /api/models/{repo_id}[/revision/{revision}]      repo_info / model_info (sha, siblings)
 GET    /api/models/{repo_id}/tree/{revision}[/{path}]   list_repo_tree / list_repo_files /
                                                         snapshot_download (``recursive``)
@@ -36,7 +37,9 @@ only read public, non-gated repositories (401 with ``RepoNotFound`` otherwise, a
 
 Fault injection: ``abort_next_commits = n`` drops the connection halfway through reading the next
 ``n`` commit bodies without applying them; ``die_on_commit = True`` also stops the whole server
-(``restart()`` brings it back on the same port with the same repositories).
+(``restart()`` brings it back on the same port with the same repositories). A commit whose body
+ends before its ``Content-Length`` (or last chunk), e.g. because the client was killed, is never
+applied either (``incomplete_commits`` counts them).
 """
 
 from __future__ import annotations
@@ -158,16 +161,28 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.hub.state
 
     def _body(self) -> bytes:
-        """The request body, read once (an error reply must still consume it, or keep-alive breaks)."""
+        """The request body, read once (an error reply must still consume it, or keep-alive breaks).
+
+        ``self._complete`` is False when the client went away before sending all of it.
+        """
         if self._raw is None:
-            self._raw = b""
+            self._raw, self._complete = b"", True
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                    self._raw += self.rfile.read(size)
-                    self.rfile.readline()
-                self.rfile.readline()
+                while True:
+                    line = self.rfile.readline()
+                    size = int(line.split(b";")[0].strip() or b"0", 16) if line else -1
+                    if size <= 0:
+                        self._complete = size == 0 and bool(self.rfile.readline())
+                        break
+                    chunk = self.rfile.read(size)
+                    self._raw += chunk
+                    if len(chunk) < size or not self.rfile.readline():
+                        self._complete = False
+                        break
             else:
-                self._raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                want = int(self.headers.get("Content-Length") or 0)
+                self._raw = self.rfile.read(want)
+                self._complete = len(self._raw) == want
         return self._raw
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, ctype: str = "application/json") -> None:
@@ -221,6 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self._raw: bytes | None = None
+        self._complete = True
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.split("/")[1:]]
         query = parse_qs(url.query)
@@ -252,7 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._body()
             self._json({"error": f"bad request: {exc!r}"}, 400, {"X-Error-Message": f"bad request: {exc!r}"})
 
-    do_GET = do_POST = do_HEAD = _dispatch
+    do_GET = do_POST = do_HEAD = do_DELETE = _dispatch
 
     # --- endpoints ------------------------------------------------------------------------
 
@@ -315,6 +331,15 @@ class _Handler(BaseHTTPRequestHandler):
                 start = self._commit(repo, payload.get("startingPoint") or "main")
                 repo.branches[rest[1]] = start.oid
             return self._json({})
+        if self.command == "DELETE" and rest[:1] == ["branch"] and len(rest) == 2:
+            repo = self._repo(repo_id, user, write=True)
+            with self.state.lock:
+                if rest[1] == "main":
+                    raise _Reply(403, "You cannot delete the default branch")
+                if rest[1] not in repo.branches:
+                    raise _Reply(404, f"Invalid rev id: {rest[1]}", "RevisionNotFound")
+                del repo.branches[rest[1]]
+            return self._json({})
         if self.command != "GET":
             raise _Reply(404, f"no route for {self.command} /api/models/{repo_id}/{'/'.join(rest)}")
         repo = self._repo(repo_id, user)
@@ -348,7 +373,13 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Reply(404, f"Invalid rev id: {branch}", "RevisionNotFound")
         if self.hub.abort_next_commits > 0 or self.hub.die_on_commit:
             return self._abort_midway()
-        lines = [json.loads(ln) for ln in self._body().splitlines() if ln.strip()]
+        body = self._body()
+        if not self._complete:  # the client died or the connection broke mid-body: apply nothing, as the Hub
+            with self.state.lock:
+                self.hub.incomplete_commits += 1
+            self.close_connection = True
+            return None
+        lines = [json.loads(ln) for ln in body.splitlines() if ln.strip()]
         if not lines or lines[0].get("key") != "header":
             raise _Reply(400, "the commit payload must start with a header line")
         header = lines[0]["value"]
@@ -493,6 +524,7 @@ class HubServer:
         self.abort_next_commits = 0
         self.die_on_commit = False
         self.aborted_commits = 0
+        self.incomplete_commits = 0  # commit bodies that ended early (client gone): never applied
         self.port = 0
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None

@@ -18,7 +18,11 @@ def write_synth_h5(
     seed: int = 0,
     names: list[str] | None = None,
 ) -> Path:
-    """``images`` uint8 [N, size, size, 3] with a class-dependent colour cast, ``labels`` int64, a ``labels`` attribute."""
+    """``images`` uint8 [N, size, size, 3] with a class-dependent colour cast, ``labels`` int64, a ``labels`` attribute.
+
+    The datasets and attributes are a subset of what ``sowmeta.synth`` writes, with the same
+    dtypes (checked by ``test_synth.py::test_test_fixture_has_the_writers_layout``).
+    """
     import h5py
 
     rng = np.random.default_rng(seed)
@@ -29,7 +33,10 @@ def write_synth_h5(
         f.create_dataset("images", data=images)
         f.create_dataset("labels", data=labels)
         f.create_dataset("confidence", data=np.ones(len(labels), dtype=np.float32))
+        f.create_dataset("loss", data=np.zeros(len(labels), dtype=np.float32))
+        f.create_dataset("prediction", data=labels.copy())
         f.attrs["format"] = "sowmeta-synth"
         f.attrs["config"] = json.dumps({"mode": "cc", "seed": seed})
+        f.attrs["mode"] = "cc"
         f.attrs["labels"] = json.dumps(names if names is not None else [f"c{k}" for k in range(classes)])
     return path

@@ -203,3 +203,131 @@ def test_check_against_models(saved: Path):
         b.check(tiny_net(K + 1), fingerprint=False)
     with pytest.raises(ModelMismatchError, match="no module"):
         b.check(nn.Sequential(nn.Conv2d(3, 4, 1)))
+
+
+def test_sliced_loading_requests_only_the_asked_rows(saved: Path, monkeypatch):
+    """Spy on safetensors: per-class tensors are read only by row slices inside the asked classes."""
+    import safetensors
+
+    real_open = safetensors.safe_open
+    requests: dict[str, list] = {}
+
+    class SliceSpy:
+        def __init__(self, key, sl):
+            self.key, self.sl = key, sl
+
+        def get_shape(self):
+            return self.sl.get_shape()
+
+        def __getitem__(self, index):
+            requests.setdefault(self.key, []).append(index)
+            return self.sl[index]
+
+    class FileSpy:
+        def __init__(self, *args, **kwargs):
+            self.f = real_open(*args, **kwargs)
+
+        def get_slice(self, key):
+            return SliceSpy(key, self.f.get_slice(key))
+
+        def get_tensor(self, key):
+            requests.setdefault(key, []).append("whole tensor")
+            return self.f.get_tensor(key)
+
+    monkeypatch.setattr(safetensors, "safe_open", FileSpy)
+    part = Bundle.load(saved, classes=[4, 1, 2])
+    rows_read = set()
+    for key, indices in requests.items():
+        if key == "counts" or key.endswith(("/mean", "/var")):
+            for index in indices:
+                assert isinstance(index, slice) and index.step is None, (key, index)
+                rows_read |= set(range(index.start, index.stop))
+        else:
+            assert key.endswith(("/global_mean", "/global_var")), key
+    assert rows_read == {1, 2, 4}
+    assert {k for k in requests if k.endswith("/mean") and "global" not in k} == {"bn1/mean", "bn2/mean", "fc:in/mean"}
+    full = make_bundle()
+    torch.testing.assert_close(part.stats["bn1"].var, full.stats["bn1"].var[[4, 1, 2]])
+    assert part.counts.dtype == torch.int64 and part.counts.tolist() == [3, 3, 3]
+    assert part.row(1) == 1 and part.row(4) == 0
+
+
+def test_bad_class_selections_and_inconsistent_rows(saved: Path):
+    from safetensors.torch import load_file, save_file
+
+    from sowmeta.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="selects no class"):
+        Bundle.load(saved, classes=[])
+    with pytest.raises(ConfigError, match="class 6 does not exist"):
+        Bundle.load(saved, classes=[0, K])
+    with pytest.raises(ConfigError, match="not in this bundle"):
+        Bundle.load(saved, taps=["nope"])
+    f = saved / "stats.safetensors"
+    tensors = load_file(str(f))
+    tensors["counts"] = torch.zeros(K + 2, dtype=torch.int64)  # more rows than the manifest's classes
+    save_file(tensors, str(f), metadata={"format": "sowmeta-bundle", "format_version": "1.0", "shard": "1/1"})
+    with pytest.raises(CorruptBundleError, match="'counts' has shape \\[8\\], but the bundle has 6 classes"):
+        Bundle.load(saved, classes=[0], verify=False)
+
+
+def test_sharded_files_are_indexed_by_the_manifest_and_identify_themselves(tmp_path: Path):
+    b = make_bundle()
+    p = b.save(tmp_path / "sharded", shard_bytes=300)
+    manifest = Bundle.read_manifest(p)
+    n = len(manifest.files)
+    listed = [t for f in manifest.files for t in f.tensors]
+    assert n >= 3 and sorted(listed) == sorted(set(listed))  # every tensor in exactly one file
+    assert set(listed) == {"counts"} | {f"{t}/{s}" for t in ("bn1", "bn2", "fc:in") for s in ("mean", "var", "global_mean", "global_var")}
+    for i, f in enumerate(manifest.files, start=1):
+        with safe_open(str(p / f.name), framework="pt") as h:
+            assert sorted(h.keys()) == sorted(f.tensors)
+            assert h.metadata() == {"format": "sowmeta-bundle", "format_version": "1.0", "shard": f"{i}/{n}"}
+        assert f.name == f"stats-{i:05d}-of-{n:05d}.safetensors"
+    whole = Bundle.load(p)
+    for name, s in b.stats.items():
+        torch.testing.assert_close(whole.stats[name].mean, s.mean)
+
+
+def test_docs_format_reader_recipe(tmp_path: Path):
+    """A reader written from docs/format.md alone (json + struct, no safetensors) gets the same numbers."""
+    import hashlib
+
+    b = make_bundle()
+    p = b.save(tmp_path / "r", shard_bytes=300)
+    manifest = json.loads((p / "sowmeta.json").read_text())
+    assert manifest["format"] == "sowmeta-bundle" and manifest["format_version"].split(".")[0] == "1"
+    where = {t: f for f in manifest["files"] for t in f["tensors"]}
+
+    def read_row(key: str, k: int | None) -> list:
+        f = where[key]
+        raw = (p / f["name"]).read_bytes()
+        assert len(raw) == f["size"] and hashlib.sha256(raw).hexdigest() == f["sha256"]
+        (n,) = struct.unpack("<Q", raw[:8])
+        info = json.loads(raw[8 : 8 + n])[key]
+        code, size = {"F32": ("f", 4), "F16": ("e", 2), "I64": ("q", 8)}[info["dtype"]]
+        start, end = info["data_offsets"]
+        width = info["shape"][1] if len(info["shape"]) == 2 else 1
+        if k is None:
+            lo, hi = 8 + n + start, 8 + n + end
+        else:
+            lo = 8 + n + start + k * width * size
+            hi = lo + width * size
+        return list(struct.unpack(f"<{(hi - lo) // size}{code}", raw[lo:hi]))
+
+    k_total = manifest["model"]["num_classes"]
+    counts = [read_row("counts", k)[0] for k in range(k_total)]
+    assert counts == b.counts.tolist()
+    for tap in manifest["taps"]:
+        name, c = tap["name"], tap["channels"]
+        means = torch.tensor([read_row(f"{name}/mean", k) for k in range(k_total)], dtype=torch.float64)
+        vars_ = torch.tensor([read_row(f"{name}/var", k) for k in range(k_total)], dtype=torch.float64)
+        assert means.shape == (k_total, c)
+        torch.testing.assert_close(means.float(), b.stats[name].mean, rtol=0, atol=0)
+        torch.testing.assert_close(vars_.float(), b.stats[name].var, rtol=0, atol=0)
+        # The documented pooling: global = count-weighted mean of the rows, variance with the between-class term.
+        n = torch.tensor(counts, dtype=torch.float64).unsqueeze(1)
+        gmean = (n * means).sum(0) / n.sum()
+        gvar = (n * (vars_ + (means - gmean).square())).sum(0) / n.sum()
+        torch.testing.assert_close(torch.tensor(read_row(f"{name}/global_mean", None), dtype=torch.float64), gmean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.tensor(read_row(f"{name}/global_var", None), dtype=torch.float64), gvar, rtol=1e-5, atol=1e-6)

@@ -33,7 +33,7 @@ def test_collect_inspect_validate(runner, image_folder: Path, tmp_path: Path):
     s = json.loads(r.output)
     assert [c["images"] for c in s["classes"]] == [5, 5, 5, 0]
     assert [t["name"] for t in s["taps"]] == ["bn1", "bn2"] and s["model"]["architecture"] == "conftest:tiny_net"
-    assert s["preprocessing"]["crop"] == 12
+    assert (s["preprocessing"]["crop"], s["preprocessing"]["resize"]) == (12, 14)  # --crop keeps the 256/224 ratio
     r = run(runner, "inspect", str(out))
     assert r.exit_code == 0 and "bn-input" in r.output and "c2" in r.output
     r = run(runner, "validate", str(out), "--model", "conftest:tiny_net", "--weights", "none")
@@ -89,3 +89,103 @@ def test_seeds_mode_and_option_errors(runner, tmp_path: Path):
     assert r.exit_code == 1 and "exactly one of --data" in r.output
     r = run(runner, "collect", "--model", "resnet-9000", "--weights", "none", "--data", str(seeds), "--out", str(tmp_path / "y"))
     assert r.exit_code == 1 and "unknown model" in r.output
+
+
+def _one_line_error(r, expect: str) -> None:
+    assert r.exit_code == 1, r.output
+    assert expect in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_corrupt_images_are_reported_and_strict_fails(runner, image_folder: Path, tmp_path: Path):
+    (image_folder / "c1" / "broken.png").write_bytes(b"not a png")
+    r = run(runner, "collect", *TINY, "--data", str(image_folder), "--out", str(tmp_path / "b"))
+    assert r.exit_code == 0, r.output
+    assert "skipped 1 undecodable images" in r.output and "broken.png" in r.output
+    assert "1 classes have no images" in r.output  # 4 model outputs, 3 class folders: flagged
+    assert json.loads(run(runner, "inspect", str(tmp_path / "b"), "--json").output)["source"]["skipped_images"] == 1
+    r = run(runner, "collect", *TINY, "--data", str(image_folder), "--out", str(tmp_path / "s"), "--strict")
+    _one_line_error(r, "corrupt image")
+    assert "broken.png" in r.output and not (tmp_path / "s").exists()
+
+
+def test_preprocessing_options_are_recorded_and_checked(runner, image_folder: Path, tmp_path: Path):
+    out = tmp_path / "b"
+    r = run(runner, "collect", *TINY, "--data", str(image_folder), "--out", str(out), "--resize", "14", "--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3")
+    assert r.exit_code == 0, r.output
+    p = json.loads(run(runner, "inspect", str(out), "--json").output)["preprocessing"]
+    assert (p["crop"], p["resize"], p["mean"], p["std"], p["source"]) == (12, 14, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], "options")
+    for opt, value, expect in [("--mean", "0.5,0.5", "three comma-separated"), ("--mean", "a,b,c", "three comma-separated"), ("--std", "0.2,0,0.2", "positive")]:
+        r = run(runner, "collect", *TINY, "--data", str(image_folder), "--out", str(tmp_path / "x"), opt, value)
+        _one_line_error(r, expect)
+    assert not (tmp_path / "x").exists()
+
+
+def test_option_errors_for_taps_weights_and_limits(runner, image_folder: Path, tmp_path: Path):
+    out = str(tmp_path / "x")
+    _one_line_error(run(runner, "collect", *TINY, "--data", str(image_folder), "--out", out, "--taps", "nope*"), "tap error")
+    _one_line_error(run(runner, "collect", "--model", "cifar-resnet20", "--data", str(image_folder), "--out", out), "no downloadable weights")
+    _one_line_error(
+        run(runner, "collect", "--model", "cifar-resnet20", "--weights", str(tmp_path / "none.pt"), "--data", str(image_folder), "--out", out),
+        "does not exist",
+    )
+    r = run(runner, "collect", *TINY, "--data", str(image_folder), "--out", out, "--limit-per-class", "0")
+    assert r.exit_code == 2 and "--limit-per-class" in r.output
+    r = run(runner, "collect", *TINY, "--data", str(image_folder), "--out", out, "--limit-per-class", "2", "--taps", "conv*,fc:in")
+    assert r.exit_code == 0, r.output
+    s = json.loads(run(runner, "inspect", out, "--json").output)
+    assert [c["images"] for c in s["classes"]] == [2, 2, 2, 0] and s["source"]["images_per_class_limit"] == 2
+    assert [(t["name"], t["kind"], t["channels"]) for t in s["taps"]] == [
+        ("conv1", "conv-output", 6), ("conv2", "conv-output", 12), ("conv3", "conv-output", 12), ("fc:in", "input", 12)
+    ]
+
+
+def test_fused_collection_validates_against_the_model(runner, image_folder: Path, tmp_path: Path):
+    out = tmp_path / "f"
+    r = run(runner, "collect", *TINY, "--data", str(image_folder), "--out", str(out), "--fuse", "--dtype", "float16", "--shard-size", "300")
+    assert r.exit_code == 0, r.output
+    s = json.loads(run(runner, "inspect", str(out), "--json").output)
+    assert s["model"]["fused"] is True and s["dtype"] == "float16" and len(s["files"]) > 1
+    assert [t["kind"] for t in s["taps"]] == ["conv-output"] * 3
+    r = run(runner, "validate", str(out), "--model", "conftest:tiny_net", "--weights", "none")
+    assert r.exit_code == 0 and "matches" in r.output, r.output
+
+
+def test_rejected_seeds_are_reported_and_excluded(runner, tmp_path: Path):
+    """The same image under all four classes: the model predicts one of them, the other three are rejected."""
+    pool = write_image_folder(tmp_path / "pool", classes=1, per_class=1)
+    image = next((pool / "c0").iterdir())
+    seeds = tmp_path / "seeds"
+    for k in range(4):
+        (seeds / str(k)).mkdir(parents=True)
+        (seeds / str(k) / "seed.png").write_bytes(image.read_bytes())
+    r = run(runner, "collect", *TINY, "--seeds", str(seeds), "--out", str(tmp_path / "c"))
+    assert r.exit_code == 0, r.output
+    assert r.output.count("rejected seed") == 3 and "1 images" in r.output and "scenario C" in r.output
+    s = json.loads(run(runner, "inspect", str(tmp_path / "c"), "--json").output)
+    assert sum(c["images"] for c in s["classes"]) == 1 and len(s["source"]["rejected_seeds"]) == 3
+    r = run(runner, "collect", *TINY, "--seeds", str(seeds), "--out", str(tmp_path / "k"), "--keep-rejected")
+    assert r.exit_code == 0 and "4 images" in r.output and "scenario C" in r.output
+
+
+def test_seeds_under_torchrun_are_written_once(tmp_path: Path):
+    """`torchrun ... sowmeta collect --seeds`: rank 0 alone checks the seeds and writes the bundle."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    bindir = str(Path(sys.executable).parent)
+    torchrun, sowmeta_bin = shutil.which("torchrun", path=bindir), shutil.which("sowmeta", path=bindir)
+    if torchrun is None or sowmeta_bin is None:
+        pytest.skip("torchrun or the sowmeta entry point is not installed beside this python")
+    seeds = write_image_folder(tmp_path / "seeds", classes=2, per_class=1)
+    for d in seeds.iterdir():
+        d.rename(seeds / d.name.removeprefix("c"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", sowmeta_bin, "collect", *TINY, "--seeds", str(seeds), "--out", str(tmp_path / "c"), "--keep-rejected"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("wrote ") == 1 and "2 images" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "seeds"]  # no temporary directory left behind

@@ -65,7 +65,8 @@ def test_evaluate_json_and_table(runner, files, tmp_path: Path):
     report = json.loads(r.stdout)
     assert report["images"] == 24 and report["accuracy"][0]["network"] == "demo-cnn"
     assert report["distances"]["network"] == "demo-cnn" and report["distances"]["reference_images"] == 16
-    assert report["inception_score"]["network"] == "demo-cnn"
+    assert report["inception_score"]["network"] == "demo-cnn" and report["feature_network"] == "demo-cnn"
+    assert report["diversity"]["network"] == "demo-cnn" and len(report["diversity"]["per_class"]) == 4
     r = run(runner, "evaluate", str(synth), "--model", MODEL, "--model", "demo-cnn", "--feature-model", MODEL,
             "--reference", str(real), "--classes", "c0,2", "--sheets", str(tmp_path / "sheets"), "--workers", "0", "--kid-subsets", "5", "-q")
     assert r.exit_code == 1 and "demo-cnn has no downloadable weights" in r.output  # the second --model means DEFAULT weights
@@ -73,6 +74,7 @@ def test_evaluate_json_and_table(runner, files, tmp_path: Path):
             "--classes", "c0,2", "--sheets", str(tmp_path / "sheets"), "--workers", "0", "--kid-subsets", "5", "-q")
     assert r.exit_code == 0, r.output
     assert "top-1 accuracy" in r.output and "Fréchet distance" in r.output and "0 c0" in r.output and "1 c1" not in r.output
+    assert "softmax of demo-cnn" in r.output and "features for distances and diversity: demo-cnn" in r.output  # each score names its network
     assert sorted(p.name for p in (tmp_path / "sheets").iterdir()) == ["000-c0.png", "002-c2.png"]
 
 

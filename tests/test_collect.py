@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torchvision.datasets import ImageFolder
 
 from sowmeta.collect import TrainingCollector, collect, collect_seeds
+from sowmeta.data import read_image
 from sowmeta.errors import CorruptImageError, DataError, SeedRejectedError
 from sowmeta.models import LoadedModel, load_model
 from sowmeta.preprocess import Preprocessing
@@ -194,3 +195,206 @@ def test_limit_per_class_and_empty_class_folder(image_folder: Path):
     bundle, _ = collect(loaded_tiny(), image_folder, limit_per_class=2)
     assert bundle.counts.tolist() == [2, 2, 2, 0]
     assert bundle.manifest.source.empty_classes == [3] and bundle.manifest.source.images_per_class_limit == 2
+
+
+def _hooked_reference(module, x: torch.Tensor, y: torch.Tensor, mod: str, k: int):
+    """The input of ``mod`` for all images at once, per class: var_mean in float64."""
+    feats = []
+    h = dict(module.named_modules())[mod].register_forward_pre_hook(lambda m_, a: feats.append(a[0].double()))
+    with torch.no_grad():
+        module(x)
+    h.remove()
+    f = feats[0]
+    c = f.shape[1]
+    mean = torch.zeros(k, c, dtype=torch.float64)
+    var = torch.zeros(k, c, dtype=torch.float64)
+    for cls in range(k):
+        if (y == cls).any():
+            var[cls], mean[cls] = torch.var_mean(f[y == cls].transpose(0, 1).reshape(c, -1), dim=1, correction=0)
+    return mean, var
+
+
+def test_dataloader_source_matches_reference_and_checks_labels():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from sowmeta.errors import ConfigError
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(14, 3, 12, 12, generator=g)
+    y = torch.randint(0, 3, (14,), generator=g)
+    model = loaded_tiny()
+    progress = []
+    bundle, report = collect(model, DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True), progress=lambda d, t: progress.append((d, t)))
+    assert report.images == 14 and bundle.manifest.source.data == "TensorDataset"
+    assert progress[-1] == (14, 14) and [d for d, _ in progress] == sorted(d for d, _ in progress)
+    assert bundle.counts.tolist() == torch.bincount(y, minlength=4).tolist()
+    for tap in ("bn1", "bn2"):
+        mean, var = _hooked_reference(model.module, x, y, tap, 4)
+        torch.testing.assert_close(bundle.stats[tap].mean.double(), mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bundle.stats[tap].var.double(), var, rtol=1e-5, atol=1e-6)
+    with pytest.raises(DataError, match="outside the model's 4 outputs"):
+        collect(model, DataLoader(TensorDataset(x, y + 2), batch_size=7))
+    with pytest.raises(ConfigError, match="Subset"):
+        collect(model, DataLoader(TensorDataset(x, y)), limit_per_class=2)
+
+
+def test_folder_progress_reaches_the_total(image_folder: Path):
+    calls = []
+    collect(loaded_tiny(), image_folder, batch_size=4, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(4, 15), (8, 15), (12, 15), (15, 15)]
+
+
+def test_several_seeds_per_class_make_scenario_b(tmp_path: Path):
+    model = loaded_tiny()
+    folder = write_image_folder(tmp_path / "pool", classes=2, per_class=2)
+    seeds = {k: sorted((folder / f"c{k}").iterdir()) for k in range(2)}
+    bundle, report = collect_seeds(model, seeds, keep_rejected=True)
+    assert bundle.manifest.source.scenario == "B" and bundle.counts.tolist() == [2, 2, 0, 0]
+    assert bundle.manifest.source.collector == "seeds" and report.images == 4
+    x = torch.stack([model.preprocessing.transform()(read_image(p)) for k in range(2) for p in seeds[k]])
+    mean, var = _hooked_reference(model.module, x, torch.tensor([0, 0, 1, 1]), "bn2", 4)
+    torch.testing.assert_close(bundle.stats["bn2"].mean.double(), mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bundle.stats["bn2"].var.double(), var, rtol=1e-5, atol=1e-6)
+
+
+def _shard_worker(rank: int, world: int, init: str, folder: str, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        bundle, report = collect(loaded_tiny(), folder, batch_size=2)
+        if rank == 0:
+            bundle.save(out)
+        Path(f"{out}-rank{rank}.json").write_text(json.dumps({"images": report.images, "skipped": report.skipped}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_with_an_empty_and_an_undecodable_shard(tmp_path: Path):
+    """Rank 1 gets only an undecodable file: it still joins the merge; both ranks report the skipped file."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    from sowmeta.bundle import Bundle
+
+    folder = write_image_folder(tmp_path / "d", classes=1, per_class=1)
+    (folder / "c1").mkdir()
+    (folder / "c1" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "merged"
+    mp.spawn(_shard_worker, args=(2, f"file://{tmp_path / 'rdv'}", str(folder), str(out)), nprocs=2, join=True)
+    single, report = collect(loaded_tiny(), folder)
+    merged = Bundle.load(out)
+    assert merged.counts.tolist() == single.counts.tolist() == [1, 0, 0, 0]
+    assert merged.manifest.source.skipped_images == single.manifest.source.skipped_images == 1
+    for rank in (0, 1):
+        r = json.loads(Path(f"{out}-rank{rank}.json").read_text())
+        assert r == {"images": 1, "skipped": report.skipped}
+    for tap in single.stats:
+        torch.testing.assert_close(merged.stats[tap].mean, single.stats[tap].mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(merged.stats[tap].var, single.stats[tap].var, rtol=1e-6, atol=1e-7)
+
+
+def test_every_image_undecodable_is_a_data_error(tmp_path: Path):
+    d = tmp_path / "bad" / "c0"
+    d.mkdir(parents=True)
+    (d / "a.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="no image of .* could be read"):
+        collect(loaded_tiny(), tmp_path / "bad")
+
+
+# --- with ../shared: the pretrained CIFAR ResNet-56 on real images --------------------
+
+
+def _resnet56():
+    from conftest import shared_path
+
+    return load_model("cifar-resnet56", weights=str(shared_path("models", "cifar10", "resnet56.safetensors")))
+
+
+def test_scenario_a_cifar_resnet56_on_real_images(cifar_test_subset: Path):
+    """Real CIFAR-10 test images: BN inputs of ResNet-56 against an independent recomputation."""
+    model = _resnet56()
+    bundle, report = collect(model, cifar_test_subset, batch_size=16, limit_per_class=4)
+    assert report.images == 40 and bundle.counts.tolist() == [4] * 10
+    assert len(bundle.manifest.taps) == 55 and bundle.manifest.model.labels[3] == "cat"
+    assert [t.channels for t in bundle.manifest.taps].count(64) == 18
+    ds = ImageFolder(str(cifar_test_subset), transform=model.preprocessing.transform())
+    first = [i for i, (_, k) in enumerate(ds.samples) if [kk for _, kk in ds.samples[: i + 1]].count(k) <= 4]
+    x = torch.stack([ds[i][0] for i in first])
+    y = torch.tensor([ds.samples[i][1] for i in first])
+    for tap in ("bn1", "layer2.0.bn1", "layer3.8.bn2"):
+        mean, var = _hooked_reference(model.module, x, y, tap, 10)
+        torch.testing.assert_close(bundle.stats[tap].mean.double(), mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bundle.stats[tap].var.double(), var, rtol=1e-5, atol=1e-6)
+
+
+def test_scenario_c_one_real_seed(tmp_path: Path):
+    """The docs' Scenario-C bundle: the first "cat" test image, accepted by ResNet-56, one row of statistics."""
+    import zipfile
+
+    from conftest import shared_path
+
+    from sowmeta.bundle import Bundle
+
+    model = _resnet56()
+    seed = tmp_path / "seeds" / "cat" / "0000.jpg"
+    seed.parent.mkdir(parents=True)
+    with zipfile.ZipFile(shared_path("data", "cifar10", "test.zip")) as zf:
+        seed.write_bytes(zf.read("test/cat/0000.jpg"))
+    bundle, report = collect_seeds(model, tmp_path / "seeds")
+    assert report.rejected == [] and bundle.manifest.source.scenario == "C"
+    assert bundle.counts.tolist() == [0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+    assert bundle.manifest.source.empty_classes == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    x = model.preprocessing.transform()(read_image(seed)).unsqueeze(0)
+    for tap in ("bn1", "layer3.8.bn2"):
+        mean, var = _hooked_reference(model.module, x, torch.tensor([3]), tap, 10)
+        torch.testing.assert_close(bundle.stats[tap].mean.double(), mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bundle.stats[tap].var.double(), var, rtol=1e-5, atol=1e-6)
+    saved = Bundle.load(bundle.save(tmp_path / "c56-c1"))
+    saved.check(model.module)
+
+
+def test_a_module_that_runs_twice_per_forward_is_refused():
+    """torchvision ResNets reuse one ReLU per block: tapping it would count every image twice."""
+    from torch import nn
+
+    from sowmeta.collect import StatsRecorder
+    from sowmeta.errors import TapError
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.relu = nn.ReLU()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.relu(self.conv(self.relu(x))).mean(dim=(2, 3)))
+
+    net = Shared().eval()
+    recorder = StatsRecorder(net, resolve_taps(net, "relu:in"), 2)
+    with recorder.hooks(), torch.no_grad(), pytest.raises(TapError, match="ran twice for one batch"):
+        recorder.set_labels(torch.tensor([0, 1]))
+        net(torch.rand(2, 3, 4, 4))
+    collector = TrainingCollector(net, num_classes=2, taps="conv")
+    for _ in range(2):  # one forward per observe() block is fine, block after block
+        with collector.observe(torch.tensor([0, 1])):
+            net(torch.rand(2, 3, 4, 4))
+    assert collector.recorder.moments["conv"].images.tolist() == [2, 2]
+
+
+def test_training_collector_needs_one_label_per_class():
+    from sowmeta.errors import ConfigError
+
+    net = tiny_net(3)
+    collector = TrainingCollector(net, num_classes=3)
+    with collector.observe(torch.tensor([0, 2])):
+        net(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ConfigError, match="2 labels given for 3 classes"):
+        collector.to_bundle(architecture="tiny", preprocessing=Preprocessing(crop=8), labels=["a", "b"])
+    b = collector.to_bundle(architecture="tiny", preprocessing=Preprocessing(crop=8), labels=["a", "b", "c"])
+    assert b.counts.tolist() == [1, 0, 1] and b.labels == ["a", "b", "c"] and b.manifest.source.scenario == "A"

@@ -48,6 +48,29 @@ def test_kd_loss_equals_a_float64_computation():
     assert kd_loss(t, t, 5.0).abs().item() < 1e-6
 
 
+def test_defaults_are_the_papers_recipe():
+    """Sec. 4.3 of the paper / issue 5: T = 5, SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, flip + 4 px crops."""
+    c = DistillConfig()
+    assert (c.temperature, c.lr, c.momentum, c.weight_decay, c.batch_size, c.flip, c.pad) == (5.0, 0.1, 0.9, 5e-4, 128, True, 4)
+
+
+def test_kd_loss_gradient_is_t_times_the_softened_probability_gap():
+    """d/ds T² KL(p_t ‖ p_s) = T (p_s - p_t) / batch with p = softmax(·/T); for large T it tends to (s - t) / (C · batch).
+
+    So the T² factor keeps the gradients' scale independent of T (Hinton et al. 2015, Sec. 2.1).
+    """
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(4, 10, generator=g, dtype=torch.float64), torch.randn(4, 10, generator=g, dtype=torch.float64)
+    s, t = s - s.mean(1, keepdim=True), t - t.mean(1, keepdim=True)  # zero-mean logits, as the limit assumes
+    for temperature in (1.0, 5.0, 20.0, 2000.0):
+        es, et = (s / temperature).exp(), (t / temperature).exp()
+        gap = es / es.sum(1, keepdim=True) - et / et.sum(1, keepdim=True)
+        x = s.clone().requires_grad_(True)
+        kd_loss(x, t, temperature).backward()
+        assert torch.allclose(x.grad, temperature * gap / 4, rtol=1e-9, atol=1e-15)
+    assert torch.allclose(x.grad, (s - t) / (10 * 4), rtol=1e-2, atol=1e-6)
+
+
 def test_augment_flips_and_crops_from_the_padded_image():
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.uint8).view(2, 3, 5, 5)
     out = augment(x, torch.Generator().manual_seed(1), pad=2)
@@ -75,6 +98,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, data):
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == [CHECKPOINT]  # epoch 1's checkpoint only
     ckpt = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)
     assert ckpt["epoch"] == 1 and set(ckpt) >= {"model", "optimizer", "scheduler", "rng", "history", "run"}
+    group = ckpt["optimizer"]["param_groups"][0]
+    assert (group["momentum"], group["weight_decay"], group["initial_lr"]) == (0.9, 5e-4, 0.1)
+    assert any("momentum_buffer" in v for v in ckpt["optimizer"]["state"].values())  # SGD with momentum, restored on resume
 
     seen = []
     resumed = distill(synth, teacher(), STUDENT_NAME, test=test, out=tmp_path / "cut", config=CONFIG, resume=True, progress=seen.append)
@@ -84,6 +110,23 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path: Path, data):
     for key in ("train_loss", "test_accuracy", "lr", "teacher_test_accuracy"):
         assert whole.metrics[key] == resumed.metrics[key]
     assert whole.metrics["lr"] == pytest.approx([0.1, 0.05])  # cosine over 2 epochs, stepped per epoch
+
+
+def test_the_images_labels_are_not_used(tmp_path: Path, data):
+    """The teacher's outputs are the targets: relabelling every image leaves the run unchanged, bit for bit."""
+    import h5py
+
+    synth, test = data
+    relabelled = tmp_path / "relabelled.h5"
+    relabelled.write_bytes(synth.read_bytes())
+    with h5py.File(relabelled, "r+") as f:
+        f["labels"][...] = f["labels"][:][::-1]
+    one = DistillConfig(epochs=1, batch_size=16)
+    a = distill(synth, teacher(), STUDENT_NAME, test=test, out=tmp_path / "a", config=one)
+    b = distill(relabelled, teacher(), STUDENT_NAME, test=test, out=tmp_path / "b", config=one)
+    assert a.metrics["train_loss"] == b.metrics["train_loss"]
+    sa, sb = a.student.module.state_dict(), b.student.module.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_outputs_load_back_and_the_callers_rng_is_untouched(tmp_path: Path, data):
@@ -153,3 +196,18 @@ def test_image_folder_data_and_worker_processes_give_the_same_run(tmp_path: Path
     assert a.metrics["images"] == 16 and a.metrics["train_loss"] == b.metrics["train_loss"]
     sa, sb = a.student.module.state_dict(), b.student.module.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_on_cuda_trains_resumes_and_saves(tmp_path: Path, data, amp: str):
+    """Autocast on the GPU: the run finishes with finite losses, checkpoints the CUDA RNG, and a finished run resumes to it."""
+    synth, test = data
+    config = DistillConfig(epochs=2, batch_size=16, amp=amp)
+    result = distill(synth, teacher(), STUDENT_NAME, test=test, out=tmp_path / "gpu", config=config, device="cuda")
+    assert all(torch.isfinite(torch.tensor(result.metrics["train_loss"])))
+    assert result.metrics["device"] == "cuda"
+    ckpt = torch.load(tmp_path / "gpu" / CHECKPOINT, weights_only=True)
+    assert "cuda" in ckpt["rng"] and ckpt["epoch"] == 2
+    again = distill(synth, teacher(), STUDENT_NAME, test=test, out=tmp_path / "gpu", config=config, device="cuda", resume=True)
+    assert again.metrics["test_accuracy"] == result.metrics["test_accuracy"]

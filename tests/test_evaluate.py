@@ -13,7 +13,15 @@ from PIL import Image
 
 from sowmeta.errors import ConfigError, DataError
 from sowmeta.evaluate import EvaluationReport, evaluate
-from sowmeta.metrics import network_name
+from sowmeta.metrics import (
+    class_diversity,
+    frechet_distance,
+    inception_score,
+    inception_splits,
+    kernel_distance,
+    network_name,
+    per_class_frechet,
+)
 from sowmeta.models import LoadedModel, load_model
 from sowmeta.preprocess import Preprocessing
 
@@ -51,7 +59,7 @@ def test_accuracy_per_class_and_network_names(tmp_path: Path):
             assert score.per_class[k] == pytest.approx((pred[labels == k] == k).double().mean().item(), abs=1e-12)
     assert report.classes == ["c0", "c1", "c2", "c3"] and report.counts == [6, 6, 6, 6] and report.images == 24
     assert report.inception_score is not None and report.inception_score.network == network_name(a)
-    assert report.inception_score.splits == 10 and report.inception_score.mean >= 1.0
+    assert report.inception_score.splits == 8 and report.inception_score.mean >= 1.0  # 10 asked: 24 images make 8 chunks of 3
     # without cached Inception-V3 weights the first model computes the features, and every feature score says so
     assert report.feature_network == network_name(a)
     assert report.diversity is not None and report.diversity.network == network_name(a)
@@ -60,6 +68,141 @@ def test_accuracy_per_class_and_network_names(tmp_path: Path):
     assert all(v is not None and v > 0 for v in report.diversity.per_class)
     json.dumps(report.to_dict())  # JSON-ready
     assert isinstance(report, EvaluationReport)
+
+
+# --- the scores against independent float64 numpy computations ---------------------------
+
+
+def np_frechet(x: np.ndarray, y: np.ndarray) -> float:
+    """||mu_x - mu_y||^2 + Tr(S_x + S_y - 2 (S_x^1/2 S_y S_x^1/2)^1/2), square roots by symmetric eigendecomposition."""
+
+    def psd_sqrt(m: np.ndarray) -> np.ndarray:
+        w, v = np.linalg.eigh(m)
+        return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+    sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    r = psd_sqrt(sx)
+    return float(((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(sx) + np.trace(sy) - 2 * np.trace(psd_sqrt(r @ sy @ r)))
+
+
+def np_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, by explicit loops over pairs."""
+    k = lambda a, b: (a @ b / x.shape[1] + 1) ** 3  # noqa: E731
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return float(xx + yy - 2 * xy)
+
+
+def np_diversity(x: np.ndarray) -> float:
+    """Mean Euclidean distance over ordered pairs of different rows."""
+    n = len(x)
+    return float(np.mean([np.linalg.norm(x[i] - x[j]) for i in range(n) for j in range(n) if i != j]))
+
+
+def np_inception_score(logits: np.ndarray) -> float:
+    z = logits - logits.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    return float(np.exp((p * (np.log(p) - np.log(p.mean(0)))).sum(1).mean()))
+
+
+def test_metrics_equal_float64_numpy_computations():
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(30, 5)) @ rng.normal(size=(5, 5)) + 2.0
+    b = rng.normal(0.5, 1.5, size=(30, 5)) @ rng.normal(size=(5, 5))
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    assert frechet_distance(ta, tb) == pytest.approx(np_frechet(a, b), rel=1e-9)
+    assert frechet_distance(ta, ta) == pytest.approx(0.0, abs=1e-9)
+    # a KID subset as large as both sets holds every image: the mean over subsets is the full-set MMD^2
+    mean, std, size = kernel_distance(ta, tb, subsets=3, subset_size=30)
+    assert size == 30 and mean == pytest.approx(np_mmd2(a, b), rel=1e-9) and std == pytest.approx(0.0, abs=1e-9 * abs(mean))
+    assert kernel_distance(ta, tb[:12], subsets=2)[2] == 12  # subset size lowered to the smaller set
+    labels = np.repeat(np.arange(3), 10)
+    div = class_diversity(ta, torch.from_numpy(labels), num_classes=4)
+    assert div[:3] == pytest.approx([np_diversity(a[labels == k]) for k in range(3)], rel=1e-9) and div[3] is None
+    per = per_class_frechet(ta, torch.from_numpy(labels), tb, torch.from_numpy(labels), num_classes=4)
+    assert per[:3] == pytest.approx([np_frechet(a[labels == k], b[labels == k]) for k in range(3)], rel=1e-6) and per[3] is None
+    logits = rng.normal(size=(40, 6)) * 3
+    score, none = inception_score(torch.from_numpy(logits), splits=1)
+    assert score == pytest.approx(np_inception_score(logits), rel=1e-12) and none is None
+    assert inception_score(torch.from_numpy(logits), splits=4)[1] is not None
+
+
+def test_inception_splits_counts_the_chunks_torch_makes():
+    for n in range(1, 60):
+        for s in range(1, n + 1):
+            assert inception_splits(n, s) == len(torch.arange(n).chunk(s))
+    with pytest.raises(ConfigError):
+        inception_splits(0, 10)
+
+
+def manual_features(model: LoadedModel, images: np.ndarray) -> np.ndarray:
+    """TinyNet's penultimate features (the input of ``fc``) by calling its layers one by one."""
+    p = model.preprocessing
+    x = (images.astype(np.float64) / 255 - np.asarray(p.mean)) / np.asarray(p.std)
+    m = model.module.eval()
+    with torch.no_grad():
+        h = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))
+        h = torch.relu(m.bn1(m.conv1(h)))
+        h = torch.relu(m.bn2(m.conv2(h)))
+        h = torch.relu(m.conv3(h))
+        return h.mean(dim=(2, 3)).double().numpy()
+
+
+def read_folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files = [(f, k) for k, c in enumerate(classes) for f in sorted((root / c).iterdir())]
+    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f, _ in files]), np.array([k for _, k in files])
+
+
+def test_evaluate_feature_scores_equal_independent_computations(tmp_path: Path):
+    """FD, KID, per-class FD and diversity of a report, recomputed from the model's penultimate features by hand."""
+    import h5py
+
+    h5 = write_synth_h5(tmp_path / "s.h5", classes=4, per_class=5)
+    real = write_image_folder(tmp_path / "real", classes=4, per_class=5, seed=3)
+    m = tiny(2)
+    report = evaluate(h5, [m], reference=real, kid_subsets=2)
+    with h5py.File(h5) as f:
+        x, y = f["images"][:], f["labels"][:]
+    rx, ry = read_folder(real)
+    fx, fr = manual_features(m, x), manual_features(m, rx)
+    d = report.distances
+    assert d is not None and report.diversity is not None
+    assert d.frechet == pytest.approx(np_frechet(fr, fx), rel=1e-4)
+    assert d.kid_subset_size == 20 and d.kid_mean == pytest.approx(np_mmd2(fr, fx), rel=1e-4)
+    assert d.per_class_frechet == pytest.approx([np_frechet(fx[y == k], fr[ry == k]) for k in range(4)], rel=1e-4)
+    assert report.diversity.per_class == pytest.approx([np_diversity(fx[y == k]) for k in range(4)], rel=1e-5)
+    assert report.diversity.reference_per_class == pytest.approx([np_diversity(fr[ry == k]) for k in range(4)], rel=1e-5)
+    logits = manual_logits(m, x).double().numpy()
+    assert report.inception_score is not None and report.inception_score.splits == 10  # 20 images: 10 chunks of 2
+    assert 1.0 <= report.inception_score.mean <= 4.0
+    one = evaluate(h5, [m], is_splits=1)
+    assert one.inception_score is not None and one.inception_score.mean == pytest.approx(np_inception_score(logits), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_cached_inception_v3_computes_the_feature_scores(tmp_path: Path):
+    """With Inception-V3 weights in the torch hub cache (here: random ones, planted; nothing downloads), it is the feature network."""
+    from torchvision.models import Inception_V3_Weights, inception_v3
+
+    from sowmeta.metrics import inception_weights_cached
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(Inception_V3_Weights.IMAGENET1K_V1.url).name
+    assert not inception_weights_cached()
+    cached.parent.mkdir(parents=True)
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), cached)
+    assert inception_weights_cached()
+    h5 = write_synth_h5(tmp_path / "s.h5", classes=2, per_class=2, size=32)
+    real = write_image_folder(tmp_path / "real", classes=2, per_class=2, size=32)
+    m = tiny()
+    report = evaluate(h5, [m], reference=real, kid_subsets=2, batch_size=4)
+    assert report.feature_network == "inception_v3=IMAGENET1K_V1"
+    assert report.distances is not None and report.distances.network == "inception_v3=IMAGENET1K_V1"
+    assert report.diversity is not None and report.diversity.network == "inception_v3=IMAGENET1K_V1"
+    assert report.inception_score is not None and report.inception_score.network == network_name(m)
+    assert report.accuracy[0].network == network_name(m) and report.distances.frechet > 0
 
 
 def test_frechet_of_a_set_with_itself_is_zero_and_grows_with_a_shift(tmp_path: Path):

@@ -42,3 +42,36 @@ def test_preactivation_bn_cannot_be_fused():
     model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3))
     with pytest.raises(ModelError, match="not the output of a Conv2d"):
         fuse_bn(model, torch.rand(1, 3, 8, 8))
+
+
+def test_conv_bias_is_folded_and_bn_free_models_are_copied():
+    torch.manual_seed(0)
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 5, 3, bias=True), nn.BatchNorm2d(5), nn.ReLU(), nn.Conv2d(5, 2, 1)))
+    fused = fuse_bn(model, torch.rand(1, 3, 8, 8))
+    assert isinstance(fused[1], nn.Identity) and fused[0].bias is not None
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        bn = model[1]
+        conv_out = model[0](x).double()
+        expected = (conv_out - bn.running_mean.double().view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.double().view(1, -1, 1, 1) + bn.eps)
+        expected = expected * bn.weight.double().view(1, -1, 1, 1) + bn.bias.double().view(1, -1, 1, 1)
+        torch.testing.assert_close(fused[0](x).double(), expected, rtol=1e-5, atol=1e-5)
+    plain = nn.Sequential(nn.Conv2d(3, 2, 1))
+    copy = fuse_bn(plain)
+    assert copy is not plain and torch.equal(copy[0].weight, plain[0].weight)
+
+
+def test_conv_output_feeding_two_layers_is_refused():
+    class Fork(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+            self.side = nn.ReLU()
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + self.side(y)
+
+    with pytest.raises(ModelError, match="also feeds another layer"):
+        fuse_bn(Fork(), torch.rand(1, 3, 8, 8))

@@ -98,3 +98,54 @@ def test_local_errors_are_one_line(make_bundle, tmp_path: Path) -> None:  # noqa
     one_error_line(run("pull", f"{NAME}@nope"), "revision not found")
     one_error_line(run("pull", "not a name"), "invalid option")
     one_error_line(run("pull", NAME, "--to", str(src)), "output exists")
+
+
+def test_bundle_arguments_take_names_and_revisions(fake_hub: HubServer, make_bundle) -> None:  # noqa: ANN001
+    """inspect and validate accept a directory, ORG/NAME and ORG/NAME@REV, from either registry."""
+    three, five = make_bundle(seed=1, num_classes=3), make_bundle(seed=2, num_classes=5)
+    a = json.loads(run("push", str(three), NAME, "--json").stdout)
+    b = json.loads(run("push", str(five), NAME, "--revision", "v2", "--json").stdout)
+    h = json.loads(run("push", str(five), NAME, "--registry", "hub", "--json").stdout)
+
+    def classes(*args: str) -> int:
+        result = run("inspect", *args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["model"]["num_classes"]
+
+    assert classes(str(three)) == 3
+    assert classes(NAME) == 3 and classes(f"{NAME}@v2") == 5
+    assert classes(f"{NAME}@{a['commit'][:12]}") == 3 and classes(f"{NAME}@{b['commit']}") == 5
+    assert classes(f"{NAME}@{h['commit']}", "--registry", "hub") == 5
+
+    ok = run("validate", f"{NAME}@v2")
+    assert ok.exit_code == 0 and b["path"] in ok.stdout.replace("\n", "")
+    one_error_line(run("validate", f"{NAME}@v9"), "revision not found")
+    one_error_line(run("inspect", f"{HUB_ORG}/missing", "--registry", "hub"), "not found")
+
+
+def test_list_shows_local_and_cached_bundles(fake_hub: HubServer, make_bundle) -> None:  # noqa: ANN001
+    src = make_bundle(seed=1)
+    local_commit = json.loads(run("push", str(src), f"{HUB_ORG}/local-one", "--json").stdout)["commit"]
+    hub_commit = json.loads(run("push", str(src), NAME, "--registry", "hub", "--json").stdout)["commit"]
+    assert run("pull", NAME, "--registry", "hub").exit_code == 0
+    fake_hub.stop()
+
+    listed = json.loads(run("list", "--json").stdout)
+    assert {(e["backend"], e["name"], e["commit"]) for e in listed} == {
+        ("local", f"{HUB_ORG}/local-one", local_commit), ("hub-cache", NAME, hub_commit)
+    }
+    table = run("list").stdout
+    assert "local registry" in table and "Hub cache" in table and hub_commit[:12] in table
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        assert len(json.loads(run("list", "--json").stdout)) == 2, "offline, what is at hand is still listed"
+        one_error_line(run("list", "--registry", "hub"), "offline")
+
+
+def test_gated_and_unreachable_are_one_line(fake_hub: HubServer, make_bundle) -> None:  # noqa: ANN001
+    fake_hub.add_repo("bob/gated", bundle_bytes(make_bundle(seed=1)), gated=True)
+    line = one_error_line(run("pull", "bob/gated", "--registry", "hub"), "gated repository")
+    assert "request access" in line and "HF_TOKEN" in line
+    fake_hub.stop()
+    line = one_error_line(run("pull", NAME, "--registry", "hub"), "network error")
+    assert "cannot reach" in line and "HF_ENDPOINT" in line

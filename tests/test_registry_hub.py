@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 from pathlib import Path
 
@@ -279,3 +280,159 @@ def test_server_serves_what_the_client_expects(fake_hub: HubServer) -> None:
     assert "X-Repo-Commit" in missing.headers
     part = get_session().get(fake_hub.file_url("bob/raw", "main", "a.txt"), headers={"Range": "bytes=2-"})
     assert (part.status_code, part.content) == (206, b"llo")
+
+
+def test_failed_push_to_a_new_branch_leaves_no_branch(fake_hub: HubServer, make_bundle) -> None:  # noqa: ANN001
+    first, second = make_bundle(seed=1), make_bundle(seed=2)
+    a = registry.push(first, NAME, registry="hub")
+    v1 = registry.push(second, NAME, registry="hub", revision="v1")
+    repo = fake_hub.state.repos[NAME]
+
+    fake_hub.abort_next_commits = 1  # a new branch: created, then the commit breaks
+    with pytest.raises(E.NetworkError):
+        registry.push(second, NAME, registry="hub", revision="v2")
+    assert "v2" not in repo.branches, "a branch left at main would serve main's bundle as v2"
+    with pytest.raises(E.RevisionNotFoundError):
+        registry.pull(NAME, revision="v2", registry="hub")
+
+    fake_hub.abort_next_commits = 1  # an existing branch is never deleted
+    with pytest.raises(E.NetworkError):
+        registry.push(first, NAME, registry="hub", revision="v1")
+    assert (repo.branches["v1"], repo.branches["main"]) == (v1.commit, a.commit)
+    assert fake_hub.aborted_commits == 2
+
+
+def test_schema_is_checked_after_download(fake_hub: HubServer, make_bundle) -> None:  # noqa: ANN001
+    files = bundle_bytes(make_bundle(seed=1))
+    manifest = json.loads(files["sowmeta.json"])
+    del manifest["taps"]  # the schema requires it
+    fake_hub.add_repo(f"{HUB_ORG}/no-taps", {**files, "sowmeta.json": json.dumps(manifest).encode()})
+    with pytest.raises(E.SchemaError, match="downloaded twice"):
+        registry.pull(f"{HUB_ORG}/no-taps", registry="hub")
+
+
+def _damage(path: Path) -> None:
+    """Flip the last byte of a cached file (through the cache's symlink to its blob)."""
+    real = path.resolve()
+    data = bytearray(real.read_bytes())
+    data[-1] ^= 0xFF
+    real.write_bytes(bytes(data))
+
+
+def test_damaged_cache_is_downloaded_again(fake_hub: HubServer, make_bundle, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    src = make_bundle(seed=1)
+    registry.push(src, NAME, registry="hub")
+    first = registry.pull(NAME, registry="hub")
+    _damage(first.path / "stats.safetensors")
+
+    again = registry.pull(NAME, registry="hub")
+    assert again.commit == first.commit and bundle_bytes(again.path) == bundle_bytes(src)
+
+    _damage(again.path / "stats.safetensors")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing to download from: say so, with the fix
+    with pytest.raises(E.ChecksumError, match="cached copy is damaged: unset HF_HUB_OFFLINE"):
+        registry.pull(NAME, registry="hub")
+
+
+def test_list_shows_the_local_registry_and_the_hub_cache(fake_hub: HubServer, make_bundle) -> None:  # noqa: ANN001
+    src, other = make_bundle(seed=1), make_bundle(seed=2)
+    hub_push = registry.push(src, NAME, registry="hub")
+    v1 = registry.push(other, NAME, registry="hub", revision="v1")
+    local_push = registry.push(other, "acme/local-only")
+    pulled = registry.pull(NAME, registry="hub")
+    pinned = registry.pull(f"{NAME}@{v1.commit}", registry="hub")
+    fake_hub.add_repo(f"{HUB_ORG}/plain-model", {"model.safetensors": b"x"})
+    with pytest.raises(E.BundleNotFoundError):
+        registry.pull(f"{HUB_ORG}/plain-model", registry="hub")  # cached, but not a bundle
+    fake_hub.stop()  # listing what is at hand needs no network
+
+    seen = {(e.backend, e.name, e.commit): e for e in registry.list_bundles()}
+    assert set(seen) == {
+        ("local", "acme/local-only", local_push.commit),
+        ("hub-cache", NAME, hub_push.commit),
+        ("hub-cache", NAME, v1.commit),
+    }
+    assert seen[("hub-cache", NAME, hub_push.commit)].refs == ("main",)
+    assert seen[("hub-cache", NAME, hub_push.commit)].path == pulled.path
+    assert seen[("hub-cache", NAME, v1.commit)].refs == () and seen[("hub-cache", NAME, v1.commit)].path == pinned.path
+    assert [e.name for e in registry.list_bundles(author="acme")] == ["acme/local-only"]
+
+
+def test_server_never_applies_a_commit_cut_short(fake_hub: HubServer) -> None:
+    """A client killed mid-body (here: a raw socket closed early at a line boundary) commits nothing."""
+    import base64
+    import socket
+    import time
+
+    from registry_fixtures import HUB_TOKEN
+
+    repo = fake_hub.add_repo(f"{HUB_ORG}/raw")
+    head = repo.branches["main"]
+    lines = [
+        {"key": "header", "value": {"summary": "cut short"}},
+        {"key": "file", "value": {"path": "a.txt", "encoding": "base64", "content": base64.b64encode(b"a").decode()}},
+        {"key": "file", "value": {"path": "b.txt", "encoding": "base64", "content": base64.b64encode(b"b").decode()}},
+    ]
+    body = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+    sent = body[: body.index(b"\n", body.index(b"a.txt")) + 1]  # header + first file: valid NDJSON, incomplete body
+    request = (
+        f"POST /api/models/{HUB_ORG}/raw/commit/main HTTP/1.1\r\nHost: {fake_hub.url[7:]}\r\n"
+        f"Authorization: Bearer {HUB_TOKEN}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", fake_hub.port)) as s:
+        s.sendall(request + sent)
+    deadline = time.monotonic() + 10
+    while fake_hub.incomplete_commits == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake_hub.incomplete_commits == 1
+    assert repo.branches["main"] == head and len(repo.commits) == 1
+
+
+_DOC_CARD_RE = re.compile(r"<!-- CARD: cifar-resnet56 -->.*?````markdown\n(.*?)````", re.S)
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.mark.shared
+def test_docs_show_the_card_of_the_real_cifar_resnet56_bundle() -> None:
+    """docs/registry.md's card is what ``card_from_manifest`` writes for cifar-resnet56 with the ../shared weights.
+
+    Model facts (fingerprint, taps, channels, preprocessing) come from the real model; only what
+    depends on the collection run (weights path as typed, data path, images, date, size) is read
+    from the documented card itself.
+    """
+    from conftest import shared_path
+
+    from sowmeta.bundle import FileRecord, Manifest, ModelRecord, SourceRecord, TapRecord
+    from sowmeta.models import fingerprint, load_model
+    from sowmeta.registry.card import card_from_manifest
+    from sowmeta.taps import probe_channels, resolve_taps
+
+    weights = shared_path("models", "cifar10", "resnet56.safetensors")
+    doc = (Path(__file__).parent.parent / "docs" / "registry.md").read_text(encoding="utf-8")
+    match = _DOC_CARD_RE.search(doc)
+    assert match, "docs/registry.md lost its cifar-resnet56 card"
+    card = match.group(1)
+
+    def fact(pattern: str) -> str:
+        found = re.search(pattern, card)
+        assert found, pattern
+        return found.group(1)
+
+    model = load_model("cifar-resnet56", weights=str(weights))
+    taps = resolve_taps(model.module, "bn-inputs")
+    channels = probe_channels(model.module, taps, model.preprocessing.crop)
+    kib = float(fact(r"safetensors file\(s\), ([\d.]+) KiB"))
+    manifest = Manifest(
+        model=ModelRecord(architecture="cifar-resnet56", fingerprint=fingerprint(model.module), num_classes=10,
+                          labels=CIFAR10, weights=fact(r"\| weights \| `([^`]+)` \|"), fused=False,
+                          base_model=model.base_model),
+        taps=[TapRecord(t.name, t.module, t.position, t.kind, channels[t.name]) for t in taps],
+        preprocessing=model.preprocessing,
+        source=SourceRecord("A", "after-training", fact(r"data `([^`]+)`"), int(fact(r", (\d+) images"))),
+        dtype="float32",
+        files=[FileRecord("stats.safetensors", "0" * 64, round(kib * 1024), ["counts"])],
+        created=fact(r" on (\S+Z)\n"),
+        tool_version=fact(r"written by sowmeta (\S+) on"),
+        format_version="1.0",
+    )
+    assert card_from_manifest(manifest, "me/cifar-resnet56-cc", license="bsd-2-clause") == card

@@ -195,3 +195,53 @@ def test_resolve_bundle(make_bundle, tmp_path: Path) -> None:  # noqa: ANN001
         registry.resolve_bundle(str(tmp_path / "missing" / "dir" / "x"))
     with pytest.raises(E.RevisionNotFoundError):
         registry.resolve_bundle(NAME)  # only v2 exists, main does not
+
+
+def _push_and_hang(root: str, bundle: str, started: object, where: str) -> None:
+    """Push, but stop for good at ``where`` (the parent kills us there): after copying one file, or under the lock."""
+    import os
+    import time
+
+    def hang() -> None:
+        started.set()  # type: ignore[attr-defined]
+        time.sleep(60)
+
+    if where == "copying":
+        real_copy = local._copy_file
+
+        def copy_then_hang(src: Path, dst: Path, record: object) -> None:
+            real_copy(src, dst, record)  # type: ignore[arg-type]
+            hang()
+
+        local._copy_file = copy_then_hang  # type: ignore[assignment]
+    else:  # the first rename under the lock installs the revision: hang just before it
+        os.replace = lambda *args, **kwargs: hang()  # type: ignore[assignment]
+    local.push(bundle, NAME, root=root)
+
+
+@pytest.mark.parametrize("where", ["copying", "holding the lock"])
+def test_push_killed_midway_keeps_previous_revision(make_bundle, where: str) -> None:  # noqa: ANN001
+    import os
+    import signal
+
+    first, second = make_bundle(seed=1), make_bundle(seed=2, shard_bytes=200)
+    a = registry.push(first, NAME)
+    root = registry_root()
+    ref_before = (root / NAME / "refs" / "main").read_bytes()
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    started = ctx.Event()
+    proc = ctx.Process(target=_push_and_hang, args=(str(root), str(second), started, where))
+    proc.start()
+    assert started.wait(30), "the push never started copying"
+    os.kill(proc.pid, signal.SIGKILL)  # no cleanup code runs
+    proc.join(10)
+    assert proc.exitcode == -signal.SIGKILL
+
+    assert (root / NAME / "refs" / "main").read_bytes() == ref_before
+    assert [p.name for p in (root / NAME / "revisions").iterdir()] == [a.commit]
+    assert [e.commit for e in registry.list_bundles()] == [a.commit]
+    assert bundle_bytes(registry.pull(NAME).path) == bundle_bytes(first)
+    # the dead push's lock died with it: the next push goes through at once
+    b = registry.push(second, NAME, message="after the crash")
+    assert b.commit == expected_revision(second) and bundle_bytes(registry.pull(NAME).path) == bundle_bytes(second)

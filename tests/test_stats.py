@@ -123,3 +123,18 @@ def test_float32_route_and_exact_rows_match_reference(offset, positions):
     half = feed(x.to(torch.bfloat16), y, 3, batch=24)  # AMP features are reduced in float32
     rm16, rv16 = reference(x.to(torch.bfloat16), y, 3)
     torch.testing.assert_close(half.var(), rv16, rtol=5e-6, atol=0)
+
+
+def test_many_classes_few_present_per_batch():
+    """Batches touch only their classes' rows; every row still equals the float64 reference."""
+    g = torch.Generator().manual_seed(3)
+    k = 200
+    x = torch.randn(60, 4, 5, 5, generator=g) * 2 + 0.5
+    y = torch.randint(0, 7, (60,), generator=g) * 23  # 7 of 200 classes, far apart
+    m = feed(x, y, k, batch=8)
+    rm, rv = reference(x, y, k)
+    torch.testing.assert_close(m.mean, rm, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(m.var(), rv, rtol=5e-6, atol=1e-12)
+    assert m.images.tolist() == torch.bincount(y, minlength=k).tolist()
+    absent = torch.bincount(y, minlength=k) == 0
+    assert torch.all(m.count[absent] == 0) and torch.all(m.m2[absent] == 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import torch
 from click.testing import CliRunner
 from conftest import TinyNet, tiny_net
 
+import sowmeta
 from sowmeta import errors as E
 from sowmeta.collect import collect
 from sowmeta.models import LoadedModel
@@ -61,13 +63,25 @@ def test_file_layout_and_teacher_verdict(bundle_dir: Path, tmp_path: Path):
         assert f["labels"][:].tolist() == [0, 0, 0, 2, 2, 2]
         assert f["batch_done"][:].all()
         assert f.attrs["format"] == "sowmeta-synth" and f.attrs["mode"] == "cc"
+        assert f["images"].chunks is not None and f["images"].chunks[1:] == (CROP, CROP, 3)
+        assert f.attrs["tool_version"] == sowmeta.__version__
+        assert json.loads(f.attrs["config"]) == quick().to_dict()
+        assert f.attrs["bundle"] == str(bundle_dir) and f.attrs["model"] == "conftest:tiny_net"
         x = torch.from_numpy(f["images"][:]).permute(0, 3, 1, 2).float() / 255
-        conf = f["confidence"][:]
+        conf, loss, pred = f["confidence"][:], f["loss"][:], f["prediction"][:]
+        assert conf.dtype == np.float32 and loss.dtype == np.float32
     model = loaded().module.eval()
     with torch.no_grad():
-        probs = model(Preprocessing(crop=CROP).normalize(x)).softmax(dim=1)[torch.arange(6), torch.tensor([0, 0, 0, 2, 2, 2])]
+        all_probs = model(Preprocessing(crop=CROP).normalize(x)).softmax(dim=1)
+    probs = all_probs[torch.arange(6), torch.tensor([0, 0, 0, 2, 2, 2])]
     # the stored confidence was measured on the float image; the uint8 one differs by rounding only
     np.testing.assert_allclose(conf, probs.numpy(), atol=0.02)
+    # loss is the cross-entropy of the target class: -log of its softmax probability (same logits)
+    np.testing.assert_allclose(loss, -np.log(conf), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.exp(-loss), probs.numpy(), atol=0.02)
+    top2 = all_probs.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1] > 0.05).numpy()  # the teacher's top-1 where rounding to uint8 cannot flip it
+    np.testing.assert_array_equal(pred[clear], all_probs.argmax(dim=1).numpy()[clear])
     assert read_info(out).per_class == [3, 0, 3, 0]
     assert not out.with_name("s.h5.partial").exists()
     assert r.path == out and len(r.labels) == 6
@@ -79,17 +93,16 @@ def test_resume_equals_uninterrupted_run(bundle_dir: Path, tmp_path: Path):
     synthesize(bundle_dir, loaded(), classes=[0, 1], per_class=3, config=cfg, out=full)
 
     cut = tmp_path / "cut.h5"
-    batches_seen = []
 
-    def stop_after_two(p) -> None:  # noqa: ANN001
-        if p.iteration is None:
-            batches_seen.append(p.batch)
-            if len(batches_seen) == 2:
-                raise KeyboardInterrupt
+    def ctrl_c_inside_batch_three(p) -> None:  # noqa: ANN001
+        if p.iteration is not None and p.batch == 3:  # batch 3 optimized but not yet written
+            raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        synthesize(bundle_dir, loaded(), classes=[0, 1], per_class=3, config=cfg, out=cut, progress=stop_after_two)
-    assert not cut.exists() and cut.with_name("cut.h5.partial").exists()
+        synthesize(bundle_dir, loaded(), classes=[0, 1], per_class=3, config=cfg, out=cut, progress=ctrl_c_inside_batch_three)
+    assert not cut.exists()
+    with h5py.File(cut.with_name("cut.h5.partial"), "r") as f:
+        assert f["batch_done"][:].tolist() == [1, 1, 0, 0]  # Ctrl-C lost only the batch under way
     r = synthesize(bundle_dir, loaded(), classes=[0, 1], per_class=3, config=cfg, out=cut)
     assert r.resumed_batches == 2
     with h5py.File(full, "r") as a, h5py.File(cut, "r") as b:
@@ -210,6 +223,15 @@ def test_cli_synthesize_writes_file_grid_and_pngs(bundle_dir: Path, tmp_path: Pa
     assert r.exit_code == 0, r.output
     assert out.exists() and (tmp_path / "g.png").exists()
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["c0", "c2"]
+    from PIL import Image
+
+    with h5py.File(out, "r") as f:
+        stored, labels = f["images"][:], f["labels"][:]
+    pngs = sorted((tmp_path / "png").rglob("*.png"))
+    assert len(pngs) == 4 and [p.parent.name for p in pngs] == [f"c{k}" for k in labels]
+    for i, p in enumerate(pngs):  # lossless copies of the file's images, in the file's order
+        np.testing.assert_array_equal(np.array(Image.open(p)), stored[int(p.stem)])
+        assert int(p.stem) == i
     again = _cli("synthesize", "--bundle", str(bundle_dir), "--model", "conftest:tiny_net", "--weights", "none", "--out", str(out), "-q")
     assert again.exit_code == 1 and "already exists" in again.output
     nobundle = _cli("synthesize", "--out", str(tmp_path / "n.h5"))
@@ -249,3 +271,149 @@ def test_registry_name_is_pulled_and_recorded(bundle_dir: Path, tmp_path: Path):
         assert f.attrs["bundle"] == "me/tiny-cc"
         assert f.attrs["bundle_revision"] == "v1"
         assert f.attrs["bundle_commit"] == pushed.commit
+
+
+def test_mixed_class_batches_match_each_class_group(bundle_dir: Path):
+    """One batch holding two classes: each class's images approach that class's statistics (per-group matching end to end)."""
+    from sowmeta.bundle import Bundle
+    from sowmeta.synth.losses import Segments, eq7_distance
+    from sowmeta.taps import resolve_taps, tap_hooks
+
+    model = loaded().module.eval()
+    b = Bundle.load(bundle_dir, classes=[0, 2])
+    taps = resolve_taps(model, "bn-inputs")
+
+    def distance(x: torch.Tensor, k: int) -> float:
+        feats = {}
+        with torch.no_grad(), tap_hooks(model, taps, lambda t, f: feats.__setitem__(t.name, f)):
+            model(Preprocessing(crop=CROP).normalize(x))
+        total = 0.0
+        for t in taps:
+            v, m = torch.var_mean(feats[t.name].double().permute(1, 0, 2, 3).flatten(1), dim=1, correction=0)
+            s = b.stats[t.name]
+            total += float(eq7_distance(m[None], v[None], s.mean[b.row(k)][None].double(), s.var[b.row(k)][None].double(), Segments.of([len(m)])).sum())
+        return total
+
+    cfg = quick(mode="cc", mixed=True, iterations=60, batch_size=8, alpha_ce=0.0, jitter=0, flip=False)
+    r = synthesize(b, loaded(), classes=[0, 2], per_class=4, config=cfg)
+    assert r.labels.tolist() == [0, 2] * 4  # one batch, classes interleaved
+    x = r.images()
+    start = 0.5 + 0.5 * torch.randn(4, 3, CROP, CROP, generator=torch.Generator().manual_seed(5))
+    for k in (0, 2):
+        own, other = distance(x[r.labels == k], k), distance(x[r.labels == k], 2 - k)
+        assert own < 0.1 * distance(start, k)
+        assert own < other  # matched to its own class, not to the batch as a whole
+
+
+def test_targets_of_each_mode(bundle_dir: Path):
+    """di: the BatchNorm running statistics; global: the count-weighted pool of the class statistics; cc: the class's row."""
+    from sowmeta.bundle import Bundle
+    from sowmeta.synth.synthesize import build_targets
+
+    model = loaded().module
+    full = Bundle.load(bundle_dir)
+    cfg = SynthConfig(first_tap_multiplier=10.0)
+    di, row = build_targets("di", model, None, [0, 2], cfg)
+    assert [t.tap.name for t in di] == ["bn1", "bn2"] and [t.weight for t in di] == [10.0, 1.0] and row(2) == 0
+    for t, bn in zip(di, (model.bn1, model.bn2)):
+        torch.testing.assert_close(t.mean[0], bn.running_mean)
+        torch.testing.assert_close(t.var[0], bn.running_var)
+    n = full.counts.double()
+    gl, row = build_targets("global", model, full, [0, 2], cfg)
+    assert row(0) == row(2) == 0
+    for t in gl:
+        s = full.stats[t.tap.name]
+        mean = (n[:, None] * s.mean.double()).sum(0) / n.sum()
+        var = (n[:, None] * (s.var.double() + s.mean.double() ** 2)).sum(0) / n.sum() - mean**2
+        torch.testing.assert_close(t.mean[0].double(), mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(t.var[0].double(), var, rtol=1e-4, atol=1e-5)
+    part = Bundle.load(bundle_dir, classes=[0, 2])
+    cc, row = build_targets("cc", model, part, [0, 2], SynthConfig(tap_weights={"bn2": 0.5}))
+    assert [t.weight for t in cc] == [1.0, 0.5]
+    for t in cc:
+        for k in (0, 2):
+            torch.testing.assert_close(t.mean[row(k)], full.stats[t.tap.name].mean[full.row(k)])
+            torch.testing.assert_close(t.var[row(k)], full.stats[t.tap.name].var[full.row(k)])
+
+
+def test_save_every_keeps_intermediate_images(bundle_dir: Path, tmp_path: Path):
+    cfg = quick(iterations=6, seed=2)
+    synthesize(bundle_dir, loaded(), classes=[0, 1], per_class=2, config=cfg, out=tmp_path / "plain.h5")
+    synthesize(bundle_dir, loaded(), classes=[0, 1], per_class=2, config=cfg.replace(save_every=2), out=tmp_path / "snap.h5")
+    with h5py.File(tmp_path / "plain.h5", "r") as a, h5py.File(tmp_path / "snap.h5", "r") as b:
+        assert "snapshots" not in a
+        assert b["snapshots"].shape == (2, 4, CROP, CROP, 3) and b["snapshots"].dtype == np.uint8
+        assert list(b["snapshots"].attrs["iterations"]) == [2, 4]  # the final state is `images`
+        np.testing.assert_array_equal(a["images"][:], b["images"][:])  # keeping snapshots does not change the run
+        snaps, final = b["snapshots"][:].astype(int), b["images"][:].astype(int)
+    for s in range(2):
+        for i in range(4):  # every image has its snapshots (none left at the fill value) and they evolve
+            assert snaps[s, i].max() > 0 and (snaps[s, i] != final[i]).any()
+    assert (snaps[0] != snaps[1]).any()
+
+
+def test_model_defaults_to_the_one_the_bundle_names(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from sowmeta.models import load_model
+
+    weights = tmp_path / "tiny.pt"
+    torch.save(tiny_net(4, 0).state_dict(), weights)
+    teacher = load_model("conftest:tiny_net", weights=str(weights), num_classes=4, preprocessing=Preprocessing(crop=CROP))
+    bundle, _ = collect(teacher, image_folder, batch_size=5)
+    bundle.save(tmp_path / "b")
+    by_default = synthesize(tmp_path / "b", None, classes=[1], per_class=2, config=quick())
+    explicit = synthesize(tmp_path / "b", loaded(), classes=[1], per_class=2, config=quick())
+    assert torch.equal(by_default.images(), explicit.images())
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    out = tmp_path / "cli.h5"
+    r = _cli("synthesize", "--bundle", str(tmp_path / "b"), "--classes", "1", "--per-class", "1", "--iterations", "2", "--out", str(out), "-q")
+    assert r.exit_code == 0, r.output
+    with h5py.File(out, "r") as f:
+        assert f.attrs["model"] == "conftest:tiny_net" and f.attrs["weights"] == str(weights)
+
+
+def test_progress_display_shows_batch_iteration_terms_and_eta():
+    import io
+
+    from rich.console import Console
+
+    from sowmeta.cli.synth_cmds import _live_display
+    from sowmeta.synth import IterationInfo, SynthProgress
+
+    buf = io.StringIO()
+    bar, update = _live_display(Console(file=buf, force_terminal=True, width=200, color_system=None), quiet=False)
+    update(SynthProgress(1, 3, 0, 12, IterationInfo(40, 100, {"ce": 1.25, "stats": 0.5, "total": 2.0})))
+    update(SynthProgress(2, 3, 4, 12, None))
+    bar.stop()
+    text = buf.getvalue()
+    for part in ("batch 2/3", "4/12", "40/100", "ce 1.25", "stats 0.5", "total 2", "ETA"):
+        assert part in text, (part, text)
+    quiet_buf = io.StringIO()
+    bar, update = _live_display(Console(file=quiet_buf, force_terminal=True), quiet=True)
+    update(SynthProgress(1, 3, 0, 12, IterationInfo(40, 100, {"ce": 1.25})))
+    bar.stop()
+    assert "ce 1.25" not in quiet_buf.getvalue()
+
+
+def test_cli_bad_options_are_one_line_errors(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    base = ["synthesize", "--bundle", str(bundle_dir), "--model", "conftest:tiny_net", "--weights", "none", "--classes", "0",
+            "--per-class", "1", "--iterations", "2", "--out", str(tmp_path / "x.h5")]
+    for extra, message in ((["--tap-weight", "bn1"], "--tap-weight takes TAP=WEIGHT"), (["--tap-weight", "layer9=2"], "matches no tap"),
+                           (["--init", str(tmp_path / "nowhere")], "is not a directory"), (["--alpha-tv", "-1"], "alpha_tv must be zero or positive"),
+                           (["--mode", "di", "--model", "tests.nothing:x"], "cannot import factory")):
+        r = _cli(*base, *extra)
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, (extra, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "data"]  # nothing written, not even a partial file
+
+
+def test_test_fixture_has_the_writers_layout(bundle_dir: Path, tmp_path: Path):
+    """tests/synth_files.py (used by the evaluate/distill tests) writes a subset of the real layout, with the same dtypes."""
+    from synth_files import write_synth_h5
+
+    real = tmp_path / "real.h5"
+    synthesize(bundle_dir, loaded(), classes=[0], per_class=2, config=quick(), out=real)
+    fake = write_synth_h5(tmp_path / "fake.h5", classes=2, per_class=2, size=CROP)
+    with h5py.File(real, "r") as r, h5py.File(fake, "r") as f:
+        for name, ds in f.items():
+            assert name in r and r[name].dtype == ds.dtype and r[name].shape[1:] == ds.shape[1:], name
+        assert set(f.attrs) <= set(r.attrs)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import re
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 from conftest import tiny_net
 
+from sowmeta.errors import ConfigError
+from sowmeta.synth import losses
+from sowmeta.synth.augment import augment
 from sowmeta.synth.config import SynthConfig
-from sowmeta.synth.engine import Inverter, TapTarget
+from sowmeta.synth.engine import Inverter, TapTarget, tap_weights
 from sowmeta.synth.losses import Segments, eq7_distance, gaussian_kl, group_moments, l2_prior, per_image_moments, total_variation
 from sowmeta.preprocess import Preprocessing
-from sowmeta.taps import resolve_taps
+from sowmeta.taps import Tap, resolve_taps, tap_hooks
 
 
 def test_total_variation_matches_loops():
@@ -96,8 +104,6 @@ def test_statistics_term_through_real_hooks():
     captured = {}
     hooks = [model.bn1.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn1", a[0].detach())),
              model.bn2.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn2", a[0].detach()))]
-    from sowmeta.taps import tap_hooks
-
     with tap_hooks(model, taps, inv._record):
         logits = model(x)
     for h in hooks:
@@ -124,3 +130,186 @@ def test_moments_gradient_matches_autograd_of_plain_formula():
     m, q = per_image_moments(x)
     torch.testing.assert_close(m, x.mean(dim=(2, 3)))
     torch.testing.assert_close(q, (x * x).mean(dim=(2, 3)))
+
+
+def _captured_group_moments(model, x: torch.Tensor, rows: torch.Tensor) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:  # noqa: ANN001
+    """Per BN input and per target row: (mean, population var) over that row's images and all positions, by a plain hook."""
+    captured = {}
+    hooks = [getattr(model, n).register_forward_pre_hook(lambda m, a, _n=n: captured.__setitem__(_n, a[0].detach())) for n in ("bn1", "bn2")]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    out = {}
+    for name, f in captured.items():
+        out[name] = []
+        for row in sorted(set(rows.tolist())):
+            feats = f[rows == row].permute(1, 0, 2, 3).reshape(f.shape[1], -1)
+            v, m = torch.var_mean(feats, dim=1, correction=0)
+            out[name].append((m, v))
+    return out
+
+
+def _engine_terms(feature_loss: str):  # noqa: ANN202
+    model = tiny_net().double()
+    taps = resolve_taps(model, "bn-inputs")
+    g = torch.Generator().manual_seed(4)
+    targets = [TapTarget(t, torch.randn(2, c, generator=g, dtype=torch.float64), torch.rand(2, c, generator=g, dtype=torch.float64) + 0.2, w)
+               for t, c, w in zip(taps, (6, 12), (3.0, 0.5))]
+    prep = Preprocessing(crop=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    inv = Inverter(model, targets, prep, SynthConfig(alpha_tv=0, alpha_l2=0, feature_loss=feature_loss))
+    x = torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 0, 2, 2, 0])
+    rows = torch.tensor([0, 1, 0, 1, 1, 0])
+    with tap_hooks(model, taps, inv._record):
+        logits = model(x)
+    group_rows, groups = torch.unique(rows, return_inverse=True)
+    terms = inv._terms(x, logits, labels, groups, group_rows)
+    return model, targets, x, rows, terms
+
+
+def test_kl_statistics_term_through_real_hooks_by_another_route():
+    """--feature-loss kl in the engine equals torch.distributions' KL of the per-class-group Gaussians, weighted per tap."""
+    model, targets, x, rows, terms = _engine_terms("kl")
+    moments = _captured_group_moments(model, x, rows)
+    expected = 0.0
+    for t, name in zip(targets, ("bn1", "bn2")):
+        kls = []
+        for row, (m, v) in enumerate(moments[name]):
+            p = torch.distributions.Normal(m, v.sqrt())
+            q = torch.distributions.Normal(t.mean[row], t.var[row].sqrt())
+            kls.append(float(torch.distributions.kl_divergence(p, q).sum()))
+        expected += t.weight * np.mean(kls)
+    assert abs(float(terms["stats"].detach()) - expected) < 1e-8
+
+
+def test_a_registered_feature_loss_is_what_the_engine_uses(monkeypatch):
+    """F_l is pluggable: a loss registered by name is selected by SynthConfig(feature_loss=name) and weighted by lambda_l."""
+    def mean_abs(mean, var, target_mean, target_var, segments):  # noqa: ANN001, ANN202
+        return segments.sum((mean - target_mean).abs()).mean(dim=0)
+
+    monkeypatch.setitem(losses.FEATURE_LOSSES, "test-mean-abs", mean_abs)
+    model, targets, x, rows, terms = _engine_terms("test-mean-abs")
+    moments = _captured_group_moments(model, x, rows)
+    expected = sum(t.weight * np.mean([float((m - t.mean[r]).abs().sum()) for r, (m, _) in enumerate(moments[n])])
+                   for t, n in zip(targets, ("bn1", "bn2")))
+    assert abs(float(terms["stats"].detach()) - expected) < 1e-9
+    monkeypatch.delitem(losses.FEATURE_LOSSES, "test-mean-abs")
+    with pytest.raises(ConfigError, match="unknown feature loss 'test-mean-abs'"):
+        SynthConfig(feature_loss="test-mean-abs")
+
+
+def test_tap_weights_globs_and_first_tap_multiplier():
+    taps = [Tap(n, n, "in", "bn-input") for n in ("stem.bn", "layer1.0.bn1", "layer1.0.bn2", "layer2.0.bn1")]
+    assert tap_weights(taps, SynthConfig()) == [1.0, 1.0, 1.0, 1.0]  # the paper's default: equal lambda_l
+    assert tap_weights(taps, SynthConfig.cifar()) == [10.0, 1.0, 1.0, 1.0]  # the CIFAR preset's first-tap multiplier
+    cfg = SynthConfig(first_tap_multiplier=2.0, tap_weights={"layer1.*": 0.5, "layer1.0.bn2": 7.0, "stem.bn": 3.0})
+    assert tap_weights(taps, cfg) == [6.0, 0.5, 0.5, 1.0]  # first matching glob wins; the multiplier stacks on the first tap
+    with pytest.raises(ConfigError, match="'layer9.*' matches no tap; the taps are stem.bn"):
+        tap_weights(taps, SynthConfig(tap_weights={"layer9.*": 2.0}))
+
+
+def test_paper_and_cifar_defaults_and_the_docs_table():
+    """The defaults are the paper's ImageNet ones, and docs/synthesis.md's option table states both presets as the code has them."""
+    d = SynthConfig()
+    assert (d.lr, d.alpha_tv, d.alpha_l2, d.alpha_cc, d.feature_loss, d.mode, d.init) == (0.25, 1e-4, 1e-5, 0.01, "eq7", "cc", "noise")
+    assert d.betas == (0.5, 0.9) and d.iterations == 2000 and d.jitter == 30 and d.flip
+    c = SynthConfig.cifar()
+    assert (c.lr, c.alpha_tv, c.alpha_l2, c.alpha_cc, c.jitter) == (0.1, 5e-2, 0.0, 1.0, 2)
+    assert SynthConfig.preset("cifar", lr=0.3).lr == 0.3 and SynthConfig.preset("imagenet") == d
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "synthesis.md").read_text()
+    fields = {"--iterations": "iterations", "--lr": "lr", "--alpha-tv": "alpha_tv", "--alpha-l2": "alpha_l2", "--alpha-cc": "alpha_cc",
+              "--first-tap-multiplier": "first_tap_multiplier", "--jitter": "jitter", "--multires": "multires", "--batch-size": "batch_size"}
+    for option, name in fields.items():
+        row = re.search(rf"^\| `{option}` \| ([^|]+) \| ([^|]+) \|", doc, flags=re.M)
+        assert row is not None, option
+        imagenet, cifar = (float(v.split()[0]) for v in row.groups())
+        assert (imagenet, cifar) == (getattr(d, name), getattr(c, name)), option
+
+
+def test_bad_config_values_are_clear_errors():
+    for bad, match in ((dict(alpha_tv=-1.0), "alpha_tv must be zero or positive"), (dict(alpha_cc=float("nan")), "alpha_cc"),
+                       (dict(tap_weights={"bn1": -2.0}), "tap weight 'bn1'"), (dict(warmup=-1), "warmup"),
+                       (dict(amp="fp8"), "amp must be"), (dict(multires=1.0), "multires"), (dict(lr=0.0), "learning rate"),
+                       (dict(feature_loss="l1"), "unknown feature loss")):
+        with pytest.raises(ConfigError, match=match):
+            SynthConfig(**bad)
+
+
+class _FixedRng:
+    """Stands in for random.Random: fixed shifts and a fixed coin."""
+
+    def __init__(self, shifts: list[int], coin: float) -> None:
+        self.shifts, self.coin = list(shifts), coin
+
+    def randint(self, a: int, b: int) -> int:
+        v = self.shifts.pop(0)
+        assert a <= v <= b
+        return v
+
+    def random(self) -> float:
+        return self.coin
+
+
+def test_augment_jitter_flip_and_low_resolution_against_numpy():
+    x = torch.randn(2, 3, 6, 8, dtype=torch.float64)
+    a = x.numpy()
+    out = augment(x, _FixedRng([2, -3], 0.1), jitter=3, flip=True, low_res=False)  # coin < 0.5: flip
+    np.testing.assert_array_equal(out.numpy(), np.roll(a, (2, -3), axis=(2, 3))[..., ::-1])
+    out = augment(x, _FixedRng([-1, 1], 0.9), jitter=3, flip=True, low_res=False)  # coin >= 0.5: no flip
+    np.testing.assert_array_equal(out.numpy(), np.roll(a, (-1, 1), axis=(2, 3)))
+    out = augment(x, _FixedRng([1, 0], 0.9), jitter=3, flip=False, low_res=True)  # half size, jitter halved to 1
+    half = a.reshape(2, 3, 3, 2, 4, 2).mean(axis=(3, 5))
+    np.testing.assert_allclose(out.numpy(), np.roll(half, (1, 0), axis=(2, 3)), rtol=0, atol=1e-12)
+    assert torch.equal(augment(x, _FixedRng([], 0.9), jitter=0, flip=False, low_res=False), x)
+
+
+def _recording_run(monkeypatch, **cfg):  # noqa: ANN001, ANN003, ANN202
+    """Run the engine on the tiny net, recording the lr and betas of every Adam step and the input size of every forward."""
+    model = tiny_net()
+    seen_lr, seen_sizes = [], []
+    original = torch.optim.Adam.step
+
+    def step(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen_lr.append((self.param_groups[0]["lr"], self.param_groups[0]["betas"]))
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    handle = model.register_forward_pre_hook(lambda m, a: seen_sizes.append(tuple(a[0].shape[-2:])))
+    taps = resolve_taps(model, "bn-inputs")
+    targets = [TapTarget(t, torch.zeros(1, c), torch.ones(1, c)) for t, c in zip(taps, (6, 12))]
+    inv = Inverter(model, targets, Preprocessing(crop=8), SynthConfig(**{"batch_size": 2, **cfg}))
+    inv.run(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.rand(2, 3, 8, 8), seed=0)
+    handle.remove()
+    return seen_lr, seen_sizes
+
+
+def test_adam_with_cosine_schedule(monkeypatch):
+    lrs, _ = _recording_run(monkeypatch, iterations=8, lr=0.4)
+    assert len(lrs) == 8 and all(b == (0.5, 0.9) for _, b in lrs)
+    expected = [0.4 * (1 + math.cos(math.pi * i / 8)) / 2 for i in range(8)]
+    np.testing.assert_allclose([lr for lr, _ in lrs], expected, rtol=1e-12)
+    warm, _ = _recording_run(monkeypatch, iterations=6, lr=0.3, warmup=2)
+    np.testing.assert_allclose([lr for lr, _ in warm][:3], [0.15, 0.3, 0.3], rtol=1e-12)
+
+
+def test_multires_runs_the_first_fraction_at_half_resolution(monkeypatch):
+    _, sizes = _recording_run(monkeypatch, iterations=6, multires=0.5, jitter=2)
+    assert sizes == [(4, 4)] * 3 + [(8, 8)] * 3 + [(8, 8)]  # 3 low-res steps, 3 full, then the final verdict at full size
+    _, sizes = _recording_run(monkeypatch, iterations=3)
+    assert sizes == [(8, 8)] * 4
+
+
+def test_amp_off_cuda_falls_back_to_float32(caplog):
+    """--amp on a CPU device logs a warning and gives exactly the float32 result."""
+    model = tiny_net()
+    taps = resolve_taps(model, "bn-inputs")
+    targets = [TapTarget(t, torch.zeros(1, c), torch.ones(1, c)) for t, c in zip(taps, (6, 12))]
+    init = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for amp in ("none", "bf16"):
+        inv = Inverter(model, targets, Preprocessing(crop=8), SynthConfig(iterations=3, amp=amp))
+        out[amp] = inv.run(torch.tensor([0, 1]), torch.tensor([0, 0]), init, seed=1).images
+        assert inv.autocast_dtype is None and not inv.channels_last
+    assert torch.equal(out["none"], out["bf16"])
+    assert "needs a CUDA device" in caplog.text

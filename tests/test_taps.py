@@ -73,3 +73,29 @@ def test_non_tensor_output_is_a_tap_error():
     with pytest.raises(TapError, match="not a tensor"):
         with tap_hooks(net, resolve_taps(net, "pair"), lambda t, x: None):
             net(torch.rand(1, 3, 4, 4))
+
+
+def test_explicit_positions_kinds_and_comma_strings():
+    m = tiny_net()
+    taps = resolve_taps(m, "bn2:out, bn1:in,fc,conv1:in")
+    assert [(t.name, t.module, t.position, t.kind) for t in taps] == [
+        ("conv1:in", "conv1", "in", "input"),
+        ("bn1", "bn1", "in", "bn-input"),  # a BatchNorm's input keeps the preset's name
+        ("bn2", "bn2", "out", "output"),
+        ("fc", "fc", "out", "output"),
+    ]
+    with pytest.raises(TapError, match="empty tap specification"):
+        resolve_taps(m, " , ")
+    with pytest.raises(TapError, match="'bn1:in' and 'bn1:out' would both be stored as 'bn1'"):
+        resolve_taps(m, ["bn*:in", "bn1:out"])
+
+
+def test_linear_output_is_an_n_by_c_tap():
+    """An N x C feature (a Linear's output) is one sample per image and channel."""
+    m = tiny_net()
+    taps = resolve_taps(m, ["fc", "fc:in"])
+    seen = {}
+    with torch.no_grad(), tap_hooks(m, taps, lambda t, x: seen.__setitem__(t.name, x)):
+        logits = m(torch.rand(3, 3, 8, 8))
+    assert seen["fc"] is logits and seen["fc"].shape == (3, 4) and seen["fc:in"].shape == (3, 12)
+    assert probe_channels(m, taps, 8) == {"fc:in": 12, "fc": 4}

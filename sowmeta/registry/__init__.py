@@ -2,7 +2,8 @@
 
 ``push``, ``pull`` and ``list_bundles`` go to the registry chosen by ``registry=`` (``"hub"``,
 ``"local"`` or a directory), else ``SOWMETA_REGISTRY``, else the local registry; see
-``sowmeta.registry.resolve`` and docs/registry.md.
+``sowmeta.registry.resolve`` and docs/registry.md. ``list_bundles`` of the local registry also
+lists the bundles pulled from the Hub into the cache.
 
 Example:
     >>> from sowmeta.registry import push, pull
@@ -86,13 +87,17 @@ def pull(
 
 
 def list_bundles(*, registry: str | Path | None = None, author: str | None = None) -> list[BundleEntry]:
-    """What the chosen registry holds: every local revision, or the Hub's ``sowmeta``-tagged repositories."""
-    backend = choose_backend(registry)
-    if backend.kind == "hub":
-        from . import hub
+    """What is at hand offline: every local revision, then every bundle pulled from the Hub into the cache.
 
+    With the Hub chosen (``registry="hub"`` or ``SOWMETA_REGISTRY=hub``), the Hub's ``sowmeta``-tagged
+    repositories instead (a network call). ``BundleEntry.backend`` tells ``local`` from ``hub-cache``.
+    """
+    backend = choose_backend(registry)
+    from . import hub
+
+    if backend.kind == "hub":
         return hub.list_bundles(author=author)
     from . import local
 
-    entries = local.list_bundles(root=backend.root)
+    entries = [*local.list_bundles(root=backend.root), *hub.list_cached()]
     return [e for e in entries if author is None or e.name.split("/")[0] == author]

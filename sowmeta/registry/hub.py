@@ -3,9 +3,10 @@
 A push is one commit (``create_commit``): the manifest, every file it lists and a generated
 README.md, plus the deletion of bundle shards (``stats*.safetensors``) the new manifest no longer
 lists. The Hub applies a commit whole or not at all, so an interrupted push leaves the previous
-revision in place. A pull is ``snapshot_download`` of ``sowmeta.json``, ``*.safetensors`` and
+revision in place (and a branch the push created for it is deleted again). A pull is ``snapshot_download`` of ``sowmeta.json``, ``*.safetensors`` and
 ``README.md`` at one revision into ``<SOWMETA_CACHE>/hub`` (a Hugging Face cache), then a check of
-the manifest (schema) and of every file's sha256.
+the manifest (schema) and of every file's sha256; a damaged cached copy is downloaded once more
+before the pull fails. ``list_cached`` lists the bundles that cache holds.
 
 Environment: ``HF_TOKEN`` (read by huggingface_hub), ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` (re-read
 per call through ``sowmeta.env``; offline, a pull is served from the cache or fails with
@@ -14,6 +15,7 @@ per call through ``sowmeta.env``; offline, a pull is served from the cache or fa
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import re
 from collections.abc import Iterator
@@ -21,21 +23,24 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, scan_cache_dir
 from huggingface_hub import errors as hf
 
 from .. import env
-from ..bundle import MANIFEST_NAME, Bundle, verify_files
+from ..bundle import MANIFEST_NAME, Bundle, Manifest, verify_files
 from ..errors import (
     AuthError,
     BundleNotFoundError,
+    ChecksumError,
     ConfigError,
+    CorruptBundleError,
     GatedRepoError,
     NetworkError,
     NotFoundError,
     OfflineError,
     RegistryError,
     RevisionNotFoundError,
+    SchemaError,
     SowmetaError,
 )
 from ..version import __version__
@@ -43,7 +48,7 @@ from .card import DEFAULT_LICENSE, card_from_manifest
 from .local import CARD_NAME, export_bundle
 from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_name, check_ref
 
-__all__ = ["push", "pull", "list_bundles", "endpoint", "PULL_PATTERNS"]
+__all__ = ["push", "pull", "list_bundles", "list_cached", "endpoint", "PULL_PATTERNS"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +165,26 @@ def _ensure_repo(api: HfApi, name: str, *, private: bool) -> None:
         )
 
 
+def _create_branch(api: HfApi, name: str, branch: str) -> str | None:
+    """Create ``branch`` from main; the commit it starts at if this call created it, None if it existed."""
+    try:
+        api.create_branch(name, branch=branch)
+    except hf.HfHubHTTPError as exc:
+        if exc.response is None or exc.response.status_code != 409:
+            raise
+        return None
+    return api.repo_info(name, revision=branch).sha
+
+
+def _drop_branch(api: HfApi, name: str, branch: str, start: str) -> None:
+    """Delete a branch this push created if it still points where it started (the commit did not land)."""
+    try:
+        if api.repo_info(name, revision=branch).sha == start:
+            api.delete_branch(name, branch=branch)
+    except Exception:  # noqa: BLE001  (the push's own error is the one to report)
+        log.warning("could not check or delete branch %s of %s after the failed push; check it on the Hub", branch, name)
+
+
 def push(
     bundle_dir: str | Path,
     name: str,
@@ -194,17 +219,21 @@ def push(
     api, url = _api(), endpoint()
     with _mapped(f"pushing {name}@{branch}", name, url):
         _ensure_repo(api, name, private=private)
-        if branch != DEFAULT_REF:
-            api.create_branch(name, branch=branch, exist_ok=True)
-        existing = set(api.list_repo_files(name, revision=branch))
-        ops: list[CommitOperationAdd | CommitOperationDelete] = [
-            CommitOperationAdd(path_in_repo=MANIFEST_NAME, path_or_fileobj=str(src / MANIFEST_NAME)),
-            *(CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(src / f.name)) for f in manifest.files),
-            CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode("utf-8")),
-        ]
-        keep = {op.path_in_repo for op in ops}
-        ops += [CommitOperationDelete(path_in_repo=p) for p in sorted(existing - keep) if _SHARD_RE.match(p)]
-        info = api.create_commit(name, ops, commit_message=summary, revision=branch)
+        start = _create_branch(api, name, branch) if branch != DEFAULT_REF else None
+        try:
+            existing = set(api.list_repo_files(name, revision=branch))
+            ops: list[CommitOperationAdd | CommitOperationDelete] = [
+                CommitOperationAdd(path_in_repo=MANIFEST_NAME, path_or_fileobj=str(src / MANIFEST_NAME)),
+                *(CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(src / f.name)) for f in manifest.files),
+                CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode("utf-8")),
+            ]
+            keep = {op.path_in_repo for op in ops}
+            ops += [CommitOperationDelete(path_in_repo=p) for p in sorted(existing - keep) if _SHARD_RE.match(p)]
+            info = api.create_commit(name, ops, commit_message=summary, revision=branch)
+        except BaseException:
+            if start is not None:  # a new branch at main's bundle would be a wrong revision: remove it
+                _drop_branch(api, name, branch, start)
+            raise
     log.info("pushed %s@%s -> commit %s (%s)", name, branch, info.oid, url)
     return PushResult(name=name, revision=branch, commit=info.oid, backend="hub", url=info.commit_url)
 
@@ -233,20 +262,68 @@ def pull(
     cache = Path(cache_dir) if cache_dir is not None else env.cache_dir() / "hub"
     offline = _offline()
     api, url = _api(), endpoint()
-    with _mapped(f"pulling {name}@{rev}", name, url, offline=offline):
-        folder = Path(
-            api.snapshot_download(name, revision=rev, cache_dir=cache, allow_patterns=PULL_PATTERNS, local_files_only=offline)
-        )
+
+    def download(force: bool) -> Path:
+        with _mapped(f"pulling {name}@{rev}", name, url, offline=offline):
+            return Path(api.snapshot_download(name, revision=rev, cache_dir=cache, allow_patterns=PULL_PATTERNS,
+                                              local_files_only=offline, force_download=force))
+
+    folder = download(False)
     if not (folder / MANIFEST_NAME).is_file():
         raise BundleNotFoundError(
             f"{name}@{rev} on {url} has no {MANIFEST_NAME}: it is not a sowmeta bundle repository", path=str(folder)
         )
-    manifest = Bundle.read_manifest(folder)
-    verify_files(folder, manifest)
+    try:
+        manifest = _verified(folder)
+    except (SchemaError, ChecksumError, CorruptBundleError) as exc:
+        if offline:
+            raise type(exc)(f"{exc}; the cached copy is damaged: unset HF_HUB_OFFLINE and pull again", path=exc.path) from None
+        log.warning("cached copy of %s@%s failed verification (%s); downloading it again", name, rev, exc)
+        folder = download(True)
+        try:
+            manifest = _verified(folder)
+        except (SchemaError, ChecksumError, CorruptBundleError) as again:
+            raise type(again)(
+                f"{again}; downloaded twice from {url}: the published revision is damaged, ask its publisher to push it again",
+                path=again.path,
+            ) from None
     commit = folder.name  # the Hugging Face cache keeps each revision under snapshots/<commit hash>
     path = export_bundle(folder, manifest, to) if to is not None else folder
     log.info("pulled %s@%s (commit %s) -> %s", name, rev, commit, path)
     return PullResult(name=name, revision=rev, commit=commit, path=path, backend="hub")
+
+
+def _verified(folder: Path) -> Manifest:
+    """The manifest of the bundle in ``folder`` once its schema and every file's sha256 are checked."""
+    manifest = Bundle.read_manifest(folder)
+    verify_files(folder, manifest)
+    return manifest
+
+
+def list_cached(*, cache_dir: str | Path | None = None) -> list[BundleEntry]:
+    """The bundle revisions pulled from the Hub into the cache (``<SOWMETA_CACHE>/hub``), newest first; no network."""
+    cache = Path(cache_dir) if cache_dir is not None else env.cache_dir() / "hub"
+    if not cache.is_dir():
+        return []
+    try:
+        info = scan_cache_dir(cache)
+    except hf.CacheNotFound:
+        return []
+    entries = []
+    for repo in info.repos:
+        if repo.repo_type != "model":
+            continue
+        for r in repo.revisions:
+            if not (r.snapshot_path / MANIFEST_NAME).is_file():
+                continue
+            when = _dt.datetime.fromtimestamp(r.last_modified, _dt.timezone.utc).replace(microsecond=0)
+            entries.append(BundleEntry(
+                name=repo.repo_id, commit=r.commit_hash, backend="hub-cache",
+                refs=tuple(sorted(r.refs, key=lambda x: (x != DEFAULT_REF, x))), path=r.snapshot_path,
+                updated=when.isoformat().replace("+00:00", "Z"),
+            ))
+    entries.sort(key=lambda e: e.updated or "", reverse=True)
+    return sorted(entries, key=lambda e: e.name)  # stable: by name, newest first within a name
 
 
 def list_bundles(*, author: str | None = None) -> list[BundleEntry]:

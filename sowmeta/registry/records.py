@@ -47,7 +47,7 @@ class BundleEntry:
 
     name: str
     commit: str | None
-    backend: str
+    backend: str  # "local" (local registry), "hub-cache" (pulled from the Hub) or "hub" (listed online)
     refs: tuple[str, ...] = field(default_factory=tuple)
     path: Path | None = None
     url: str | None = None

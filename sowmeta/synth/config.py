@@ -20,7 +20,7 @@ class SynthConfig:
     """Objective, optimizer and schedule of a synthesis run.
 
     The defaults are the paper's ImageNet setting (lr 0.25, alpha_TV 1e-4, alpha_l2 1e-5,
-    alpha_CC 0.01, first-tap multiplier 10, jitter 30, 2k iterations); ``SynthConfig.cifar()``
+    alpha_CC 0.01, equal lambda_l for every tap, jitter 30, 2k iterations); ``SynthConfig.cifar()``
     gives the setting that works for 32 px CIFAR models.
 
     Attributes:
@@ -30,7 +30,8 @@ class SynthConfig:
             Default: single-class batches for ``cc``, mixed for ``global``/``di``.
         feature_loss: the F_l registered under this name (``eq7`` = paper Eq. 7, ``kl``).
         tap_weights: lambda_l per tap name (fnmatch globs allowed); unnamed taps weigh 1.
-        first_tap_multiplier: extra weight of the first tap (DeepInversion's first-BN multiplier).
+        first_tap_multiplier: extra weight of the first tap (DeepInversion's first-BN multiplier;
+            1 = the paper's equal lambda_l).
         multires: fraction of the iterations run at half resolution (DeepInversion's fast setting).
         init: ``noise`` or ``images`` (seed images / sketches given to ``synthesize(init_images=)``).
         init_noise: std of the noise added to initial images when ``init="images"``.
@@ -50,7 +51,7 @@ class SynthConfig:
     alpha_l2: float = 1e-5
     alpha_cc: float = 0.01
     feature_loss: str = "eq7"
-    first_tap_multiplier: float = 10.0
+    first_tap_multiplier: float = 1.0
     tap_weights: dict[str, float] = field(default_factory=dict)
     jitter: int = 30
     flip: bool = True
@@ -76,8 +77,20 @@ class SynthConfig:
             raise ConfigError(f"init must be 'noise' or 'images', not {self.init!r}")
         if not 0 <= self.multires < 1:
             raise ConfigError(f"multires is a fraction of the iterations in [0, 1), not {self.multires}")
-        if self.save_every < 0 or self.jitter < 0:
-            raise ConfigError("save_every and jitter must not be negative")
+        if self.save_every < 0 or self.jitter < 0 or self.warmup < 0:
+            raise ConfigError("save_every, jitter and warmup must not be negative")
+        weights = {
+            "alpha_ce": self.alpha_ce,
+            "alpha_tv": self.alpha_tv,
+            "alpha_l2": self.alpha_l2,
+            "alpha_cc": self.alpha_cc,
+            "first_tap_multiplier": self.first_tap_multiplier,
+            "init_noise": self.init_noise,
+            **{f"tap weight {k!r}": v for k, v in self.tap_weights.items()},
+        }
+        for name, value in weights.items():
+            if not value >= 0:  # also catches NaN
+                raise ConfigError(f"{name} must be zero or positive, not {value}; pass a non-negative number")
         get_feature_loss(self.feature_loss)
 
     @classmethod

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DivergenceError
+from ..errors import ConfigError, DivergenceError
 from ..preprocess import Preprocessing
 from ..taps import Tap, tap_hooks
 from .augment import augment
@@ -66,7 +66,14 @@ class BatchResult:
 
 
 def tap_weights(taps: list[Tap], config: SynthConfig) -> list[float]:
-    """lambda_l for every tap: 1, or the first matching glob in ``tap_weights``, times the first-tap multiplier."""
+    """lambda_l for every tap: 1, or the first matching glob in ``tap_weights``, times the first-tap multiplier.
+
+    A pattern that matches no tap is an error (a typo would otherwise silently change nothing).
+    """
+    unused = [pat for pat in config.tap_weights if not any(fnmatch.fnmatchcase(t.name, pat) for t in taps)]
+    if unused:
+        names = ", ".join(t.name for t in taps[:6]) + (", ..." if len(taps) > 6 else "")
+        raise ConfigError(f"tap weight {unused[0]!r} matches no tap; the taps are {names} (globs like 'layer1.*' work)")
     out = []
     for i, t in enumerate(taps):
         w = next((v for pat, v in config.tap_weights.items() if fnmatch.fnmatchcase(t.name, pat)), 1.0)
