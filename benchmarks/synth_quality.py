@@ -20,10 +20,14 @@ from sowmeta.models import load_model
 from sowmeta.synthdata import load_images
 
 
-def roughness(path: Path) -> float:
-    """Mean absolute difference between neighbouring pixels (in [0, 1]): noise shows up as a high value."""
-    x = load_images(path)[0].float() / 255
+def roughness(x: torch.Tensor) -> float:
+    """Mean absolute difference between neighbouring pixels of images in [0, 1]: noise shows up as a high value."""
     return float(((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()) / 2)
+
+
+def file_roughness(path: Path) -> float:
+    """``roughness`` of every image of a synthesis file or image folder."""
+    return roughness(load_images(path)[0].float() / 255)
 
 
 def main() -> None:
@@ -41,7 +45,7 @@ def main() -> None:
     k = real.logits.shape[1]
     print(
         f"real test set: {len(real.labels)} images; cifar-resnet20 top-1 {top1_accuracy(real.logits, real.labels):.2%}; "
-        f"roughness {roughness(args.real):.3f}"
+        f"roughness {file_roughness(args.real):.3f}"
     )
     print()
     print("| set | images | teacher (resnet56) top-1 | cifar-resnet20 top-1 | mean per-class FD (resnet20 features) | roughness | per-class FD |")
@@ -55,7 +59,7 @@ def main() -> None:
         cells = " ".join(f"{v:.1f}" if v is not None else "-" for v in fd)
         print(
             f"| {path.name} | {len(j.labels)} | {top1_accuracy(t.logits, t.labels):.1%} | {top1_accuracy(j.logits, j.labels):.1%} "
-            f"| {mean_fd:.2f} | {roughness(path):.3f} | {cells} |"
+            f"| {mean_fd:.2f} | {file_roughness(path):.3f} | {cells} |"
         )
     if args.grid is not None:
         side_by_side(args.sets, args.grid, args.per_row)

@@ -23,13 +23,9 @@ from sowmeta import SynthConfig, load_model, synthesize
 from sowmeta.env import shared_dir
 from sowmeta.metrics import per_class_frechet, run_model, top1_accuracy
 from sowmeta.synthdata import load_images
+from synth_quality import roughness  # benchmarks/ is on sys.path when a script here runs
 
 CLASSES = [1, 3, 8]  # automobile, cat, ship
-
-
-def roughness(x: torch.Tensor) -> float:
-    """Mean absolute difference of vertically and horizontally neighbouring pixels, images in [0, 1]."""
-    return float(((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()) / 2)
 
 
 def main() -> None:

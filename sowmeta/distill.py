@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT, STUDENT, METRICS = "checkpoint.pt", "student.safetensors", "metrics.json"
 _FORMAT = "sowmeta-distill"
 _FORMAT_VERSION = 1
-# HDF5 sets up to this size are read into memory once (random h5py reads cost ~0.2 ms per image).
+# Data sets up to this size (decoded) are read into memory once: random h5py reads cost ~0.2 ms per
+# image, and decoding the test folder's JPEGs again every epoch would cost more than scoring them.
 _IN_MEMORY_BYTES = 4 << 30
 
 
@@ -174,12 +175,17 @@ def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _train_set(path: Path, crop: int, resize: int | None) -> Dataset:
-    info = read_info(path)
-    if info.kind == "hdf5" and info.size is not None and info.images * info.size[0] * info.size[1] * 3 <= _IN_MEMORY_BYTES:
+def _dataset(path: Path, crop: int, resize: int | None) -> Dataset:
+    """The images of ``path`` fitted to ``crop``: decoded once into memory when they fit in ``_IN_MEMORY_BYTES``, else streamed."""
+    streamed = SynthDataset(path, transform=functools.partial(fit_square, size=crop, resize=resize))
+    if len(streamed) * 3 * crop * crop > _IN_MEMORY_BYTES:
+        return streamed
+    if streamed.info.kind == "hdf5":
         images, labels = load_images(path, size=crop)
-        return TensorDataset(images, labels)
-    return SynthDataset(path, transform=functools.partial(fit_square, size=crop, resize=resize))
+    else:
+        images, labels = torch.stack([streamed[i][0] for i in range(len(streamed))]), streamed.labels.clone()
+    streamed.close()
+    return TensorDataset(images, labels)
 
 
 def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -331,8 +337,9 @@ def _train(
     optimizer = torch.optim.SGD(s_module.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp == "fp16")
-    test_set = SynthDataset(test, transform=functools.partial(fit_square, size=prep.crop, resize=prep.resize))
-    score = functools.partial(run_model, batch_size=max(256, config.batch_size), device=device, workers=workers)
+    test_set = _dataset(test, prep.crop, prep.resize)
+    test_workers = workers if isinstance(test_set, SynthDataset) else 0  # in memory: nothing left to decode
+    score = functools.partial(run_model, batch_size=max(256, config.batch_size), device=device, workers=test_workers)
 
     ckpt_path = out / CHECKPOINT
     history: dict[str, list[float]] = {"train_loss": [], "test_accuracy": [], "lr": [], "seconds": []}
@@ -352,7 +359,7 @@ def _train(
         out_t = score(teacher, test_set)
         teacher_acc = top1_accuracy(out_t.logits, out_t.labels)
 
-    train_set = _train_set(data, prep.crop, prep.resize)
+    train_set = _dataset(data, prep.crop, prep.resize)
     n = len(train_set)  # type: ignore[arg-type]
     batches = math.ceil(n / config.batch_size)
     for epoch in range(start_epoch, config.epochs):
@@ -407,7 +414,8 @@ def _train(
         log.info("epoch %d/%d: loss %.4f, test top-1 %.4f", epoch + 1, config.epochs, mean_loss, acc)
         if progress is not None:
             progress(DistillProgress(epoch + 1, config.epochs, batches, batches, mean_loss, acc))
-    test_set.close()
+    if isinstance(test_set, SynthDataset):
+        test_set.close()
     return _finish(out, pupil, run, history, teacher_acc, len(test_set), device)
 
 
