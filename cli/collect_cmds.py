@@ -105,8 +105,9 @@ def register(group: click.Group) -> None:
     @click.option("--std", help="Normalization std.")
     @click.option("--strict", is_flag=True, help="Fail on the first undecodable image instead of skipping it.")
     @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+    @click.option("--base-model", help="Hub id ORG/NAME of the model's weights; the bundle's model card links to it.")
     @handle_errors
-    def collect(model, weights, data, seeds, out, taps, fuse, keep_rejected, batch_size, workers, device, limit_per_class, dtype, shard_size, crop, resize, mean, std, strict, overwrite) -> None:  # noqa: ANN001
+    def collect(model, weights, data, seeds, out, taps, fuse, keep_rejected, batch_size, workers, device, limit_per_class, dtype, shard_size, crop, resize, mean, std, strict, overwrite, base_model) -> None:  # noqa: ANN001
         """Record per-class feature statistics of a model into a bundle."""
         from sowmeta.collect import collect_seeds
         from sowmeta.distributed import process_group
@@ -117,6 +118,13 @@ def register(group: click.Group) -> None:
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         loaded = _load(model, weights, crop, resize, mean, std)
+        if base_model is not None:
+            from sowmeta.registry.records import check_name
+
+            try:
+                loaded.base_model = check_name(base_model)
+            except ConfigError:
+                raise ConfigError(f"--base-model {base_model!r} is not a Hub model id; use ORG/NAME") from None
         if seeds is None:
             with process_group(device) as (rank, _):
                 bundle, report = _collect_data(loaded, data, taps, fuse, batch_size, workers, device, limit_per_class, strict, quiet=rank != 0)

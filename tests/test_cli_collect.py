@@ -40,6 +40,19 @@ def test_collect_inspect_validate(runner, image_folder: Path, tmp_path: Path):
     assert r.exit_code == 0 and "matches" in r.output
 
 
+def test_base_model_is_recorded_for_the_model_card(runner, image_folder: Path, tmp_path: Path):
+    from sowmeta.registry.card import render_card
+
+    out = tmp_path / "b"
+    r = run(runner, "collect", *TINY, "--data", str(image_folder), "--out", str(out), "--base-model", "acme/tiny-net")
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "sowmeta.json").read_text())["model"]["base_model"] == "acme/tiny-net"
+    assert "\nbase_model: acme/tiny-net\n" in render_card(out, "acme/tiny-cc")
+    r = run(runner, "collect", *TINY, "--data", str(image_folder), "--out", str(tmp_path / "x"), "--base-model", "not a name")
+    _one_line_error(r, "is not a Hub model id")
+    assert not (tmp_path / "x").exists()
+
+
 def test_existing_output_and_overwrite(runner, image_folder: Path, tmp_path: Path):
     out = tmp_path / "b"
     out.mkdir()

@@ -223,6 +223,7 @@ def _push_and_hang(root: str, bundle: str, started: object, where: str) -> None:
 def test_push_killed_midway_keeps_previous_revision(make_bundle, where: str) -> None:  # noqa: ANN001
     import os
     import signal
+    import time
 
     first, second = make_bundle(seed=1), make_bundle(seed=2, shard_bytes=200)
     a = registry.push(first, NAME)
@@ -243,5 +244,12 @@ def test_push_killed_midway_keeps_previous_revision(make_bundle, where: str) -> 
     assert [e.commit for e in registry.list_bundles()] == [a.commit]
     assert bundle_bytes(registry.pull(NAME).path) == bundle_bytes(first)
     # the dead push's lock died with it: the next push goes through at once
+    left = list((root / ".tmp").glob("push-*"))
+    assert len(left) == 1  # the dead push's copy; a day later the next push sweeps it
+    old = time.time() - local.STALE_TMP_S - 60
+    os.utime(left[0], (old, old))
+    recent = root / ".tmp" / "push-in-progress"
+    recent.mkdir()  # another push's copy under way: kept
     b = registry.push(second, NAME, message="after the crash")
     assert b.commit == expected_revision(second) and bundle_bytes(registry.pull(NAME).path) == bundle_bytes(second)
+    assert sorted((root / ".tmp").iterdir()) == [recent]

@@ -208,6 +208,28 @@ def test_init_from_seed_images(bundle_dir: Path, image_folder: Path, tmp_path: P
         synthesize(bundle_dir, loaded(), classes=[1], per_class=1, config=cfg, init_images=tmp_path / "seeds")
 
 
+def test_resume_refuses_changed_seed_images(bundle_dir: Path, image_folder: Path, tmp_path: Path):
+    """Same folder, other pixels: the unfinished run must not be continued from other seeds."""
+    first, second = sorted((image_folder / "c0").iterdir())[:2]
+    seed = tmp_path / "seeds" / "0" / "seed.png"
+    seed.parent.mkdir(parents=True)
+    shutil.copy(first, seed)
+    cfg, out = quick(init="images"), tmp_path / "s.h5"
+
+    def stop(p) -> None:  # noqa: ANN001
+        if p.iteration is None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(bundle_dir, loaded(), classes=[0], per_class=4, config=cfg, out=out, init_images=seed.parents[1], progress=stop)
+    shutil.copy(second, seed)
+    with pytest.raises(E.ConfigError, match="other settings"):
+        synthesize(bundle_dir, loaded(), classes=[0], per_class=4, config=cfg, out=out, init_images=seed.parents[1])
+    shutil.copy(first, seed)
+    r = synthesize(bundle_dir, loaded(), classes=[0], per_class=4, config=cfg, out=out, init_images=seed.parents[1])
+    assert r.resumed_batches == 1
+
+
 def _cli(*args: str) -> object:
     from sowmeta.cli.main import main
 

@@ -8,7 +8,8 @@ Layout (``root`` is ``sowmeta.env.registry_dir()`` unless given)::
         refs/<ref>        a text file holding one revision id (main, v1, ...)
         log.jsonl         one JSON line per push: time, ref, revision, previous revision, message
         .lock             held while a push installs a revision and moves a ref
-      .tmp/               copies in progress (removed when a push fails)
+      .tmp/               copies in progress (removed when a push fails; a killed push's
+                          copy is swept by the first push a day later)
 
 A revision id is the sha256 of ``sowmeta-revision-v1\\n``, the manifest's bytes, then one line
 ``NAME SHA256\\n`` per data file in manifest order. The files are checked against those digests
@@ -53,6 +54,7 @@ __all__ = ["push", "pull", "list_bundles", "revision_id", "export_bundle", "LOCK
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 120.0
+STALE_TMP_S = 24 * 3600.0  # a staged copy this old belongs to a push that was killed
 CARD_NAME = "README.md"
 _HEX_RE = re.compile(r"^[0-9a-f]{7,64}$")
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -96,10 +98,24 @@ def _copy_file(src: Path, dst: Path, record: FileRecord) -> None:
         )
 
 
+def _sweep_stale(tmp_root: Path) -> None:
+    """Remove copies left in ``.tmp`` by pushes killed more than ``STALE_TMP_S`` ago."""
+    now = _dt.datetime.now().timestamp()
+    for p in tmp_root.glob("push-*"):
+        try:
+            stale = now - p.stat().st_mtime > STALE_TMP_S
+        except FileNotFoundError:  # another push removed it meanwhile
+            continue
+        if stale:
+            log.info("removing %s, left by a push that did not finish", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _stage(src: Path, manifest_bytes: bytes, manifest: Manifest, root: Path) -> Path:
     """Copy a bundle into ``root/.tmp``, verifying every file; the copy is read-only."""
     tmp_root = root / ".tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(tmp_root)
     staged = Path(tempfile.mkdtemp(prefix="push-", dir=tmp_root))
     try:
         for f in manifest.files:

@@ -153,15 +153,20 @@ def _model_from_manifest(manifest: Manifest) -> LoadedModel:
 
 def _init_images(
     source: str | Path, labels: Sequence[str], plan: Plan, size: int
-) -> Callable[[int, int], torch.Tensor]:
-    """Initial images for plan positions [a, b): the class's seed images in turn, fitted to ``size``."""
+) -> tuple[Callable[[int, int], torch.Tensor], str]:
+    """Initial images for plan positions [a, b): the class's seed images in turn, fitted to ``size``.
+
+    Also returns a digest of the fitted images, so that a resumed run refuses changed seeds.
+    """
     from torchvision.transforms.functional import pil_to_tensor
 
     from ..synthdata import fit_square
 
     per_class: dict[int, list[torch.Tensor]] = {}
+    digest = hashlib.sha256()
     for path, k in seed_files(source, labels):
         img = fit_square(pil_to_tensor(read_image(path)), size)
+        digest.update(f"{k}:{tuple(img.shape)}:".encode() + img.contiguous().numpy().tobytes())
         per_class.setdefault(k, []).append(img.float() / 255)
     missing = sorted(set(plan.labels) - set(per_class))
     if missing:
@@ -175,10 +180,11 @@ def _init_images(
     def get(a: int, b: int) -> torch.Tensor:
         return torch.stack([per_class[plan.labels[i]][position[i] % len(per_class[plan.labels[i]])] for i in range(a, b)])
 
-    return get
+    return get, digest.hexdigest()
 
 
 def _run_key(config: SynthConfig, plan: Plan, model_fp: str, manifest: Manifest | None, size: int, init: str | None) -> str:
+    """What a partial file must match to be resumed; ``init`` is the initial images' digest."""
     data = {
         "config": config.fingerprint(),
         "labels": list(plan.labels),
@@ -186,7 +192,7 @@ def _run_key(config: SynthConfig, plan: Plan, model_fp: str, manifest: Manifest 
         "model": model_fp,
         "bundle": [f.sha256 for f in manifest.files] if manifest else None,
         "size": size,
-        "init": str(init) if init else None,
+        "init": init,
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -285,7 +291,7 @@ def synthesize(
         targets, row_of = build_targets(config.mode, module, bundle if isinstance(bundle, Bundle) else None, wanted, config)
         targets = [TapTarget(t.tap, t.mean.to(dev), t.var.to(dev), t.weight) for t in targets]
         inverter = Inverter(module, targets, preprocessing, config, dev)
-        init_of = _init_images(init_images, labels, plan, size) if config.init == "images" else None
+        init_of, init_digest = _init_images(init_images, labels, plan, size) if config.init == "images" else (None, None)
         mine = [b for b in range(len(plan.batches)) if b % world == rank]
         snaps = (config.iterations - 1) // config.save_every if config.save_every else 0
         writer = None
@@ -302,7 +308,7 @@ def synthesize(
                 "model": model.name,
                 "weights": str(model.weights),
             }
-            key = _run_key(config, plan, fingerprint(module), manifest, size, init_images)
+            key = _run_key(config, plan, fingerprint(module), manifest, size, init_digest)
             writer = SynthWriter(
                 partial_path(out_path, rank, world), plan, (size, size), run_key=key, attrs=attrs, snapshots=snaps, overwrite=overwrite
             )
