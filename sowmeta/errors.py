@@ -36,6 +36,16 @@ __all__ = [
 ]
 
 
+def first_line(text: str | None) -> str:
+    """The first non-blank line of a message, without its final period ("" for none).
+
+    Library errors (torch, huggingface_hub) often run over several lines; a sowmeta message
+    quotes only this one, so that it stays one line.
+    """
+    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[0].rstrip(".") if lines else ""
+
+
 class SowmetaError(Exception):
     """Base of every error sowmeta raises on purpose."""
 

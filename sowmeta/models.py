@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelError, WeightsError
+from .errors import ModelError, WeightsError, first_line
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 __all__ = [
@@ -189,8 +189,7 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def _first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line (torch's messages run over several)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(str(exc)) or type(exc).__name__
 
 
 def _fetch_checked(chosen: object, name: str) -> None:

@@ -42,6 +42,12 @@ def quick(**kw) -> SynthConfig:  # noqa: ANN003
     return SynthConfig(**{**base, **kw})
 
 
+def stop_after_first_batch(p) -> None:  # noqa: ANN001
+    """A progress callback: Ctrl-C as soon as the first batch is written."""
+    if p.iteration is None:
+        raise KeyboardInterrupt
+
+
 def test_plan_single_class_and_mixed():
     single = plan_batches([2, 0], 3, 2, mixed=False)
     assert single.labels == (2, 2, 2, 0, 0, 0)
@@ -112,13 +118,8 @@ def test_resume_equals_uninterrupted_run(bundle_dir: Path, tmp_path: Path):
 
 def test_resume_refuses_other_settings(bundle_dir: Path, tmp_path: Path):
     out = tmp_path / "s.h5"
-
-    def stop(p) -> None:  # noqa: ANN001
-        if p.iteration is None:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        synthesize(bundle_dir, loaded(), classes=[0], per_class=4, config=quick(), out=out, progress=stop)
+        synthesize(bundle_dir, loaded(), classes=[0], per_class=4, config=quick(), out=out, progress=stop_after_first_batch)
     with pytest.raises(E.ConfigError, match="other settings"):
         synthesize(bundle_dir, loaded(), classes=[0], per_class=4, config=quick(lr=0.2), out=out)
     r = synthesize(bundle_dir, loaded(), classes=[0], per_class=4, config=quick(lr=0.2), out=out, overwrite=True)
@@ -215,13 +216,8 @@ def test_resume_refuses_changed_seed_images(bundle_dir: Path, image_folder: Path
     seed.parent.mkdir(parents=True)
     shutil.copy(first, seed)
     cfg, out = quick(init="images"), tmp_path / "s.h5"
-
-    def stop(p) -> None:  # noqa: ANN001
-        if p.iteration is None:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        synthesize(bundle_dir, loaded(), classes=[0], per_class=4, config=cfg, out=out, init_images=seed.parents[1], progress=stop)
+        synthesize(bundle_dir, loaded(), classes=[0], per_class=4, config=cfg, out=out, init_images=seed.parents[1], progress=stop_after_first_batch)
     shutil.copy(second, seed)
     with pytest.raises(E.ConfigError, match="other settings"):
         synthesize(bundle_dir, loaded(), classes=[0], per_class=4, config=cfg, out=out, init_images=seed.parents[1])

@@ -42,6 +42,7 @@ from ..errors import (
     RevisionNotFoundError,
     SchemaError,
     SowmetaError,
+    first_line,
 )
 from ..version import __version__
 from .card import DEFAULT_LICENSE, card_from_manifest
@@ -69,11 +70,6 @@ def _api() -> HfApi:
     return HfApi(endpoint=endpoint(), library_name="sowmeta", library_version=__version__)
 
 
-def _first_line(text: str | None) -> str:
-    lines = [ln.strip() for ln in (text or "").strip().splitlines() if ln.strip()]
-    return lines[0].rstrip(".") if lines else ""
-
-
 def _translate(exc: BaseException, what: str, repo: str, url: str, *, offline: bool) -> SowmetaError | None:
     """Map one huggingface_hub / httpx2 exception to a sowmeta error with a one-line message."""
     if isinstance(exc, hf.GatedRepoError):
@@ -93,7 +89,7 @@ def _translate(exc: BaseException, what: str, repo: str, url: str, *, offline: b
         )
     if isinstance(exc, hf.HfHubHTTPError):
         code = exc.response.status_code if exc.response is not None else 0
-        detail = _first_line(exc.server_message)
+        detail = first_line(exc.server_message)
         status = f"({code}: {detail})" if detail else f"({code})"
         if code == 401:
             return AuthError(f"{what}: {url} refused the credentials {status}; set HF_TOKEN to a valid token or run `hf auth login`")
@@ -116,7 +112,7 @@ def _translate(exc: BaseException, what: str, repo: str, url: str, *, offline: b
             )
         return NetworkError(f"{what}: cannot reach {url} ({type(exc).__name__}); check the connection or HF_ENDPOINT and retry")
     if isinstance(exc, hf.HFValidationError):
-        return ConfigError(f"{what}: {_first_line(str(exc))}")
+        return ConfigError(f"{what}: {first_line(str(exc))}")
     return None
 
 
