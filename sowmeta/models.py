@@ -25,6 +25,7 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 __all__ = [
     "LoadedModel",
     "CifarResNet",
+    "CifarVGG",
     "DemoCNN",
     "CIFAR10_LABELS",
     "register_model",
@@ -128,6 +129,31 @@ class DemoCNN(nn.Module):
         return self.linear(self.features(x).mean(dim=(2, 3)))
 
 
+class CifarVGG(nn.Module):
+    """A VGG for 32x32 images (VGG-11 layout at half width, BatchNorm): a CNN family other than the ResNets.
+
+    Used as an independent judge of synthesized CIFAR-10 images (benchmarks/train_judge.py trains it).
+    """
+
+    LAYOUT = (32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256, 256, "M")
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for v in self.LAYOUT:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(cin, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
+                cin = int(v)
+        self.features = nn.Sequential(*layers)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
 # --- the name registry ------------------------------------------------------------------
 
 _Builder = Callable[[str, "str | None", "int | None"], LoadedModel]
@@ -163,6 +189,18 @@ def _cifar_builder(depth: int) -> _Builder:
 
 for _depth in (20, 32, 44, 56, 110):
     register_model(f"cifar-resnet{_depth}")(_cifar_builder(_depth))
+
+
+@register_model("cifar-vgg")
+def _cifar_vgg_builder(name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+    module = CifarVGG(num_classes or 10)
+    if weights is not None and weights.upper() == "DEFAULT":
+        raise WeightsError(f"{name} has no downloadable weights; pass --weights FILE (benchmarks/train_judge.py makes one) or none")
+    if weights is not None:
+        _load_into(module, weights)
+    labels = list(CIFAR10_LABELS) if (num_classes or 10) == 10 else None
+    prep = Preprocessing(crop=32, resize=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, source=name)
+    return LoadedModel(module, name, weights, num_classes or 10, labels, prep)
 
 
 @register_model("demo-cnn")
