@@ -51,8 +51,8 @@ def _load(model: str, weights: str | None, crop: int | None, resize: int | None,
     return loaded
 
 
-def _collect_data(loaded, data, taps, fuse, batch_size, workers, device, limit_per_class, strict, *, quiet: bool):  # noqa: ANN001, ANN202
-    """Run the dataset collector with a rich progress bar (started once data loads)."""
+def _collect_data(loaded, data, taps, fuse, batch_size, workers, device, limit_per_class, strict, *, quiet: bool, **save):  # noqa: ANN001, ANN202
+    """Run the dataset collector with a rich progress bar (started once data loads); it saves the bundle."""
     from sowmeta.cli.main import console, err_console
     from sowmeta.cli.progress import progress_bar
     from sowmeta.collect import collect
@@ -72,11 +72,12 @@ def _collect_data(loaded, data, taps, fuse, batch_size, workers, device, limit_p
         bundle, report = collect(
             loaded, data, taps=_parse_taps(taps), fuse=fuse, batch_size=batch_size, workers=workers,
             device=device, limit_per_class=limit_per_class, strict=strict, progress=progress,
+            notice=None if quiet else (lambda line: err_console.print(f"[yellow]note[/]: {line}", soft_wrap=True)), **save,
         )
     finally:
         bar.stop()
     if report.skipped and not quiet:
-        err_console.print(f"[yellow]skipped {len(report.skipped)} undecodable images[/] (first: {report.skipped[0]})")
+        err_console.print(f"[yellow]skipped {len(report.skipped)} undecodable images[/] (first: {report.skipped[0]})", soft_wrap=True)
     return bundle, report
 
 
@@ -104,19 +105,21 @@ def register(group: click.Group) -> None:
     @click.option("--mean", help="Normalization mean, e.g. 0.485,0.456,0.406.")
     @click.option("--std", help="Normalization std.")
     @click.option("--strict", is_flag=True, help="Fail on the first undecodable image instead of skipping it.")
-    @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+    @click.option("--labels-by-position", is_flag=True, help="Map class folders to classes by sorted order even when their names are not the model's labels.")
+    @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (only a sowmeta bundle is ever replaced).")
     @click.option("--base-model", help="Hub id ORG/NAME of the model's weights; the bundle's model card links to it.")
     @handle_errors
-    def collect(model, weights, data, seeds, out, taps, fuse, keep_rejected, batch_size, workers, device, limit_per_class, dtype, shard_size, crop, resize, mean, std, strict, overwrite, base_model) -> None:  # noqa: ANN001
+    def collect(model, weights, data, seeds, out, taps, fuse, keep_rejected, batch_size, workers, device, limit_per_class, dtype, shard_size, crop, resize, mean, std, strict, labels_by_position, overwrite, base_model) -> None:  # noqa: ANN001
         """Record per-class feature statistics of a model into a bundle."""
         from sowmeta.collect import collect_seeds
         from sowmeta.distributed import process_group
-        from sowmeta.errors import ConfigError, OutputExistsError
+        from sowmeta.errors import ConfigError
+        from sowmeta.outputs import check_output
 
         if (data is None) == (seeds is None):
             raise ConfigError("pass exactly one of --data (a labelled dataset) or --seeds (seed images)")
-        if out.exists() and not overwrite:
-            raise OutputExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+        check_output(out, "bundle", overwrite=overwrite, inputs=[("--data", data), ("--seeds", seeds)])
+        save = {"out": out, "overwrite": overwrite, "dtype": dtype, "shard_bytes": shard_size}
         loaded = _load(model, weights, crop, resize, mean, std)
         if base_model is not None:
             from sowmeta.registry.records import check_name
@@ -127,17 +130,17 @@ def register(group: click.Group) -> None:
                 raise ConfigError(f"--base-model {base_model!r} is not a Hub model id; use ORG/NAME") from None
         if seeds is None:
             with process_group(device) as (rank, _):
-                bundle, report = _collect_data(loaded, data, taps, fuse, batch_size, workers, device, limit_per_class, strict, quiet=rank != 0)
+                bundle, report = _collect_data(loaded, data, taps, fuse, batch_size, workers, device, limit_per_class, strict,
+                                               quiet=rank != 0, labels_by_position=labels_by_position, **save)
                 if rank != 0:
                     return
         else:
             with process_group(device) as (rank, _):
                 if rank != 0:  # a few seeds need no sharding: rank 0 alone checks them and writes the bundle
                     return
-                bundle, report = collect_seeds(loaded, seeds, taps=_parse_taps(taps), fuse=fuse, keep_rejected=keep_rejected, device=device)
+                bundle, report = collect_seeds(loaded, seeds, taps=_parse_taps(taps), fuse=fuse, keep_rejected=keep_rejected, device=device, **save)
             for r in report.rejected:
                 err_console.print(f"[yellow]rejected seed[/] {r['path']}: class {r['class']}, predicted {r['predicted']}")
-        bundle.save(out, overwrite=overwrite, dtype=dtype, shard_bytes=shard_size)
         empty = bundle.manifest.source.empty_classes
         if empty:
             err_console.print(f"[yellow]{len(empty)} classes have no images[/] (first: {empty[0]}); their rows are zeros")
@@ -192,22 +195,14 @@ def register(group: click.Group) -> None:
     def validate(bundle: str, model: str | None, weights: str | None, registry: str | None) -> None:
         """Check a bundle's schema, checksums and tensors, and optionally that it matches a model."""
         from sowmeta.bundle import Bundle
-        from sowmeta.fuse import fuse_bn
-        from sowmeta.models import load_model
+        from sowmeta.models import load_model_for
 
         path = _resolve(bundle, registry)
         b = Bundle.load(path, verify=True)
-        console.print(f"[green]ok[/] {path}: schema, {len(b.manifest.files)} file checksums, {len(b.manifest.taps)} taps")
+        console.print(f"[green]ok[/] {path}: schema, {len(b.manifest.files)} file checksums, values of {len(b.manifest.taps)} taps")
         if model is not None:
-            loaded = load_model(model, weights=weights if weights is not None else (b.manifest.model.weights or "none"))
-            module = loaded.module
-            if b.manifest.model.fused:
-                crop = b.manifest.preprocessing.crop
-                import torch
-
-                module = fuse_bn(module, torch.rand(1, 3, crop, crop))
-            b.check(module)
-            console.print(f"[green]ok[/] matches {model}: taps, channels, classes and fingerprint")
+            b.check(load_model_for(b.manifest, model=model, weights=weights).module)
+            console.print(f"[green]ok[/] matches {model}: taps, channels, classes, structure and fingerprint")
 
     @group.command("models")
     @click.argument("pattern", default="*")

@@ -12,9 +12,14 @@ __all__ = ["register"]
 
 
 def _classes(text: str | None) -> list[str] | None:
-    if text is None or text.strip() in ("", "all"):
+    from sowmeta.errors import ConfigError
+
+    if text is None or text.strip() == "all":
         return None
-    return [c.strip() for c in text.split(",") if c.strip()]
+    chosen = [c.strip() for c in text.split(",") if c.strip()]
+    if not chosen:
+        raise ConfigError(f"--classes {text!r} names no class; pass indices or labels (3,5 or cat,dog), or 'all'")
+    return chosen
 
 
 def _tap_weights(items: tuple[str, ...]) -> dict[str, float]:
@@ -90,17 +95,19 @@ def register(group: click.Group) -> None:
     @click.option("--png", type=click.Path(path_type=Path), help="Also write PNGs to DIR/<class>/.")
     @click.option("--grid", type=click.Path(path_type=Path), help="Also write a contact sheet PNG (8 images per class).")
     @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-    @click.option("--no-fingerprint-check", is_flag=True, help="Accept a bundle recorded with other weights of the same architecture.")
+    @click.option("--no-fingerprint-check", is_flag=True, help="Accept a bundle recorded with other weights of the same architecture (taps, channels and structure are still checked).")
+    @click.option("--allow-low-confidence", is_flag=True, help="Exit 0 even when the teacher recognises the images no better than chance.")
     @click.option("--overwrite", is_flag=True, help="Replace --out and discard an unfinished run of it.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
     @handle_errors
     def synthesize(bundle, registry, model, weights, classes, per_class, out, mode, mixed, preset, iterations, batch_size, lr, alpha_tv, alpha_l2, alpha_cc,
                    first_tap_multiplier, tap_weight, feature_loss, jitter, flip, multires, init, init_noise, amp, seed, save_every, png, grid, device,
-                   no_fingerprint_check, overwrite, quiet) -> None:  # noqa: ANN001
+                   no_fingerprint_check, allow_low_confidence, overwrite, quiet) -> None:  # noqa: ANN001
         """Synthesize images of chosen classes from a model and its class-conditional statistics."""
         from sowmeta.bundle import Bundle
-        from sowmeta.errors import ConfigError
-        from sowmeta.models import load_model
+        from sowmeta.errors import ConfigError, SynthesisError
+        from sowmeta.models import load_model, load_model_for
+        from sowmeta.outputs import check_distinct, check_output
         from sowmeta.registry import locate_bundle
         from sowmeta.synth import SynthConfig
         from sowmeta.synth import synthesize as run
@@ -109,14 +116,17 @@ def register(group: click.Group) -> None:
             raise ConfigError(f"mode {mode} needs --bundle (a directory or org/name); only --mode di works from the model alone")
         if bundle is None and model is None:
             raise ConfigError("pass --bundle, or --model with --mode di")
+        check_distinct([("--out", out), ("--png", png), ("--grid", grid)])
+        for what, path, kind in (("--png", png, "png-tree"), ("--grid", grid, "png")):
+            if path is not None:
+                check_output(path, kind, overwrite=overwrite, what=what)
         located = locate_bundle(bundle, registry=registry) if bundle is not None else None
         manifest = Bundle.read_manifest(located.path) if located is not None else None
         loaded = None
-        if model is None and weights is not None and manifest is not None:
-            model = manifest.model.architecture
-        if model is not None:
-            loaded = load_model(model, weights=weights or "DEFAULT", num_classes=manifest.model.num_classes if manifest else None,
-                                preprocessing=manifest.preprocessing if manifest else None)
+        if manifest is not None and (model is not None or weights is not None):
+            loaded = load_model_for(manifest, model=model, weights=weights)
+        elif model is not None:
+            loaded = load_model(model, weights=weights or "DEFAULT")
         crop = manifest.preprocessing.crop if manifest else loaded.preprocessing.crop  # type: ignore[union-attr]
         chosen = ("cifar" if crop <= 64 else "imagenet") if preset == "auto" else preset
         overrides = {
@@ -147,11 +157,16 @@ def register(group: click.Group) -> None:
         if grid is not None:
             from sowmeta.synth.export import contact_sheet, save_contact_sheet
 
-            save_contact_sheet(contact_sheet(result.images(), result.labels), grid)
+            save_contact_sheet(contact_sheet(result.images(), result.labels), grid, overwrite=overwrite)
         resumed = f" ({result.resumed_batches} batches resumed)" if result.resumed_batches else ""
         console.print(
             f"wrote [bold]{out}[/]: {len(result.labels)} images, mode {mode}, preset {chosen}, "
             f"teacher top-1 {result.teacher_accuracy:.1%}, {result.seconds:.0f} s{resumed}"
         )
+        if result.failed and not allow_low_confidence:
+            raise SynthesisError(
+                f"the teacher recognises only {result.teacher_accuracy:.1%} of the images (chance is {result.chance:.1%}): the run failed; "
+                f"{out} is kept for inspection. Try a lower --lr or more --iterations, or pass --allow-low-confidence"
+            )
         if not quiet and result.teacher_accuracy < 0.5:
             err_console.print("[yellow]the teacher recognises fewer than half of the images[/]; try more --iterations or a lower --alpha-cc")

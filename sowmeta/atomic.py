@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputExistsError
+from .outputs import OutputKind, require_replaceable
 
 __all__ = ["atomic_dir", "atomic_file", "sha256_file", "publish_modes"]
 
@@ -43,14 +44,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 @contextmanager
-def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(target: str | Path, *, overwrite: bool = False, kind: OutputKind = "bundle") -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; on success it replaces ``target``.
 
-    On any exception the temporary directory is removed and ``target`` is untouched.
+    An existing ``target`` is replaced only with ``overwrite`` and only when it is sowmeta's own
+    output of ``kind`` (or empty). On any exception the temporary directory is removed and
+    ``target`` is untouched.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target} already exists; choose another path or pass --overwrite")
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"{target} already exists; choose another path or pass --overwrite")
+        require_replaceable(target, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -69,11 +74,17 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
 
 
 @contextmanager
-def atomic_file(target: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary file path beside ``target``; on success it is renamed onto ``target``."""
+def atomic_file(target: str | Path, *, overwrite: bool = True, kind: OutputKind | None = None) -> Iterator[Path]:
+    """Yield a temporary file path beside ``target``; on success it is renamed onto ``target``.
+
+    With ``kind``, an existing ``target`` is replaced only when it is sowmeta's own output of that kind.
+    """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target} already exists; choose another path or pass --overwrite")
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"{target} already exists; choose another path or pass --overwrite")
+        if kind is not None:
+            require_replaceable(target, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     os.close(fd)

@@ -22,14 +22,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .bundle import Bundle, ModelRecord, SourceRecord
-from .distributed import rank_world
+from .class_folders import map_class_folders
 from .data import ImageFiles, collate_skip_bad, raise_if_strict, read_image, scan_image_folder
+from .distributed import rank_world
 from .errors import ConfigError, DataError, SeedRejectedError, TapError
 from .fuse import fuse_bn
-from .models import LoadedModel, fingerprint
+from .logits import logits_of
+from .models import CUSTOM_ARCHITECTURE, LoadedModel, fingerprint, is_code_reference, structure_fingerprint
+from .outputs import check_output
 from .preprocess import Preprocessing
 from .stats import ClassMoments, LabelGroups
-from .taps import Tap, probe_channels, resolve_taps, tap_hooks
+from .taps import Tap, probe, resolve_taps, tap_hooks
 
 __all__ = ["StatsRecorder", "TrainingCollector", "CollectReport", "collect", "collect_seeds", "default_taps", "seed_files"]
 
@@ -156,7 +159,7 @@ class TrainingCollector:
         if labels is not None and len(labels) != k:
             raise ConfigError(f"{len(labels)} labels given for {k} classes; pass one label per class (index = class)")
         self.recorder.reduce()
-        record = ModelRecord(architecture, fingerprint(self.model), k, list(labels or [str(i) for i in range(k)]), weights)
+        record = _model_record(architecture, self.model, k, list(labels or [str(i) for i in range(k)]), weights=weights)
         source = SourceRecord("A", "during-training", data, 0)
         return Bundle.from_moments(self.recorder.moments, self.recorder.taps, model=record, preprocessing=preprocessing, source=source)
 
@@ -179,21 +182,39 @@ def _prepare(model: LoadedModel, fuse: bool, device: torch.device) -> tuple[nn.M
     return module.to(device).eval(), fuse
 
 
-def _record_for(model: LoadedModel, module: nn.Module, fused: bool, labels: Sequence[str]) -> ModelRecord:
+def _model_record(
+    name: str, module: nn.Module, num_classes: int, labels: list[str], *, weights: str | None, fused: bool = False, base_model: str | None = None
+) -> ModelRecord:
+    """What a manifest says about the model: a user's ``module:factory`` is recorded as ``custom`` (never code to run)."""
+    code = is_code_reference(name)
     return ModelRecord(
-        architecture=model.name,
+        architecture=CUSTOM_ARCHITECTURE if code else name,
         fingerprint=fingerprint(module),
-        num_classes=model.num_classes,
-        labels=list(labels),
-        weights=model.weights,
+        num_classes=num_classes,
+        labels=labels,
+        weights=weights,
         fused=fused,
-        base_model=model.base_model,
+        base_model=base_model,
+        structure=structure_fingerprint(module),
+        factory=name if code else None,
     )
 
 
-def _num_outputs(module: nn.Module, crop: int, device: torch.device) -> int:
-    with torch.no_grad():
-        return int(module(torch.rand(1, 3, crop, crop, device=device)).shape[-1])
+def _record_for(model: LoadedModel, module: nn.Module, fused: bool, labels: Sequence[str], num_classes: int) -> ModelRecord:
+    return _model_record(model.name, module, num_classes, list(labels), weights=model.weights, fused=fused, base_model=model.base_model)
+
+
+def _labels_for(model: LoadedModel, outputs: int) -> list[str]:
+    """One label per output: the model's own, else the class indices."""
+    if model.labels and len(model.labels) == outputs:
+        return list(model.labels)
+    return [str(i) for i in range(outputs)]
+
+
+def _save(bundle: Bundle, out: str | Path | None, overwrite: bool, dtype: str, shard_bytes: int | None) -> None:
+    if out is not None:
+        kwargs = {"shard_bytes": shard_bytes} if shard_bytes is not None else {}
+        bundle.save(out, overwrite=overwrite, dtype=dtype, **kwargs)
 
 
 def collect(
@@ -207,30 +228,47 @@ def collect(
     device: str | torch.device = "cpu",
     limit_per_class: int | None = None,
     strict: bool = False,
+    labels_by_position: bool = False,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    dtype: str = "float32",
+    shard_bytes: int | None = None,
     progress: Progress | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> tuple[Bundle, CollectReport]:
     """One pass of ``model`` over a labelled dataset: a Scenario-A bundle (paper Sec. 3.2).
 
     Args:
         model: from ``load_model``; its preprocessing is applied to folder images.
         data: an ImageFolder-style directory, or a DataLoader yielding (images, labels)
-            already preprocessed.
+            already preprocessed. Folders are matched to classes by name
+            (``sowmeta.class_folders``): the model's labels, indices, ``NNN_label`` or ImageNet
+            WordNet ids; a subset of the classes is fine (the others get no statistics).
         taps: ``auto``, ``bn-inputs``, ``conv-outputs`` or module names/globs.
         fuse: fold BatchNorm into the convolutions first (inference-optimized model).
         limit_per_class: use only the first N images (by file name) of each class.
         strict: fail on the first undecodable image instead of skipping and counting it.
+        labels_by_position: map folders to classes by sorted order even when their names mean nothing.
+        out: also save the bundle there; checked before the pass (never inside ``data``).
+        overwrite, dtype, shard_bytes: passed to ``Bundle.save`` with ``out``.
         progress: called with (images done, images total) after every batch.
+        notice: called with a one-line note (e.g. that folders were mapped by sorted order).
 
     Returns:
-        The bundle (not yet saved) and a report of skipped images.
+        The bundle and a report of skipped images.
     """
+    folder = None if isinstance(data, DataLoader) else Path(data)
+    if out is not None:
+        check_output(out, "bundle", overwrite=overwrite, inputs=[("--data", folder)])
     dev = torch.device(device)
     module, fused = _prepare(model, fuse, dev)
     crop = model.preprocessing.crop
-    outputs = _num_outputs(module, crop, dev)
     tap_list = default_taps(module, taps)
+    found = probe(module, tap_list, crop, device=dev)
+    outputs = found.outputs
     rank, world = rank_world()
     report = CollectReport()
+    labels = _labels_for(model, outputs)
     if isinstance(data, DataLoader):
         if limit_per_class is not None:
             raise ConfigError(
@@ -238,27 +276,25 @@ def collect(
             )
         loader: Iterable = data
         total = len(data.dataset) if hasattr(data.dataset, "__len__") else 0  # type: ignore[arg-type]
-        labels = model.labels or [str(i) for i in range(outputs)]
         samples = None
         data_name = type(data.dataset).__name__
     else:
         index = scan_image_folder(data).limit(limit_per_class)
-        if len(index.classes) > outputs:
-            raise DataError(
-                f"{data} has {len(index.classes)} class folders but {model.name} has {outputs} outputs; "
-                "remove extra folders or use a model with more classes"
-            )
-        samples = index.samples[rank::world]
+        mapping = map_class_folders(index.classes, model.labels, outputs, by_position=labels_by_position)
+        if mapping.note and notice is not None and rank == 0:
+            notice(mapping.note)
+        if not model.labels or len(model.labels) != outputs:
+            for i, (folder_name, k) in enumerate(zip(index.classes, mapping.indices)):
+                labels[k] = mapping.label_of(i, folder_name)
+        samples = [(p, mapping.indices[y]) for p, y in index.samples][rank::world]
         ds = ImageFiles(samples, model.preprocessing.transform())
         loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad, shuffle=False)
         total = len(samples)
-        labels = list(model.labels) if model.labels and len(model.labels) == outputs else list(index.classes)
-        labels += [str(i) for i in range(len(labels), outputs)]
         data_name = str(data)
     recorder = StatsRecorder(module, tap_list, outputs)
     # Every tap starts with empty moments, so a rank whose shard is empty (or all undecodable)
     # still takes part in the merge instead of leaving the other ranks waiting.
-    for name, channels in probe_channels(module, tap_list, crop, device=dev).items():
+    for name, channels in found.channels.items():
         recorder.moments[name] = ClassMoments.zeros(outputs, channels, device=dev)
     start = time.perf_counter()
     done = 0
@@ -302,27 +338,20 @@ def collect(
         skipped_images=len(report.skipped),
     )
     bundle = Bundle.from_moments(
-        recorder.moments, tap_list, model=_record_for(model, module, fused, labels), preprocessing=model.preprocessing, source=source
+        recorder.moments, tap_list, model=_record_for(model, module, fused, labels, outputs), preprocessing=model.preprocessing, source=source
     )
+    if rank == 0:
+        _save(bundle, out, overwrite, dtype, shard_bytes)
     return bundle, report
 
 
 def seed_files(seeds: str | Path | Mapping[int, Sequence[str | Path]], classes: Sequence[str]) -> list[tuple[Path, int]]:
-    """(file, class index) of every seed: folders are named by class label or index."""
+    """(file, class index) of every seed: folders are named by class label, index or ``NNN_label``."""
     if isinstance(seeds, Mapping):
         return [(Path(p), int(k)) for k, paths in seeds.items() for p in paths]
     index = scan_image_folder(seeds)
-    names = {n: i for i, n in enumerate(classes)}
-    out = []
-    for path, label in index.samples:
-        folder = index.classes[label]
-        if folder in names:
-            out.append((path, names[folder]))
-        elif folder.isdigit():
-            out.append((path, int(folder)))
-        else:
-            raise DataError(f"seed folder {folder!r} is neither a class label of the model nor a class index; rename it")
-    return out
+    mapping = map_class_folders(index.classes, classes, len(classes), allow_position=False, what="seed folder")
+    return [(path, mapping.indices[label]) for path, label in index.samples]
 
 
 def collect_seeds(
@@ -333,6 +362,10 @@ def collect_seeds(
     fuse: bool = False,
     keep_rejected: bool = False,
     device: str | torch.device = "cpu",
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    dtype: str = "float32",
+    shard_bytes: int | None = None,
 ) -> tuple[Bundle, CollectReport]:
     """Statistics from a few seed images per class: Scenario B (several) or C (one per class).
 
@@ -341,11 +374,15 @@ def collect_seeds(
 
     Args:
         seeds: a folder ``seeds/<label or index>/<image>``, or a mapping class index -> files.
+        out: also save the bundle there (checked first; never inside ``seeds``).
     """
+    if out is not None:
+        check_output(out, "bundle", overwrite=overwrite, inputs=[("--seeds", None if isinstance(seeds, Mapping) else seeds)])
     dev = torch.device(device)
     module, fused = _prepare(model, fuse, dev)
-    outputs = _num_outputs(module, model.preprocessing.crop, dev)
-    labels = list(model.labels) if model.labels and len(model.labels) == outputs else [str(i) for i in range(outputs)]
+    tap_list = default_taps(module, taps)
+    outputs = probe(module, tap_list, model.preprocessing.crop, device=dev).outputs
+    labels = _labels_for(model, outputs)
     items = seed_files(seeds, labels)
     if not items:
         raise DataError("no seed images given")
@@ -360,7 +397,7 @@ def collect_seeds(
         except (OSError, ValueError, SyntaxError) as exc:
             raise DataError(f"cannot decode seed image {path} ({exc}); replace it") from exc
         with torch.no_grad():
-            pred = int(module(x).argmax(dim=1))
+            pred = int(logits_of(module(x)).argmax(dim=1))
         if pred != k:
             report.rejected.append({"path": str(path), "class": k, "predicted": pred})
             log.warning("seed %s of class %d is predicted as %d", path, k, pred)
@@ -372,7 +409,6 @@ def collect_seeds(
         raise SeedRejectedError(
             f"all {len(items)} seeds were rejected (the model predicts another class); use other seeds or keep_rejected=True"
         )
-    tap_list = default_taps(module, taps)
     recorder = StatsRecorder(module, tap_list, outputs)
     y = torch.tensor(kept_y, dtype=torch.long, device=dev)
     with recorder.hooks(), torch.no_grad():
@@ -390,6 +426,7 @@ def collect_seeds(
         rejected_seeds=report.rejected,
     )
     bundle = Bundle.from_moments(
-        recorder.moments, tap_list, model=_record_for(model, module, fused, labels), preprocessing=model.preprocessing, source=source
+        recorder.moments, tap_list, model=_record_for(model, module, fused, labels, outputs), preprocessing=model.preprocessing, source=source
     )
+    _save(bundle, out, overwrite, dtype, shard_bytes)
     return bundle, report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["shared_dir", "cache_dir", "registry_dir", "registry_choice", "hf_endpoint", "hf_offline", "debug_enabled"]
+__all__ = ["shared_dir", "cache_dir", "registry_dir", "registry_choice", "hf_endpoint", "hf_offline", "hub_timeout", "debug_enabled"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +46,16 @@ def hf_endpoint() -> str | None:
 def hf_offline() -> bool:
     """``HF_HUB_OFFLINE=1``, re-read per call (huggingface_hub reads it once, at import)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def hub_timeout() -> float:
+    """``SOWMETA_HUB_TIMEOUT``: seconds a Hub request may wait for an answer (default 30; connecting waits at most 10)."""
+    value = os.environ.get("SOWMETA_HUB_TIMEOUT", "").strip()
+    try:
+        seconds = float(value) if value else 30.0
+    except ValueError:
+        seconds = 30.0
+    return seconds if 0 < seconds < 1e6 else 30.0
 
 
 def debug_enabled() -> bool:

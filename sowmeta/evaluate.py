@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .atomic import atomic_file
 from .errors import ConfigError, DataError
 from .metrics import (
     Outputs,
@@ -337,7 +336,9 @@ def save_class_sheets(
 
     Each file is written atomically. Returns the paths written, in class order.
     """
-    from torchvision.utils import make_grid, save_image
+    from torchvision.utils import make_grid
+
+    from .synth.export import save_png
 
     ds = SynthDataset(data)
     names = list(names) if names is not None else (ds.classes or [str(k) for k in range(len(ds.info.per_class))])
@@ -357,8 +358,6 @@ def save_class_sheets(
             images = [fit_square(x, size) for x in images]
         grid = make_grid(torch.stack(images).float().div(255), nrow=per_row, padding=2, pad_value=1.0)
         target = out / f"{k:03d}-{_safe(names[k])}.png"
-        with atomic_file(target) as tmp:
-            save_image(grid, tmp, format="png")
-        written.append(target)
+        written.append(save_png(grid, target))
     ds.close()
     return written

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelError, WeightsError, first_line
+from .manifest import Manifest
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 __all__ = [
@@ -31,8 +32,13 @@ __all__ = [
     "register_model",
     "list_models",
     "load_model",
+    "load_model_from_record",
+    "load_model_for",
+    "is_code_reference",
+    "CUSTOM_ARCHITECTURE",
     "load_weights_file",
     "fingerprint",
+    "structure_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -321,6 +327,95 @@ def _num_outputs(module: nn.Module) -> int:
     return int(last[-1].out_features) if last else -1
 
 
+CUSTOM_ARCHITECTURE = "custom"
+
+
+def is_code_reference(name: str) -> bool:
+    """True for ``package.module:factory``: a name that imports and calls Python code."""
+    return ":" in name
+
+
+def _manifest_weights(name: str, weights: str | None) -> str | None:
+    """The weights a manifest may make sowmeta fetch: none, DEFAULT, or a torchvision weights name.
+
+    A file path or URL in a manifest is never opened or downloaded: the user passes the file.
+    """
+    if weights is None or weights.lower() == "none" or weights.upper() == "DEFAULT":
+        return weights
+    if name not in _REGISTRY:
+        from torchvision import models as tvm
+
+        try:
+            if weights in tvm.get_model_weights(name).__members__:
+                return weights
+        except (ValueError, KeyError):
+            pass
+    raise WeightsError(
+        f"the bundle names the weights {Path(weights).name!r}, which sowmeta does not fetch from a manifest; "
+        "pass --weights FILE (the file the bundle was recorded with)"
+    )
+
+
+def load_model_from_record(
+    architecture: str,
+    *,
+    recorded_weights: str | None,
+    weights: str | None = None,
+    num_classes: int | None = None,
+    preprocessing: Preprocessing | None = None,
+    factory: str | None = None,
+) -> LoadedModel:
+    """Build the model a bundle's manifest names, trusting nothing in it.
+
+    Only registered names and torchvision classifiers resolve: a manifest never makes sowmeta
+    import or call code (``module:factory``, a custom architecture), and its
+    ``recorded_weights`` are used only when they are none, DEFAULT or a torchvision weights
+    name. ``weights`` given by the caller (the user's ``--weights``) are used as they are.
+
+    Raises:
+        ModelError: the architecture names code or is custom; pass the model yourself.
+    """
+    if architecture == CUSTOM_ARCHITECTURE or is_code_reference(architecture):
+        hint = f" --model {factory}" if factory and is_code_reference(factory) else " --model MODULE:FACTORY"
+        raise ModelError(
+            f"the bundle's model is custom Python code ({factory or architecture!r}), which sowmeta never runs from a manifest; "
+            f"pass{hint} --weights FILE yourself"
+        )
+    if architecture not in _REGISTRY and architecture not in _torchvision_names():
+        raise ModelError(f"the bundle names model {architecture!r}, which is not a sowmeta or torchvision model; pass --model yourself")
+    if weights is None:
+        if recorded_weights is None:
+            raise WeightsError(f"the bundle's model {architecture} names no weights; pass --weights FILE (or none)")
+        weights = _manifest_weights(architecture, recorded_weights)
+    return load_model(architecture, weights=weights, num_classes=num_classes, preprocessing=preprocessing)
+
+
+def load_model_for(
+    manifest: Manifest, *, model: str | None = None, weights: str | None = None, device: torch.device | str = "cpu"
+) -> LoadedModel:
+    """The model a bundle was recorded on, ready to check or synthesize with.
+
+    ``model``/``weights`` are the user's (``--model``/``--weights``) and are used as given;
+    what the manifest names is used only through ``load_model_from_record`` (no code, no
+    arbitrary files). The bundle's preprocessing and class count apply; a fused bundle gets the
+    model fused the same way.
+    """
+    m = manifest.model
+    if model is not None:
+        loaded = load_model(model, weights=weights if weights is not None else _manifest_weights(model, m.weights or "none"),
+                            num_classes=m.num_classes, preprocessing=manifest.preprocessing)
+    else:
+        loaded = load_model_from_record(m.architecture, recorded_weights=m.weights, weights=weights, num_classes=m.num_classes,
+                                        preprocessing=manifest.preprocessing, factory=m.factory)
+    if m.fused:
+        from .fuse import fuse_bn
+
+        crop = manifest.preprocessing.crop
+        loaded.module = fuse_bn(loaded.module, torch.rand(1, 3, crop, crop))
+    loaded.module.to(device)
+    return loaded
+
+
 def load_model(
     name: str,
     *,
@@ -410,4 +505,18 @@ def fingerprint(module: nn.Module) -> str:
         header = f"{key}\0{str(t.dtype).removeprefix('torch.')}\0{','.join(str(s) for s in t.shape)}\0"
         h.update(header.encode("utf-8"))
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def structure_fingerprint(module: nn.Module) -> str:
+    """sha256 over the module tree: every submodule's name and class, every parameter's and buffer's name and shape.
+
+    Independent of the weights' values: two models share it exactly when they are the same
+    architecture (see docs/format.md, "Model structure").
+    """
+    h = hashlib.sha256()
+    for name, m in module.named_modules():
+        h.update(f"m\0{name}\0{type(m).__module__}.{type(m).__qualname__}\n".encode())
+    for key, t in module.state_dict().items():
+        h.update(f"t\0{key}\0{','.join(str(s) for s in t.shape)}\n".encode())
     return "sha256:" + h.hexdigest()

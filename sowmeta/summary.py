@@ -5,24 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-
 from .bundle import Bundle
 
 __all__ = ["summarize"]
 
 
-def summarize(path: str | Path) -> dict[str, Any]:
-    """Everything ``sowmeta inspect`` shows, read from the manifest and the ``counts`` tensor only."""
+def summarize(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """Everything ``sowmeta inspect`` shows, from the manifest and the ``counts`` tensor (files verified first)."""
     path = Path(path)
-    manifest = Bundle.read_manifest(path)
+    bundle = Bundle.load(path, taps=[], verify=verify)
+    manifest = bundle.manifest
     d = manifest.to_dict()
-    counts_file = next(f.name for f in manifest.files if "counts" in f.tensors)
-    with safe_open(str(path / counts_file), framework="pt") as f:
-        counts = f.get_tensor("counts").tolist()
+    counts = bundle.counts.tolist()
     labels = manifest.model.labels
     return {
         "path": str(path),
+        "verified": verify,
         "format_version": manifest.format_version,
         "model": d["model"],
         "source": d["source"],
@@ -32,7 +30,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "classes": [
             {"index": i, "label": labels[i] if i < len(labels) else str(i), "images": int(c)} for i, c in enumerate(counts)
         ],
-        "taps": [{"name": t.name, "kind": t.kind, "channels": t.channels} for t in manifest.taps],
+        "taps": [{"name": t.name, "kind": t.kind, "channels": t.channels, "axis": t.axis} for t in manifest.taps],
         "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in manifest.files],
         "size_bytes": sum(f.size for f in manifest.files),
         "created": manifest.created,

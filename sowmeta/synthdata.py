@@ -83,11 +83,19 @@ def _open_h5(path: Path) -> Any:
 
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise DataError(f"cannot open synthesis file {path}: {exc}; it may be truncated, synthesize it again") from exc
     if "images" not in f or "labels" not in f:
         f.close()
         raise DataError(f"{path} has no 'images' and 'labels' datasets; pass a file written by `sowmeta synthesize`")
+    if "batch_done" in f:
+        done = np.asarray(f["batch_done"][:])
+        if not done.all():
+            f.close()
+            raise DataError(
+                f"{path} is an unfinished synthesis run ({int(done.sum())} of {done.size} batches done); "
+                "run the same `sowmeta synthesize` command again to finish it, then use the file it writes"
+            )
     return f
 
 

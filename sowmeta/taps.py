@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import TapError
 
-__all__ = ["Tap", "TAP_PRESETS", "resolve_taps", "tap_hooks", "probe_channels"]
+__all__ = ["Tap", "TAP_PRESETS", "Probe", "resolve_taps", "tap_hooks", "probe", "probe_channels"]
 
 Position = Literal["in", "out"]
 TAP_PRESETS = ("bn-inputs", "conv-outputs")
@@ -36,6 +36,7 @@ class Tap:
     module: str
     position: Position
     kind: str  # "bn-input", "conv-output", "input" or "output"
+    axis: int = 1  # the feature's channel axis (1 for NCHW maps, -1 for [N, L, D] tokens and channels-last maps)
 
 
 def _is_bn(m: nn.Module) -> bool:
@@ -138,18 +139,33 @@ def tap_hooks(model: nn.Module, taps: Sequence[Tap], callback: TapCallback) -> I
             h.remove()
 
 
-def probe_channels(model: nn.Module, taps: Sequence[Tap], image_size: int, *, device: torch.device | str = "cpu") -> dict[str, int]:
-    """Channels of every tap, found by one forward pass of a random image of ``image_size``."""
+@dataclass(frozen=True)
+class Probe:
+    """What one forward pass of a random image shows: every tap's channel count and the model's number of outputs."""
+
+    channels: dict[str, int]
+    outputs: int
+
+
+def probe(model: nn.Module, taps: Sequence[Tap], image_size: int, *, device: torch.device | str = "cpu") -> Probe:
+    """Channels of every tap and the number of logits, from one forward pass of a random image of ``image_size``."""
+    from .logits import logits_of
+
     channels: dict[str, int] = {}
 
     def record(tap: Tap, x: torch.Tensor) -> None:
-        channels[tap.name] = int(x.shape[1])
+        channels[tap.name] = int(x.shape[tap.axis])
 
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), tap_hooks(model, taps, record):
-            model(torch.rand(1, 3, image_size, image_size, device=device))
+            out = model(torch.rand(1, 3, image_size, image_size, device=device))
     finally:
         model.train(was_training)
-    return channels
+    return Probe(channels, int(logits_of(out).shape[-1]))
+
+
+def probe_channels(model: nn.Module, taps: Sequence[Tap], image_size: int, *, device: torch.device | str = "cpu") -> dict[str, int]:
+    """Channels of every tap, found by one forward pass of a random image of ``image_size``."""
+    return probe(model, taps, image_size, device=device).channels

@@ -76,7 +76,7 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 5, size: i
 
     rng = np.random.default_rng(seed)
     for k in range(classes):
-        d = root / f"c{k}"
+        d = root / f"{k}_c{k}"
         d.mkdir(parents=True, exist_ok=True)
         cast = rng.uniform(0, 255, size=3)
         for i in range(per_class):

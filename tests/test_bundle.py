@@ -68,7 +68,8 @@ def test_round_trip_and_layout(saved: Path):
     files = sorted(p.name for p in saved.iterdir())
     assert files == ["sowmeta.json", "stats.safetensors"]
     with safe_open(str(saved / "stats.safetensors"), framework="pt") as f:
-        assert f.metadata()["format"] == "sowmeta-bundle" and f.metadata()["format_version"] == "1.0"
+        assert f.metadata()["format"] == "sowmeta-bundle" and f.metadata()["format_version"] == "1.1"
+        assert f.metadata()["manifest_sha256"] == Bundle.read_manifest(saved).digest
         assert f.get_tensor("bn2/mean").shape == (K, 12) and f.get_tensor("bn2/mean").dtype == torch.float32
         assert f.get_tensor("counts").dtype == torch.int64
     manifest = json.loads((saved / "sowmeta.json").read_text())
@@ -155,11 +156,26 @@ def test_schema_accepts_valid_and_rejects_broken(saved: Path):
             validate_manifest(d)
 
 
+def _rewrite_as_writer(saved: Path, d: dict) -> None:
+    """Write manifest ``d`` the way a (future) writer would: the data file carries the digest of the new content."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from sowmeta.manifest import content_digest
+
+    f = saved / "stats.safetensors"
+    save_file(load_file(str(f)), str(f), metadata={"format": "sowmeta-bundle", "format_version": d["format_version"], "shard": "1/1",
+                                                    "manifest_sha256": content_digest(d)})
+    d["files"][0].update(sha256=hashlib.sha256(f.read_bytes()).hexdigest(), size=f.stat().st_size)
+    (saved / "sowmeta.json").write_text(json.dumps(d))
+
+
 def test_versions_newer_minor_accepted_newer_major_refused(saved: Path):
     d = json.loads((saved / "sowmeta.json").read_text())
     d["format_version"] = "1.7"
     d["future_field"] = {"x": 1}
-    (saved / "sowmeta.json").write_text(json.dumps(d))
+    _rewrite_as_writer(saved, d)
     b = Bundle.load(saved)
     assert b.manifest.format_version == "1.7" and b.manifest.extra == {"future_field": {"x": 1}}
     d["format_version"] = "2.0"
@@ -200,7 +216,7 @@ def test_check_against_models(saved: Path):
         b.check(wide)
     assert e.value.tap == "bn2"
     with pytest.raises(ModelMismatchError, match="outputs"):
-        b.check(tiny_net(K + 1), fingerprint=False)
+        b.check(tiny_net(K + 1), check_weights=False)
     with pytest.raises(ModelMismatchError, match="no module"):
         b.check(nn.Sequential(nn.Conv2d(3, 4, 1)))
 
@@ -219,6 +235,9 @@ def test_sliced_loading_requests_only_the_asked_rows(saved: Path, monkeypatch):
         def get_shape(self):
             return self.sl.get_shape()
 
+        def get_dtype(self):
+            return self.sl.get_dtype()
+
         def __getitem__(self, index):
             requests.setdefault(self.key, []).append(index)
             return self.sl[index]
@@ -226,6 +245,16 @@ def test_sliced_loading_requests_only_the_asked_rows(saved: Path, monkeypatch):
     class FileSpy:
         def __init__(self, *args, **kwargs):
             self.f = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def metadata(self):
+            return self.f.metadata()
 
         def get_slice(self, key):
             return SliceSpy(key, self.f.get_slice(key))
@@ -267,7 +296,7 @@ def test_bad_class_selections_and_inconsistent_rows(saved: Path):
     tensors = load_file(str(f))
     tensors["counts"] = torch.zeros(K + 2, dtype=torch.int64)  # more rows than the manifest's classes
     save_file(tensors, str(f), metadata={"format": "sowmeta-bundle", "format_version": "1.0", "shard": "1/1"})
-    with pytest.raises(CorruptBundleError, match="'counts' has shape \\[8\\], but the bundle has 6 classes"):
+    with pytest.raises(CorruptBundleError, match=r"'counts' is I64 \[8\], the manifest says I64 \[6\]"):
         Bundle.load(saved, classes=[0], verify=False)
 
 
@@ -282,7 +311,7 @@ def test_sharded_files_are_indexed_by_the_manifest_and_identify_themselves(tmp_p
     for i, f in enumerate(manifest.files, start=1):
         with safe_open(str(p / f.name), framework="pt") as h:
             assert sorted(h.keys()) == sorted(f.tensors)
-            assert h.metadata() == {"format": "sowmeta-bundle", "format_version": "1.0", "shard": f"{i}/{n}"}
+            assert h.metadata() == {"format": "sowmeta-bundle", "format_version": "1.1", "shard": f"{i}/{n}", "manifest_sha256": manifest.digest}
         assert f.name == f"stats-{i:05d}-of-{n:05d}.safetensors"
     whole = Bundle.load(p)
     for name, s in b.stats.items():

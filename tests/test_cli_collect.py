@@ -32,7 +32,7 @@ def test_collect_inspect_validate(runner, image_folder: Path, tmp_path: Path):
     r = run(runner, "inspect", str(out), "--json")
     s = json.loads(r.output)
     assert [c["images"] for c in s["classes"]] == [5, 5, 5, 0]
-    assert [t["name"] for t in s["taps"]] == ["bn1", "bn2"] and s["model"]["architecture"] == "conftest:tiny_net"
+    assert [t["name"] for t in s["taps"]] == ["bn1", "bn2"] and (s["model"]["architecture"], s["model"]["factory"]) == ("custom", "conftest:tiny_net")
     assert (s["preprocessing"]["crop"], s["preprocessing"]["resize"]) == (12, 14)  # --crop keeps the 256/224 ratio
     r = run(runner, "inspect", str(out))
     assert r.exit_code == 0 and "bn-input" in r.output and "c2" in r.output
@@ -66,7 +66,7 @@ def test_existing_output_and_overwrite(runner, image_folder: Path, tmp_path: Pat
     "make,expect",
     [
         (lambda p: (p / "flat").mkdir() or (p / "flat"), "data error"),
-        (lambda p: write_image_folder(p / "many", classes=5, per_class=1), "5 class folders"),
+        (lambda p: write_image_folder(p / "many", classes=5, per_class=1), "class folder '4_c4' names class 4, but the model has classes 0..3"),
         (lambda p: p / "missing", "does not exist"),
     ],
 )
@@ -110,7 +110,7 @@ def _one_line_error(r, expect: str) -> None:
 
 
 def test_corrupt_images_are_reported_and_strict_fails(runner, image_folder: Path, tmp_path: Path):
-    (image_folder / "c1" / "broken.png").write_bytes(b"not a png")
+    (image_folder / "1_c1" / "broken.png").write_bytes(b"not a png")
     r = run(runner, "collect", *TINY, "--data", str(image_folder), "--out", str(tmp_path / "b"))
     assert r.exit_code == 0, r.output
     assert "skipped 1 undecodable images" in r.output and "broken.png" in r.output
@@ -166,7 +166,7 @@ def test_fused_collection_validates_against_the_model(runner, image_folder: Path
 def test_rejected_seeds_are_reported_and_excluded(runner, tmp_path: Path):
     """The same image under all four classes: the model predicts one of them, the other three are rejected."""
     pool = write_image_folder(tmp_path / "pool", classes=1, per_class=1)
-    image = next((pool / "c0").iterdir())
+    image = next((pool / "0_c0").iterdir())
     seeds = tmp_path / "seeds"
     for k in range(4):
         (seeds / str(k)).mkdir(parents=True)

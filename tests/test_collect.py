@@ -169,20 +169,20 @@ def test_bad_data_gives_typed_errors(tmp_path: Path, image_folder: Path):
     model = loaded_tiny()
     flat = tmp_path / "flat"
     flat.mkdir()
-    (image_folder / "c0" / "img000.png").rename(flat / "x.png")
+    (image_folder / "0_c0" / "img000.png").rename(flat / "x.png")
     with pytest.raises(DataError, match="not class-per-folder"):
         collect(model, flat)
     with pytest.raises(DataError, match="does not exist"):
         collect(model, tmp_path / "missing")
     many = write_image_folder(tmp_path / "many", classes=5, per_class=1)
-    with pytest.raises(DataError, match="5 class folders but conftest:tiny_net has 4 outputs"):
+    with pytest.raises(DataError, match="class folder '4_c4' names class 4, but the model has classes 0..3"):
         collect(model, many)
 
 
 def test_corrupt_images_are_counted_or_strict(image_folder: Path):
-    (image_folder / "c1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    good = image_folder / "c2" / "img000.png"
-    (image_folder / "c2" / "truncated.png").write_bytes(good.read_bytes()[:60])
+    (image_folder / "1_c1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    good = image_folder / "2_c2" / "img000.png"
+    (image_folder / "2_c2" / "truncated.png").write_bytes(good.read_bytes()[:60])
     bundle, report = collect(loaded_tiny(), image_folder, batch_size=4)
     assert sorted(Path(p).name for p in report.skipped) == ["broken.png", "truncated.png"]
     assert bundle.counts.tolist()[:3] == [5, 5, 5] and bundle.manifest.source.skipped_images == 2
@@ -191,7 +191,7 @@ def test_corrupt_images_are_counted_or_strict(image_folder: Path):
 
 
 def test_limit_per_class_and_empty_class_folder(image_folder: Path):
-    (image_folder / "c3").mkdir()
+    (image_folder / "3_c3").mkdir()
     bundle, _ = collect(loaded_tiny(), image_folder, limit_per_class=2)
     assert bundle.counts.tolist() == [2, 2, 2, 0]
     assert bundle.manifest.source.empty_classes == [3] and bundle.manifest.source.images_per_class_limit == 2
@@ -247,7 +247,7 @@ def test_folder_progress_reaches_the_total(image_folder: Path):
 def test_several_seeds_per_class_make_scenario_b(tmp_path: Path):
     model = loaded_tiny()
     folder = write_image_folder(tmp_path / "pool", classes=2, per_class=2)
-    seeds = {k: sorted((folder / f"c{k}").iterdir()) for k in range(2)}
+    seeds = {k: sorted((folder / f"{k}_c{k}").iterdir()) for k in range(2)}
     bundle, report = collect_seeds(model, seeds, keep_rejected=True)
     assert bundle.manifest.source.scenario == "B" and bundle.counts.tolist() == [2, 2, 0, 0]
     assert bundle.manifest.source.collector == "seeds" and report.images == 4
@@ -282,8 +282,8 @@ def test_two_processes_with_an_empty_and_an_undecodable_shard(tmp_path: Path):
     from sowmeta.bundle import Bundle
 
     folder = write_image_folder(tmp_path / "d", classes=1, per_class=1)
-    (folder / "c1").mkdir()
-    (folder / "c1" / "broken.png").write_bytes(b"not an image")
+    (folder / "1_c1").mkdir()
+    (folder / "1_c1" / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "merged"
     mp.spawn(_shard_worker, args=(2, f"file://{tmp_path / 'rdv'}", str(folder), str(out)), nprocs=2, join=True)
     single, report = collect(loaded_tiny(), folder)
@@ -299,7 +299,7 @@ def test_two_processes_with_an_empty_and_an_undecodable_shard(tmp_path: Path):
 
 
 def test_every_image_undecodable_is_a_data_error(tmp_path: Path):
-    d = tmp_path / "bad" / "c0"
+    d = tmp_path / "bad" / "0_c0"
     d.mkdir(parents=True)
     (d / "a.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match="no image of .* could be read"):

@@ -18,7 +18,8 @@ from conftest import shared_path
 def test_list_models_has_builtins_and_torchvision():
     names = list_models()
     assert "cifar-resnet56" in names and "resnet50" in names and "mobilenet_v2" in names
-    assert list_models("cifar-*") == sorted(f"cifar-resnet{d}" for d in (110, 20, 32, 44, 56))
+    assert list_models("cifar-resnet*") == sorted(f"cifar-resnet{d}" for d in (110, 20, 32, 44, 56))
+    assert "cifar-vgg" in list_models("cifar-*")
 
 
 def test_torchvision_model_without_weights_has_preprocessing_and_labels():

@@ -21,7 +21,8 @@ from sowmeta import errors as E
 from sowmeta.collect import collect
 from sowmeta.models import LoadedModel
 from sowmeta.preprocess import Preprocessing
-from sowmeta.synth import SynthConfig, plan_batches, synthesize
+from sowmeta.bundle import Bundle
+from sowmeta.synth import SynthConfig, losses, plan_batches, synthesize
 from sowmeta.synthdata import read_info
 
 CROP = 12
@@ -170,8 +171,12 @@ def test_class_conditional_statistics_are_approached(bundle_dir: Path):
 
 
 def test_divergence_is_a_clear_error(bundle_dir: Path, tmp_path: Path):
+    from sowmeta.synth import register_feature_loss
+
+    if "test-nan" not in losses.FEATURE_LOSSES:
+        register_feature_loss("test-nan")(lambda mean, var, tm, tv, seg: seg.sum(mean) * float("nan"))
     with pytest.raises(E.DivergenceError, match="NaN or infinite"):
-        synthesize(bundle_dir, loaded(), classes=[0], per_class=2, config=quick(alpha_cc=float("inf"), iterations=30), out=tmp_path / "x.h5")
+        synthesize(bundle_dir, loaded(), classes=[0], per_class=2, config=quick(feature_loss="test-nan", iterations=30), out=tmp_path / "x.h5")
     assert not (tmp_path / "x.h5").exists()
 
 
@@ -198,7 +203,7 @@ def test_init_from_seed_images(bundle_dir: Path, image_folder: Path, tmp_path: P
     """Initialised from a seed image with a tiny learning rate, the result stays at the seed."""
     from PIL import Image
 
-    seed_file = sorted((image_folder / "c0").iterdir())[0]
+    seed_file = sorted((image_folder / "0_c0").iterdir())[0]
     (tmp_path / "seeds" / "0").mkdir(parents=True)
     shutil.copy(seed_file, tmp_path / "seeds" / "0" / seed_file.name)
     cfg = quick(init="images", init_noise=0.0, lr=1e-4)
@@ -211,7 +216,7 @@ def test_init_from_seed_images(bundle_dir: Path, image_folder: Path, tmp_path: P
 
 def test_resume_refuses_changed_seed_images(bundle_dir: Path, image_folder: Path, tmp_path: Path):
     """Same folder, other pixels: the unfinished run must not be continued from other seeds."""
-    first, second = sorted((image_folder / "c0").iterdir())[:2]
+    first, second = sorted((image_folder / "0_c0").iterdir())[:2]
     seed = tmp_path / "seeds" / "0" / "seed.png"
     seed.parent.mkdir(parents=True)
     shutil.copy(first, seed)
@@ -240,7 +245,7 @@ def test_cli_synthesize_writes_file_grid_and_pngs(bundle_dir: Path, tmp_path: Pa
              "--png", str(tmp_path / "png"), "-q")
     assert r.exit_code == 0, r.output
     assert out.exists() and (tmp_path / "g.png").exists()
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["c0", "c2"]
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [".sowmeta-png", "c0", "c2"]
     from PIL import Image
 
     with h5py.File(out, "r") as f:
@@ -370,7 +375,7 @@ def test_save_every_keeps_intermediate_images(bundle_dir: Path, tmp_path: Path):
     assert (snaps[0] != snaps[1]).any()
 
 
-def test_model_defaults_to_the_one_the_bundle_names(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_model_comes_from_the_bundle_but_never_code_it_names(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from sowmeta.models import load_model
 
     weights = tmp_path / "tiny.pt"
@@ -378,15 +383,32 @@ def test_model_defaults_to_the_one_the_bundle_names(image_folder: Path, tmp_path
     teacher = load_model("conftest:tiny_net", weights=str(weights), num_classes=4, preprocessing=Preprocessing(crop=CROP))
     bundle, _ = collect(teacher, image_folder, batch_size=5)
     bundle.save(tmp_path / "b")
-    by_default = synthesize(tmp_path / "b", None, classes=[1], per_class=2, config=quick())
+    assert bundle.manifest.model.architecture == "custom" and bundle.manifest.model.factory == "conftest:tiny_net"
+    with pytest.raises(E.ModelError, match="never runs from a manifest; pass --model conftest:tiny_net"):
+        synthesize(tmp_path / "b", None, classes=[1], per_class=2, config=quick())
     explicit = synthesize(tmp_path / "b", loaded(), classes=[1], per_class=2, config=quick())
-    assert torch.equal(by_default.images(), explicit.images())
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     out = tmp_path / "cli.h5"
-    r = _cli("synthesize", "--bundle", str(tmp_path / "b"), "--classes", "1", "--per-class", "1", "--iterations", "2", "--out", str(out), "-q")
+    r = _cli("synthesize", "--bundle", str(tmp_path / "b"), "--model", "conftest:tiny_net", "--weights", str(weights),
+             "--classes", "1", "--per-class", "2", "--iterations", "3", "--out", str(out), "-q", "--allow-low-confidence")
     assert r.exit_code == 0, r.output
     with h5py.File(out, "r") as f:
         assert f.attrs["model"] == "conftest:tiny_net" and f.attrs["weights"] == str(weights)
+    # a built-in architecture is rebuilt from the manifest; a weights file it names is never opened: --weights gives it
+    demo = load_model("demo-cnn", weights=None)
+    demo_w = tmp_path / "demo.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(demo.module.state_dict(), str(demo_w))
+    demo = load_model("demo-cnn", weights=str(demo_w))
+    collect(demo, image_folder, batch_size=5, out=tmp_path / "d")
+    with pytest.raises(E.WeightsError, match="does not fetch from a manifest; pass --weights FILE"):
+        synthesize(tmp_path / "d", None, classes=[1], per_class=2, config=quick())
+    from sowmeta.models import load_model_for
+
+    by_record = synthesize(tmp_path / "d", load_model_for(Bundle.read_manifest(tmp_path / "d"), weights=str(demo_w)), classes=[1], per_class=2, config=quick())
+    by_hand = synthesize(tmp_path / "d", demo, classes=[1], per_class=2, config=quick())
+    assert torch.equal(by_record.images(), by_hand.images()) and explicit.images().shape[0] == 2
 
 
 def test_progress_display_shows_batch_iteration_terms_and_eta():
@@ -417,7 +439,7 @@ def test_cli_bad_options_are_one_line_errors(bundle_dir: Path, tmp_path: Path, m
     base = ["synthesize", "--bundle", str(bundle_dir), "--model", "conftest:tiny_net", "--weights", "none", "--classes", "0",
             "--per-class", "1", "--iterations", "2", "--out", str(tmp_path / "x.h5")]
     for extra, message in ((["--tap-weight", "bn1"], "--tap-weight takes TAP=WEIGHT"), (["--tap-weight", "layer9=2"], "matches no tap"),
-                           (["--init", str(tmp_path / "nowhere")], "is not a directory"), (["--alpha-tv", "-1"], "alpha_tv must be zero or positive"),
+                           (["--init", str(tmp_path / "nowhere")], "is not a directory"), (["--alpha-tv", "-1"], "alpha_tv must be a number in [0, "),
                            (["--mode", "di", "--model", "tests.nothing:x"], "cannot import factory")):
         r = _cli(*base, *extra)
         assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, (extra, r.output)

@@ -27,7 +27,9 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, co
 from huggingface_hub import errors as hf
 
 from .. import env
+from . import http
 from ..bundle import MANIFEST_NAME, Bundle, Manifest, verify_files
+from ..bundle_files import check_contained
 from ..errors import (
     AuthError,
     BundleNotFoundError,
@@ -67,6 +69,7 @@ def _offline() -> bool:
 
 
 def _api() -> HfApi:
+    http.install()
     return HfApi(endpoint=endpoint(), library_name="sowmeta", library_version=__version__)
 
 
@@ -104,6 +107,8 @@ def _translate(exc: BaseException, what: str, repo: str, url: str, *, offline: b
             return _translate(cause, what, repo, url, offline=offline)
         reason = f" ({type(cause).__name__})" if cause is not None else ""
         return NetworkError(f"{what}: cannot reach {url}{reason} and nothing is cached; check the connection or HF_ENDPOINT")
+    if isinstance(exc, http.EndpointDown):
+        return NetworkError(f"{what}: {url} did not answer ({first_line(str(exc))}); check the connection or HF_ENDPOINT, or raise SOWMETA_HUB_TIMEOUT")
     if isinstance(exc, httpx2.TransportError):
         if what.startswith("pushing") and not isinstance(exc, httpx2.ConnectError):
             return NetworkError(
@@ -128,6 +133,13 @@ def _mapped(what: str, repo: str, url: str, *, offline: bool = False) -> Iterato
             raise
         log.debug("%s failed", what, exc_info=True)
         raise mapped from exc
+
+
+def _reachable(url: str) -> None:
+    """One request without retries, so that a dead endpoint fails at once instead of after huggingface_hub's backoff."""
+    from huggingface_hub.utils import get_session
+
+    get_session().get(f"{url}/api/models", params={"limit": 1})
 
 
 def _refuse_offline(what: str) -> None:
@@ -204,9 +216,10 @@ def push(
         AuthError, GatedRepoError, NotFoundError, NetworkError, RegistryError, ConfigError, BundleError.
     """
     check_name(name)
-    branch = check_ref(revision) if revision else DEFAULT_REF
+    branch = DEFAULT_REF if revision is None else check_ref(revision)
     src = Path(bundle_dir)
     manifest = Bundle.read_manifest(src)
+    check_contained(src, manifest)
     verify_files(src, manifest)
     card = card_from_manifest(manifest, name, license=license, manifest_size=(src / MANIFEST_NAME).stat().st_size)
     m = manifest.model
@@ -254,7 +267,7 @@ def pull(
         BundleNotFoundError (the repository holds no sowmeta.json), SchemaError, ChecksumError.
     """
     check_name(name)
-    rev = revision or DEFAULT_REF
+    rev = DEFAULT_REF if revision is None else check_ref(revision)
     cache = Path(cache_dir) if cache_dir is not None else env.cache_dir() / "hub"
     offline = _offline()
     api, url = _api(), endpoint()
@@ -327,6 +340,7 @@ def list_bundles(*, author: str | None = None) -> list[BundleEntry]:
     _refuse_offline("listing sowmeta bundles on the Hub")
     api, url = _api(), endpoint()
     with _mapped("listing sowmeta bundles", author or "", url):
+        _reachable(url)
         models = list(api.list_models(filter="sowmeta", author=author, expand=["sha", "lastModified", "private"]))
     entries = [
         BundleEntry(

@@ -37,8 +37,11 @@ from filelock import FileLock, Timeout
 
 from ..atomic import atomic_dir, atomic_file, publish_modes
 from ..bundle import MANIFEST_NAME, Bundle, FileRecord, Manifest, verify_files
+from ..bundle_files import check_contained
 from ..env import registry_dir
+from ..outputs import check_output
 from ..errors import (
+    BundleError,
     ChecksumError,
     ConfigError,
     CorruptBundleError,
@@ -132,6 +135,26 @@ def _stage(src: Path, manifest_bytes: bytes, manifest: Manifest, root: Path) -> 
     return staged
 
 
+def _intact(target: Path, manifest: Manifest) -> bool:
+    """True when a stored revision exists and every file still matches the manifest (a damaged copy is re-stored)."""
+    if not target.is_dir():
+        return False
+    try:
+        verify_files(target, manifest)
+    except BundleError:
+        return False
+    return True
+
+
+def _discard(target: Path, base: Path) -> None:
+    """Move a damaged revision out of the way (into .tmp) and remove it; read-only files are made writable first."""
+    trash = Path(tempfile.mkdtemp(prefix="damaged-", dir=base / ".tmp"))
+    os.replace(target, trash / "revision")
+    for p in trash.rglob("*"):
+        p.chmod(0o700 if p.is_dir() else 0o600)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 @contextmanager
 def _locked(repo: Path, name: str) -> Iterator[None]:
     repo.mkdir(parents=True, exist_ok=True)
@@ -177,20 +200,24 @@ def push(
         ConfigError: a bad name or ref. RegistryError: the lock could not be taken.
     """
     check_name(name)
-    ref = check_ref(revision or DEFAULT_REF)
+    ref = check_ref(DEFAULT_REF if revision is None else revision)
     src, base = Path(bundle_dir), _root(root)
     manifest = Bundle.read_manifest(src)
+    check_contained(src, manifest)
     manifest_bytes = (src / MANIFEST_NAME).read_bytes()
     rid = revision_id(manifest_bytes, manifest.files)
     repo = base / name
     target = repo / "revisions" / rid
-    staged = None if target.is_dir() else _stage(src, manifest_bytes, manifest, base)
+    staged = None if _intact(target, manifest) else _stage(src, manifest_bytes, manifest, base)
     try:
         with _locked(repo, name):
-            if not target.is_dir():
-                if staged is None:  # removed meanwhile (by hand): copy again, still under the lock
+            if not _intact(target, manifest):
+                if staged is None:  # removed or damaged meanwhile: copy again, still under the lock
                     staged = _stage(src, manifest_bytes, manifest, base)
                 target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists():
+                    log.warning("stored revision %s of %s was damaged; replacing it with the pushed copy", rid[:12], name)
+                    _discard(target, base)
                 os.replace(staged, target)
                 staged = None
             previous = _read_ref_safe(repo, ref)
@@ -239,6 +266,7 @@ def export_bundle(src: Path, manifest: Manifest, to: str | Path) -> Path:
     to = Path(to)
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise OutputExistsError(f"{to} exists and is not an empty directory; choose another --to or remove it")
+    check_output(to, "bundle", overwrite=True, what="--to")
     names = [MANIFEST_NAME, *(f.name for f in manifest.files)]
     if (src / CARD_NAME).is_file():
         names.append(CARD_NAME)
@@ -270,7 +298,7 @@ def pull(
             f"{name} is not in the local registry {base}; push it with `sowmeta push DIR {name}`, "
             "or fetch from the Hub with --registry hub"
         )
-    rev = revision or DEFAULT_REF
+    rev = DEFAULT_REF if revision is None else check_ref(revision)
     rid = _resolve(repo, name, rev, base)
     path = repo / "revisions" / rid
     manifest = Bundle.read_manifest(path)

@@ -41,7 +41,10 @@ def _parse(value: str | Path, why: str) -> Backend:
         return Backend("hub", None, why)
     if text == "local":
         return Backend("local", env.registry_dir(), why)
-    return Backend("local", Path(text).expanduser(), why)
+    root = Path(text).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"registry {text!r} ({why}) is a file; pass 'hub', 'local' or a directory for the local registry")
+    return Backend("local", root, why)
 
 
 def choose_backend(registry: str | Path | None = None) -> Backend:

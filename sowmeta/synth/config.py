@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -13,6 +14,8 @@ from .losses import get_feature_loss
 __all__ = ["SynthConfig", "MODES"]
 
 MODES = ("cc", "global", "di")
+MAX_LR = 10.0  # Adam on normalized pixels: beyond this every step saturates the image
+MAX_WEIGHT = 1e6  # loss weights beyond this overflow float32 losses
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,10 @@ class SynthConfig:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.iterations < 1 or self.batch_size < 1:
             raise ConfigError(f"iterations and batch size must be at least 1 (got {self.iterations}, {self.batch_size})")
-        if self.lr <= 0:
-            raise ConfigError(f"learning rate must be positive, not {self.lr}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
+            raise ConfigError(f"learning rate must be a number in (0, {MAX_LR}], not {self.lr}; the presets use 0.1-0.25")
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"Adam betas must be two numbers in [0, 1), not {self.betas}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"amp must be none, bf16 or fp16, not {self.amp!r}")
         if self.init not in ("noise", "images"):
@@ -89,8 +94,8 @@ class SynthConfig:
             **{f"tap weight {k!r}": v for k, v in self.tap_weights.items()},
         }
         for name, value in weights.items():
-            if not value >= 0:  # also catches NaN
-                raise ConfigError(f"{name} must be zero or positive, not {value}; pass a non-negative number")
+            if not (isinstance(value, (int, float)) and 0 <= value <= MAX_WEIGHT):  # also catches NaN and inf
+                raise ConfigError(f"{name} must be a number in [0, {MAX_WEIGHT:g}], not {value}")
         get_feature_loss(self.feature_loss)
 
     @classmethod

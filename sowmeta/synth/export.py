@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_dir, atomic_file
+from ..outputs import PNG_MARKER, PNG_SOFTWARE
 from ..synthdata import load_images, read_info
 
-__all__ = ["contact_sheet", "save_contact_sheet", "write_pngs"]
+__all__ = ["contact_sheet", "save_contact_sheet", "save_png", "write_pngs"]
 
 
 def contact_sheet(images: torch.Tensor, labels: torch.Tensor, *, classes: Sequence[int] | None = None, per_class: int = 8, pad: int = 2) -> torch.Tensor:
@@ -27,24 +28,39 @@ def contact_sheet(images: torch.Tensor, labels: torch.Tensor, *, classes: Sequen
     return make_grid(torch.stack(tiles), nrow=per_class, padding=pad, pad_value=1.0)
 
 
-def save_contact_sheet(grid: torch.Tensor, path: str | Path) -> Path:
-    """Write a grid (3 x H x W in [0, 1]) as a PNG, atomically."""
-    from torchvision.utils import save_image
+def save_png(image: torch.Tensor, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write an image (3 x H x W, float in [0, 1] or uint8) as a PNG marked ``Software: sowmeta``, atomically.
 
+    An existing file is replaced only with ``overwrite`` and only if sowmeta wrote it (the mark).
+    """
+    from PIL import Image, PngImagePlugin
+
+    pixels = image if image.dtype == torch.uint8 else image.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
     path = Path(path)
-    with atomic_file(path) as tmp:
-        save_image(grid, tmp, format="png")
+    with atomic_file(path, overwrite=overwrite, kind="png") as tmp:
+        Image.fromarray(pixels.permute(1, 2, 0).contiguous().cpu().numpy()).save(tmp, format="png", pnginfo=info)
     return path
 
 
+def save_contact_sheet(grid: torch.Tensor, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write a grid (3 x H x W in [0, 1]) as a sowmeta PNG, atomically (see ``save_png``)."""
+    return save_png(grid, path, overwrite=overwrite)
+
+
 def write_pngs(synth: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> int:
-    """Write every image of a synthesis file as ``out_dir/<class label>/<index>.png``; returns the count."""
+    """Write every image of a synthesis file as ``out_dir/<class label>/<index>.png``; returns the count.
+
+    The folder gets a ``.sowmeta-png`` marker, so that a later ``overwrite`` can tell it is sowmeta's.
+    """
     from PIL import Image
 
     info = read_info(synth)
     images, labels = load_images(synth)
     names = info.classes or [str(k) for k in range(int(labels.max()) + 1)]
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, kind="png-tree") as tmp:
+        (tmp / PNG_MARKER).write_text("written by sowmeta\n", encoding="utf-8")
         for i, (img, y) in enumerate(zip(images, labels.tolist())):
             folder = tmp / names[y]
             folder.mkdir(exist_ok=True)

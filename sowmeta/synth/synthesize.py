@@ -25,9 +25,9 @@ from ..bundle import Bundle, Manifest
 from ..collect import seed_files
 from ..data import read_image
 from ..distributed import process_group
-from ..errors import ConfigError, OutputExistsError, SynthesisError, TapError, WeightsError
-from ..fuse import fuse_bn
-from ..models import LoadedModel, fingerprint, load_model
+from ..errors import ConfigError, SynthesisError, TapError
+from ..outputs import check_output
+from ..models import LoadedModel, fingerprint, load_model_for
 from ..preprocess import Preprocessing
 from ..registry import PullResult, locate_bundle
 from ..taps import resolve_taps
@@ -70,6 +70,16 @@ class SynthResult:
     def teacher_accuracy(self) -> float:
         """Fraction of images the teacher classifies as their target class."""
         return float((self.prediction == self.labels).double().mean())
+
+    @property
+    def chance(self) -> float:
+        """Top-1 a guess would reach: one over the number of classes."""
+        return 1.0 / max(1, len(self.class_labels))
+
+    @property
+    def failed(self) -> bool:
+        """True when the teacher recognises the images no better than chance: the run did not work."""
+        return self.teacher_accuracy <= self.chance and len(self.class_labels) > 1
 
     def images(self) -> torch.Tensor:
         """All images as float in [0, 1], N x 3 x H x W (read from the file when written to one)."""
@@ -135,20 +145,6 @@ def build_targets(
         row = {c: i for i, c in enumerate(bundle.classes)}
         return targets, lambda c: row[c]
     return targets, lambda c: 0
-
-
-def _model_from_manifest(manifest: Manifest) -> LoadedModel:
-    m = manifest.model
-    if m.weights in (None, "none"):
-        raise ConfigError(f"the bundle's model {m.architecture} names no weights; pass --model and --weights")
-    try:
-        model = load_model(m.architecture, weights=m.weights, num_classes=m.num_classes, preprocessing=manifest.preprocessing)
-    except WeightsError as exc:
-        raise WeightsError(f"{exc} (the bundle names these weights; pass --weights with the file here)") from exc
-    if m.fused:
-        crop = manifest.preprocessing.crop
-        model.module = fuse_bn(model.module, torch.rand(1, 3, crop, crop))
-    return model
 
 
 def _init_images(
@@ -244,23 +240,24 @@ def synthesize(
     started = time.perf_counter()
     config = config or SynthConfig()
     out_path = Path(out) if out is not None else None
-    if out_path is not None and out_path.exists() and not overwrite:
-        raise OutputExistsError(f"{out_path} already exists; choose another path or pass --overwrite")
     if config.init == "images" and init_images is None:
         raise ConfigError("init 'images' needs a folder of initial images (--init DIR)")
     manifest: Manifest | None = None
     source: dict[str, str] = {"bundle": "", "bundle_revision": "", "bundle_commit": ""}
+    path: Path | None = None
     if bundle is not None and not isinstance(bundle, Bundle):
         located = bundle if isinstance(bundle, PullResult) else locate_bundle(bundle, registry=registry)
         source = {"bundle": located.name, "bundle_revision": located.revision, "bundle_commit": located.commit}
         path = located.path
         manifest = Bundle.read_manifest(path)
     elif isinstance(bundle, Bundle):
-        manifest, source["bundle"] = bundle.manifest, str(bundle.path or "<in memory>")
+        manifest, source["bundle"], path = bundle.manifest, str(bundle.path or "<in memory>"), bundle.path
+    if out_path is not None:
+        check_output(out_path, "synth", overwrite=overwrite, inputs=[("the bundle", path), ("--init", init_images)])
     if model is None:
         if manifest is None:
             raise ConfigError("without a bundle, pass the model (--model) to synthesize from")
-        model = _model_from_manifest(manifest)
+        model = load_model_for(manifest)
     module = model.module
     num_classes = manifest.model.num_classes if manifest else model.num_classes
     labels = (manifest.model.labels if manifest else model.labels) or [str(i) for i in range(num_classes)]
@@ -272,12 +269,7 @@ def synthesize(
         if not isinstance(bundle, Bundle) or any(c not in bundle.classes for c in wanted):
             bundle = Bundle.load(path if not isinstance(bundle, Bundle) else bundle.path, classes=wanted)  # type: ignore[arg-type]
         if config.mode == "cc":
-            empty = [c for c in wanted if int(bundle.counts[bundle.row(c)]) == 0]
-            if empty:
-                raise ConfigError(
-                    f"class {labels[empty[0]]!r} has no statistics in the bundle (0 images); "
-                    "leave it out with --classes or use --mode global"
-                )
+            bundle.require_statistics(wanted)
     size = preprocessing.crop
     plan = plan_batches(wanted, per_class, config.batch_size, mixed=config.mixed_batches)
 
@@ -287,7 +279,7 @@ def synthesize(
         dev = _device_for(device, world)
         module.to(dev)
         if isinstance(bundle, Bundle) and config.mode != "di":
-            bundle.check(module, fingerprint=config.check_fingerprint, device=dev)
+            bundle.check(module, check_weights=config.check_fingerprint, device=dev)
         targets, row_of = build_targets(config.mode, module, bundle if isinstance(bundle, Bundle) else None, wanted, config)
         targets = [TapTarget(t.tap, t.mean.to(dev), t.var.to(dev), t.weight) for t in targets]
         inverter = Inverter(module, targets, preprocessing, config, dev)

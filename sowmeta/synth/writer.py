@@ -29,6 +29,7 @@ import numpy as np
 
 from ..atomic import atomic_file, publish_modes
 from ..errors import ConfigError, DataError, OutputExistsError
+from ..outputs import require_replaceable
 from ..version import __version__
 
 __all__ = ["Plan", "plan_batches", "SynthWriter", "partial_path", "merge_shards", "FORMAT", "FORMAT_VERSION"]
@@ -118,7 +119,8 @@ class SynthWriter:
 
         self.path = path
         self.plan = plan
-        if path.exists() and overwrite:
+        if (path.exists() or path.is_symlink()) and overwrite:
+            require_replaceable(path, "synth", what="unfinished run")
             path.unlink()
         if path.exists():
             try:
@@ -197,8 +199,10 @@ class SynthWriter:
 
 
 def _finish(path: Path, out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; choose another path or pass --overwrite")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"{out} already exists; choose another path or pass --overwrite")
+        require_replaceable(out, "synth")
     publish_modes(path)
     os.replace(path, out)
 
@@ -210,7 +214,7 @@ def merge_shards(shards: list[Path], out: Path, *, overwrite: bool) -> None:
     if len(shards) == 1:
         _finish(shards[0], out, overwrite)
         return
-    with atomic_file(out, overwrite=overwrite) as tmp:
+    with atomic_file(out, overwrite=overwrite, kind="synth") as tmp:
         with h5py.File(shards[0], "r") as first, h5py.File(tmp, "w") as dst:
             for name, ds in first.items():
                 dst.create_dataset(name, shape=ds.shape, dtype=ds.dtype, chunks=ds.chunks, fillvalue=ds.fillvalue)

@@ -1,0 +1,257 @@
+"""``sowmeta.json``: the records a bundle's manifest holds, and reading them without trusting them.
+
+A manifest is parsed, checked against ``schemas/bundle-v1.schema.json`` (which bounds every
+size), then checked for consistency (one label per class, unique taps and files, every tensor
+listed once, no Python code named as the model). docs/format.md is the specification.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleNotFoundError, SchemaError, UnsupportedVersionError
+from .preprocess import Preprocessing
+from .schema import validate_manifest
+from .taps import Tap
+from .version import __version__
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "MAX_MANIFEST_BYTES",
+    "ModelRecord",
+    "TapRecord",
+    "SourceRecord",
+    "FileRecord",
+    "Manifest",
+    "read_manifest",
+    "content_digest",
+    "now",
+]
+
+FORMAT_NAME = "sowmeta-bundle"
+FORMAT_VERSION = "1.1"
+MANIFEST_NAME = "sowmeta.json"
+MAX_MANIFEST_BYTES = 64 << 20  # a 1000-class, 300-tap manifest is well under 1 MiB
+_CODE_RE = re.compile(r"^(?!(?:timm|hf-hub):)[^:]*:")
+
+
+def now() -> str:
+    """The current UTC time as ISO 8601 with a Z, to the second (every file sowmeta writes records it)."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """Which model the statistics belong to.
+
+    ``architecture`` is a name sowmeta's model registry resolves, or ``custom`` for a model
+    built by the user's own code (``factory`` then says which, for information only: it is
+    never imported). ``structure`` fingerprints the module tree (names, types, shapes), so a
+    bundle is refused on another architecture even when the weights check is skipped.
+    """
+
+    architecture: str
+    fingerprint: str
+    num_classes: int
+    labels: list[str]
+    weights: str | None = None
+    fused: bool = False
+    base_model: str | None = None
+    structure: str | None = None
+    factory: str | None = None
+
+
+@dataclass(frozen=True)
+class TapRecord:
+    """A tap, its channel count, and the axis of its feature that holds the channels."""
+
+    name: str
+    module: str
+    position: str
+    kind: str
+    channels: int
+    axis: int = 1
+
+    @property
+    def tap(self) -> Tap:
+        return Tap(self.name, self.module, self.position, self.kind, self.axis)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """Where the statistics came from: scenario A (dataset), B (seeds per class) or C (one seed)."""
+
+    scenario: str
+    collector: str
+    data: str
+    images: int
+    empty_classes: list[int] = field(default_factory=list)
+    images_per_class_limit: int | None = None
+    skipped_images: int = 0
+    rejected_seeds: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One safetensors file of the bundle."""
+
+    name: str
+    sha256: str
+    size: int
+    tensors: list[str]
+
+
+def _pick(record: type, data: dict[str, Any]) -> Any:
+    names = record.__dataclass_fields__  # type: ignore[attr-defined]
+    return record(**{k: v for k, v in data.items() if k in names})
+
+
+def content_digest(d: dict[str, Any]) -> str:
+    """sha256 of a manifest's content except ``files`` (canonical JSON): stored inside every data file.
+
+    ``files`` records each data file's sha256, and each data file records this digest of the
+    rest, so no byte of the manifest can change unnoticed (docs/format.md, "Integrity").
+    """
+    rest = {k: v for k, v in d.items() if k != "files"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+
+
+def required_tensors(taps: list[str]) -> list[str]:
+    """Every tensor name a bundle with these taps must hold."""
+    return ["counts", *(f"{t}/{part}" for t in taps for part in ("mean", "var", "global_mean", "global_var"))]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``sowmeta.json``: everything needed to read the tensors and to check them against a model."""
+
+    model: ModelRecord
+    taps: list[TapRecord]
+    preprocessing: Preprocessing
+    source: SourceRecord
+    dtype: str
+    files: list[FileRecord]
+    created: str
+    tool_version: str = __version__
+    format_version: str = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = dict(self.extra)
+        d.update(
+            {
+                "format": FORMAT_NAME,
+                "format_version": self.format_version,
+                "model": vars(self.model).copy(),
+                "taps": [vars(t).copy() for t in self.taps],
+                "preprocessing": self.preprocessing.to_dict(),
+                "source": vars(self.source).copy(),
+                "dtype": self.dtype,
+                "files": [vars(f).copy() for f in self.files],
+                "created": self.created,
+                "tool": {"name": "sowmeta", "version": self.tool_version},
+            }
+        )
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, path: str | None = None) -> Manifest:
+        """Parse and check a manifest; refuses newer major versions, accepts newer minor ones."""
+        where = path or "manifest"
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+            raise SchemaError(f"{where} is not a sowmeta bundle manifest (format != {FORMAT_NAME!r})", path=path)
+        version = str(d.get("format_version", ""))
+        major, _, minor = version.partition(".")
+        if not (major.isdigit() and minor.isdigit()):
+            raise SchemaError(f"{where}: format_version {version!r} is not MAJOR.MINOR", path=path)
+        if int(major) > 1:
+            raise UnsupportedVersionError(
+                f"bundle format {version} is newer than this sowmeta reads (1.x); upgrade with `pip install -U sowmeta`",
+                version=version,
+                path=path,
+            )
+        arch = d.get("model", {}).get("architecture") if isinstance(d.get("model"), dict) else None
+        if isinstance(arch, str) and _CODE_RE.match(arch):
+            raise SchemaError(
+                f"{where} invalid at model/architecture: {arch!r} names Python code, which a manifest may never do; "
+                f'set it to "custom" and pass --model {arch} yourself',
+                path=path,
+            )
+        validate_manifest(d, path=path)
+        known = {"format", "format_version", "model", "taps", "preprocessing", "source", "dtype", "files", "created", "tool"}
+        manifest = cls(
+            model=_pick(ModelRecord, d["model"]),
+            taps=[_pick(TapRecord, t) for t in d["taps"]],
+            preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+            source=_pick(SourceRecord, d["source"]),
+            dtype=d["dtype"],
+            files=[_pick(FileRecord, f) for f in d["files"]],
+            created=d["created"],
+            tool_version=d["tool"]["version"],
+            format_version=version,
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+        manifest.check_consistency(path=path)
+        return manifest
+
+    def check_consistency(self, *, path: str | None = None) -> None:
+        """Raise ``SchemaError`` for what the schema cannot say: counts and names that disagree."""
+        where = path or "manifest"
+        m = self.model
+        if m.labels and len(m.labels) != m.num_classes:
+            raise SchemaError(f"{where}: {len(m.labels)} labels for {m.num_classes} classes; the manifest is inconsistent", path=path)
+        bad = [k for k in self.source.empty_classes if k >= m.num_classes]
+        if bad:
+            raise SchemaError(f"{where}: empty class {bad[0]} does not exist ({m.num_classes} classes)", path=path)
+        for what, names in (("tap", [t.name for t in self.taps]), ("file", [f.name for f in self.files])):
+            dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+            if dup is not None:
+                raise SchemaError(f"{where}: {what} {dup!r} is listed twice; the manifest is inconsistent", path=path)
+        listed: dict[str, str] = {}
+        for f in self.files:
+            for t in f.tensors:
+                if t in listed:
+                    raise SchemaError(f"{where}: tensor {t!r} is listed in {listed[t]} and {f.name}", path=path)
+                listed[t] = f.name
+        missing = [t for t in required_tensors(self.tap_names) if t not in listed]
+        if missing:
+            raise SchemaError(f"{where}: tensor {missing[0]!r} is listed in no file; the manifest is incomplete", path=path)
+
+    @property
+    def tap_names(self) -> list[str]:
+        return [t.name for t in self.taps]
+
+    @property
+    def digest(self) -> str:
+        """``content_digest`` of this manifest."""
+        return content_digest(self.to_dict())
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Parse and check ``sowmeta.json`` of the bundle at ``path`` (a directory or the JSON file); no tensors read."""
+    p = Path(path)
+    mpath = p / MANIFEST_NAME if p.is_dir() or p.suffix != ".json" else p
+    if not mpath.is_file():
+        raise BundleNotFoundError(f"no bundle at {p} (no {MANIFEST_NAME}); pass a bundle directory or a registry name", path=str(p))
+    try:
+        size = mpath.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise SchemaError(f"{mpath} is {size:,} bytes, more than any manifest; the bundle is corrupt", path=str(mpath))
+        data = json.loads(mpath.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise SchemaError(f"{mpath} is not valid JSON ({type(exc).__name__}); the bundle is corrupt, fetch or collect it again", path=str(mpath)) from exc
+    except OSError as exc:
+        raise BundleNotFoundError(f"cannot read {mpath} ({exc.strerror or exc}); check its permissions", path=str(mpath)) from exc
+    return Manifest.from_dict(data, path=str(mpath))
