@@ -32,6 +32,7 @@ ERROR_TABLE: list[tuple[type[BaseException], str]] = [
     (E.BundleNotFoundError, "bundle not found"),
     (E.BundleError, "bundle error"),
     (E.OutputExistsError, "output exists"),
+    (E.StorageError, "file error"),
     (E.RevisionNotFoundError, "revision not found"),
     (E.NotFoundError, "not found"),
     (E.GatedRepoError, "gated repository"),
@@ -71,6 +72,12 @@ def handle_errors(fn: F) -> F:
             if debug_enabled():
                 raise
             err_console.print(f"[bold red]error[/]: {error_line(exc)}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        except OSError as exc:  # a library path that missed its conversion: still one line
+            if debug_enabled():
+                raise
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            err_console.print(f"[bold red]error[/]: file error:{where}: {exc.strerror or exc}", highlight=False, soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt:
             err_console.print(

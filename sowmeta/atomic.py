@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import OutputExistsError, storage_errors
 from .outputs import OutputKind, require_replaceable
 
 __all__ = ["atomic_dir", "atomic_file", "sha256_file", "publish_modes"]
@@ -56,18 +56,20 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False, kind: OutputKind 
         if not overwrite:
             raise OutputExistsError(f"{target} already exists; choose another path or pass --overwrite")
         require_replaceable(target, kind)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    with storage_errors("write", target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        yield tmp
-        publish_modes(tmp)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "x")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        with storage_errors("write", target):
+            yield tmp
+            publish_modes(tmp)
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+                os.replace(target, old / "x")
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -85,14 +87,16 @@ def atomic_file(target: str | Path, *, overwrite: bool = True, kind: OutputKind 
             raise OutputExistsError(f"{target} already exists; choose another path or pass --overwrite")
         if kind is not None:
             require_replaceable(target, kind)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
+    with storage_errors("write", target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+        os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        publish_modes(tmp)
-        os.replace(tmp, target)
+        with storage_errors("write", target):
+            yield tmp
+            publish_modes(tmp)
+            os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_file
+from .errors import storage_errors
+from .outputs import DEMO_MARKER, require_replaceable
 from .collect import TrainingCollector
 from .demo_data import DEMO_CLASSES, border_stats, make_demo_images
 from .models import load_model
@@ -151,7 +153,11 @@ def run_demo(out: str | Path, *, config: DemoConfig | None = None, device: str =
 def _run(out: Path, cfg: DemoConfig, device: str, stage: Stage) -> DemoReport:
     from .registry import pull, push
 
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        require_replaceable(out, "demo-dir", what="--out")
+    with storage_errors("write", out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DEMO_MARKER).write_text("written by sowmeta demo\n", encoding="utf-8")
     report = DemoReport()
     t = time.perf_counter()
     weights, bundle_dir, report.teacher_test_accuracy = _train(out, cfg, stage)

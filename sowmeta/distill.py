@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .atomic import atomic_file
-from .errors import ConfigError, DataError, DivergenceError, OutputExistsError
+from .errors import ConfigError, DataError, DivergenceError, OutputExistsError, storage_errors
+from .outputs import RUN_FILES, check_output
 from .metrics import network_name, run_model, top1_accuracy
 from .models import LoadedModel, load_model
 from .synthdata import SynthDataset, fit_square, load_images, read_info
@@ -50,7 +51,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT, STUDENT, METRICS = "checkpoint.pt", "student.safetensors", "metrics.json"
+CHECKPOINT, STUDENT, METRICS = RUN_FILES
 _FORMAT = "sowmeta-distill"
 _FORMAT_VERSION = 1
 # Data sets up to this size (decoded) are read into memory once: random h5py reads cost ~0.2 ms per
@@ -188,15 +189,21 @@ def _dataset(path: Path, crop: int, resize: int | None) -> Dataset:
     return TensorDataset(images, labels)
 
 
-def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+def _check_out(out: Path, data: Path, test: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, an ``out`` that is not a run directory sowmeta may use."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a directory; choose another output directory")
     if out.exists() and not resume and not overwrite:
         raise OutputExistsError(f"{out} already exists; choose another output directory, pass --resume to continue it, or --overwrite")
-    if overwrite:
-        for name in (CHECKPOINT, STUDENT, METRICS):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, "run-dir", overwrite=True, inputs=[("--synth", data), ("--test", test)])
+
+
+def _prepare_out(out: Path, *, overwrite: bool) -> None:
+    with storage_errors("write", out):
+        if overwrite:
+            for name in (CHECKPOINT, STUDENT, METRICS):
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
 
 
 def _autocast(device: torch.device, amp: str) -> Any:
@@ -298,6 +305,7 @@ def distill(
         raise DataError(f"{data} holds no images")
     if resume and overwrite:
         raise ConfigError("pass either resume (continue the run in out) or overwrite (start over), not both")
+    _check_out(out, data, test, resume=resume, overwrite=overwrite)
 
     dev = torch.device(device)
     prep = teacher.preprocessing
@@ -314,7 +322,7 @@ def distill(
     with torch.random.fork_rng(devices=cuda, device_type="cuda"):
         torch.manual_seed(config.seed)
         pupil = load_model(student, weights="none", num_classes=teacher.num_classes, preprocessing=prep)
-        _prepare_out(out, resume=resume, overwrite=overwrite)
+        _prepare_out(out, overwrite=overwrite)
         return _train(data, teacher, pupil, test, out, config, run, resume, dev, workers, progress)
 
 

@@ -7,6 +7,9 @@ FileNotFoundError`` keeps working.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 __all__ = [
     "SowmetaError",
     "ConfigError",
@@ -24,6 +27,8 @@ __all__ = [
     "ModelMismatchError",
     "UnsupportedVersionError",
     "OutputExistsError",
+    "StorageError",
+    "storage_errors",
     "RegistryError",
     "NotFoundError",
     "RevisionNotFoundError",
@@ -124,6 +129,22 @@ class UnsupportedVersionError(BundleError):
 
 class OutputExistsError(SowmetaError, FileExistsError):
     """The output path exists and overwriting was not asked for."""
+
+
+class StorageError(SowmetaError, OSError):
+    """A file or directory could not be read or written (permissions, a full disk, a file where a folder should be)."""
+
+
+@contextmanager
+def storage_errors(what: str, path: object) -> Iterator[None]:
+    """Turn an ``OSError`` inside the block into a one-line ``StorageError`` about ``what`` at ``path``."""
+    try:
+        yield
+    except SowmetaError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise StorageError(f"cannot {what} {path}: {reason}; check the path and its permissions, or choose another place") from exc
 
 
 class RegistryError(SowmetaError):

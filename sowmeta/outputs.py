@@ -5,7 +5,8 @@ Each kind of output has a recognisable owner mark: a bundle directory holds ``so
 and only the files its manifest lists; a synthesis file is HDF5 with ``format =
 sowmeta-synth``; a PNG tree holds the marker file ``.sowmeta-png`` and only class folders of
 PNGs; a PNG file (grid, contact sheet) carries the text chunk ``Software: sowmeta``; a run
-directory (distill) holds only the files a run writes. Anything else is never replaced.
+directory (distill) holds only the files a run writes; a demo folder holds ``.sowmeta-demo``.
+Anything else is never replaced.
 """
 
 from __future__ import annotations
@@ -18,21 +19,23 @@ from typing import Literal
 
 from .errors import ConfigError, OutputExistsError
 
-__all__ = ["OutputKind", "PNG_MARKER", "PNG_SOFTWARE", "owner_problem", "check_output", "check_distinct", "require_replaceable"]
+__all__ = ["OutputKind", "PNG_MARKER", "DEMO_MARKER", "PNG_SOFTWARE", "RUN_FILES", "owner_problem", "check_output", "check_distinct", "require_replaceable"]
 
-OutputKind = Literal["bundle", "synth", "png-tree", "png", "run-dir"]
+OutputKind = Literal["bundle", "synth", "png-tree", "png", "run-dir", "demo-dir"]
 
 PNG_MARKER = ".sowmeta-png"
+DEMO_MARKER = ".sowmeta-demo"
 PNG_SOFTWARE = "sowmeta"
 _BUNDLE_EXTRA = {"sowmeta.json", "README.md"}
-RUN_FILES = {"checkpoint.pt", "student.safetensors", "metrics.json"}
-_DIR_KINDS = {"bundle", "png-tree", "run-dir"}
+RUN_FILES = ("checkpoint.pt", "student.safetensors", "metrics.json")  # what a distillation run writes
+_DIR_KINDS = {"bundle", "png-tree", "run-dir", "demo-dir"}
 _WHAT = {
     "bundle": "a sowmeta bundle",
     "synth": "a sowmeta synthesis file",
     "png-tree": "a PNG folder sowmeta wrote",
     "png": "a PNG sowmeta wrote",
     "run-dir": "a sowmeta run directory",
+    "demo-dir": "a folder `sowmeta demo` wrote",
 }
 
 
@@ -92,8 +95,13 @@ def _png_problem(path: Path) -> str | None:
 
 
 def _run_dir_problem(path: Path) -> str | None:
-    foreign = sorted(p.name for p in path.iterdir() if p.name not in RUN_FILES)
+    leftovers = tuple(f".{name}.tmp-" for name in RUN_FILES)  # a killed run's unfinished atomic write
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in RUN_FILES and not p.name.startswith(leftovers))
     return f"it also holds {foreign[0]!r}, which a run does not write" if foreign else None
+
+
+def _demo_problem(path: Path) -> str | None:
+    return None if (path / DEMO_MARKER).is_file() else f"it has no {DEMO_MARKER} marker"
 
 
 def owner_problem(path: str | Path, kind: OutputKind) -> str | None:
@@ -106,7 +114,8 @@ def owner_problem(path: str | Path, kind: OutputKind) -> str | None:
             return "it is a file, not a directory"
         if not any(p.iterdir()):
             return None
-        return {"bundle": _bundle_problem, "png-tree": _png_tree_problem, "run-dir": _run_dir_problem}[kind](p)
+        problems = {"bundle": _bundle_problem, "png-tree": _png_tree_problem, "run-dir": _run_dir_problem, "demo-dir": _demo_problem}
+        return problems[kind](p)
     if p.is_dir():
         return "it is a directory"
     return _synth_problem(p) if kind == "synth" else _png_problem(p)

@@ -42,10 +42,15 @@ def _limits() -> dict[str, float]:
 
 
 def _fail(host: str, exc: Exception) -> EndpointDown:
-    why = f"{type(exc).__name__} after {env.hub_timeout():g} s" if isinstance(exc, httpx2.TimeoutException) else type(exc).__name__
+    if isinstance(exc, httpx2.TimeoutException):
+        why = f"it did not answer within {env.hub_timeout():g} s"
+    elif isinstance(exc, httpx2.ConnectError):
+        why = "it refused the connection"
+    else:
+        why = f"the connection broke ({type(exc).__name__})"
     with _lock:
         _down[host] = (time.monotonic() + DOWN_FOR_S, why)
-    return EndpointDown(f"{host} did not answer ({why})")
+    return EndpointDown(why)
 
 
 class _Stream(httpx2.SyncByteStream):
@@ -70,7 +75,7 @@ class _BoundedTransport(httpx2.HTTPTransport):
         with _lock:
             until, why = _down.get(host, (0.0, ""))
         if time.monotonic() < until:
-            raise EndpointDown(f"{host} did not answer a moment ago ({why})")
+            raise EndpointDown(f"{why}, a moment ago")
         limits = _limits()
         asked = dict(request.extensions.get("timeout") or {})
         request.extensions = {**request.extensions, "timeout": {k: asked.get(k) or v for k, v in limits.items()}}

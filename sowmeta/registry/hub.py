@@ -105,10 +105,12 @@ def _translate(exc: BaseException, what: str, repo: str, url: str, *, offline: b
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, hf.HfHubHTTPError):  # the Hub answered with an error and nothing was cached
             return _translate(cause, what, repo, url, offline=offline)
+        if isinstance(cause, http.EndpointDown):
+            return NetworkError(f"{what}: cannot reach {url}: {first_line(str(cause))}, and nothing is cached; check the connection or HF_ENDPOINT")
         reason = f" ({type(cause).__name__})" if cause is not None else ""
         return NetworkError(f"{what}: cannot reach {url}{reason} and nothing is cached; check the connection or HF_ENDPOINT")
     if isinstance(exc, http.EndpointDown):
-        return NetworkError(f"{what}: {url} did not answer ({first_line(str(exc))}); check the connection or HF_ENDPOINT, or raise SOWMETA_HUB_TIMEOUT")
+        return NetworkError(f"{what}: cannot reach {url}: {first_line(str(exc))}; check the connection or HF_ENDPOINT, or raise SOWMETA_HUB_TIMEOUT")
     if isinstance(exc, httpx2.TransportError):
         if what.startswith("pushing") and not isinstance(exc, httpx2.ConnectError):
             return NetworkError(

@@ -254,22 +254,23 @@ def synthesize(
         manifest, source["bundle"], path = bundle.manifest, str(bundle.path or "<in memory>"), bundle.path
     if out_path is not None:
         check_output(out_path, "synth", overwrite=overwrite, inputs=[("the bundle", path), ("--init", init_images)])
-    if model is None:
-        if manifest is None:
-            raise ConfigError("without a bundle, pass the model (--model) to synthesize from")
-        model = load_model_for(manifest)
-    module = model.module
-    num_classes = manifest.model.num_classes if manifest else model.num_classes
-    labels = (manifest.model.labels if manifest else model.labels) or [str(i) for i in range(num_classes)]
-    preprocessing: Preprocessing = manifest.preprocessing if manifest else model.preprocessing
-    wanted = resolve_classes(classes, labels, num_classes)
+    if manifest is None and model is None:
+        raise ConfigError("without a bundle, pass the model (--model) to synthesize from")
     if config.mode != "di" and manifest is None:
         raise ConfigError(f"mode {config.mode} needs a bundle; pass --bundle (or use --mode di)")
+    num_classes = manifest.model.num_classes if manifest else model.num_classes  # type: ignore[union-attr]
+    labels = (manifest.model.labels if manifest else model.labels) or [str(i) for i in range(num_classes)]  # type: ignore[union-attr]
+    wanted = resolve_classes(classes, labels, num_classes)
     if manifest is not None and config.mode != "di":
+        # the bundle is read and verified before any model is built from what its manifest names
         if not isinstance(bundle, Bundle) or any(c not in bundle.classes for c in wanted):
-            bundle = Bundle.load(path if not isinstance(bundle, Bundle) else bundle.path, classes=wanted)  # type: ignore[arg-type]
+            bundle = Bundle.load(path, classes=wanted)  # type: ignore[arg-type]
         if config.mode == "cc":
             bundle.require_statistics(wanted)
+    if model is None:
+        model = load_model_for(manifest)  # type: ignore[arg-type]
+    module = model.module
+    preprocessing: Preprocessing = manifest.preprocessing if manifest else model.preprocessing
     size = preprocessing.crop
     plan = plan_batches(wanted, per_class, config.batch_size, mixed=config.mixed_batches)
 

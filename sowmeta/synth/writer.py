@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_file, publish_modes
-from ..errors import ConfigError, DataError, OutputExistsError
+from ..errors import ConfigError, DataError, OutputExistsError, storage_errors
 from ..outputs import require_replaceable
 from ..version import __version__
 
@@ -136,8 +136,9 @@ class SynthWriter:
                 )
             log.info("resuming %s: %d of %d batches done", path, self.done_count, len(plan.batches))
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(path, "w")
+        with storage_errors("write", path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = h5py.File(path, "w")
         n, (h, w) = len(plan), size
         chunk = max(1, min(n, max(b - a for a, b in plan.batches)))
         f = self.file

@@ -1,0 +1,602 @@
+"""Bad input, tried as a careless or hostile user would (issue 13): every case ends with exit code != 0,
+one line without a traceback, no foreign code run, and the user's files exactly as they were."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TinyNet, tiny_net, write_image_folder
+
+from sowmeta import errors as E
+from sowmeta.bundle import Bundle
+from sowmeta.cli.main import main
+from sowmeta.collect import collect
+from sowmeta.models import LoadedModel, load_model
+from sowmeta.preprocess import Preprocessing
+
+TINY = ["--model", "conftest:tiny_net", "--weights", "none", "--crop", "12", "--workers", "0"]
+SYNTH = ["--model", "conftest:tiny_net", "--weights", "none", "--iterations", "2", "--per-class", "1", "--batch-size", "1", "-q"]
+
+
+def cli(*args: str, env: dict[str, str] | None = None):  # noqa: ANN201
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def one_line_failure(r, expect: str) -> None:  # noqa: ANN001
+    """Exit code != 0, one line, no traceback, and the expected words in it."""
+    text = r.output.strip()
+    assert r.exit_code not in (0, None), text
+    assert "Traceback" not in text and r.exception is None or isinstance(r.exception, SystemExit), (text, r.exception)
+    assert len(text.splitlines()) == 1, text
+    assert expect in text, text
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root, by relative path, with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def user_tree(root: Path) -> Path:
+    (root / "photos").mkdir(parents=True)
+    (root / "thesis.txt").write_text("four years of work\n")
+    (root / "photos" / "cat.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return root
+
+
+def loaded_tiny() -> LoadedModel:
+    return LoadedModel(tiny_net(4, 0), "conftest:tiny_net", "none", 4, None, Preprocessing(crop=12))
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bad-input")
+    data = write_image_folder(root / "data")
+    bundle, _ = collect(loaded_tiny(), data, batch_size=5)
+    return bundle.save(root / "bundle")
+
+
+@pytest.fixture
+def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
+
+
+def edit_manifest(path: Path, change: Callable[[dict], None]) -> None:
+    d = json.loads((path / "sowmeta.json").read_text())
+    change(d)
+    (path / "sowmeta.json").write_text(json.dumps(d))
+
+
+def rewrite_tensors(path: Path, change: Callable[[dict[str, torch.Tensor]], None]) -> None:
+    """Change the stored tensors and re-seal the bundle (file hash in the manifest), as a careless writer would."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    f = path / "stats.safetensors"
+    with safe_open(str(f), framework="pt") as h:
+        meta = h.metadata()
+    tensors = load_file(str(f))
+    change(tensors)
+    save_file(tensors, str(f), metadata=meta)
+    edit_manifest(path, lambda d: d["files"][0].update(sha256=hashlib.sha256(f.read_bytes()).hexdigest(), size=f.stat().st_size))
+
+
+# --- 1. --overwrite replaces only what sowmeta wrote; outputs are checked before any work ------------
+
+
+def test_collect_overwrite_refuses_a_users_folder(image_folder: Path, tmp_path: Path):
+    mine = user_tree(tmp_path / "mine")
+    before = snapshot(mine)
+    r = cli("collect", *TINY, "--data", image_folder, "--out", mine, "--overwrite")
+    one_line_failure(r, "is not a sowmeta bundle (it holds no sowmeta bundle manifest)")
+    assert snapshot(mine) == before
+
+
+def test_collect_overwrite_refuses_a_bundle_folder_holding_other_files(bundle_copy: Path, image_folder: Path):
+    (bundle_copy / "notes.txt").write_text("mine")
+    before = snapshot(bundle_copy)
+    r = cli("collect", *TINY, "--data", image_folder, "--out", bundle_copy, "--overwrite")
+    one_line_failure(r, "also holds 'notes.txt'")
+    assert snapshot(bundle_copy) == before
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "contains"])
+def test_collect_out_never_overlaps_the_data(image_folder: Path, where: str):
+    out = {"same": image_folder, "inside": image_folder / "0_c0" / "bundle", "contains": image_folder.parent}[where]
+    before = snapshot(image_folder)
+    r = cli("collect", *TINY, "--data", image_folder, "--out", out, "--overwrite")
+    one_line_failure(r, "overlaps --data")
+    assert snapshot(image_folder) == before
+
+
+def test_collect_seeds_out_never_overlaps_the_seeds(image_folder: Path):
+    r = cli("collect", *TINY, "--seeds", image_folder, "--out", image_folder / "x")
+    one_line_failure(r, "overlaps --seeds")
+
+
+def test_collect_overwrite_replaces_its_own_bundle(bundle_copy: Path, image_folder: Path):
+    r = cli("collect", *TINY, "--data", image_folder, "--out", bundle_copy, "--overwrite", "--batch-size", "7")
+    assert r.exit_code == 0, r.output
+    assert Bundle.load(bundle_copy).manifest.source.images == 15
+
+
+def test_synthesize_outputs_are_checked_before_any_work(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import sowmeta.synth.engine as engine
+
+    def never(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("synthesis ran before the outputs were checked")
+
+    monkeypatch.setattr(engine.Inverter, "run", never)
+    photos = user_tree(tmp_path / "photos")
+    grid = tmp_path / "holiday.png"
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(grid)
+    essay = tmp_path / "essay.h5"
+    essay.write_bytes(b"my essay, not HDF5")
+    before = snapshot(tmp_path)
+    base = ["synthesize", "--bundle", bundle_dir, *SYNTH, "--classes", "0"]
+    cases = [
+        ([*base, "--out", tmp_path / "s.h5", "--png", photos, "--overwrite"], "--png"),
+        ([*base, "--out", tmp_path / "s.h5", "--grid", grid], "--grid"),
+        ([*base, "--out", tmp_path / "s.h5", "--grid", grid, "--overwrite"], "is not a PNG sowmeta wrote"),
+        ([*base, "--out", essay, "--overwrite"], "is not a sowmeta synthesis file"),
+        ([*base, "--out", photos / "thesis.txt" / "s.h5"], "is a file, not a directory"),
+        ([*base, "--out", tmp_path / "s.h5", "--png", tmp_path / "s.h5"], "collides with --out"),
+        ([*base, "--out", bundle_dir / "s.h5"], "overlaps the bundle"),
+    ]
+    for args, expect in cases:
+        one_line_failure(cli(*args), expect)
+    assert snapshot(tmp_path) == before
+
+
+def test_unwritable_destinations_fail_before_work(bundle_dir: Path, image_folder: Path, tmp_path: Path):
+    if os.geteuid() == 0:
+        locked = tmp_path / "plainfile"  # root can write anywhere: use a path under a file instead
+        locked.write_text("x")
+        target = locked / "sub"
+        expect = "is a file, not a directory"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = locked / "sub"
+        expect = "no write permission"
+    one_line_failure(cli("synthesize", "--bundle", bundle_dir, *SYNTH, "--out", target / "s.h5"), expect)
+    one_line_failure(cli("collect", *TINY, "--data", image_folder, "--out", target / "b"), expect)
+    one_line_failure(cli("distill", "--synth", image_folder, "--teacher", "conftest:tiny_net=none", "--student", "conftest:tiny_net",
+                         "--test", image_folder, "--out", target / "run", "--epochs", "1"), expect)
+
+
+def test_distill_and_demo_refuse_a_users_folder(image_folder: Path, tmp_path: Path):
+    mine = user_tree(tmp_path / "mine")
+    before = snapshot(mine)
+    one_line_failure(cli("distill", "--synth", image_folder, "--teacher", "conftest:tiny_net=none", "--student", "conftest:tiny_net",
+                         "--test", image_folder, "--out", mine, "--overwrite", "--epochs", "1"), "also holds 'photos'")
+    one_line_failure(cli("demo", "--out", mine, "--quick"), "has no .sowmeta-demo marker")
+    assert snapshot(mine) == before
+
+
+# --- 2. a manifest never names code to run, nor weights to read or download ------------------------------
+
+
+@pytest.mark.parametrize("arch", ["os:_exit", "this:s", "builtins:print"])
+def test_manifest_naming_code_is_invalid_everywhere(bundle_copy: Path, tmp_path: Path, arch: str, capfd: pytest.CaptureFixture):
+    edit_manifest(bundle_copy, lambda d: d["model"].update(architecture=arch))
+    for args in (["synthesize", "--bundle", bundle_copy, "--out", tmp_path / "s.h5", "-q"], ["validate", bundle_copy],
+                 ["push", bundle_copy, "me/evil", "--registry", tmp_path / "reg"], ["inspect", bundle_copy]):
+        one_line_failure(cli(*args), "names Python code, which a manifest may never do")
+    assert "Zen of Python" not in capfd.readouterr().out  # `this:s` would have printed it on import
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "reg").exists()
+
+
+def test_custom_model_in_manifest_needs_the_users_model(bundle_dir: Path, tmp_path: Path):
+    one_line_failure(cli("synthesize", "--bundle", bundle_dir, "--classes", "0", "--out", tmp_path / "s.h5", "-q"),
+                     "never runs from a manifest; pass --model conftest:tiny_net")
+
+
+@pytest.mark.parametrize("weights", ["/etc/passwd", "https://example.com/evil.pt", "../../secret.safetensors"])
+def test_manifest_weights_are_never_read_or_downloaded(bundle_copy: Path, tmp_path: Path, weights: str):
+    def change(d: dict) -> None:
+        d["model"].update(architecture="cifar-resnet20", weights=weights)
+
+    edit_manifest(bundle_copy, change)
+    # the manifest's content changed after writing: the bundle is refused as tampered before anything else
+    one_line_failure(cli("synthesize", "--bundle", bundle_copy, "--out", tmp_path / "s.h5", "-q"), "was changed after the bundle was written")
+    from sowmeta.models import load_model_from_record
+
+    with pytest.raises(E.WeightsError, match="does not fetch from a manifest; pass --weights FILE"):
+        load_model_from_record("cifar-resnet20", recorded_weights=weights)
+
+
+def test_unknown_architecture_in_manifest_is_refused():
+    from sowmeta.models import load_model_from_record
+
+    with pytest.raises(E.ModelError, match="not a sowmeta or torchvision model"):
+        load_model_from_record("totally-unknown", recorded_weights=None)
+
+
+# --- 3. class folders are matched by name, never silently by position -------------------------------------
+
+
+def _cifar_folder(root: Path, names: list[str], per_class: int = 2) -> Path:
+    """Folders of 32 px images, a colour that depends on the folder's name only."""
+    import zlib
+
+    from PIL import Image
+
+    for n in names:
+        (root / n).mkdir(parents=True)
+        c = zlib.crc32(n.encode())
+        for j in range(per_class):
+            Image.new("RGB", (32, 32), (c & 255, (c >> 8) & 255, 7 * j)).save(root / n / f"{j}.png")
+    return root
+
+
+@pytest.mark.parametrize(("names", "expect"), [
+    (["cat", "dog"], {"cat": 3, "dog": 5}),
+    (["airplane", "automobile", "cat"], {"airplane": 0, "automobile": 1, "cat": 3}),
+    (["003_cat", "5-dog"], {"003_cat": 3, "5-dog": 5}),
+    (["3", "9"], {"3": 3, "9": 9}),
+    (["Cat", "DOG"], {"Cat": 3, "DOG": 5}),
+])
+def test_folders_map_to_classes_by_name(tmp_path: Path, names: list[str], expect: dict[str, int]):
+    data = _cifar_folder(tmp_path / "d", names)
+    model = load_model("cifar-resnet20", weights=None)
+    bundle, _ = collect(model, data, batch_size=4)
+    assert {k for k in range(10) if bundle.counts[k] > 0} == set(expect.values())
+    assert bundle.labels[3] == "cat"  # the model's own labels are kept
+    # independent check: the statistics of class k are those of folder k's images alone
+    for folder, k in expect.items():
+        only, _ = collect(model, _cifar_folder(tmp_path / f"only-{folder}", [folder]), batch_size=4)
+        torch.testing.assert_close(bundle.stats["bn1"].mean[k], only.stats["bn1"].mean[k])
+
+
+def test_unnamed_folders(tmp_path: Path):
+    model = load_model("cifar-resnet20", weights=None)
+    ten = _cifar_folder(tmp_path / "ten", [f"x{i}" for i in range(10)], per_class=1)
+    notes: list[str] = []
+    bundle, _ = collect(model, ten, batch_size=5, notice=notes.append)
+    assert bundle.counts.tolist() == [1] * 10 and len(notes) == 1 and "sorted order is used" in notes[0]
+    three = _cifar_folder(tmp_path / "three", ["a1", "b2", "c3"], per_class=1)
+    with pytest.raises(E.DataError, match="name none of the model's 10 classes.*--labels-by-position"):
+        collect(model, three, batch_size=5)
+    forced, _ = collect(model, three, batch_size=5, labels_by_position=True)
+    assert forced.counts.tolist()[:4] == [1, 1, 1, 0]
+    mixed = _cifar_folder(tmp_path / "mixed", ["cat", "doge"], per_class=1)
+    with pytest.raises(E.DataError, match="'doge' is not one of the model's class labels \\(did you mean 'dog'\\?\\)"):
+        collect(model, mixed, batch_size=5)
+    r = cli("collect", "--model", "cifar-resnet20", "--weights", "none", "--data", three, "--out", tmp_path / "b", "--workers", "0")
+    one_line_failure(r, "--labels-by-position")
+
+
+def test_imagenet_wordnet_ids_need_no_flag(tmp_path: Path):
+    from sowmeta.class_folders import imagenet_wnids, map_class_folders
+
+    wnids = imagenet_wnids()
+    assert len(wnids) == 1000 and wnids[0] == "n01440764" and list(wnids) == sorted(wnids)
+    labels = load_model("resnet18", weights="none").labels
+    m = map_class_folders(["n01443537", "n02123045", "n07753592"], labels, 1000)
+    assert m.indices == [1, 281, 954] and m.how == "WordNet ids"
+    assert [labels[i] for i in m.indices] == ["goldfish", "tabby", "banana"]
+
+
+def test_synthesizing_a_class_without_statistics_is_an_error(tmp_path: Path):
+    model = load_model("cifar-resnet20", weights=None)
+    bundle, _ = collect(model, _cifar_folder(tmp_path / "d", ["cat", "dog"], per_class=1), batch_size=2, out=tmp_path / "b")
+    assert bundle.manifest.source.empty_classes == [0, 1, 2, 4, 6, 7, 8, 9]
+    from sowmeta.synth import SynthConfig, synthesize
+
+    with pytest.raises(E.ConfigError, match="'bird' \\(2\\) has no statistics in this bundle"):
+        synthesize(tmp_path / "b", model, classes=["bird"], per_class=1, config=SynthConfig.cifar(iterations=1))
+
+
+# --- 4. nothing unfinished is scored ---------------------------------------------------------------------
+
+
+def test_unfinished_synthesis_file_is_refused(tmp_path: Path, image_folder: Path):
+    partial = tmp_path / "s.h5.partial"
+    with h5py.File(partial, "w") as f:
+        f.create_dataset("images", data=np.zeros((8, 12, 12, 3), np.uint8))
+        f.create_dataset("labels", data=np.zeros(8, np.int64))
+        f.create_dataset("batch_done", data=np.array([1, 1, 0, 1], np.uint8))
+        f.attrs["format"] = "sowmeta-synth"
+    one_line_failure(cli("evaluate", partial, "--model", "conftest:tiny_net=none", "-q"), "unfinished synthesis run (3 of 4 batches done)")
+    one_line_failure(cli("distill", "--synth", partial, "--teacher", "conftest:tiny_net=none", "--student", "conftest:tiny_net",
+                         "--test", image_folder, "--out", tmp_path / "run", "--epochs", "1", "-q"), "run the same `sowmeta synthesize` command again")
+    assert not (tmp_path / "run").exists()
+
+
+# --- 5. tensor values and manifest sizes are checked -------------------------------------------------------
+
+
+def _nan_mean(t: dict) -> None:
+    t["bn2/mean"][1, 3] = float("nan")
+
+
+def _neg_var(t: dict) -> None:
+    t["bn1/var"][2, 0] = -0.5
+
+
+def _neg_count(t: dict) -> None:
+    t["counts"][0] = -3
+
+
+def _float64(t: dict) -> None:
+    t["bn1/mean"] = t["bn1/mean"].double()
+
+
+def _inf_global(t: dict) -> None:
+    t["bn1/global_var"][1] = float("inf")
+
+
+@pytest.mark.parametrize(("change", "expect"), [
+    (_nan_mean, "tap 'bn2', class 1, channel 3: mean is nan"),
+    (_neg_var, "tap 'bn1', class 2, channel 0: var is -0.5"),
+    (_neg_count, "class 0 has a negative image count"),
+    (_float64, "'bn1/mean' is F64 [4, 6], the manifest says F32 [4, 6]"),
+    (_inf_global, "tap 'bn1', channel 1: global_var is inf"),
+])
+def test_bad_tensor_values_are_named(bundle_copy: Path, change, expect: str, tmp_path: Path):  # noqa: ANN001
+    rewrite_tensors(bundle_copy, change)
+    one_line_failure(cli("validate", bundle_copy), expect)
+    one_line_failure(cli("synthesize", "--bundle", bundle_copy, *SYNTH, "--out", tmp_path / "s.h5"), expect)
+    assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.parametrize(("change", "expect"), [
+    (lambda d: d["model"].update(labels=["a", "b"]), "2 labels for 4 classes"),
+    (lambda d: d["taps"].append(dict(d["taps"][0])), "tap 'bn1' is listed twice"),
+    (lambda d: d["model"].update(num_classes=10**18), "num_classes"),
+    (lambda d: d["taps"][0].update(channels=2**40), "channels"),
+    (lambda d: d["preprocessing"].update(crop=10**9), "crop"),
+    (lambda d: d["files"][0]["tensors"].remove("bn1/var"), "'bn1/var' is listed in no file"),
+    (lambda d: d["preprocessing"].update(mean=[float("nan")] * 3), "not valid JSON"),
+])
+def test_inconsistent_or_unbounded_manifests_are_invalid(bundle_copy: Path, change, expect: str):  # noqa: ANN001
+    d = json.loads((bundle_copy / "sowmeta.json").read_text())
+    change(d)
+    (bundle_copy / "sowmeta.json").write_text(json.dumps(d))  # json.dumps writes NaN for nan: invalid JSON
+    for command in ("validate", "inspect", "push"):
+        args = [command, bundle_copy] + (["me/x", "--registry", bundle_copy.parent / "reg"] if command == "push" else [])
+        one_line_failure(cli(*args), expect)
+
+
+# --- 6. absurd options and failed runs --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e30", "-1", "0"])
+def test_absurd_learning_rates_are_refused_up_front(bundle_dir: Path, tmp_path: Path, value: str):
+    r = cli("synthesize", "--bundle", bundle_dir, *SYNTH, "--out", tmp_path / "s.h5", "--lr", value)
+    one_line_failure(r, "learning rate must be a number in (0, 10.0]")
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.partial").exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--alpha-cc", "inf"), ("--alpha-tv", "nan"), ("--init-noise", "-1"), ("--first-tap-multiplier", "1e300")])
+def test_absurd_weights_are_refused_up_front(bundle_dir: Path, tmp_path: Path, option: str, value: str):
+    one_line_failure(cli("synthesize", "--bundle", bundle_dir, *SYNTH, "--out", tmp_path / "s.h5", option, value), "must be a number in [0, 1e+06]")
+
+
+def test_a_run_at_chance_fails_loudly_unless_allowed(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import sowmeta.synth as synth
+    from sowmeta.synth import SynthConfig, SynthResult
+
+    def at_chance(*a, out=None, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        Path(out).write_bytes(b"")
+        return SynthResult(Path(out), torch.tensor([0, 1, 2, 3]), torch.tensor([1, 2, 3, 0]), torch.full((4,), 0.25),
+                           ["a", "b", "c", "d"], SynthConfig(), 1.0, 0, torch.zeros(4, 3, 12, 12, dtype=torch.uint8))
+
+    monkeypatch.setattr(synth, "synthesize", at_chance)
+    args = ["synthesize", "--bundle", bundle_dir, *SYNTH, "--out", tmp_path / "s.h5"]
+    r = cli(*args)
+    assert r.exit_code == 1 and "the teacher recognises only 0.0% of the images (chance is 25.0%): the run failed" in r.output
+    assert "--allow-low-confidence" in r.output and (tmp_path / "s.h5").exists()  # the file is kept for inspection
+    assert cli(*args, "--overwrite", "--allow-low-confidence").exit_code == 0
+
+
+# --- 7. skipping the weights check never skips the architecture check -----------------------------------------
+
+
+def test_no_fingerprint_check_still_refuses_another_architecture(tmp_path: Path):
+    data = _cifar_folder(tmp_path / "d", ["cat", "dog"], per_class=1)
+    r20 = load_model("cifar-resnet20", weights=None)
+    torch.manual_seed(0)
+    bundle, _ = collect(r20, data, batch_size=2, out=tmp_path / "b20")
+    r56 = load_model("cifar-resnet56", weights=None)
+    with pytest.raises(E.ModelMismatchError, match="architecture differs"):
+        bundle.check(r56.module, check_weights=False)
+    other_r20 = load_model("cifar-resnet20", weights=None)
+    bundle.check(other_r20.module, check_weights=False)  # same architecture, other weights: allowed by the flag
+    with pytest.raises(E.ModelMismatchError, match="fingerprint"):
+        bundle.check(other_r20.module)
+    r = cli("synthesize", "--bundle", tmp_path / "b20", "--model", "cifar-resnet56", "--weights", "none", "--no-fingerprint-check",
+            "--classes", "cat", "--per-class", "1", "--iterations", "1", "--out", tmp_path / "s.h5", "-q")
+    one_line_failure(r, "architecture differs")
+
+
+# --- 8. the Hub client never hangs ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_endpoint(registry_env: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """A port that accepts connections (the kernel's backlog) and never answers a byte."""
+    from sowmeta.registry import http
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{s.getsockname()[1]}")
+    monkeypatch.setenv("SOWMETA_HUB_TIMEOUT", "1")
+    http.forget_failures()
+    yield s
+    s.close()
+    http.forget_failures()
+
+
+def test_hub_calls_time_out_with_one_line(silent_endpoint: socket.socket, make_bundle, tmp_path: Path):  # noqa: ANN001
+    src = make_bundle()
+    for args in (["pull", "me/x", "--registry", "hub"], ["push", src, "me/x", "--registry", "hub"], ["list", "--registry", "hub"]):
+        from sowmeta.registry import http
+
+        http.forget_failures()
+        start = time.monotonic()
+        r = cli(*args)
+        took = time.monotonic() - start
+        one_line_failure(r, "did not answer")
+        assert took < 8, (args, took)
+
+
+def test_hub_list_against_a_closed_port_is_quick(registry_env: Path, monkeypatch: pytest.MonkeyPatch):
+    from sowmeta.registry import http
+
+    http.forget_failures()
+    start = time.monotonic()
+    r = cli("list", "--registry", "hub")  # registry_env points HF_ENDPOINT at a closed port
+    one_line_failure(r, "network error")
+    assert time.monotonic() - start < 5
+
+
+# --- 9. a damaged stored copy is repaired by pushing again ------------------------------------------------
+
+
+def test_push_repairs_a_damaged_local_revision(bundle_dir: Path, tmp_path: Path):
+    from sowmeta import registry
+
+    reg = tmp_path / "reg"
+    first = registry.push(bundle_dir, "me/b", registry=reg)
+    stored = first.path / "stats.safetensors"
+    stored.chmod(0o644)
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    with pytest.raises(E.ChecksumError):
+        registry.pull("me/b", registry=reg)
+    again = registry.push(bundle_dir, "me/b", registry=reg)
+    assert again.commit == first.commit
+    assert registry.pull("me/b", registry=reg).path == first.path
+    assert stored.read_bytes() == (bundle_dir / "stats.safetensors").read_bytes()
+
+
+# --- 10. one line instead of a traceback -------------------------------------------------------------------
+
+
+def test_damaged_bundles_in_inspect_and_validate(bundle_copy: Path, tmp_path: Path):
+    data = (bundle_copy / "stats.safetensors").read_bytes()
+    manifest_only = tmp_path / "m"
+    manifest_only.mkdir()
+    (manifest_only / "sowmeta.json").write_bytes((bundle_copy / "sowmeta.json").read_bytes())
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01
+    huge = bytearray(data)
+    huge[:8] = struct.pack("<Q", 2**62)
+    cases = [(data[: len(data) // 2], "truncated or replaced"), (bytes(flipped), "differs from the manifest"), (bytes(huge), "differs from the manifest")]
+    for content, expect in cases:
+        (bundle_copy / "stats.safetensors").write_bytes(content)
+        one_line_failure(cli("inspect", bundle_copy), expect)
+        one_line_failure(cli("validate", bundle_copy), expect)
+    one_line_failure(cli("inspect", manifest_only), "is missing; the bundle is incomplete")
+    (bundle_copy / "stats.safetensors").write_bytes(bytes(huge))
+    with pytest.raises(E.CorruptBundleError):
+        Bundle.load(bundle_copy, verify=False)
+
+
+def test_registry_destinations(bundle_dir: Path, tmp_path: Path):
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    one_line_failure(cli("push", bundle_dir, "me/b", "--registry", a_file), "is a file; pass 'hub', 'local' or a directory")
+    one_line_failure(cli("list", "--registry", a_file), "is a file")
+    assert cli("push", bundle_dir, "me/b", "--registry", tmp_path / "reg").exit_code == 0
+    one_line_failure(cli("pull", "me/b", "--registry", tmp_path / "reg", "--to", a_file), "is not an empty directory")
+    one_line_failure(cli("pull", "me/b", "--registry", tmp_path / "reg", "--to", a_file / "sub"), "is a file, not a directory")
+    one_line_failure(cli("push", bundle_dir, "me/b", "--registry", tmp_path / "reg", "--revision", ""), "is not a revision name")
+    assert a_file.read_text() == "mine"
+
+
+# --- 11. the smaller ones -------------------------------------------------------------------------------
+
+
+def test_empty_classes_and_revisions(bundle_dir: Path, tmp_path: Path):
+    one_line_failure(cli("synthesize", "--bundle", bundle_dir, *SYNTH, "--classes", "", "--out", tmp_path / "s.h5"), "names no class")
+    one_line_failure(cli("synthesize", "--bundle", bundle_dir, *SYNTH, "--classes", " , ", "--out", tmp_path / "s.h5"), "names no class")
+    from sowmeta import registry
+
+    reg = tmp_path / "reg"
+    registry.push(bundle_dir, "me/b", registry=reg)
+    for rev in ("", " ", "../main"):
+        with pytest.raises(E.ConfigError, match="is not a revision name"):
+            registry.push(bundle_dir, "me/b", registry=reg, revision=rev)
+        with pytest.raises(E.ConfigError, match="is not a revision name"):
+            registry.pull("me/b", registry=reg, revision=rev)
+    one_line_failure(cli("pull", "me/b@", "--registry", reg), "ends with '@'")
+
+
+def test_pickle_checkpoint_is_one_line(tmp_path: Path):
+    import pathlib
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"conv1.weight": torch.zeros(1), "obj": pathlib.PurePosixPath("/etc")}, evil)
+    r = cli("collect", "--model", "cifar-resnet20", "--weights", evil, "--data", tmp_path / "data", "--out", tmp_path / "b")
+    one_line_failure(r, "sowmeta never unpickles")
+
+
+def test_symlink_leaving_the_bundle_is_refused(bundle_copy: Path, tmp_path: Path):
+    secret = tmp_path / "secret.safetensors"
+    secret.write_bytes((bundle_copy / "stats.safetensors").read_bytes())
+    (bundle_copy / "stats.safetensors").unlink()
+    (bundle_copy / "stats.safetensors").symlink_to(secret)
+    one_line_failure(cli("push", bundle_copy, "me/b", "--registry", tmp_path / "reg"), "outside the bundle")
+    assert not list((tmp_path / "reg").rglob("*.safetensors")) if (tmp_path / "reg").exists() else True
+
+
+# --- the bundle reader under fuzzing -----------------------------------------------------------------------
+
+
+def test_fuzzed_bundles_never_crash_and_never_pass_with_wrong_numbers(bundle_dir: Path, tmp_path: Path):
+    """Random truncations and byte flips of the data file and the manifest: a typed error, or the very same numbers."""
+    import random
+    import shutil
+
+    good = Bundle.load(bundle_dir)
+    rng = random.Random(1234)
+    files = {"sowmeta.json": (bundle_dir / "sowmeta.json").read_bytes(), "stats.safetensors": (bundle_dir / "stats.safetensors").read_bytes()}
+    accepted = refused = 0
+    deadline = time.monotonic() + 20
+    for trial in range(400):
+        if time.monotonic() > deadline:
+            break
+        work = tmp_path / f"f{trial}"
+        shutil.copytree(bundle_dir, work)
+        name = rng.choice(list(files))
+        data = bytearray(files[name])
+        if rng.random() < 0.3:
+            data = data[: rng.randrange(len(data))]
+        else:
+            for _ in range(rng.choice([1, 1, 2, 8])):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        (work / name).write_bytes(bytes(data))
+        try:
+            b = Bundle.load(work)
+        except E.SowmetaError:
+            refused += 1
+        else:
+            accepted += 1
+            assert torch.equal(b.counts, good.counts)
+            for tap, s in good.stats.items():
+                assert torch.equal(b.stats[tap].mean, s.mean) and torch.equal(b.stats[tap].var, s.var)
+            assert b.manifest.digest == good.manifest.digest or b.manifest.format_version == "1.0"
+        shutil.rmtree(work)
+    assert refused > 50
