@@ -18,7 +18,8 @@ import time
 import torch
 from torch import nn
 
-from sowmeta.collect import StatsRecorder, default_taps
+from sowmeta.collectors import StatsRecorder
+from sowmeta.taps import resolve_taps
 from sowmeta.models import load_model
 
 
@@ -30,7 +31,7 @@ def _sync(device: torch.device) -> None:
 def measure(module: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int, rounds: int, device: torch.device) -> tuple[float, float, int]:
     """Median seconds per batch of plain inference and of inference + statistics, and the tap count."""
     module = module.to(device).eval()
-    taps = default_taps(module)
+    taps = resolve_taps(module)
     recorder = StatsRecorder(module, taps, num_classes)
 
     def plain(x: torch.Tensor, _y: torch.Tensor) -> None:

@@ -37,8 +37,8 @@ PYTHON=${PYTHON:-python}
 
 W56="$SHARED/models/cifar10/resnet56.safetensors"
 W20="$SHARED/models/cifar10/resnet20.safetensors"
-TEACHER="cifar-resnet56=$W56"
-JUDGE="cifar-resnet20=$W20"
+TEACHER=(--model cifar-resnet56 --weights "$W56")
+JUDGE=(--model cifar-resnet20 --weights "$W20")
 DATA="$OUT/cifar10"
 BUNDLE="$OUT/bundles/c56-a"
 SETS=()
@@ -107,7 +107,7 @@ evaluate() {  # name, images
     local name=$1 images=$2
     if [[ ! -e "$OUT/eval/$name.json" ]]; then
         log "evaluate $name"
-        "$SOWMETA" evaluate "$images" --model "$JUDGE" --model "$TEACHER" --feature-model "$JUDGE" \
+        "$SOWMETA" evaluate --data "$images" "${JUDGE[@]}" "${TEACHER[@]}" --feature-model cifar-resnet20 --feature-weights "$W20" \
             --reference "$DATA/test" --sheets "$OUT/sheets/$name" --batch-size 500 --workers "$WORKERS" \
             --device "$DEVICE" --json -q >"$OUT/eval/$name.json.tmp"
         mv "$OUT/eval/$name.json.tmp" "$OUT/eval/$name.json"
@@ -121,7 +121,7 @@ distill() {  # name, images
     local name=$1 images=$2
     if [[ ! -e "$OUT/kd/$name/metrics.json" ]]; then
         log "distill $name"
-        "$SOWMETA" distill --synth "$images" --teacher "$TEACHER" --student cifar-resnet20 --test "$DATA/test" \
+        "$SOWMETA" distill --data "$images" "${TEACHER[@]}" --student cifar-resnet20 --test "$DATA/test" \
             --out "$OUT/kd/$name" --epochs "$EPOCHS" --amp "$AMP" --seed 0 --device "$DEVICE" --workers "$WORKERS" --resume -q
     fi
 }
@@ -168,17 +168,16 @@ fi
 "$PYTHON" - "$OUT/seeds" "$OUT/synth/c56-seed1.h5" "$OUT/scenario-c.png" <<'EOF'
 import sys
 
-import torch
-from torchvision.utils import make_grid
-
-from sowmeta.synth.export import save_contact_sheet
+from sowmeta.models import CIFAR10_LABELS
+from sowmeta.synth.export import readable_scale, save_png, sheet
 from sowmeta.synthdata import load_images
 
 seeds, seed_labels = load_images(sys.argv[1])
 images, labels = load_images(sys.argv[2])
-blank = torch.full_like(seeds[:1], 255)
-rows = [torch.cat([seeds[seed_labels == k], blank, images[labels == k]]) for k in range(len(seeds))]
-save_contact_sheet(make_grid(torch.cat(rows).float() / 255, nrow=rows[0].shape[0], padding=1, pad_value=1.0), sys.argv[3])
+rows = [[*seeds[seed_labels == k], None, *images[labels == k]] for k in range(len(seeds))]
+n = len(rows[0]) - 2
+save_png(sheet(rows, row_labels=list(CIFAR10_LABELS), col_labels=[("seed", 1), ("", 1), ("synthesized from it", n)],
+               scale=readable_scale(images.shape[-1])), sys.argv[3])
 EOF
 
 # 7. summary

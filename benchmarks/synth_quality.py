@@ -66,19 +66,23 @@ def main() -> None:
 
 
 def side_by_side(sets: list[Path], path: Path, per_row: int) -> None:
-    """One contact sheet per set (rows = classes), joined left to right with a white gap."""
-    from sowmeta.synth.export import contact_sheet, save_contact_sheet
+    """The sets side by side (columns labelled with their file names), one labelled row per class."""
+    from sowmeta.models import CIFAR10_LABELS
+    from sowmeta.synth.export import readable_scale, save_png, sheet
     from sowmeta.synthdata import load_images
 
-    sheets = []
-    for s in sets:
-        images, labels = load_images(s)
-        sheets.append(contact_sheet(images, labels, per_class=per_row))
-    gap = torch.ones(3, sheets[0].shape[1], 8)
-    joined = [sheets[0]]
-    for sheet in sheets[1:]:
-        joined += [gap, sheet]
-    save_contact_sheet(torch.cat(joined, dim=2), path)
+    loaded = [load_images(s) for s in sets]
+    classes = sorted({int(c) for _, labels in loaded for c in labels.tolist()})
+    rows = []
+    for k in classes:
+        row: list = []
+        for i, (images, labels) in enumerate(loaded):
+            mine = list(images[labels == k][:per_row])
+            row += ([None] if i else []) + mine + [None] * (per_row - len(mine))
+        rows.append(row)
+    columns = [c for i, s in enumerate(sets) for c in ([("", 1)] if i else []) + [(s.stem, per_row)]]
+    names = [CIFAR10_LABELS[k] if k < len(CIFAR10_LABELS) else str(k) for k in classes]
+    save_png(sheet(rows, row_labels=names, col_labels=columns, scale=readable_scale(loaded[0][0].shape[-1], 64)), path)
 
 
 if __name__ == "__main__":

@@ -2,44 +2,35 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from sowmeta.cli.progress import progress_bar
+from sowmeta.cli.options import device_option, emit_json, model_options, report_options
 
-__all__ = ["register", "parse_model_spec"]
+__all__ = ["register", "pair_models"]
 
 
-def parse_model_spec(text: str, *, default_weights: str | None = "DEFAULT") -> tuple[str, str | None]:
-    """Split ``NAME[=WEIGHTS]`` at the first ``=`` into (name, weights).
-
-    Model names never contain ``=`` while file paths may, so everything after the first ``=``
-    is the weights: a file, ``DEFAULT``, a torchvision weights name, or ``none``. Without ``=``
-    the weights are ``default_weights``.
-
-    Example:
-        >>> parse_model_spec("cifar-resnet20=runs/lr=0.1/r20.safetensors")
-        ('cifar-resnet20', 'runs/lr=0.1/r20.safetensors')
-    """
+def pair_models(models: tuple[str, ...], weights: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Pair repeated ``--model`` and ``--weights`` options in order; without any ``--weights`` every model gets DEFAULT."""
     from sowmeta.errors import ConfigError
 
-    name, sep, weights = text.partition("=")
-    name, weights = name.strip(), weights.strip()
-    if not name:
-        raise ConfigError(f"model {text!r} has no name before '='; write NAME=WEIGHTS, e.g. cifar-resnet20=resnet20.safetensors")
-    if sep and not weights:
-        raise ConfigError(f"model {text!r} has nothing after '='; write NAME=WEIGHTS with a file, DEFAULT, a weights name, or none")
-    return name, (weights if sep else default_weights)
+    if weights and len(weights) != len(models):
+        raise ConfigError(
+            f"{len(models)} --model but {len(weights)} --weights; give one --weights per --model, in the same order (or none for DEFAULT)"
+        )
+    return list(zip(models, weights or ("DEFAULT",) * len(models)))
 
 
-def _load_spec(text: str) -> Any:
+def _load(name: str, weights: str | None) -> Any:
     from sowmeta.models import load_model
 
-    name, weights = parse_model_spec(text)
     return load_model(name, weights=weights)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _classes(text: str) -> list[str] | None:
@@ -58,7 +49,7 @@ def _short_names(networks: list[str]) -> list[str]:
     return [f"{n}#{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
-def _render_report(console: Any, report: Any) -> None:
+def _render_report(console: Any, report: Any, quiet: bool = False) -> None:
     from rich.table import Table
 
     r = report
@@ -82,10 +73,12 @@ def _render_report(console: Any, report: Any) -> None:
             f"vs {d.reference} ({d.reference_images} images): Fréchet distance {d.frechet:.4g}, "
             f"KID {d.kid_mean:.4g} ± {d.kid_std:.2g} (subsets of {d.kid_subset_size}), mean per-class FD {_fmt(d.mean_class_frechet, '.4g')}"
         )
+    if quiet:
+        return
     per = Table(title="per class: top-1 of each network, Fréchet distance, diversity")
     per.add_column("class")
     per.add_column("images", justify="right")
-    for h in _short_names([a.network for a in r.accuracy]):
+    for h in [a.network for a in r.accuracy]:
         per.add_column(h, justify="right")
     if r.distances is not None:
         per.add_column("FD", justify="right")
@@ -112,99 +105,86 @@ def _render_report(console: Any, report: Any) -> None:
 def register(group: click.Group) -> None:
     """Add ``evaluate`` and ``distill`` to ``group``."""
     from sowmeta.cli.main import console, err_console, handle_errors
-    from sowmeta.distill import DistillConfig
+    from sowmeta.cli.progress import LiveProgress
 
     @group.command()
-    @click.argument("synth", type=click.Path(path_type=Path))
-    @click.option("--model", "models", multiple=True, help="Classifier NAME[=WEIGHTS] to measure accuracy with; repeatable. The first also gives the IS-style score.")
+    @click.option("--data", required=True, type=click.Path(path_type=Path), help="An HDF5 synthesis file, or a class-per-folder image directory.")
+    @model_options(multiple=True, what="a classifier to measure accuracy with (the first also gives the IS-style score)")
     @click.option("--reference", type=click.Path(path_type=Path), help="Real images, class-per-folder, for Fréchet distance and KID.")
-    @click.option("--feature-model", help="NAME[=WEIGHTS] whose penultimate features feed FD, KID, diversity [Inception-V3 if cached, else the first --model].")
+    @click.option("--feature-model", help="Model whose penultimate features feed FD, KID and diversity [Inception-V3 if cached, else the first --model].")
+    @click.option("--feature-weights", help="Weights for --feature-model (as --weights).")
     @click.option("--classes", default="all", show_default=True, help="Comma-separated class indices or names, or 'all'.")
     @click.option("--sheets", type=click.Path(path_type=Path), help="Write one contact-sheet PNG per class into this directory.")
-    @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
-    @click.option("--workers", default=2, show_default=True, type=click.IntRange(0))
-    @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+    @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
+    @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Processes decoding images (0: in this process).")
+    @device_option
     @click.option("--kid-subsets", default=100, show_default=True, type=click.IntRange(1), help="Random subsets KID averages over.")
     @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the random subsets of IS, KID and diversity.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (and nothing else) on stdout.")
-    @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+    @report_options
     @handle_errors
-    def evaluate(synth, models, reference, feature_model, classes, sheets, batch_size, workers, device, kid_subsets, seed, as_json, quiet) -> None:  # noqa: ANN001
-        """Score SYNTH (an HDF5 synthesis file or an image folder): accuracy, IS-style score, FD, KID, diversity."""
+    def evaluate(data, model, weights, reference, feature_model, feature_weights, classes, sheets, batch_size, workers, device,
+                 kid_subsets, seed, as_json, quiet) -> None:  # noqa: ANN001
+        """Score an image set (a synthesis file or an image folder): accuracy, IS-style score, FD, KID, diversity."""
         from sowmeta.errors import ConfigError
-        from sowmeta.evaluate import evaluate as run
+        from sowmeta.evaluation import evaluate as run
 
-        if not models and feature_model is None:
-            raise ConfigError("pass at least one --model NAME[=WEIGHTS] (or --feature-model for distances only)")
-        loaded = [_load_spec(m) for m in models]
-        feat = _load_spec(feature_model) if feature_model is not None else None
-        bar = progress_bar(err_console)
-        task = bar.add_task("evaluate", total=None, info="")
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if quiet or as_json:
-                return
-            if not bar.live.is_started:
-                bar.start()
-            bar.update(task, description=stage, completed=done, total=total)
-
-        try:
-            report = run(synth, loaded, reference=reference, feature_model=feat, classes=_classes(classes), sheets=sheets,
-                         batch_size=batch_size, device=device, workers=workers, kid_subsets=kid_subsets, seed=seed, progress=progress)
-        finally:
-            bar.stop()
+        if not model and feature_model is None:
+            raise ConfigError("pass at least one --model NAME (with --weights W), or --feature-model for distances only")
+        loaded = [_load(name, w) for name, w in pair_models(model, weights)]
+        feat = _load(feature_model, "DEFAULT" if feature_weights is None else feature_weights) if feature_model is not None else None
+        with LiveProgress(err_console, ["evaluate"], quiet=quiet or as_json) as bar:
+            report = run(data, loaded, reference=reference, feature_model=feat, classes=_classes(classes), sheets=sheets,
+                         batch_size=batch_size, device=device, workers=workers, kid_subsets=kid_subsets, seed=seed,
+                         progress=lambda stage, done, total: bar.update("evaluate", description=stage, completed=done, total=total))
         if as_json:
-            click.echo(json.dumps(report.to_dict(), indent=2))
+            emit_json(report.to_dict())
         else:
-            _render_report(console, report)
+            _render_report(console, report, quiet)
+
+    from sowmeta.distill_config import DistillConfig
 
     defaults = DistillConfig()
 
     @group.command()
-    @click.option("--synth", "data", required=True, type=click.Path(path_type=Path), help="HDF5 synthesis file (or any class-per-folder image directory) to distill on.")
-    @click.option("--teacher", required=True, help="NAME=WEIGHTS of the teacher; WEIGHTS is a file, DEFAULT, a weights name, or none.")
+    @click.option("--data", required=True, type=click.Path(path_type=Path), help="An HDF5 synthesis file (or any class-per-folder image directory) to distill on.")
+    @model_options(required=True, what="the teacher (the network to distill)")
     @click.option("--student", required=True, help="Model name of the student, trained from random weights (e.g. cifar-resnet20).")
     @click.option("--test", required=True, type=click.Path(path_type=Path), help="Real test images, class-per-folder; scored after every epoch.")
     @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory: checkpoint.pt, student.safetensors, metrics.json.")
-    @click.option("--epochs", default=defaults.epochs, show_default=True, type=click.IntRange(1))
-    @click.option("--batch-size", default=defaults.batch_size, show_default=True, type=click.IntRange(1))
+    @click.option("--epochs", default=defaults.epochs, show_default=True, type=click.IntRange(1), help="Passes over the images.")
+    @click.option("--batch-size", default=defaults.batch_size, show_default=True, type=click.IntRange(1), help="Images per SGD step.")
     @click.option("--lr", default=defaults.lr, show_default=True, type=float, help="SGD learning rate (momentum 0.9, weight decay 5e-4, cosine to 0).")
     @click.option("--temperature", default=defaults.temperature, show_default=True, type=float, help="Softmax temperature T; the loss is scaled by T².")
     @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=defaults.amp, show_default=True, help="Autocast on CUDA (ignored on CPU).")
     @click.option("--seed", default=defaults.seed, show_default=True, type=int, help="Student initialization, data order and augmentation.")
     @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
     @click.option("--overwrite", is_flag=True, help="Discard a previous run in --out and start over.")
-    @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+    @device_option
     @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="DataLoader workers for image folders.")
-    @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+    @report_options
     @handle_errors
-    def distill(data, teacher, student, test, out, epochs, batch_size, lr, temperature, amp, seed, resume, overwrite, device, workers, quiet) -> None:  # noqa: ANN001
-        """Distill the teacher into a new student on synthesized images; score it on real test images."""
+    def distill(data, model, weights, student, test, out, epochs, batch_size, lr, temperature, amp, seed, resume, overwrite, device, workers,
+                as_json, quiet) -> None:  # noqa: ANN001
+        """Distill the teacher (--model, --weights) into a new student on synthesized images; score it on real test images."""
         from rich.table import Table
 
-        from sowmeta.distill import distill as run
+        from sowmeta.distillation import distill as run
 
         config = DistillConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, amp=amp, seed=seed)
-        loaded = _load_spec(teacher)
-        bar = progress_bar(err_console)
-        epochs_task = bar.add_task("epoch", total=epochs, info="")
-        batch_task = bar.add_task("batch", total=None, info="")
+        loaded = _load(model, "DEFAULT" if weights is None else weights)
+        with LiveProgress(err_console, ["epoch", "batch"], quiet=quiet or as_json) as bar:
 
-        def progress(p: Any) -> None:
-            if quiet:
-                return
-            if not bar.live.is_started:
-                bar.start()
-            bar.update(batch_task, completed=p.batch, total=p.batches, info=f"loss {p.loss:.4g}")
-            if p.test_accuracy is not None:
-                bar.update(epochs_task, completed=p.epoch, info=f"test top-1 {p.test_accuracy:.2%}")
+            def progress(p: Any) -> None:
+                bar.update("batch", completed=p.batch, total=p.batches, info=f"loss {p.loss:.4g}")
+                if p.test_accuracy is not None:
+                    bar.update("epoch", completed=p.epoch, total=p.epochs, info=f"test top-1 {p.test_accuracy:.2%}")
 
-        try:
             result = run(data, loaded, student, test=test, out=out, config=config, resume=resume, overwrite=overwrite,
                          device=device, workers=workers, progress=progress)
-        finally:
-            bar.stop()
         m = result.metrics
+        if as_json:
+            emit_json({"out": result.out, "student": result.student_path, "metrics": m})
+            return
         if not quiet:
             rows = list(enumerate(zip(m["lr"], m["train_loss"], m["test_accuracy"]), start=1))
             table = Table(title="test top-1 per epoch" + (" (last 10)" if len(rows) > 10 else ""))

@@ -1,4 +1,8 @@
-"""The ``sowmeta`` click application: parse options, call the library, render with rich."""
+"""The ``sowmeta`` click application: parse options, call the library, render with rich.
+
+Every failure a user can cause prints one line on stderr and exits non-zero: sowmeta's own
+errors (exit 1), option and usage errors (exit 2), and a file error a library path missed.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from sowmeta import errors as E
 from sowmeta.env import debug_enabled
 from sowmeta.version import __version__
 
-__all__ = ["main", "console", "err_console", "handle_errors"]
+__all__ = ["main", "console", "err_console", "handle_errors", "error_line"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -61,6 +65,13 @@ def error_line(exc: BaseException) -> str:
     return str(exc)
 
 
+def _fail(line: str, code: int) -> None:
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def handle_errors(fn: F) -> F:
     """Turn any ``SowmetaError`` into one line on stderr and exit code 1 (traceback with SOWMETA_DEBUG=1)."""
 
@@ -71,14 +82,12 @@ def handle_errors(fn: F) -> F:
         except E.SowmetaError as exc:
             if debug_enabled():
                 raise
-            err_console.print(f"[bold red]error[/]: {error_line(exc)}", highlight=False, soft_wrap=True)
-            sys.exit(1)
+            _fail(error_line(exc), 1)
         except OSError as exc:  # a library path that missed its conversion: still one line
             if debug_enabled():
                 raise
             where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-            err_console.print(f"[bold red]error[/]: file error:{where}: {exc.strerror or exc}", highlight=False, soft_wrap=True)
-            sys.exit(1)
+            _fail(f"file error:{where}: {exc.strerror or exc}", 1)
         except KeyboardInterrupt:
             err_console.print(
                 "[bold red]interrupted[/]: no output was left half-written; "
@@ -89,13 +98,53 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class SowmetaGroup(click.Group):
+    """A click group whose usage errors (unknown option, missing value) are one line too, exit code 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = f"sowmeta {exc.ctx.info_name} --help" if exc.ctx is not None and exc.ctx.parent is not None else "sowmeta --help"
+            _fail(f"{exc.format_message()} (see `{where}`)", 2)
+        except click.Abort:
+            err_console.print("[bold red]aborted[/]")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _load_plugins(names: tuple[str, ...]) -> None:
+    """Import the modules named with ``--plugin`` and those installed under the ``sowmeta.plugins`` entry-point group.
+
+    A plugin registers models, model sources, tap presets, feature losses or registry backends
+    on import, so they are usable from every command.
+    """
+    import importlib
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="sowmeta.plugins"):
+        ep.load()
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise E.ConfigError(f"--plugin {name!r} cannot be imported ({exc}); check PYTHONPATH") from exc
+
+
+@click.group(cls=SowmetaGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="sowmeta")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose: int) -> None:
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Import MODULE first: it may register models, taps presets, feature losses or registry backends. Repeatable.")
+@handle_errors
+def main(verbose: int, plugins: tuple[str, ...]) -> None:
     """sowmeta: release class-conditional statistics with a classifier and synthesize images from it."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _load_plugins(plugins)
 
 
 def _register() -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import click
+
+from sowmeta.cli.options import ListingOption, device_option, emit_json, model_options, registry_option, report_options
 
 __all__ = ["register"]
 
@@ -22,38 +23,29 @@ def _classes(text: str | None) -> list[str] | None:
     return chosen
 
 
-def _tap_weights(items: tuple[str, ...]) -> dict[str, float]:
-    from sowmeta.errors import ConfigError
+def _preset_names() -> list[str]:
+    from sowmeta.synth.config import PRESETS
 
-    out = {}
-    for item in items:
-        name, sep, value = item.rpartition("=")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise ConfigError(f"--tap-weight takes TAP=WEIGHT (a name or glob, then a number), not {item!r}")
-    return out
+    return ["auto", *PRESETS.names()]
+
+
+def _feature_loss_names() -> list[str]:
+    from sowmeta.synth.losses import FEATURE_LOSSES
+
+    return FEATURE_LOSSES.names()
 
 
 def _live_display(console: Any, quiet: bool) -> tuple[Any, Any]:
-    """A rich progress display with a batch bar, an iteration bar and the loss terms; and its update callback."""
-    from sowmeta.cli.progress import progress_bar
+    """A progress display with a batch bar, an iteration bar and the loss terms; and its update callback."""
+    from sowmeta.cli.progress import LiveProgress
 
-    bar = progress_bar(console)
-    images = bar.add_task("images", total=None, info="")
-    iters = bar.add_task("iteration", total=None, info="")
+    bar = LiveProgress(console, ["images", "iteration"], quiet=quiet)
 
     def update(p: Any) -> None:
-        if quiet:
-            return
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(images, completed=p.images_done, total=p.images_total, description=f"batch {p.batch}/{p.batches}")
+        bar.update("images", completed=p.images_done, total=p.images_total, description=f"batch {p.batch}/{p.batches}")
         if p.iteration is not None:
             terms = "  ".join(f"{k} {v:.3g}" for k, v in p.iteration.terms.items())
-            bar.update(iters, completed=p.iteration.iteration, total=p.iteration.iterations, info=terms)
+            bar.update("iteration", completed=p.iteration.iteration, total=p.iteration.iterations, info=terms)
 
     return bar, update
 
@@ -63,17 +55,16 @@ def register(group: click.Group) -> None:
     from sowmeta.cli.main import console, err_console, handle_errors
 
     @group.command()
-    @click.option("--bundle", help="Bundle directory or registry name org/name[@revision] (pulled on demand).")
-    @click.option("--registry", help="Registry for bundle names: hub, local, or a directory (default: $SOWMETA_REGISTRY, else local).")
-    @click.option("--model", help="Model name (default: the one the bundle names).")
-    @click.option("--weights", default=None, help="Weights for --model: DEFAULT, a weights name, a file, or none.")
+    @click.option("--bundle", help="Bundle directory or registry name ORG/NAME[/SUBFOLDER][@REVISION] (pulled on demand).")
+    @registry_option
+    @model_options(what="the bundle (default: the one the bundle's manifest names; --weights alone keeps that model)")
     @click.option("--classes", default="all", show_default=True, help="Comma-separated class indices or labels, or 'all'.")
     @click.option("--per-class", default=50, show_default=True, type=click.IntRange(1), help="Images per class.")
     @click.option("--out", required=True, type=click.Path(path_type=Path), help="HDF5 file to write (resumed if unfinished).")
     @click.option("--mode", type=click.Choice(["cc", "global", "di"]), default="cc", show_default=True,
                   help="cc: class-conditional bundle statistics; global: the bundle's global ones; di: BatchNorm running statistics.")
     @click.option("--mixed/--single-class", default=None, help="Mix classes within a batch (default: single-class for cc, mixed otherwise).")
-    @click.option("--preset", type=click.Choice(["auto", "imagenet", "cifar"]), default="auto", show_default=True,
+    @click.option("--preset", default="auto", show_default=True, cls=ListingOption, names=_preset_names,
                   help="Default hyper-parameters; auto picks cifar for inputs of 64 px or less.")
     @click.option("--iterations", type=click.IntRange(1), help="Optimization steps per batch [imagenet 2000, cifar 2000].")
     @click.option("--batch-size", type=click.IntRange(1), help="Images per batch [64].")
@@ -83,7 +74,7 @@ def register(group: click.Group) -> None:
     @click.option("--alpha-cc", type=float, help="Statistics-matching weight [imagenet 0.01, cifar 1].")
     @click.option("--first-tap-multiplier", type=float, help="Extra weight of the first tap [imagenet 1, cifar 10].")
     @click.option("--tap-weight", multiple=True, help="Per-tap weight TAP=W (name or glob); repeatable.")
-    @click.option("--feature-loss", type=click.Choice(["eq7", "kl"]), help="F_l: paper Eq. 7 (default) or Gaussian KL.")
+    @click.option("--feature-loss", cls=ListingOption, names=_feature_loss_names, help="F_l, the distance of feature statistics [eq7: paper Eq. 7].")
     @click.option("--jitter", type=click.IntRange(0), help="Random shift in pixels [imagenet 30, cifar 2].")
     @click.option("--flip/--no-flip", default=None, help="Random horizontal flips [on].")
     @click.option("--multires", type=click.FloatRange(0, 1, max_open=True), help="Fraction of iterations at half resolution [0].")
@@ -94,79 +85,71 @@ def register(group: click.Group) -> None:
     @click.option("--save-every", default=0, show_default=True, type=click.IntRange(0), help="Keep intermediate images every N iterations.")
     @click.option("--png", type=click.Path(path_type=Path), help="Also write PNGs to DIR/<class>/.")
     @click.option("--grid", type=click.Path(path_type=Path), help="Also write a contact sheet PNG (8 images per class).")
-    @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+    @device_option
     @click.option("--no-fingerprint-check", is_flag=True, help="Accept a bundle recorded with other weights of the same architecture (taps, channels and structure are still checked).")
     @click.option("--allow-low-confidence", is_flag=True, help="Exit 0 even when the teacher recognises the images no better than chance.")
-    @click.option("--overwrite", is_flag=True, help="Replace --out and discard an unfinished run of it.")
-    @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+    @click.option("--overwrite", is_flag=True, help="Replace --out, --png and --grid (only sowmeta's own) and discard an unfinished run.")
+    @report_options
     @handle_errors
     def synthesize(bundle, registry, model, weights, classes, per_class, out, mode, mixed, preset, iterations, batch_size, lr, alpha_tv, alpha_l2, alpha_cc,
                    first_tap_multiplier, tap_weight, feature_loss, jitter, flip, multires, init, init_noise, amp, seed, save_every, png, grid, device,
-                   no_fingerprint_check, allow_low_confidence, overwrite, quiet) -> None:  # noqa: ANN001
+                   no_fingerprint_check, allow_low_confidence, overwrite, as_json, quiet) -> None:  # noqa: ANN001
         """Synthesize images of chosen classes from a model and its class-conditional statistics."""
-        from sowmeta.bundle import Bundle
+        from sowmeta.distributed import is_main_process
         from sowmeta.errors import ConfigError, SynthesisError
-        from sowmeta.models import load_model, load_model_for
         from sowmeta.outputs import check_distinct, check_output
-        from sowmeta.registry import locate_bundle
         from sowmeta.synth import SynthConfig
         from sowmeta.synth import synthesize as run
+        from sowmeta.synth.export import contact_sheet, readable_scale, save_contact_sheet, write_pngs
+        from sowmeta.synth.job import open_model
 
         if bundle is None and mode != "di":
             raise ConfigError(f"mode {mode} needs --bundle (a directory or org/name); only --mode di works from the model alone")
-        if bundle is None and model is None:
-            raise ConfigError("pass --bundle, or --model with --mode di")
         check_distinct([("--out", out), ("--png", png), ("--grid", grid)])
         for what, path, kind in (("--png", png, "png-tree"), ("--grid", grid, "png")):
             if path is not None:
                 check_output(path, kind, overwrite=overwrite, what=what)
-        located = locate_bundle(bundle, registry=registry) if bundle is not None else None
-        manifest = Bundle.read_manifest(located.path) if located is not None else None
-        loaded = None
-        if manifest is not None and (model is not None or weights is not None):
-            loaded = load_model_for(manifest, model=model, weights=weights)
-        elif model is not None:
-            loaded = load_model(model, weights=weights or "DEFAULT")
-        crop = manifest.preprocessing.crop if manifest else loaded.preprocessing.crop  # type: ignore[union-attr]
-        chosen = ("cifar" if crop <= 64 else "imagenet") if preset == "auto" else preset
+        init_dir = None if init == "noise" else Path(init)
+        if init_dir is not None and not init_dir.is_dir():
+            raise ConfigError(f"--init must be 'noise' or a folder of initial images; {init_dir} is not a directory")
+        opened = open_model(bundle, model=model, weights=weights, registry=registry)
         overrides = {
             "iterations": iterations, "batch_size": batch_size, "lr": lr, "alpha_tv": alpha_tv, "alpha_l2": alpha_l2, "alpha_cc": alpha_cc,
             "first_tap_multiplier": first_tap_multiplier, "feature_loss": feature_loss, "jitter": jitter, "flip": flip, "multires": multires,
             "init_noise": init_noise,
         }
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        init_dir = None if init == "noise" else Path(init)
-        if init_dir is not None and not init_dir.is_dir():
-            raise ConfigError(f"--init must be 'noise' or a folder of initial images; {init_dir} is not a directory")
         config = SynthConfig.preset(
-            chosen, mode=mode, mixed=mixed, tap_weights=_tap_weights(tap_weight), init="noise" if init_dir is None else "images",
-            amp=amp, seed=seed, save_every=save_every, check_fingerprint=not no_fingerprint_check, **overrides,
+            preset, crop=opened.crop, mode=mode, mixed=mixed, tap_weights=SynthConfig.parse_tap_weights(tap_weight),
+            init="noise" if init_dir is None else "images", amp=amp, seed=seed, save_every=save_every,
+            check_fingerprint=not no_fingerprint_check, **{k: v for k, v in overrides.items() if v is not None},
         )
-        bar, update = _live_display(console, quiet)
-        try:
-            result = run(located, loaded, classes=_classes(classes), per_class=per_class, config=config, out=out, device=device,
+        bar, update = _live_display(console, quiet or as_json)
+        with bar:
+            result = run(opened.located, opened.model, classes=_classes(classes), per_class=per_class, config=config, out=out, device=device,
                          overwrite=overwrite, init_images=init_dir, progress=update)
-        finally:
-            bar.stop()
-        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        if not is_main_process():  # under torchrun, rank 0 reports and exports
             return
         if png is not None:
-            from sowmeta.synth.export import write_pngs
-
             write_pngs(out, png, overwrite=overwrite)
         if grid is not None:
-            from sowmeta.synth.export import contact_sheet, save_contact_sheet
-
-            save_contact_sheet(contact_sheet(result.images(), result.labels), grid, overwrite=overwrite)
-        resumed = f" ({result.resumed_batches} batches resumed)" if result.resumed_batches else ""
-        console.print(
-            f"wrote [bold]{out}[/]: {len(result.labels)} images, mode {mode}, preset {chosen}, "
-            f"teacher top-1 {result.teacher_accuracy:.1%}, {result.seconds:.0f} s{resumed}"
-        )
+            images = result.images()
+            sheet = contact_sheet(images, result.labels, names=result.class_labels, scale=readable_scale(images.shape[-1]))
+            save_contact_sheet(sheet, grid, overwrite=overwrite)
+        chosen = SynthConfig.preset_name(preset, opened.crop)
+        if as_json:
+            emit_json({"out": out, "images": len(result.labels), "mode": mode, "preset": chosen, "teacher_top1": result.teacher_accuracy,
+                       "chance": result.chance, "failed": result.failed, "seconds": result.seconds,
+                       "resumed_batches": result.resumed_batches, "png": png, "grid": grid})
+        else:
+            resumed = f" ({result.resumed_batches} batches resumed)" if result.resumed_batches else ""
+            console.print(
+                f"wrote [bold]{out}[/]: {len(result.labels)} images, mode {mode}, preset {chosen}, "
+                f"teacher top-1 {result.teacher_accuracy:.1%}, {result.seconds:.0f} s{resumed}"
+            )
         if result.failed and not allow_low_confidence:
             raise SynthesisError(
                 f"the teacher recognises only {result.teacher_accuracy:.1%} of the images (chance is {result.chance:.1%}): the run failed; "
                 f"{out} is kept for inspection. Try a lower --lr or more --iterations, or pass --allow-low-confidence"
             )
-        if not quiet and result.teacher_accuracy < 0.5:
+        if not (quiet or as_json) and result.teacher_accuracy < 0.5:
             err_console.print("[yellow]the teacher recognises fewer than half of the images[/]; try more --iterations or a lower --alpha-cc")

@@ -1,61 +1,73 @@
 """sowmeta: release class-conditional feature statistics with a classifier, and synthesize images from it.
 
-The data flows one way: collect -> bundle -> registry -> synth -> evaluate / distill.
+The data flows one way: collect -> bundle -> registry -> synth -> evaluate / distill
+(docs/architecture.md). Names are imported on first use, so ``import sowmeta.errors`` and the
+CLI's ``--help`` and ``--version`` do not load torch.
 """
 
 from __future__ import annotations
 
-from . import errors
-from .bundle import Bundle, Manifest, ModelRecord, SourceRecord, TapRecord, TapStats
-from .collect import CollectReport, TrainingCollector, collect, collect_seeds
-from .distill import DistillConfig, DistillResult, distill
-from .errors import SowmetaError
-from .evaluate import EvaluationReport, evaluate
-from .fuse import fuse_bn
-from .models import LoadedModel, fingerprint, list_models, load_model, register_model
-from .preprocess import Preprocessing
-from .stats import ClassMoments
-from .synth import SynthConfig, SynthProgress, SynthResult, synthesize
-from .taps import Tap, resolve_taps, tap_hooks
+from importlib import import_module
+from typing import Any
+
 from .version import __version__
 
-__all__ = [
-    "__version__",
-    "errors",
-    "SowmetaError",
+# public name -> the module that defines it
+_HOME = {
+    "errors": ".errors",
+    "SowmetaError": ".errors",
+    "Registry": ".named",
     # models
-    "LoadedModel",
-    "load_model",
-    "list_models",
-    "register_model",
-    "fingerprint",
-    "fuse_bn",
-    "Preprocessing",
+    "LoadedModel": ".models",
+    "load_model": ".models",
+    "list_models": ".models",
+    "register_model": ".models",
+    "MODEL_SOURCES": ".models",
+    "fingerprint": ".models",
+    "fuse_bn": ".fuse",
+    "Preprocessing": ".preprocess",
     # statistics and collection
-    "Tap",
-    "resolve_taps",
-    "tap_hooks",
-    "ClassMoments",
-    "collect",
-    "collect_seeds",
-    "TrainingCollector",
-    "CollectReport",
+    "Tap": ".taps",
+    "TAP_PRESETS": ".taps",
+    "resolve_taps": ".taps",
+    "tap_hooks": ".taps",
+    "ClassMoments": ".stats",
+    "collect": ".collectors",
+    "collect_seeds": ".collectors",
+    "TrainingCollector": ".collectors",
+    "CollectReport": ".collectors",
     # bundles
-    "Bundle",
-    "Manifest",
-    "ModelRecord",
-    "SourceRecord",
-    "TapRecord",
-    "TapStats",
+    "Bundle": ".bundle",
+    "Manifest": ".manifest",
+    "ModelRecord": ".manifest",
+    "SourceRecord": ".manifest",
+    "TapRecord": ".manifest",
+    "TapStats": ".bundle_files",
     # synthesis
-    "SynthConfig",
-    "SynthResult",
-    "SynthProgress",
-    "synthesize",
+    "SynthConfig": ".synth",
+    "SynthResult": ".synth",
+    "SynthProgress": ".synth",
+    "synthesize": ".synth",
     # evaluation and distillation
-    "evaluate",
-    "EvaluationReport",
-    "distill",
-    "DistillConfig",
-    "DistillResult",
-]
+    "evaluate": ".evaluation",
+    "EvaluationReport": ".evaluation",
+    "distill": ".distillation",
+    "DistillConfig": ".distill_config",
+    "DistillResult": ".distillation",
+}
+
+__all__ = ["__version__", *_HOME]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'sowmeta' has no attribute {name!r}")
+    module = import_module(home, __name__)
+    value = module if name == "errors" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .atomic import atomic_file
 from .errors import storage_errors
 from .outputs import DEMO_MARKER, require_replaceable
-from .collect import TrainingCollector
+from .collectors import TrainingCollector
 from .demo_data import DEMO_CLASSES, border_stats, make_demo_images
 from .models import load_model
 from .synth import SynthConfig, SynthProgress, synthesize
@@ -208,16 +208,14 @@ def _run(out: Path, cfg: DemoConfig, device: str, stage: Stage) -> DemoReport:
 
 
 def _grid(path: Path, real: torch.Tensor, real_labels: torch.Tensor, images: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> Path:
-    """One row per class: real images | cc images | di images, separated by a white tile."""
-    from .synth.export import save_contact_sheet
+    """One row per class, labelled: real images | cc images | di images, enlarged so the shapes show."""
+    from .synth.export import readable_scale, save_png, sheet
 
     cols = min(4, *(int((labels[m] == 0).sum()) for m in images))
-    blank = torch.ones(1, 3, *real.shape[-2:])
-    tiles = []
+    rows = []
     for k in range(len(DEMO_CLASSES)):
-        parts = [real[real_labels == k][:cols]] + [images[m][labels[m] == k][:cols] for m in ("cc", "di")]
-        for j, part in enumerate(parts):
-            tiles += [part] + ([blank] if j < len(parts) - 1 else [])
-    from torchvision.utils import make_grid
-
-    return save_contact_sheet(make_grid(torch.cat(tiles), nrow=3 * cols + 2, padding=1, pad_value=1.0), path)
+        parts = [list(real[real_labels == k][:cols])] + [list(images[m][labels[m] == k][:cols]) for m in ("cc", "di")]
+        rows.append(parts[0] + [None] + parts[1] + [None] + parts[2])
+    columns = [("real", cols), ("", 1), ("class-conditional (cc)", cols), ("", 1), ("DeepInversion (di)", cols)]
+    grid = sheet(rows, row_labels=[c.name for c in DEMO_CLASSES], col_labels=columns, scale=readable_scale(real.shape[-1]), pad=2)
+    return save_png(grid, path)

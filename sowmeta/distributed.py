@@ -8,12 +8,33 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["launched_by_torchrun", "process_group", "rank_world"]
+__all__ = ["launched_by_torchrun", "launch_rank", "is_main_process", "process_group", "rank_world", "device_for_rank"]
 
 
 def launched_by_torchrun() -> bool:
     """True when torchrun (or an equivalent launcher) started several processes."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (``RANK``), 0 when not launched by torchrun."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def is_main_process() -> bool:
+    """True for the process that reports and writes shared outputs (rank 0, or the only process)."""
+    return launch_rank() == 0
+
+
+def device_for_rank(device: str | torch.device, world: int) -> torch.device:
+    """``device``; under torchrun a bare ``cuda`` means this rank's GPU (``LOCAL_RANK``)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and world > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
 
 
 def rank_world() -> tuple[int, int]:

@@ -13,16 +13,14 @@ __all__ = ["fuse_bn"]
 
 
 def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Conv2d:
+    """``conv`` followed by ``bn`` (eval mode) as one convolution (torch's ``fuse_conv_bn_weights``)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
     fused = copy.deepcopy(conv)
-    w = conv.weight.detach().double()
-    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-    var = bn.running_var.double()
-    mean = bn.running_mean.double()
-    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
-    scale = gamma / torch.sqrt(var + bn.eps)
-    fused.weight = nn.Parameter((w * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
-    fused.bias = nn.Parameter(((b - mean) * scale + beta).to(conv.weight.dtype))
+    ones = torch.ones_like(bn.running_var)
+    gamma = bn.weight if bn.weight is not None else ones
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(ones)
+    fused.weight, fused.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, gamma, beta)
     return fused
 
 

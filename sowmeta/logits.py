@@ -33,3 +33,4 @@ def logits_of(output: Any) -> torch.Tensor:
     if logits.dim() != 2:
         raise ModelError(f"the model's logits have shape {tuple(logits.shape)}; a classifier returns [batch, classes]")
     return logits
+

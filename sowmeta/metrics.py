@@ -51,8 +51,14 @@ Progress = Callable[[int, int], None]
 
 
 def network_name(model: LoadedModel) -> str:
-    """``name=weights`` (or ``name`` for random weights): the string that names the network in reports."""
-    return model.name if model.weights is None else f"{model.name}={model.weights}"
+    """The model's name, with its weights' file name where a file gave them (``cifar-resnet20 (r20.safetensors)``).
+
+    Short enough for a table column; no machine path.
+    """
+    w = model.weights
+    if w is None or w.upper() == "DEFAULT" or "/" not in w and not w.endswith((".safetensors", ".pt", ".pth", ".bin")):
+        return model.name if w is None or w.upper() == "DEFAULT" else f"{model.name} ({w})"
+    return f"{model.name} ({Path(w).name})"
 
 
 @dataclass

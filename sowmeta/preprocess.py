@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = ["Preprocessing", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+
+def _triple(value: str | tuple[float, float, float] | None, default: tuple[float, float, float], what: str) -> tuple[float, float, float]:
+    if value is None:
+        return default
+    try:
+        vals = tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+        raise ConfigError(f"--{what} takes three comma-separated numbers (e.g. 0.485,0.456,0.406), got {value!r}")
+    return vals  # type: ignore[return-value]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,6 +41,36 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     source: str = field(default="options", compare=False)
+
+    def with_options(
+        self,
+        *,
+        crop: int | None = None,
+        resize: int | None = None,
+        mean: str | tuple[float, float, float] | None = None,
+        std: str | tuple[float, float, float] | None = None,
+    ) -> Preprocessing:
+        """This preprocessing with some values replaced (the CLI's ``--crop/--resize/--mean/--std``).
+
+        A new ``crop`` without a ``resize`` keeps the weights' resize/crop ratio (256/224), so a
+        smaller input is never a small centre of a large resize. ``mean``/``std`` may be given as
+        text, ``"0.485,0.456,0.406"``.
+        """
+        if all(v is None for v in (crop, resize, mean, std)):
+            return self
+        new_std = _triple(std, self.std, "std")
+        if min(new_std) <= 0:
+            raise ConfigError(f"--std values must be positive, got {std!r}")
+        if resize is None and crop is not None and self.resize is not None:
+            resize = max(crop, round(crop * self.resize / self.crop))
+        return Preprocessing(
+            crop=crop or self.crop,
+            resize=resize if resize is not None else self.resize,
+            mean=_triple(mean, self.mean, "mean"),
+            std=new_std,
+            interpolation=self.interpolation,
+            source="options",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

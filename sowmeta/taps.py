@@ -17,11 +17,13 @@ import torch
 from torch import nn
 
 from .errors import TapError
+from .named import Registry
 
-__all__ = ["Tap", "TAP_PRESETS", "Probe", "resolve_taps", "tap_hooks", "probe", "probe_channels"]
+__all__ = ["Tap", "TAP_PRESETS", "Probe", "count_outputs", "describe_taps", "resolve_taps", "tap_hooks", "probe", "probe_channels"]
 
 Position = Literal["in", "out"]
-TAP_PRESETS = ("bn-inputs", "conv-outputs")
+Preset = Callable[[nn.Module], list["Tap"]]
+TAP_PRESETS: Registry[Preset] = Registry("tap preset", error=TapError)
 
 
 @dataclass(frozen=True)
@@ -43,29 +45,49 @@ def _is_bn(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._BatchNorm)
 
 
-def resolve_taps(model: nn.Module, spec: str | Sequence[str] = "bn-inputs") -> list[Tap]:
-    """Turn a preset name or a list of module names/globs into taps, in module order.
+def _modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if n]
+
+
+@TAP_PRESETS.register("bn-inputs")
+def bn_inputs(model: nn.Module) -> list[Tap]:
+    """The input of every BatchNorm layer (the paper's and DeepInversion's choice)."""
+    taps = [Tap(n, n, "in", "bn-input") for n, m in _modules(model) if _is_bn(m)]
+    if not taps:
+        raise TapError(
+            "the model has no BatchNorm layer, so taps 'bn-inputs' finds nothing; "
+            "use taps 'conv-outputs' (BN-free or fused models) or name modules explicitly"
+        )
+    return taps
+
+
+@TAP_PRESETS.register("conv-outputs")
+def conv_outputs(model: nn.Module) -> list[Tap]:
+    """The output of every Conv2d layer (BN-free and BN-fused models)."""
+    taps = [Tap(n, n, "out", "conv-output") for n, m in _modules(model) if isinstance(m, nn.Conv2d)]
+    if not taps:
+        raise TapError("the model has no Conv2d layer, so taps 'conv-outputs' finds nothing; name modules explicitly")
+    return taps
+
+
+@TAP_PRESETS.register("auto")
+def auto(model: nn.Module) -> list[Tap]:
+    """BatchNorm inputs if the model has BatchNorm, else Conv2d outputs."""
+    return bn_inputs(model) if any(_is_bn(m) for m in model.modules()) else conv_outputs(model)
+
+
+def resolve_taps(model: nn.Module, spec: str | Sequence[str] = "auto") -> list[Tap]:
+    """Turn a preset name (``TAP_PRESETS``) or module names/globs (a list, or comma-separated text) into taps, in module order.
 
     Raises:
         TapError: the preset finds no module, or a name or glob matches nothing.
     """
-    modules = [(n, m) for n, m in model.named_modules() if n]
+    modules = _modules(model)
     if isinstance(spec, str) and spec in TAP_PRESETS:
-        if spec == "bn-inputs":
-            taps = [Tap(n, n, "in", "bn-input") for n, m in modules if _is_bn(m)]
-            if not taps:
-                raise TapError(
-                    "the model has no BatchNorm layer, so taps 'bn-inputs' finds nothing; "
-                    "use taps 'conv-outputs' (BN-free or fused models) or name modules explicitly"
-                )
-        else:
-            taps = [Tap(n, n, "out", "conv-output") for n, m in modules if isinstance(m, nn.Conv2d)]
-            if not taps:
-                raise TapError("the model has no Conv2d layer, so taps 'conv-outputs' finds nothing; name modules explicitly")
-        return taps
+        return TAP_PRESETS.get(spec)(model)
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
-        raise TapError(f"empty tap specification; use one of {', '.join(TAP_PRESETS)} or module names")
+        raise TapError(f"empty tap specification; use one of {', '.join(TAP_PRESETS.names())} or module names")
     chosen: dict[tuple[str, str], Tap] = {}
     for item in items:
         pattern, _, pos = item.partition(":")
@@ -145,15 +167,18 @@ class Probe:
 
     channels: dict[str, int]
     outputs: int
+    shapes: dict[str, tuple[int, ...]]
 
 
 def probe(model: nn.Module, taps: Sequence[Tap], image_size: int, *, device: torch.device | str = "cpu") -> Probe:
-    """Channels of every tap and the number of logits, from one forward pass of a random image of ``image_size``."""
+    """Channels and feature shape of every tap and the number of logits, from one forward pass of a random image."""
     from .logits import logits_of
 
     channels: dict[str, int] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
 
     def record(tap: Tap, x: torch.Tensor) -> None:
+        shapes[tap.name] = tuple(int(v) for v in x.shape)
         channels[tap.name] = int(x.shape[tap.axis])
 
     was_training = model.training
@@ -163,7 +188,23 @@ def probe(model: nn.Module, taps: Sequence[Tap], image_size: int, *, device: tor
             out = model(torch.rand(1, 3, image_size, image_size, device=device))
     finally:
         model.train(was_training)
-    return Probe(channels, int(logits_of(out).shape[-1]))
+    return Probe(channels, int(logits_of(out).shape[-1]), shapes)
+
+
+def describe_taps(model: nn.Module, spec: str | Sequence[str], image_size: int, *, device: torch.device | str = "cpu") -> list[dict[str, object]]:
+    """Every tap ``spec`` resolves to, with the shape its feature has for one image, its channel axis and channels."""
+    taps = resolve_taps(model, spec)
+    found = probe(model, taps, image_size, device=device)
+    return [
+        {"name": t.name, "module": t.module, "position": t.position, "kind": t.kind, "shape": list(found.shapes[t.name]),
+         "axis": t.axis, "channels": found.channels[t.name]}
+        for t in taps
+    ]
+
+
+def count_outputs(model: nn.Module, image_size: int, *, device: torch.device | str = "cpu") -> int:
+    """How many logits ``model`` gives for a random image of ``image_size`` (``probe`` without taps)."""
+    return probe(model, [], image_size, device=device).outputs
 
 
 def probe_channels(model: nn.Module, taps: Sequence[Tap], image_size: int, *, device: torch.device | str = "cpu") -> dict[str, int]:

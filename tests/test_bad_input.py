@@ -22,7 +22,7 @@ from conftest import TinyNet, tiny_net, write_image_folder
 from sowmeta import errors as E
 from sowmeta.bundle import Bundle
 from sowmeta.cli.main import main
-from sowmeta.collect import collect
+from sowmeta.collectors import collect
 from sowmeta.models import LoadedModel, load_model
 from sowmeta.preprocess import Preprocessing
 
@@ -178,14 +178,14 @@ def test_unwritable_destinations_fail_before_work(bundle_dir: Path, image_folder
         expect = "no write permission"
     one_line_failure(cli("synthesize", "--bundle", bundle_dir, *SYNTH, "--out", target / "s.h5"), expect)
     one_line_failure(cli("collect", *TINY, "--data", image_folder, "--out", target / "b"), expect)
-    one_line_failure(cli("distill", "--synth", image_folder, "--teacher", "conftest:tiny_net=none", "--student", "conftest:tiny_net",
+    one_line_failure(cli("distill", "--data", image_folder, "--model", "conftest:tiny_net", "--weights", "none", "--student", "conftest:tiny_net",
                          "--test", image_folder, "--out", target / "run", "--epochs", "1"), expect)
 
 
 def test_distill_and_demo_refuse_a_users_folder(image_folder: Path, tmp_path: Path):
     mine = user_tree(tmp_path / "mine")
     before = snapshot(mine)
-    one_line_failure(cli("distill", "--synth", image_folder, "--teacher", "conftest:tiny_net=none", "--student", "conftest:tiny_net",
+    one_line_failure(cli("distill", "--data", image_folder, "--model", "conftest:tiny_net", "--weights", "none", "--student", "conftest:tiny_net",
                          "--test", image_folder, "--out", mine, "--overwrite", "--epochs", "1"), "also holds 'photos'")
     one_line_failure(cli("demo", "--out", mine, "--quick"), "has no .sowmeta-demo marker")
     assert snapshot(mine) == before
@@ -315,8 +315,8 @@ def test_unfinished_synthesis_file_is_refused(tmp_path: Path, image_folder: Path
         f.create_dataset("labels", data=np.zeros(8, np.int64))
         f.create_dataset("batch_done", data=np.array([1, 1, 0, 1], np.uint8))
         f.attrs["format"] = "sowmeta-synth"
-    one_line_failure(cli("evaluate", partial, "--model", "conftest:tiny_net=none", "-q"), "unfinished synthesis run (3 of 4 batches done)")
-    one_line_failure(cli("distill", "--synth", partial, "--teacher", "conftest:tiny_net=none", "--student", "conftest:tiny_net",
+    one_line_failure(cli("evaluate", "--data", partial, "--model", "conftest:tiny_net", "--weights", "none", "-q"), "unfinished synthesis run (3 of 4 batches done)")
+    one_line_failure(cli("distill", "--data", partial, "--model", "conftest:tiny_net", "--weights", "none", "--student", "conftest:tiny_net",
                          "--test", image_folder, "--out", tmp_path / "run", "--epochs", "1", "-q"), "run the same `sowmeta synthesize` command again")
     assert not (tmp_path / "run").exists()
 

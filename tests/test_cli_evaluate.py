@@ -1,4 +1,4 @@
-"""CLI: ``sowmeta evaluate`` and ``sowmeta distill``, the NAME=WEIGHTS parser, one-line errors for bad input."""
+"""CLI: ``sowmeta evaluate`` and ``sowmeta distill``, --model/--weights pairs, one-line errors for bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sowmeta.cli.evaluate_cmds import parse_model_spec
+from sowmeta.cli.evaluate_cmds import pair_models
 from sowmeta.cli.main import main
 from sowmeta.errors import ConfigError
 
@@ -16,7 +16,7 @@ from conftest import write_image_folder
 from synth_files import write_synth_h5
 
 # demo-cnn: a registered 4-class, 32 px model, cheap with random weights
-MODEL = "demo-cnn=none"
+MODEL = ["--model", "demo-cnn", "--weights", "none"]
 
 
 @pytest.fixture
@@ -38,40 +38,27 @@ def one_line_error(r, expect: str) -> None:
     assert expect in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
-@pytest.mark.parametrize(
-    "text,expected",
-    [
-        ("cifar-resnet20=../shared/models/cifar10/resnet20.safetensors", ("cifar-resnet20", "../shared/models/cifar10/resnet20.safetensors")),
-        ("resnet50", ("resnet50", "DEFAULT")),
-        ("resnet50=IMAGENET1K_V2", ("resnet50", "IMAGENET1K_V2")),
-        ("demo-cnn=none", ("demo-cnn", "none")),
-        ("pkg.mod:factory=runs/lr=0.1/w.pt", ("pkg.mod:factory", "runs/lr=0.1/w.pt")),
-    ],
-)
-def test_parse_model_spec(text: str, expected: tuple[str, str]):
-    assert parse_model_spec(text) == expected
-
-
-@pytest.mark.parametrize("text", ["=w.safetensors", "cifar-resnet20=", "", " = "])
-def test_parse_model_spec_rejects(text: str):
-    with pytest.raises(ConfigError):
-        parse_model_spec(text)
+def test_models_pair_with_weights_in_order():
+    assert pair_models(("a", "b"), ("w1", "w2")) == [("a", "w1"), ("b", "w2")]
+    assert pair_models(("a", "b"), ()) == [("a", "DEFAULT"), ("b", "DEFAULT")]
+    with pytest.raises(ConfigError, match="2 --model but 1 --weights"):
+        pair_models(("a", "b"), ("w1",))
 
 
 def test_evaluate_json_and_table(runner, files, tmp_path: Path):
     synth, real = files
-    r = run(runner, "evaluate", str(synth), "--model", MODEL, "--reference", str(real), "--json", "--workers", "0", "--kid-subsets", "5")
+    r = run(runner, "evaluate", "--data", str(synth), *MODEL, "--reference", str(real), "--json", "--workers", "0", "--kid-subsets", "5")
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["images"] == 24 and report["accuracy"][0]["network"] == "demo-cnn"
     assert report["distances"]["network"] == "demo-cnn" and report["distances"]["reference_images"] == 16
     assert report["inception_score"]["network"] == "demo-cnn" and report["feature_network"] == "demo-cnn"
     assert report["diversity"]["network"] == "demo-cnn" and len(report["diversity"]["per_class"]) == 4
-    r = run(runner, "evaluate", str(synth), "--model", MODEL, "--model", "demo-cnn", "--feature-model", MODEL,
-            "--reference", str(real), "--classes", "c0,2", "--sheets", str(tmp_path / "sheets"), "--workers", "0", "--kid-subsets", "5", "-q")
-    assert r.exit_code == 1 and "demo-cnn has no downloadable weights" in r.output  # the second --model means DEFAULT weights
-    r = run(runner, "evaluate", str(synth), "--model", MODEL, "--feature-model", MODEL, "--reference", str(real),
-            "--classes", "c0,2", "--sheets", str(tmp_path / "sheets"), "--workers", "0", "--kid-subsets", "5", "-q")
+    r = run(runner, "evaluate", "--data", str(synth), "--model", "demo-cnn", "--model", "demo-cnn", "--feature-model", "demo-cnn",
+            "--feature-weights", "none", "--reference", str(real), "--classes", "c0,2", "--workers", "0", "--kid-subsets", "5")
+    assert r.exit_code == 1 and "demo-cnn has no downloadable weights" in r.output  # no --weights means DEFAULT weights
+    r = run(runner, "evaluate", "--data", str(synth), *MODEL, "--feature-model", "demo-cnn", "--feature-weights", "none", "--reference", str(real),
+            "--classes", "c0,2", "--sheets", str(tmp_path / "sheets"), "--workers", "0", "--kid-subsets", "5")
     assert r.exit_code == 0, r.output
     assert "top-1 accuracy" in r.output and "Fréchet distance" in r.output and "0 c0" in r.output and "1 c1" not in r.output
     assert "softmax of demo-cnn" in r.output and "features for distances and diversity: demo-cnn" in r.output  # each score names its network
@@ -81,13 +68,13 @@ def test_evaluate_json_and_table(runner, files, tmp_path: Path):
 @pytest.mark.parametrize(
     "args,expect",
     [
-        (["missing.h5", "--model", MODEL], "does not exist"),
-        (["{synth}", "--model", "demo-cnn="], "nothing after '='"),
-        (["{synth}", "--model", "=w.safetensors"], "no name before '='"),
-        (["{synth}", "--model", "demo-cnn=missing.safetensors"], "does not exist"),
-        (["{synth}", "--model", "no-such-model=none"], "model error"),
-        (["{synth}"], "at least one --model"),
-        (["{synth}", "--model", MODEL, "--classes", "dog"], "no class 'dog'"),
+        (["--data", "missing.h5", *MODEL], "does not exist"),
+        (["--data", "{synth}", "--model", "demo-cnn", "--model", "demo-cnn", "--weights", "none"], "2 --model but 1 --weights"),
+        (["--data", "{synth}", "--model", "demo-cnn", "--weights", "missing.safetensors"], "does not exist"),
+        (["--data", "{synth}", "--model", "no-such-model", "--weights", "none"], "unknown model 'no-such-model'"),
+        (["--data", "{synth}", "--model", "demo-cn", "--weights", "none"], "did you mean 'demo-cnn'?"),
+        (["--data", "{synth}"], "at least one --model"),
+        (["--data", "{synth}", *MODEL, "--classes", "dog"], "no class 'dog'"),
     ],
 )
 def test_evaluate_bad_input(runner, files, tmp_path: Path, args, expect):
@@ -99,7 +86,7 @@ def test_evaluate_bad_input(runner, files, tmp_path: Path, args, expect):
 def test_distill_run_resume_and_refusals(runner, files, tmp_path: Path):
     synth, real = files
     out = tmp_path / "kd"
-    base = ["distill", "--synth", str(synth), "--teacher", MODEL, "--student", "demo-cnn", "--test", str(real),
+    base = ["distill", "--data", str(synth), *MODEL, "--student", "demo-cnn", "--test", str(real),
             "--out", str(out), "--epochs", "1", "--batch-size", "8", "--workers", "0"]
     r = run(runner, *base, "-q")
     assert r.exit_code == 0, r.output
@@ -118,17 +105,17 @@ def test_distill_run_resume_and_refusals(runner, files, tmp_path: Path):
 @pytest.mark.parametrize(
     "change,expect",
     [
-        ({"--synth": "missing.h5"}, "does not exist"),
-        ({"--teacher": "demo-cnn="}, "nothing after '='"),
-        ({"--teacher": "demo-cnn=nope.safetensors"}, "weights error"),
+        ({"--data": "missing.h5"}, "does not exist"),
+        ({"--weights": "nope.safetensors"}, "weights error"),
+        ({"--model": "demo-cnx"}, "did you mean 'demo-cnn'?"),
         ({"--student": "no-such-model"}, "model error"),
         ({"--test": "missing-dir"}, "does not exist"),
     ],
 )
 def test_distill_bad_input(runner, files, tmp_path: Path, change, expect):
     synth, real = files
-    opts = {"--synth": str(synth), "--teacher": MODEL, "--student": "demo-cnn", "--test": str(real), "--out": str(tmp_path / "kd")}
-    opts.update({k: v if k in ("--teacher", "--student") else str(tmp_path / v) for k, v in change.items()})
+    opts = {"--data": str(synth), "--model": "demo-cnn", "--weights": "none", "--student": "demo-cnn", "--test": str(real), "--out": str(tmp_path / "kd")}
+    opts.update({k: v if k in ("--model", "--student") else str(tmp_path / v) for k, v in change.items()})
     r = run(runner, "distill", *[x for kv in opts.items() for x in kv], "--epochs", "1", "--workers", "0")
     one_line_error(r, expect)
     assert not (tmp_path / "kd").exists()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import ImageFolder
 
-from sowmeta.collect import TrainingCollector, collect, collect_seeds
+from sowmeta.collectors import TrainingCollector, collect, collect_seeds
 from sowmeta.data import read_image
 from sowmeta.errors import CorruptImageError, DataError, SeedRejectedError
 from sowmeta.models import LoadedModel, load_model
@@ -362,7 +362,7 @@ def test_a_module_that_runs_twice_per_forward_is_refused():
     """torchvision ResNets reuse one ReLU per block: tapping it would count every image twice."""
     from torch import nn
 
-    from sowmeta.collect import StatsRecorder
+    from sowmeta.collectors import StatsRecorder
     from sowmeta.errors import TapError
 
     class Shared(nn.Module):

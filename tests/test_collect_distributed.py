@@ -16,7 +16,7 @@ def _worker(rank: int, world: int, init: str, folder: str, out: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from test_collect import loaded_tiny
 
-    from sowmeta.collect import collect
+    from sowmeta.collectors import collect
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -32,7 +32,7 @@ def _worker(rank: int, world: int, init: str, folder: str, out: str) -> None:
 def test_two_process_gloo_equals_single_process(image_folder: Path, tmp_path: Path):
     from test_collect import loaded_tiny
 
-    from sowmeta.collect import collect
+    from sowmeta.collectors import collect
 
     init = f"file://{tmp_path / 'rendezvous'}"
     out = tmp_path / "dist-bundle"

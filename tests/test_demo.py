@@ -118,9 +118,17 @@ def test_demo_quick_report(tmp_path: Path, monkeypatch):
         assert np.allclose(mine, report["background_distance_per_class"][mode], atol=0.01), (mode, mine)
         assert abs(np.mean(mine) - report["background_distance"][mode]) < 0.01
 
-    # the grid: one row per class, real | cc | di with 4 images each and a blank tile between
+    # the grid: one labelled row per class, real | cc | di with 4 images each and a blank tile between, enlarged 3x
     with Image.open(out / "grid.png") as grid:
-        assert grid.size == (14 * 33 + 1, len(DEMO_CLASSES) * 33 + 1)
+        width, height = grid.size
+        assert width > 14 * 98 + 2 and height > len(DEMO_CLASSES) * 98 + 2
+        assert grid.text.get("Software") == "sowmeta"
+        # the last tile of the first row is the 4th di image of class 0, enlarged 3x, flush with the right border
+        pixels = np.asarray(grid.convert("RGB"))
+        tile = pixels[height - len(DEMO_CLASSES) * 98 : height - (len(DEMO_CLASSES) - 1) * 98 - 2, width - 98 : width - 2]
+        with h5py.File(out / "synth-di.h5", "r") as f:
+            di = f["images"][:][f["labels"][:] == 0][3]
+        assert np.array_equal(tile, di.repeat(3, axis=0).repeat(3, axis=1))
 
 
 def test_demo_classes_have_distinct_backgrounds():

@@ -1,4 +1,4 @@
-"""sowmeta.distill: the KD loss, augmentation, resumable training equal to an uninterrupted run, output files."""
+"""sowmeta.distillation: the KD loss, augmentation, resumable training equal to an uninterrupted run, output files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sowmeta.distill import CHECKPOINT, METRICS, STUDENT, DistillConfig, augment, distill, kd_loss
+from sowmeta.distillation import CHECKPOINT, METRICS, STUDENT, DistillConfig, augment, distill, kd_loss
 from sowmeta.errors import ConfigError, DataError, OutputExistsError
 from sowmeta.metrics import accuracy
 from sowmeta.models import LoadedModel, load_model
@@ -190,7 +190,7 @@ def test_bad_input(tmp_path: Path, data):
 def test_image_folder_data_and_worker_processes_give_the_same_run(tmp_path: Path, data, monkeypatch):
     """Any class-per-folder directory can be the data (the real-data baseline); decoding once into memory
     or streaming through worker processes changes nothing."""
-    distill_module = importlib.import_module("sowmeta.distill")  # the package's `distill` is the function
+    distill_module = importlib.import_module("sowmeta.distillation")  # the package's `distill` is the function
 
     _, test = data
     folder = write_image_folder(tmp_path / "real-train", classes=4, per_class=4)

@@ -1,4 +1,4 @@
-"""sowmeta.evaluate: every score names its network, accuracy agrees with an independent route, FD behaves."""
+"""sowmeta.evaluation: every score names its network, accuracy agrees with an independent route, FD behaves."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from sowmeta.errors import ConfigError, DataError
-from sowmeta.evaluate import EvaluationReport, evaluate
+from sowmeta.evaluation import EvaluationReport, evaluate
 from sowmeta.metrics import (
     class_diversity,
     frechet_distance,

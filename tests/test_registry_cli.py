@@ -51,7 +51,7 @@ def test_local_push_pull_list(make_bundle, tmp_path: Path) -> None:  # noqa: ANN
 
     listed = run("list", "--json")
     assert listed.exit_code == 0
-    assert [(e["name"], e["commit"], e["refs"]) for e in json.loads(listed.stdout)] == [(NAME, info["commit"], ["main"])]
+    assert [(e["name"], e["commit"], e["refs"]) for e in json.loads(listed.stdout)["bundles"]] == [(NAME, info["commit"], ["main"])]
     table = run("list")
     assert NAME in table.stdout and info["commit"][:12] in table.stdout
 
@@ -72,7 +72,7 @@ def test_hub_push_pull_list(fake_hub: HubServer, make_bundle, tmp_path: Path) ->
     assert Path(pulled.stdout.strip()) == out and bundle_bytes(out) == bundle_bytes(first)
 
     listed = run("list", "--registry", "hub", "--json")
-    assert [e["name"] for e in json.loads(listed.stdout)] == [NAME]
+    assert [e["name"] for e in json.loads(listed.stdout)["bundles"]] == [NAME]
 
 
 def test_hub_errors_are_one_line(fake_hub: HubServer, make_bundle, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
@@ -130,7 +130,7 @@ def test_list_shows_local_and_cached_bundles(fake_hub: HubServer, make_bundle) -
     assert run("pull", NAME, "--registry", "hub").exit_code == 0
     fake_hub.stop()
 
-    listed = json.loads(run("list", "--json").stdout)
+    listed = json.loads(run("list", "--json").stdout)["bundles"]
     assert {(e["backend"], e["name"], e["commit"]) for e in listed} == {
         ("local", f"{HUB_ORG}/local-one", local_commit), ("hub-cache", NAME, hub_commit)
     }
@@ -138,7 +138,7 @@ def test_list_shows_local_and_cached_bundles(fake_hub: HubServer, make_bundle) -
     assert "local registry" in table and "Hub cache" in table and hub_commit[:12] in table
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        assert len(json.loads(run("list", "--json").stdout)) == 2, "offline, what is at hand is still listed"
+        assert len(json.loads(run("list", "--json").stdout)["bundles"]) == 2, "offline, what is at hand is still listed"
         one_error_line(run("list", "--registry", "hub"), "offline")
 
 

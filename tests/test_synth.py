@@ -18,7 +18,7 @@ from conftest import TinyNet, tiny_net
 
 import sowmeta
 from sowmeta import errors as E
-from sowmeta.collect import collect
+from sowmeta.collectors import collect
 from sowmeta.models import LoadedModel
 from sowmeta.preprocess import Preprocessing
 from sowmeta.bundle import Bundle
@@ -457,3 +457,21 @@ def test_test_fixture_has_the_writers_layout(bundle_dir: Path, tmp_path: Path):
         for name, ds in f.items():
             assert name in r and r[name].dtype == ds.dtype and r[name].shape[1:] == ds.shape[1:], name
         assert set(f.attrs) <= set(r.attrs)
+
+
+def test_sheet_places_tiles_like_make_grid_and_adds_labels():
+    from torchvision.utils import make_grid
+
+    from sowmeta.synth.export import contact_sheet, sheet
+
+    g = torch.Generator().manual_seed(0)
+    tiles = torch.randint(0, 256, (5, 3, 6, 7), generator=g, dtype=torch.uint8)
+    plain = sheet([list(tiles[:3]), list(tiles[3:])], pad=2)
+    expected = make_grid(tiles.float() / 255, nrow=3, padding=2, pad_value=1.0).mul(255).round().to(torch.uint8)
+    assert torch.equal(plain, expected)
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    named = contact_sheet(tiles.float() / 255, labels, per_class=3, names=["cat", "dog"], scale=2)
+    assert named.shape[1] == 2 * (12 + 2) + 2 and named.shape[2] > 3 * (14 + 2) + 2  # a label strip on the left
+    blank = named[:, 2 : 2 + 12, -16:-2]  # the cat row has two images: its third tile stays white
+    assert torch.equal(blank, torch.full_like(blank, 255))
+    assert torch.equal(named[:, 16 : 16 + 12, -16:-2], tiles[4].repeat_interleave(2, 1).repeat_interleave(2, 2))  # dog's third, 2x

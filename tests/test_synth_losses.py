@@ -109,7 +109,7 @@ def test_statistics_term_through_real_hooks():
     for h in hooks:
         h.remove()
     group_rows, groups = torch.unique(rows, return_inverse=True)
-    terms = inv._terms(x, logits, labels, groups, group_rows)
+    terms = inv.term_values(x, logits, labels, groups, group_rows)
     expected = 0.0
     for t, name in zip(targets, ("bn1", "bn2")):
         f = captured[name]
@@ -164,7 +164,7 @@ def _engine_terms(feature_loss: str):  # noqa: ANN202
     with tap_hooks(model, taps, inv._record):
         logits = model(x)
     group_rows, groups = torch.unique(rows, return_inverse=True)
-    terms = inv._terms(x, logits, labels, groups, group_rows)
+    terms = inv.term_values(x, logits, labels, groups, group_rows)
     return model, targets, x, rows, terms
 
 
@@ -188,13 +188,13 @@ def test_a_registered_feature_loss_is_what_the_engine_uses(monkeypatch):
     def mean_abs(mean, var, target_mean, target_var, segments):  # noqa: ANN001, ANN202
         return segments.sum((mean - target_mean).abs()).mean(dim=0)
 
-    monkeypatch.setitem(losses.FEATURE_LOSSES, "test-mean-abs", mean_abs)
+    losses.FEATURE_LOSSES.register("test-mean-abs", mean_abs)
     model, targets, x, rows, terms = _engine_terms("test-mean-abs")
     moments = _captured_group_moments(model, x, rows)
     expected = sum(t.weight * np.mean([float((m - t.mean[r]).abs().sum()) for r, (m, _) in enumerate(moments[n])])
                    for t, n in zip(targets, ("bn1", "bn2")))
     assert abs(float(terms["stats"].detach()) - expected) < 1e-9
-    monkeypatch.delitem(losses.FEATURE_LOSSES, "test-mean-abs")
+    losses.FEATURE_LOSSES.unregister("test-mean-abs")
     with pytest.raises(ConfigError, match="unknown feature loss 'test-mean-abs'"):
         SynthConfig(feature_loss="test-mean-abs")
 

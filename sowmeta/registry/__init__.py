@@ -14,11 +14,12 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from ..errors import ConfigError
+from .backend import BACKENDS, Backend, choose_backend
 from .card import DEFAULT_LICENSE, render_card
 from .records import BundleEntry, PullResult, PushResult, split_ref
-from .resolve import Backend, choose_backend, locate_bundle, resolve_bundle
+from .resolve import locate_bundle, resolve_bundle
 
 __all__ = [
     "push",
@@ -29,6 +30,7 @@ __all__ = [
     "choose_backend",
     "render_card",
     "Backend",
+    "BACKENDS",
     "PushResult",
     "PullResult",
     "BundleEntry",
@@ -40,28 +42,18 @@ def push(
     name: str,
     *,
     revision: str | None = None,
-    private: bool = False,
     message: str | None = None,
     registry: str | Path | None = None,
+    private: bool = False,
     license: str = DEFAULT_LICENSE,
+    **options: Any,
 ) -> PushResult:
     """Publish the bundle at ``bundle_dir`` as ``name`` (``ORG/NAME``), moving ref/branch ``revision`` (default main).
 
-    ``private`` and ``license`` (the model card's) apply to the Hub; ``private`` with the local
-    registry is refused so that nobody believes a local push is private on the Hub.
+    ``private``, ``license`` (the model card's) and the other Hub options apply to the Hub; a
+    local registry refuses ``private`` so that nobody believes a local push is private on the Hub.
     """
-    backend = choose_backend(registry)
-    if backend.kind == "hub":
-        from . import hub
-
-        return hub.push(bundle_dir, name, revision=revision, private=private, message=message, license=license)
-    if private:
-        raise ConfigError(
-            f"--private applies to the Hub, but the local registry was chosen ({backend.why}); pass --registry hub"
-        )
-    from . import local
-
-    return local.push(bundle_dir, name, revision=revision, message=message, root=backend.root)
+    return choose_backend(registry).push(bundle_dir, name, revision=revision, message=message, private=private, license=license, **options)
 
 
 def pull(
@@ -76,28 +68,12 @@ def pull(
     Returns the bundle directory in the registry's cache, or a copy in ``to`` (a new or empty directory).
     """
     name, rev = split_ref(name, revision)
-    backend = choose_backend(registry)
-    if backend.kind == "hub":
-        from . import hub
-
-        return hub.pull(name, revision=rev, to=to)
-    from . import local
-
-    return local.pull(name, revision=rev, to=to, root=backend.root)
+    return choose_backend(registry).pull(name, revision=rev, to=to)
 
 
 def list_bundles(*, registry: str | Path | None = None, author: str | None = None) -> list[BundleEntry]:
-    """What is at hand offline: every local revision, then every bundle pulled from the Hub into the cache.
-
-    With the Hub chosen (``registry="hub"`` or ``SOWMETA_REGISTRY=hub``), the Hub's ``sowmeta``-tagged
-    repositories instead (a network call). ``BundleEntry.backend`` tells ``local`` from ``hub-cache``.
+    """What the chosen registry holds: locally, every local revision and every bundle pulled from the Hub
+    into the cache (no network); with the Hub, its ``sowmeta``-tagged repositories (a network call).
+    ``BundleEntry.backend`` tells ``local``, ``hub-cache`` and ``hub`` apart.
     """
-    backend = choose_backend(registry)
-    from . import hub
-
-    if backend.kind == "hub":
-        return hub.list_bundles(author=author)
-    from . import local
-
-    entries = [*local.list_bundles(root=backend.root), *hub.list_cached()]
-    return [e for e in entries if author is None or e.name.split("/")[0] == author]
+    return choose_backend(registry).list(author=author)

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx2
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, scan_cache_dir
@@ -51,7 +52,7 @@ from .card import DEFAULT_LICENSE, card_from_manifest
 from .local import CARD_NAME, export_bundle
 from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_name, check_ref
 
-__all__ = ["push", "pull", "list_bundles", "list_cached", "endpoint", "PULL_PATTERNS"]
+__all__ = ["HubRegistry", "push", "pull", "list_bundles", "list_cached", "endpoint", "PULL_PATTERNS"]
 
 log = logging.getLogger(__name__)
 
@@ -357,3 +358,38 @@ def list_bundles(*, author: str | None = None) -> list[BundleEntry]:
         for m in models
     ]
     return sorted(entries, key=lambda e: e.updated or "", reverse=True)
+
+
+def resolve(name: str, revision: str | None = None) -> str:
+    """The commit ``name@revision`` (default main) points at on the Hub now."""
+    check_name(name)
+    rev = DEFAULT_REF if revision is None else check_ref(revision)
+    _refuse_offline(f"resolving {name}@{rev}")
+    api, url = _api(), endpoint()
+    with _mapped(f"resolving {name}@{rev}", name, url):
+        return str(api.repo_info(name, revision=rev).sha)
+
+
+class HubRegistry:
+    """The Hugging Face Hub (``HF_ENDPOINT``) as a ``Backend``."""
+
+    kind = "hub"
+    root = None
+
+    def __init__(self, *, why: str = "registry argument") -> None:
+        self.why = why
+
+    def push(self, bundle_dir: str | Path, name: str, *, revision: str | None = None, message: str | None = None, **options: Any) -> PushResult:
+        return push(bundle_dir, name, revision=revision, message=message, **options)
+
+    def pull(self, name: str, *, revision: str | None = None, to: str | Path | None = None) -> PullResult:
+        return pull(name, revision=revision, to=to)
+
+    def list(self, *, author: str | None = None) -> list[BundleEntry]:
+        return list_bundles(author=author)
+
+    def resolve(self, name: str, revision: str | None = None) -> str:
+        return resolve(name, revision)
+
+    def __repr__(self) -> str:
+        return f"HubRegistry({endpoint()!r}, why={self.why!r})"

@@ -37,6 +37,7 @@ from filelock import FileLock, Timeout
 
 from ..atomic import atomic_dir, atomic_file, publish_modes
 from ..bundle import MANIFEST_NAME, Bundle, FileRecord, Manifest, verify_files
+from ..manifest import now
 from ..bundle_files import check_contained
 from ..env import registry_dir
 from ..outputs import check_output
@@ -52,7 +53,7 @@ from ..errors import (
 )
 from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_name, check_ref
 
-__all__ = ["push", "pull", "list_bundles", "revision_id", "export_bundle", "LOCK_TIMEOUT_S"]
+__all__ = ["LocalRegistry", "push", "pull", "list_bundles", "revision_id", "export_bundle", "LOCK_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,6 @@ _CHUNK = 1 << 20
 
 def _root(root: str | Path | None) -> Path:
     return Path(root) if root is not None else registry_dir()
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def revision_id(manifest_bytes: bytes, files: list[FileRecord]) -> str:
@@ -103,10 +100,10 @@ def _copy_file(src: Path, dst: Path, record: FileRecord) -> None:
 
 def _sweep_stale(tmp_root: Path) -> None:
     """Remove copies left in ``.tmp`` by pushes killed more than ``STALE_TMP_S`` ago."""
-    now = _dt.datetime.now().timestamp()
+    current = _dt.datetime.now().timestamp()
     for p in tmp_root.glob("push-*"):
         try:
-            stale = now - p.stat().st_mtime > STALE_TMP_S
+            stale = current - p.stat().st_mtime > STALE_TMP_S
         except FileNotFoundError:  # another push removed it meanwhile
             continue
         if stale:
@@ -223,7 +220,7 @@ def push(
             previous = _read_ref_safe(repo, ref)
             with atomic_file(repo / "refs" / ref) as tmp:
                 tmp.write_text(rid + "\n", encoding="utf-8")
-            entry = {"time": _now(), "ref": ref, "revision": rid, "previous": previous, "message": message}
+            entry = {"time": now(), "ref": ref, "revision": rid, "previous": previous, "message": message}
             with open(repo / "log.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
     finally:
@@ -337,3 +334,46 @@ def list_bundles(*, root: str | Path | None = None) -> list[BundleEntry]:
                             updated=mtime.isoformat().replace("+00:00", "Z"))
             )
     return entries
+
+
+def resolve(name: str, revision: str | None = None, *, root: str | Path | None = None) -> str:
+    """The revision id ``name@revision`` (default main) points at."""
+    check_name(name)
+    base = _root(root)
+    repo = base / name
+    if not (repo / "revisions").is_dir():
+        raise NotFoundError(f"{name} is not in the local registry {base}; push it with `sowmeta push DIR {name}`")
+    return _resolve(repo, name, DEFAULT_REF if revision is None else revision, base)
+
+
+class LocalRegistry:
+    """The local registry at ``root`` as a ``Backend``; what it lists includes the Hub downloads in the cache."""
+
+    kind = "local"
+
+    def __init__(self, root: str | Path, *, why: str = "default") -> None:
+        self.root = Path(root)
+        self.why = why
+
+    def push(self, bundle_dir: str | Path, name: str, *, revision: str | None = None, message: str | None = None, **options: object) -> PushResult:
+        if options.get("private"):
+            raise ConfigError(f"--private applies to the Hub, but the local registry was chosen ({self.why}); pass --registry hub")
+        unknown = sorted(k for k, v in options.items() if v not in (None, False) and k not in ("private", "license"))
+        if unknown:
+            raise ConfigError(f"--{unknown[0].replace('_', '-')} applies to the Hub, but the local registry was chosen ({self.why}); pass --registry hub")
+        return push(bundle_dir, name, revision=revision, message=message, root=self.root)
+
+    def pull(self, name: str, *, revision: str | None = None, to: str | Path | None = None) -> PullResult:
+        return pull(name, revision=revision, to=to, root=self.root)
+
+    def list(self, *, author: str | None = None) -> list[BundleEntry]:
+        from .hub import list_cached
+
+        entries = [*list_bundles(root=self.root), *list_cached()]
+        return [e for e in entries if author is None or e.name.split("/")[0] == author]
+
+    def resolve(self, name: str, revision: str | None = None) -> str:
+        return resolve(name, revision, root=self.root)
+
+    def __repr__(self) -> str:
+        return f"LocalRegistry({str(self.root)!r}, why={self.why!r})"

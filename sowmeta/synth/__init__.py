@@ -4,7 +4,8 @@ from .config import MODES, SynthConfig
 from .engine import BatchResult, Inverter, IterationInfo, TapTarget
 from .losses import FEATURE_LOSSES, register_feature_loss
 from .synthesize import SynthProgress, SynthResult, synthesize
-from .writer import Plan, plan_batches
+from .plan import Plan, RunPlan, plan_batches
+from .sinks import HDF5Sink, MemorySink, Sink
 
 __all__ = [
     "MODES",
@@ -19,5 +20,9 @@ __all__ = [
     "SynthResult",
     "SynthProgress",
     "Plan",
+    "RunPlan",
     "plan_batches",
+    "Sink",
+    "MemorySink",
+    "HDF5Sink",
 ]

@@ -6,16 +6,19 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigError
+from ..named import Registry
 from .losses import get_feature_loss
 
-__all__ = ["SynthConfig", "MODES"]
+__all__ = ["SynthConfig", "MODES", "PRESETS"]
 
 MODES = ("cc", "global", "di")
 MAX_LR = 10.0  # Adam on normalized pixels: beyond this every step saturates the image
 MAX_WEIGHT = 1e6  # loss weights beyond this overflow float32 losses
+PRESETS: Registry[Callable[..., SynthConfig]] = Registry("synthesis preset")
 
 
 @dataclass(frozen=True)
@@ -116,12 +119,33 @@ class SynthConfig:
         return cls(**{**base, **overrides})
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> SynthConfig:
-        """``imagenet`` or ``cifar``."""
-        presets = {"imagenet": cls.imagenet, "cifar": cls.cifar}
-        if name not in presets:
-            raise ConfigError(f"unknown preset {name!r}; choose imagenet or cifar")
-        return presets[name](**overrides)
+    def preset(cls, name: str, *, crop: int | None = None, **overrides: Any) -> SynthConfig:
+        """The preset registered as ``name`` in ``PRESETS`` with ``overrides``; ``auto`` picks by input size ``crop``."""
+        return PRESETS.get(cls.preset_name(name, crop))(**overrides)
+
+    @staticmethod
+    def preset_name(name: str, crop: int | None) -> str:
+        """The preset ``name`` stands for: ``auto`` is ``cifar`` for inputs of 64 px or less, else ``imagenet``."""
+        if name != "auto":
+            PRESETS.get(name)
+            return name
+        if crop is None:
+            raise ConfigError("preset 'auto' needs the model's input size; pass crop=")
+        return "cifar" if crop <= 64 else "imagenet"
+
+    @staticmethod
+    def parse_tap_weights(items: Sequence[str]) -> dict[str, float]:
+        """``["layer1.*=0.5", "bn1=2"]`` (the CLI's ``--tap-weight``) as a ``tap_weights`` dict."""
+        out = {}
+        for item in items:
+            name, sep, value = item.rpartition("=")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep or not name:
+                raise ConfigError(f"--tap-weight takes TAP=WEIGHT (a name or glob, then a number), not {item!r}")
+        return out
 
     @property
     def mixed_batches(self) -> bool:
@@ -150,3 +174,7 @@ class SynthConfig:
         d = self.to_dict()
         d.pop("check_fingerprint")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+PRESETS.register("imagenet", SynthConfig.imagenet)
+PRESETS.register("cifar", SynthConfig.cifar)

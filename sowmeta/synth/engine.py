@@ -27,7 +27,7 @@ from .augment import augment
 from .config import SynthConfig
 from .losses import Segments, get_feature_loss, group_moments, l2_prior, per_image_moments, total_variation
 
-__all__ = ["TapTarget", "BatchResult", "IterationInfo", "Inverter", "tap_weights"]
+__all__ = ["TapTarget", "BatchResult", "IterationInfo", "Step", "Term", "objective", "Inverter", "tap_weights", "warmup_cosine"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,64 @@ class BatchResult:
     prediction: torch.Tensor  # the teacher's top-1 class
     terms: dict[str, float]
     snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+
+
+@dataclass
+class Step:
+    """What the loss terms of one iteration may look at."""
+
+    x: torch.Tensor  # the images being optimized, in the model's input space (B x 3 x H x W)
+    logits: torch.Tensor
+    labels: torch.Tensor  # target class of every image
+    groups: torch.Tensor  # every image's class group (0..G-1)
+    group_rows: torch.Tensor  # each group's row in the target statistics
+    moments: dict[str, tuple[torch.Tensor, torch.Tensor]]  # per tap: per-image mean and mean of squares
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of the objective: a name (shown by the progress display), a weight, and its value at a step.
+
+    The engine sums ``weight * value(step)`` over the terms, in order; a new term is a new
+    ``Term`` in ``objective`` (lucent's composable objectives are the model).
+    """
+
+    name: str
+    weight: float
+    value: Callable[[Step], torch.Tensor]
+
+
+def _cross_entropy(step: Step) -> torch.Tensor:
+    logits = step.logits
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), step.labels)
+
+
+def _tv(step: Step) -> torch.Tensor:
+    return total_variation(step.x)
+
+
+def _l2(step: Step) -> torch.Tensor:
+    return l2_prior(step.x)
+
+
+def objective(config: SynthConfig, statistics: Callable[[Step], torch.Tensor] | None) -> list[Term]:
+    """The paper's Eq. 1-7 as terms: CE (alpha_ce), R_TV (alpha_tv), R_l2 (alpha_l2), statistics (alpha_cc).
+
+    CE is always computed (its value is what the display shows first); the others only with a weight.
+    """
+    terms = [Term("ce", config.alpha_ce, _cross_entropy)]
+    terms += [Term(n, w, f) for n, w, f in (("tv", config.alpha_tv, _tv), ("l2", config.alpha_l2, _l2)) if w]
+    if config.alpha_cc and statistics is not None:
+        terms.append(Term("stats", config.alpha_cc, statistics))
+    return terms
+
+
+def warmup_cosine(it: int, warmup: int, iterations: int) -> float:
+    """The learning-rate factor at iteration ``it``: linear warmup, then cosine decay to 0 (for ``LambdaLR``)."""
+    if it < warmup:
+        return (it + 1) / warmup
+    t = (it - warmup) / max(1, iterations - warmup)
+    return 0.5 * (1 + math.cos(math.pi * t))
 
 
 def tap_weights(taps: list[Tap], config: SynthConfig) -> list[float]:
@@ -139,39 +197,26 @@ class Inverter:
         self.target_mean = torch.cat([t.mean for t in targets], dim=1).to(self.device) if targets else None
         self.target_var = torch.cat([t.var for t in targets], dim=1).to(self.device) if targets else None
         self.tap_weight = torch.tensor([t.weight for t in targets], device=self.device)
+        self.terms = objective(config, self._statistics if targets else None)
 
     def _record(self, tap: Tap, x: torch.Tensor) -> None:
         self._moments[tap.name] = per_image_moments(x)
 
-    def _lr(self, it: int) -> float:
-        cfg = self.config
-        if it < cfg.warmup:
-            return cfg.lr * (it + 1) / cfg.warmup
-        t = (it - cfg.warmup) / max(1, cfg.iterations - cfg.warmup)
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
-
-    def _terms(
+    def term_values(
         self, x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, group_rows: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        cfg = self.config
-        terms = {"ce": F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)}
-        if cfg.alpha_tv:
-            terms["tv"] = total_variation(x)
-        if cfg.alpha_l2:
-            terms["l2"] = l2_prior(x)
-        if cfg.alpha_cc and self.targets:
-            mean_i = torch.cat([self._moments[t.tap.name][0] for t in self.targets], dim=1)
-            sq_i = torch.cat([self._moments[t.tap.name][1] for t in self.targets], dim=1)
-            mean, var = group_moments(mean_i, sq_i, groups, len(group_rows))
-            per_tap = self.feature_loss(mean, var, self.target_mean[group_rows], self.target_var[group_rows], self.segments)
-            terms["stats"] = (self.tap_weight * per_tap).sum()
-        self._moments.clear()
-        return terms
+        """Every term's value for a forward pass whose tap moments the hooks just recorded (then forgotten)."""
+        step = Step(x, logits, labels, groups, group_rows, self._moments)
+        self._moments = {}
+        return {t.name: t.value(step) for t in self.terms}
 
-    def _total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        cfg = self.config
-        scale = {"ce": cfg.alpha_ce, "tv": cfg.alpha_tv, "l2": cfg.alpha_l2, "stats": cfg.alpha_cc}
-        return sum(scale[k] * v for k, v in terms.items())  # type: ignore[return-value]
+    def _statistics(self, step: Step) -> torch.Tensor:
+        """alpha_CC's term: sum over taps of lambda_l F_l(class-group statistics of the batch, their targets)."""
+        mean_i = torch.cat([step.moments[t.tap.name][0] for t in self.targets], dim=1)
+        sq_i = torch.cat([step.moments[t.tap.name][1] for t in self.targets], dim=1)
+        mean, var = group_moments(mean_i, sq_i, step.groups, len(step.group_rows))
+        per_tap = self.feature_loss(mean, var, self.target_mean[step.group_rows], self.target_var[step.group_rows], self.segments)
+        return (self.tap_weight * per_tap).sum()
 
     def run(
         self,
@@ -201,6 +246,7 @@ class Inverter:
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_(True)
         opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas)
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: warmup_cosine(it, cfg.warmup, cfg.iterations))
         scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and self.autocast_dtype is not None else None
         rng = random.Random(seed)
         autocast = (
@@ -213,14 +259,12 @@ class Inverter:
         module = self.module.to(memory_format=torch.channels_last) if self.channels_last else self.module
         with _frozen(module), tap_hooks(module, [t.tap for t in self.targets], self._record):
             for it in range(cfg.iterations):
-                for group in opt.param_groups:
-                    group["lr"] = self._lr(it)
                 opt.zero_grad(set_to_none=True)
                 x_in = augment(x, rng, jitter=cfg.jitter, flip=cfg.flip, low_res=it < low_res_until)
                 with autocast:
                     logits = module(x_in)
-                terms = self._terms(x, logits, labels, groups, group_rows)
-                loss = self._total(terms)
+                terms = self.term_values(x, logits, labels, groups, group_rows)
+                loss = sum(t.weight * terms[t.name] for t in self.terms)
                 finite &= torch.isfinite(loss)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -229,6 +273,7 @@ class Inverter:
                 else:
                     loss.backward()
                     opt.step()
+                schedule.step()
                 with torch.no_grad():
                     torch.maximum(torch.minimum(x, self.hi), self.lo, out=x)
                 done = it + 1

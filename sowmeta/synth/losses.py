@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..named import Registry
 
 __all__ = [
     "FeatureLoss",
@@ -51,25 +51,17 @@ class Segments:
 # F_l(mean, var, target_mean, target_var, segments) -> [taps]: for every tap, its distance
 # averaged over the class groups. mean/var/targets are G x C_total (all taps' channels side by side).
 FeatureLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Segments], torch.Tensor]
-FEATURE_LOSSES: dict[str, FeatureLoss] = {}
+FEATURE_LOSSES: Registry[FeatureLoss] = Registry("feature loss")
 
 
-def register_feature_loss(name: str) -> Callable[[FeatureLoss], FeatureLoss]:
+def register_feature_loss(name: str, *, replace: bool = False) -> Callable[[FeatureLoss], FeatureLoss]:
     """Register an F_l under ``name`` (selectable with ``SynthConfig(feature_loss=name)`` / ``--feature-loss``)."""
-
-    def deco(fn: FeatureLoss) -> FeatureLoss:
-        FEATURE_LOSSES[name] = fn
-        return fn
-
-    return deco
+    return FEATURE_LOSSES.register(name, replace=replace)
 
 
 def get_feature_loss(name: str) -> FeatureLoss:
-    """The F_l registered under ``name``."""
-    try:
-        return FEATURE_LOSSES[name]
-    except KeyError:
-        raise ConfigError(f"unknown feature loss {name!r}; choose one of {', '.join(sorted(FEATURE_LOSSES))}") from None
+    """The F_l registered under ``name`` (``ConfigError`` with a did-you-mean otherwise)."""
+    return FEATURE_LOSSES.get(name)
 
 
 class _Moments(torch.autograd.Function):

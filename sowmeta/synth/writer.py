@@ -17,22 +17,22 @@ optional ``snapshots`` uint8 [S, N, H, W, 3] with attribute ``iterations``, and 
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_file, publish_modes
+from ..manifest import now
 from ..errors import ConfigError, DataError, OutputExistsError, storage_errors
+from .plan import Plan
 from ..outputs import require_replaceable
 from ..version import __version__
 
-__all__ = ["Plan", "plan_batches", "SynthWriter", "partial_path", "merge_shards", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["SynthWriter", "partial_path", "merge_shards", "FORMAT", "FORMAT_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -40,55 +40,9 @@ FORMAT = "sowmeta-synth"
 FORMAT_VERSION = "1.0"
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Which class every image has, and how images are cut into batches ([start, stop) ranges)."""
-
-    labels: tuple[int, ...]
-    batches: tuple[tuple[int, int], ...]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def _even_cuts(start: int, stop: int, batch_size: int) -> list[tuple[int, int]]:
-    """[start, stop) cut into the fewest batches of at most ``batch_size``, sizes differing by at most one."""
-    n = stop - start
-    count = -(-n // batch_size)
-    edges = [start + (n * i) // count for i in range(count + 1)]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def plan_batches(classes: list[int], per_class: int, batch_size: int, *, mixed: bool) -> Plan:
-    """Single-class batches (each class's images cut into batches), or mixed ones (classes interleaved).
-
-    Batches are cut evenly (200 images at batch size 64: four of 50, not 64, 64, 64, 8), because
-    the objective's image priors weigh a batch as a whole and a small remainder batch would differ.
-    """
-    if per_class < 1:
-        raise ConfigError(f"images per class must be at least 1, not {per_class}")
-    if not classes:
-        raise ConfigError("no classes to synthesize; pass at least one class")
-    labels: list[int] = []
-    batches: list[tuple[int, int]] = []
-    if mixed:
-        labels = [c for _ in range(per_class) for c in classes]
-        batches = _even_cuts(0, len(labels), batch_size)
-    else:
-        for c in classes:
-            start = len(labels)
-            labels += [c] * per_class
-            batches += _even_cuts(start, len(labels), batch_size)
-    return Plan(tuple(labels), tuple(batches))
-
-
 def partial_path(out: Path, rank: int = 0, world: int = 1) -> Path:
     """Where a run writes before it is complete."""
     return out.with_name(f"{out.name}.partial" if world == 1 else f"{out.name}.rank{rank}of{world}.partial")
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 class SynthWriter:
@@ -155,7 +109,7 @@ class SynthWriter:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["run_key"] = run_key
         f.attrs["tool_version"] = __version__
-        f.attrs["created"] = _now()
+        f.attrs["created"] = now()
         for k, v in attrs.items():
             f.attrs[k] = v if isinstance(v, (str, int, float, bool)) else json.dumps(v)
         f.flush()

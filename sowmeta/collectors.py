@@ -34,19 +34,11 @@ from .preprocess import Preprocessing
 from .stats import ClassMoments, LabelGroups
 from .taps import Tap, probe, resolve_taps, tap_hooks
 
-__all__ = ["StatsRecorder", "TrainingCollector", "CollectReport", "collect", "collect_seeds", "default_taps", "seed_files"]
+__all__ = ["StatsRecorder", "TrainingCollector", "CollectReport", "collect", "collect_seeds", "seed_files"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-
-
-def default_taps(model: nn.Module, spec: str | Sequence[str] = "auto") -> list[Tap]:
-    """``auto``: BatchNorm inputs if the model has BatchNorm, else Conv2d outputs."""
-    if spec == "auto":
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        spec = "bn-inputs" if has_bn else "conv-outputs"
-    return resolve_taps(model, spec)
 
 
 class StatsRecorder:
@@ -129,7 +121,7 @@ class TrainingCollector:
 
     def __init__(self, model: nn.Module, *, num_classes: int, taps: str | Sequence[str] = "auto") -> None:
         self.model = model
-        self.recorder = StatsRecorder(model, default_taps(model, taps), num_classes)
+        self.recorder = StatsRecorder(model, resolve_taps(model, taps), num_classes)
 
     @contextmanager
     def observe(self, labels: torch.Tensor) -> Iterator[None]:
@@ -200,8 +192,31 @@ def _model_record(
     )
 
 
+def _check_base_model(model: LoadedModel) -> None:
+    if model.base_model is not None:
+        from .registry.records import check_name
+
+        try:
+            check_name(model.base_model)
+        except ConfigError:
+            raise ConfigError(f"--base-model {model.base_model!r} is not a Hub model id; use ORG/NAME") from None
+
+
 def _record_for(model: LoadedModel, module: nn.Module, fused: bool, labels: Sequence[str], num_classes: int) -> ModelRecord:
     return _model_record(model.name, module, num_classes, list(labels), weights=model.weights, fused=fused, base_model=model.base_model)
+
+
+def _data_name(dataset: str | None, data: object) -> str:
+    """What the manifest says the data was: the name given, else the folder's base name (never a machine's path)."""
+    if dataset is not None:
+        if not dataset.strip() or len(dataset) > 200:
+            raise ConfigError(f"--dataset {dataset!r} is not a usable name; pass a short name such as cifar10 or imagenet-1k")
+        return dataset.strip()
+    if isinstance(data, DataLoader):
+        return type(data.dataset).__name__
+    if isinstance(data, Mapping):
+        return "seed files"
+    return Path(data).resolve().name or "data"
 
 
 def _labels_for(model: LoadedModel, outputs: int) -> list[str]:
@@ -229,6 +244,7 @@ def collect(
     limit_per_class: int | None = None,
     strict: bool = False,
     labels_by_position: bool = False,
+    dataset: str | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     dtype: str = "float32",
@@ -249,6 +265,7 @@ def collect(
         limit_per_class: use only the first N images (by file name) of each class.
         strict: fail on the first undecodable image instead of skipping and counting it.
         labels_by_position: map folders to classes by sorted order even when their names mean nothing.
+        dataset: the data's name for the manifest and card (default: the folder's base name).
         out: also save the bundle there; checked before the pass (never inside ``data``).
         overwrite, dtype, shard_bytes: passed to ``Bundle.save`` with ``out``.
         progress: called with (images done, images total) after every batch.
@@ -258,12 +275,13 @@ def collect(
         The bundle and a report of skipped images.
     """
     folder = None if isinstance(data, DataLoader) else Path(data)
+    _check_base_model(model)
     if out is not None:
         check_output(out, "bundle", overwrite=overwrite, inputs=[("--data", folder)])
     dev = torch.device(device)
     module, fused = _prepare(model, fuse, dev)
     crop = model.preprocessing.crop
-    tap_list = default_taps(module, taps)
+    tap_list = resolve_taps(module, taps)
     found = probe(module, tap_list, crop, device=dev)
     outputs = found.outputs
     rank, world = rank_world()
@@ -277,7 +295,6 @@ def collect(
         loader: Iterable = data
         total = len(data.dataset) if hasattr(data.dataset, "__len__") else 0  # type: ignore[arg-type]
         samples = None
-        data_name = type(data.dataset).__name__
     else:
         index = scan_image_folder(data).limit(limit_per_class)
         mapping = map_class_folders(index.classes, model.labels, outputs, by_position=labels_by_position)
@@ -290,7 +307,7 @@ def collect(
         ds = ImageFiles(samples, model.preprocessing.transform())
         loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad, shuffle=False)
         total = len(samples)
-        data_name = str(data)
+    data_name = _data_name(dataset, data)
     recorder = StatsRecorder(module, tap_list, outputs)
     # Every tap starts with empty moments, so a rank whose shard is empty (or all undecodable)
     # still takes part in the merge instead of leaving the other ranks waiting.
@@ -362,6 +379,7 @@ def collect_seeds(
     fuse: bool = False,
     keep_rejected: bool = False,
     device: str | torch.device = "cpu",
+    dataset: str | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     dtype: str = "float32",
@@ -376,11 +394,12 @@ def collect_seeds(
         seeds: a folder ``seeds/<label or index>/<image>``, or a mapping class index -> files.
         out: also save the bundle there (checked first; never inside ``seeds``).
     """
+    _check_base_model(model)
     if out is not None:
         check_output(out, "bundle", overwrite=overwrite, inputs=[("--seeds", None if isinstance(seeds, Mapping) else seeds)])
     dev = torch.device(device)
     module, fused = _prepare(model, fuse, dev)
-    tap_list = default_taps(module, taps)
+    tap_list = resolve_taps(module, taps)
     outputs = probe(module, tap_list, model.preprocessing.crop, device=dev).outputs
     labels = _labels_for(model, outputs)
     items = seed_files(seeds, labels)
@@ -421,7 +440,7 @@ def collect_seeds(
     source = SourceRecord(
         scenario=scenario,
         collector="seeds",
-        data=str(seeds) if not isinstance(seeds, Mapping) else "seed files",
+        data=_data_name(dataset, seeds),
         images=len(kept_y),
         rejected_seeds=report.rejected,
     )

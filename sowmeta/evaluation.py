@@ -336,9 +336,7 @@ def save_class_sheets(
 
     Each file is written atomically. Returns the paths written, in class order.
     """
-    from torchvision.utils import make_grid
-
-    from .synth.export import save_png
+    from .synth.export import save_png, sheet
 
     ds = SynthDataset(data)
     names = list(names) if names is not None else (ds.classes or [str(k) for k in range(len(ds.info.per_class))])
@@ -356,8 +354,7 @@ def save_class_sheets(
         if len({tuple(x.shape) for x in images}) > 1:  # folders may mix sizes: fit to the first
             size = images[0].shape[-1]
             images = [fit_square(x, size) for x in images]
-        grid = make_grid(torch.stack(images).float().div(255), nrow=per_row, padding=2, pad_value=1.0)
-        target = out / f"{k:03d}-{_safe(names[k])}.png"
-        written.append(save_png(grid, target))
+        rows = [images[i : i + per_row] for i in range(0, len(images), per_row)]
+        written.append(save_png(sheet(rows), out / f"{k:03d}-{_safe(names[k])}.png"))
     ds.close()
     return written

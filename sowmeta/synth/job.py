@@ -1,0 +1,182 @@
+"""Stage 1, *resolve*: a bundle reference and a model become a ``SynthJob`` — everything checked before any work.
+
+The bundle is read and verified before a model is built from what its manifest names; the
+model is checked against the bundle (taps, channels, classes, structure, weights unless
+``check_fingerprint`` is off); the outputs are checked for writability; the target statistics
+of the mode are built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..bundle import Bundle, Manifest
+from ..errors import ConfigError, SynthesisError, TapError
+from ..bundle_files import verify_files
+from ..models import LoadedModel, load_model, load_model_for
+from ..outputs import check_output
+from ..preprocess import Preprocessing
+from ..registry import PullResult, locate_bundle
+from ..taps import resolve_taps
+from .config import SynthConfig
+from .engine import TapTarget, tap_weights
+
+__all__ = ["SynthJob", "ModelAndBundle", "open_model", "resolve_job", "resolve_classes", "build_targets"]
+
+
+@dataclass
+class SynthJob:
+    """A checked model, its bundle rows for the classes asked for, and the target statistics of the mode."""
+
+    model: LoadedModel
+    manifest: Manifest | None
+    bundle: Bundle | None
+    source: dict[str, str]  # bundle, bundle_revision, bundle_commit: what the output file records
+    labels: list[str]
+    classes: list[int]
+    preprocessing: Preprocessing
+    config: SynthConfig
+    targets: list[TapTarget]
+    row_of: Callable[[int], int]
+
+
+@dataclass
+class ModelAndBundle:
+    """A located, verified bundle (if any) and the model to use with it."""
+
+    located: PullResult | None
+    manifest: Manifest | None
+    model: LoadedModel
+
+    @property
+    def crop(self) -> int:
+        """The input size images are synthesized at."""
+        return (self.manifest.preprocessing if self.manifest else self.model.preprocessing).crop
+
+
+def open_model(
+    bundle: PullResult | str | Path | None, *, model: str | None = None, weights: str | None = None, registry: str | Path | None = None
+) -> ModelAndBundle:
+    """The bundle (pulled if a registry name, files verified) and its model: ``model``/``weights`` as the user gave
+    them, else the model the manifest names (``models.load_model_for``: never code, never a file it names)."""
+    if bundle is None:
+        if model is None:
+            raise ConfigError("pass --bundle, or --model with --mode di")
+        return ModelAndBundle(None, None, load_model(model, weights=weights or "DEFAULT"))
+    located = bundle if isinstance(bundle, PullResult) else locate_bundle(bundle, registry=registry)
+    manifest = Bundle.read_manifest(located.path)
+    verify_files(located.path, manifest)
+    return ModelAndBundle(located, manifest, load_model_for(manifest, model=model, weights=weights))
+
+
+def _locate(bundle: Bundle | PullResult | str | Path | None, registry: str | Path | None) -> tuple[Manifest | None, Path | None, dict[str, str], Bundle | None]:
+    source = {"bundle": "", "bundle_revision": "", "bundle_commit": ""}
+    if isinstance(bundle, Bundle):
+        source["bundle"] = str(bundle.path or "<in memory>")
+        return bundle.manifest, bundle.path, source, bundle
+    if bundle is None:
+        return None, None, source, None
+    located = bundle if isinstance(bundle, PullResult) else locate_bundle(bundle, registry=registry)
+    source = {"bundle": located.name, "bundle_revision": located.revision, "bundle_commit": located.commit}
+    return Bundle.read_manifest(located.path), located.path, source, None
+
+
+def resolve_job(
+    bundle: Bundle | PullResult | str | Path | None,
+    model: LoadedModel | None,
+    *,
+    classes: Sequence[int | str] | None,
+    config: SynthConfig,
+    registry: str | Path | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    init_images: str | Path | None = None,
+) -> SynthJob:
+    """Everything a run needs, resolved and checked (see the module docstring)."""
+    if config.init == "images" and init_images is None:
+        raise ConfigError("init 'images' needs a folder of initial images (--init DIR)")
+    manifest, path, source, loaded = _locate(bundle, registry)
+    if out is not None:
+        check_output(out, "synth", overwrite=overwrite, inputs=[("the bundle", path), ("--init", init_images)])
+    if manifest is None and model is None:
+        raise ConfigError("without a bundle, pass the model (--model) to synthesize from")
+    if config.mode != "di" and manifest is None:
+        raise ConfigError(f"mode {config.mode} needs a bundle; pass --bundle (or use --mode di)")
+    num_classes = manifest.model.num_classes if manifest else model.num_classes  # type: ignore[union-attr]
+    labels = list((manifest.model.labels if manifest else model.labels) or [str(i) for i in range(num_classes)])  # type: ignore[union-attr]
+    wanted = resolve_classes(classes, labels, num_classes)
+    if manifest is not None and config.mode != "di":
+        if loaded is None or any(c not in loaded.classes for c in wanted):
+            loaded = Bundle.load(path, classes=wanted)  # type: ignore[arg-type]
+        if config.mode == "cc":
+            loaded.require_statistics(wanted)
+    if model is None:
+        model = load_model_for(manifest)  # type: ignore[arg-type]
+    if loaded is not None and config.mode != "di":
+        device = next(model.module.parameters(), None)
+        loaded.check(model.module, check_weights=config.check_fingerprint, device=device.device if device is not None else "cpu")
+    targets, row_of = build_targets(config.mode, model.module, loaded if config.mode != "di" else None, wanted, config)
+    preprocessing = manifest.preprocessing if manifest else model.preprocessing
+    return SynthJob(model, manifest, loaded, source, labels, wanted, preprocessing, config, targets, row_of)
+
+
+def resolve_classes(classes: Sequence[int | str] | None, labels: Sequence[str], num_classes: int) -> list[int]:
+    """Class indices from indices, label names or ``None`` (all)."""
+    if classes is None:
+        return list(range(num_classes))
+    names = {n: i for i, n in enumerate(labels)}
+    out: list[int] = []
+    for c in classes:
+        if isinstance(c, str) and c in names:
+            out.append(names[c])
+        elif isinstance(c, int) or (isinstance(c, str) and c.strip().lstrip("-").isdigit()):
+            k = int(c)
+            if not 0 <= k < num_classes:
+                raise ConfigError(f"class {k} does not exist (the model has classes 0..{num_classes - 1})")
+            out.append(k)
+        else:
+            raise ConfigError(f"class {c!r} is neither a class index nor a label of the model (e.g. {labels[0]!r})")
+    if len(set(out)) != len(out):
+        raise ConfigError("a class is listed twice; list every class once")
+    return out
+
+
+def build_targets(
+    mode: str, module: nn.Module, bundle: Bundle | None, classes: list[int], config: SynthConfig
+) -> tuple[list[TapTarget], Callable[[int], int]]:
+    """Target statistics of every tap for the mode, and the map class -> target row."""
+    if mode == "di":
+        try:
+            taps = resolve_taps(module, "bn-inputs")
+        except TapError:
+            raise SynthesisError(
+                "mode di needs BatchNorm running statistics and this model has no BatchNorm layer "
+                "(BN-free or fused); use --mode cc or global with a bundle"
+            ) from None
+        named = dict(module.named_modules())
+        stats = [(named[t.module].running_mean, named[t.module].running_var) for t in taps]
+        if any(m is None for m, _ in stats):
+            raise SynthesisError("mode di needs BatchNorm running statistics, but a BatchNorm layer does not track them")
+        weights = tap_weights(taps, config)
+        return [TapTarget(t, m.detach().float()[None], v.detach().float()[None], w) for t, (m, v), w in zip(taps, stats, weights)], lambda c: 0
+    if bundle is None:
+        raise ConfigError(f"mode {mode} needs a bundle; pass --bundle")
+    taps = [t.tap for t in bundle.manifest.taps]
+    weights = tap_weights(taps, config)
+    targets = []
+    for t, w in zip(taps, weights):
+        s = bundle.stats[t.name]
+        if mode == "cc":
+            targets.append(TapTarget(t, s.mean, s.var, w))
+        else:
+            targets.append(TapTarget(t, s.global_mean[None], s.global_var[None], w))
+    if mode == "cc":
+        row = {c: i for i, c in enumerate(bundle.classes)}
+        return targets, lambda c: row[c]
+    return targets, lambda c: 0
+
+
