@@ -35,6 +35,8 @@ def register(group: click.Group) -> None:
     @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
     @click.option("--dataset", help="Name of the data, recorded in the bundle and its model card (default: the data folder's name).")
     @click.option("--taps", default="auto", show_default=True, help="A tap preset (auto, bn-inputs, conv-outputs, ...) or module names/globs with :in/:out.")
+    @click.option("--prefix-tokens", default=0, show_default=True, type=click.IntRange(0),
+                  help="Leading positions of token-sequence taps left out of the statistics (a ViT's class token: 1).")
     @click.option("--fuse", is_flag=True, help="Fold BatchNorm into convolutions first (inference-optimized model).")
     @click.option("--keep-rejected", is_flag=True, help="Keep seeds the model misclassifies.")
     @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
@@ -50,7 +52,7 @@ def register(group: click.Group) -> None:
     @click.option("--base-model", help="Hub id ORG/NAME of the model's weights; the bundle's model card links to it.")
     @report_options
     @handle_errors
-    def collect(model, weights, data, seeds, out, dataset, taps, fuse, keep_rejected, batch_size, workers, device, limit_per_class,
+    def collect(model, weights, data, seeds, out, dataset, taps, prefix_tokens, fuse, keep_rejected, batch_size, workers, device, limit_per_class,
                 labels_by_position, dtype, shard_size, crop, resize, mean, std, strict, overwrite, base_model, as_json, quiet) -> None:  # noqa: ANN001
         """Record per-class feature statistics of a model into a bundle."""
         from sowmeta.collectors import collect as collect_data
@@ -66,7 +68,7 @@ def register(group: click.Group) -> None:
         loaded = load_model(model, weights="DEFAULT" if weights is None else weights,
                             preprocessing={"crop": crop, "resize": resize, "mean": mean, "std": std})
         loaded.base_model = base_model
-        common = {"taps": taps, "fuse": fuse, "device": device, "dataset": dataset, "out": out, "overwrite": overwrite,
+        common = {"taps": taps, "prefix_tokens": prefix_tokens, "fuse": fuse, "device": device, "dataset": dataset, "out": out, "overwrite": overwrite,
                   "dtype": dtype, "shard_bytes": shard_size}
         with process_group(device) as (rank, _):
             if seeds is not None:

@@ -94,7 +94,9 @@ class Bundle:
             m = moments[t.name]
             _, gmean, gvar = m.pooled()
             stats[t.name] = TapStats(m.mean.float().cpu(), m.var().float().cpu(), gmean.float().cpu(), gvar.float().cpu())
-            records.append(TapRecord(t.name, t.module, t.position, t.kind, m.channels, t.axis))
+            if t.axis is None:
+                raise ConfigError(f"tap {t.name!r} has no channel axis decided; record it through a forward pass first")
+            records.append(TapRecord(t.name, t.module, t.position, t.kind, m.channels, t.axis, t.prefix_tokens))
         empty = [int(k) for k in torch.nonzero(counts == 0).flatten()]
         source = SourceRecord(**{**vars(source), "empty_classes": empty, "images": int(counts.sum())})
         if ":" in model.architecture and not model.architecture.startswith(("timm:", "hf-hub:")):

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from .models import CUSTOM_ARCHITECTURE, LoadedModel, fingerprint, is_code_refer
 from .outputs import check_output
 from .preprocess import Preprocessing
 from .stats import ClassMoments, LabelGroups
-from .taps import Tap, probe, resolve_taps, tap_hooks
+from .taps import Tap, infer_axis, probe, resolve_taps, tap_hooks
 
 __all__ = ["StatsRecorder", "TrainingCollector", "CollectReport", "collect", "collect_seeds", "seed_files"]
 
@@ -55,6 +55,14 @@ class StatsRecorder:
         self._groups: LabelGroups | None = None
         self._fired: set[str] = set()
 
+    def _axis(self, tap: Tap, x: torch.Tensor) -> int:
+        """The tap's channel axis; an undecided one is decided from the first feature seen (``taps.infer_axis``)."""
+        if tap.axis is not None:
+            return tap.axis
+        axis = infer_axis(self.model.get_submodule(tap.module), x.shape)
+        self.taps = [replace(t, axis=axis) if t.name == tap.name else t for t in self.taps]
+        return axis
+
     def _record(self, tap: Tap, x: torch.Tensor) -> None:
         if self.labels is None:
             return
@@ -68,12 +76,13 @@ class StatsRecorder:
             feat = x.detach()
             if feat.shape[0] != self.labels.shape[0]:
                 raise DataError(f"tap {tap.name!r}: batch of {feat.shape[0]} features but {self.labels.shape[0]} labels")
+            axis = self._axis(tap, feat)
             m = self.moments.get(tap.name)
             if m is None:
-                m = self.moments[tap.name] = ClassMoments.zeros(self.num_classes, feat.shape[1], device=feat.device)
+                m = self.moments[tap.name] = ClassMoments.zeros(self.num_classes, feat.shape[axis], device=feat.device)
             if self._groups is None or self._groups.present.device != m.mean.device:
                 self._groups = LabelGroups.of(self.labels, m.mean.device)
-            m.update(feat, self._groups)
+            m.update(feat, self._groups, axis=axis)
 
     @contextmanager
     def hooks(self) -> Iterator[StatsRecorder]:
@@ -119,9 +128,9 @@ class TrainingCollector:
         bundle = collector.to_bundle(architecture="my-net", labels=classes, preprocessing=prep)
     """
 
-    def __init__(self, model: nn.Module, *, num_classes: int, taps: str | Sequence[str] = "auto") -> None:
+    def __init__(self, model: nn.Module, *, num_classes: int, taps: str | Sequence[str] = "auto", prefix_tokens: int = 0) -> None:
         self.model = model
-        self.recorder = StatsRecorder(model, resolve_taps(model, taps), num_classes)
+        self.recorder = StatsRecorder(model, resolve_taps(model, taps, prefix_tokens=prefix_tokens), num_classes)
 
     @contextmanager
     def observe(self, labels: torch.Tensor) -> Iterator[None]:
@@ -244,6 +253,7 @@ def collect(
     limit_per_class: int | None = None,
     strict: bool = False,
     labels_by_position: bool = False,
+    prefix_tokens: int = 0,
     dataset: str | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
@@ -265,6 +275,7 @@ def collect(
         limit_per_class: use only the first N images (by file name) of each class.
         strict: fail on the first undecodable image instead of skipping and counting it.
         labels_by_position: map folders to classes by sorted order even when their names mean nothing.
+        prefix_tokens: leading positions of token-sequence taps left out (a ViT's class token: 1).
         dataset: the data's name for the manifest and card (default: the folder's base name).
         out: also save the bundle there; checked before the pass (never inside ``data``).
         overwrite, dtype, shard_bytes: passed to ``Bundle.save`` with ``out``.
@@ -281,8 +292,8 @@ def collect(
     dev = torch.device(device)
     module, fused = _prepare(model, fuse, dev)
     crop = model.preprocessing.crop
-    tap_list = resolve_taps(module, taps)
-    found = probe(module, tap_list, crop, device=dev)
+    found = probe(module, resolve_taps(module, taps, prefix_tokens=prefix_tokens), crop, device=dev)
+    tap_list = found.taps
     outputs = found.outputs
     rank, world = rank_world()
     report = CollectReport()
@@ -379,6 +390,7 @@ def collect_seeds(
     fuse: bool = False,
     keep_rejected: bool = False,
     device: str | torch.device = "cpu",
+    prefix_tokens: int = 0,
     dataset: str | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
@@ -399,8 +411,8 @@ def collect_seeds(
         check_output(out, "bundle", overwrite=overwrite, inputs=[("--seeds", None if isinstance(seeds, Mapping) else seeds)])
     dev = torch.device(device)
     module, fused = _prepare(model, fuse, dev)
-    tap_list = resolve_taps(module, taps)
-    outputs = probe(module, tap_list, model.preprocessing.crop, device=dev).outputs
+    found = probe(module, resolve_taps(module, taps, prefix_tokens=prefix_tokens), model.preprocessing.crop, device=dev)
+    tap_list, outputs = found.taps, found.outputs
     labels = _labels_for(model, outputs)
     items = seed_files(seeds, labels)
     if not items:

@@ -71,7 +71,7 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class TapRecord:
-    """A tap, its channel count, and the axis of its feature that holds the channels."""
+    """A tap, its channel count, the axis of its feature that holds the channels, and the leading token positions left out."""
 
     name: str
     module: str
@@ -79,10 +79,11 @@ class TapRecord:
     kind: str
     channels: int
     axis: int = 1
+    prefix_tokens: int = 0
 
     @property
     def tap(self) -> Tap:
-        return Tap(self.name, self.module, self.position, self.kind, self.axis)  # type: ignore[arg-type]
+        return Tap(self.name, self.module, self.position, self.kind, self.axis, self.prefix_tokens)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,27 @@ _ILL_CONDITIONED = 10.0
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def channel_view(x: torch.Tensor) -> torch.Tensor:
-    """Reshape a feature map to [N, C, P]: channels on axis 1 (N x C for linear features)."""
+def channel_view(x: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """Reshape a feature to [N, C, P]: the channels (axis ``axis``) second, every other axis but the batch flattened.
+
+    Axis 1 (NCHW maps, [N, C] features) is a view; the last axis ([N, L, D] tokens, channels-last
+    maps) is a view of [N, P, C] transposed; any other axis is moved there first.
+    """
     if x.dim() < 2:
         raise ValueError(f"a tapped feature needs a batch and a channel axis, got shape {tuple(x.shape)}")
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    axis = axis % x.dim()
+    if axis == 0:
+        raise ValueError("the channel axis cannot be the batch axis (0)")
+    if axis == 1:
+        return x.reshape(x.shape[0], x.shape[1], -1)
+    if axis != x.dim() - 1:
+        x = x.movedim(axis, -1)
+    return x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2)
 
 
-def _per_image_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _per_image_moments(x: torch.Tensor, axis: int = 1) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Mean and M2 over positions, per image and channel, in float64: ([N, C], [N, C], P)."""
-    v = channel_view(x.detach())
+    v = channel_view(x.detach(), axis)
     if v.dtype not in (torch.float32, torch.float64):
         v = v.float()
     v = v.contiguous()
@@ -125,9 +136,9 @@ class ClassMoments:
     def channels(self) -> int:
         return self.mean.shape[1]
 
-    def update(self, x: torch.Tensor, labels: torch.Tensor | LabelGroups) -> None:
-        """Fold a batch of features ``x`` [N, C, ...] with class ``labels`` [N] (or their groups) into the moments."""
-        img_mean, img_m2, p = _per_image_moments(x)
+    def update(self, x: torch.Tensor, labels: torch.Tensor | LabelGroups, *, axis: int = 1) -> None:
+        """Fold a batch of features ``x`` (channels on ``axis``) with class ``labels`` [N] (or their groups) into the moments."""
+        img_mean, img_m2, p = _per_image_moments(x, axis)
         dev = self.mean.device
         img_mean, img_m2 = img_mean.to(dev), img_m2.to(dev)
         groups = labels if isinstance(labels, LabelGroups) else LabelGroups.of(labels, dev)

@@ -20,3 +20,20 @@ def test_reads_format_1_0():
     torch.testing.assert_close(b.stats["linear:in"].mean, torch.tensor([[-4.0, -5.0], [-0.0, -1.0]]))
     torch.testing.assert_close(b.stats["linear:in"].global_var, torch.tensor([3.0, 3.25]))
     assert [t.kind for t in b.manifest.taps] == ["bn-input", "input"]
+
+
+def test_reads_format_1_1_with_token_taps():
+    b = Bundle.load(GOLDEN / "bundle-v1.1", classes=[2, 0])
+    m = b.manifest
+    assert m.format_version == "1.1" and m.model.structure == "sha256:" + "ef" * 32 and m.source.empty_classes == [1]
+    assert [(t.name, t.kind, t.axis, t.prefix_tokens) for t in m.taps] == [("stem", "conv-output", 1, 0), ("blocks.0", "block-output", -1, 1)]
+    assert b.counts.tolist() == [5, 2]
+    torch.testing.assert_close(b.stats["blocks.0"].mean, torch.tensor([[-1.0, 0.75], [3.0, 4.0]]))
+    torch.testing.assert_close(b.stats["blocks.0"].var, torch.tensor([[2.0, 0.0625], [0.25, 1.5]]))
+    torch.testing.assert_close(b.stats["stem"].global_var, torch.tensor([0.9, 1.7]))
+    assert [t.tap.axis for t in m.taps] == [1, -1]  # the records rebuild the taps the synthesis engine hooks
+
+
+def test_a_1_0_bundle_reads_as_channel_axis_1():
+    m = Bundle.read_manifest(GOLDEN / "bundle-v1.0")
+    assert [(t.axis, t.prefix_tokens) for t in m.taps] == [(1, 0), (1, 0)]

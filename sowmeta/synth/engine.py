@@ -200,7 +200,7 @@ class Inverter:
         self.terms = objective(config, self._statistics if targets else None)
 
     def _record(self, tap: Tap, x: torch.Tensor) -> None:
-        self._moments[tap.name] = per_image_moments(x)
+        self._moments[tap.name] = per_image_moments(x, tap.axis)
 
     def term_values(
         self, x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, group_rows: torch.Tensor

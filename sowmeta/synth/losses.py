@@ -67,45 +67,55 @@ def get_feature_loss(name: str) -> FeatureLoss:
 class _Moments(torch.autograd.Function):
     """Per-image, per-channel E[x] and E[x^2] over positions, in float32, with a one-kernel backward.
 
-    Forward: on CUDA one Welford pass (``var_mean``); on the CPU, where ``var_mean`` is slow, a
-    sum and a batched dot product (two reads, no temporary). The backward is
-    d/dx = (g_mean + 2 x g_sq) / n: one fused multiply-add over the feature map, instead of the
-    several passes autograd would make. ``x`` is saved as it is (bf16 under autocast), and the
-    tapped layer keeps it for its own backward anyway, so saving it costs nothing.
+    ``x`` is [B, C, P] (channels first) or [B, P, C] (``last``: token sequences and
+    channels-last maps). Forward: on CUDA one Welford pass (``var_mean``); on the CPU, where
+    ``var_mean`` is slow, a sum and a batched dot product (two reads, no temporary). The backward
+    is d/dx = (g_mean + 2 x g_sq) / n: one fused multiply-add over the feature map, instead of
+    the several passes autograd would make. ``x`` is saved as it is (bf16 under autocast), and
+    the tapped layer keeps it for its own backward anyway, so saving it costs nothing.
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, last: bool) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         ctx.save_for_backward(x)
-        flat = x.flatten(2)
-        if flat.dtype not in (torch.float32, torch.float64):
-            flat = flat.float()
+        ctx.last = last  # type: ignore[attr-defined]
+        flat = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        dim = 1 if last else 2
         if flat.is_cuda:
-            var, mean = torch.var_mean(flat, dim=-1, correction=0)
+            var, mean = torch.var_mean(flat, dim=dim, correction=0)
             return mean, var + mean * mean
-        n = flat.shape[-1]
+        n = flat.shape[dim]
+        if last:
+            return flat.sum(1) / n, torch.einsum("bpc,bpc->bc", flat, flat) / n
         rows = flat.reshape(-1, 1, n)
         sq = torch.bmm(rows, rows.transpose(1, 2)).view(flat.shape[:2]) / n
         return flat.sum(-1) / n, sq
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, g_mean: torch.Tensor, g_sq: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, g_mean: torch.Tensor, g_sq: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        n = x[0, 0].numel()
-        shape = g_mean.shape + (1,) * (x.dim() - 2)
-        return torch.addcmul((g_mean / n).view(shape), x, (g_sq * (2.0 / n)).view(shape)).to(x.dtype)
+        last = ctx.last  # type: ignore[attr-defined]
+        n = x.shape[1] if last else x.shape[2]
+        shape = (g_mean.shape[0], 1, g_mean.shape[1]) if last else (*g_mean.shape, 1)
+        return torch.addcmul((g_mean / n).view(shape), x, (g_sq * (2.0 / n)).view(shape)).to(x.dtype), None
 
 
-def per_image_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image, per-channel mean and mean of squares (B x C each) of features B x C x ... .
+def per_image_moments(x: torch.Tensor, axis: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image, per-channel mean and mean of squares (B x C each) of features whose channels are on ``axis``.
 
     Reduced immediately inside the forward hook so no feature map is kept beyond autograd's
-    own needs; computed in float32 even under autocast.
+    own needs; computed in float32 even under autocast. Axis 1 (NCHW, [B, C]) and the last axis
+    ([B, L, D] tokens, channels-last maps) are read in place; another axis is moved first.
     """
     if x.dim() == 2:
         x = x if x.dtype in (torch.float32, torch.float64) else x.float()
         return x, x * x
-    return _Moments.apply(x)
+    axis = axis % x.dim()
+    if axis == 1:
+        return _Moments.apply(x.flatten(2), False)
+    if axis != x.dim() - 1:
+        x = x.movedim(axis, -1)
+    return _Moments.apply(x.reshape(x.shape[0], -1, x.shape[-1]), True)
 
 
 def group_moments(
