@@ -52,7 +52,7 @@ def register(group: click.Group) -> None:
     @click.option("--base-model", help="Hub id ORG/NAME of the model's weights; the bundle's model card links to it.")
     @report_options
     @handle_errors
-    def collect(model, weights, data, seeds, out, dataset, taps, prefix_tokens, fuse, keep_rejected, batch_size, workers, device, limit_per_class,
+    def collect(model, weights, model_args, data, seeds, out, dataset, taps, prefix_tokens, fuse, keep_rejected, batch_size, workers, device, limit_per_class,
                 labels_by_position, dtype, shard_size, crop, resize, mean, std, strict, overwrite, base_model, as_json, quiet) -> None:  # noqa: ANN001
         """Record per-class feature statistics of a model into a bundle."""
         from sowmeta.collectors import collect as collect_data
@@ -65,7 +65,9 @@ def register(group: click.Group) -> None:
         if (data is None) == (seeds is None):
             raise ConfigError("pass exactly one of --data (a labelled dataset) or --seeds (seed images)")
         check_output(out, "bundle", overwrite=overwrite, inputs=[("--data", data), ("--seeds", seeds)])
-        loaded = load_model(model, weights="DEFAULT" if weights is None else weights,
+        from sowmeta.models import parse_model_args
+
+        loaded = load_model(model, weights="DEFAULT" if weights is None else weights, args=parse_model_args(model_args),
                             preprocessing={"crop": crop, "resize": resize, "mean": mean, "std": std})
         loaded.base_model = base_model
         common = {"taps": taps, "prefix_tokens": prefix_tokens, "fuse": fuse, "device": device, "dataset": dataset, "out": out, "overwrite": overwrite,
@@ -156,17 +158,17 @@ def register(group: click.Group) -> None:
     @registry_option
     @report_options
     @handle_errors
-    def validate(bundle: str, model: str | None, weights: str | None, registry: str | None, as_json: bool, quiet: bool) -> None:
+    def validate(bundle: str, model: str | None, weights: str | None, model_args: tuple[str, ...], registry: str | None, as_json: bool, quiet: bool) -> None:
         """Check a bundle's schema, checksums and values, and optionally that it matches a model."""
         from sowmeta.bundle import Bundle
-        from sowmeta.models import load_model_for
+        from sowmeta.models import load_model_for, parse_model_args
         from sowmeta.registry import resolve_bundle
 
         path = resolve_bundle(bundle, registry=registry)
         b = Bundle.load(path, verify=True)
         checked = ["schema", "checksums", "values"]
         if model is not None or weights is not None:
-            b.check(load_model_for(b.manifest, model=model, weights=weights).module)
+            b.check(load_model_for(b.manifest, model=model, weights=weights, args=parse_model_args(model_args) if model_args else None).module)
             checked += ["taps", "channels", "classes", "structure", "fingerprint"]
         if as_json:
             emit_json({"path": path, "ok": True, "checked": checked})
@@ -197,16 +199,17 @@ def register(group: click.Group) -> None:
     @_preprocessing_options
     @report_options
     @handle_errors
-    def taps_cmd(model_name: str | None, model: str | None, weights: str | None, spec: str, crop, resize, mean, std,
+    def taps_cmd(model_name: str | None, model: str | None, weights: str | None, model_args: tuple[str, ...], spec: str, crop, resize, mean, std,
                  as_json: bool, quiet: bool) -> None:  # noqa: ANN001
         """List the taps a specification resolves to on MODEL, with their shapes, channel axes and channels."""
         from sowmeta.errors import ConfigError
-        from sowmeta.models import load_model
+        from sowmeta.models import load_model, parse_model_args
         from sowmeta.taps import describe_taps
 
         if (model_name is None) == (model is None):
             raise ConfigError("name the model once: `sowmeta taps MODEL` or `sowmeta taps --model MODEL`")
-        loaded = load_model(model_name or model, weights="none" if weights is None else weights, preprocessing={"crop": crop, "resize": resize, "mean": mean, "std": std})
+        loaded = load_model(model_name or model, weights="none" if weights is None else weights, args=parse_model_args(model_args),
+                            preprocessing={"crop": crop, "resize": resize, "mean": mean, "std": std})
         rows = describe_taps(loaded.module, spec, loaded.preprocessing.crop)
         if as_json:
             emit_json({"model": model_name or model, "spec": spec, "taps": rows})

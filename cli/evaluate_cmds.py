@@ -163,7 +163,7 @@ def register(group: click.Group) -> None:
     @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="DataLoader workers for image folders.")
     @report_options
     @handle_errors
-    def distill(data, model, weights, student, test, out, epochs, batch_size, lr, temperature, amp, seed, resume, overwrite, device, workers,
+    def distill(data, model, weights, model_args, student, test, out, epochs, batch_size, lr, temperature, amp, seed, resume, overwrite, device, workers,
                 as_json, quiet) -> None:  # noqa: ANN001
         """Distill the teacher (--model, --weights) into a new student on synthesized images; score it on real test images."""
         from rich.table import Table
@@ -171,7 +171,9 @@ def register(group: click.Group) -> None:
         from sowmeta.distillation import distill as run
 
         config = DistillConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, amp=amp, seed=seed)
-        loaded = _load(model, "DEFAULT" if weights is None else weights)
+        from sowmeta.models import load_model, parse_model_args
+
+        loaded = load_model(model, weights="DEFAULT" if weights is None else weights, args=parse_model_args(model_args))
         with LiveProgress(err_console, ["epoch", "batch"], quiet=quiet or as_json) as bar:
 
             def progress(p: Any) -> None:

@@ -18,12 +18,15 @@ WEIGHTS_HELP = "Weights: DEFAULT (the source's pretrained ones), a torchvision w
 
 
 def model_options(*, required: bool = False, multiple: bool = False, what: str = "the model") -> Callable[[F], F]:
-    """``--model NAME`` and ``--weights W`` (repeatable in pairs with ``multiple``)."""
+    """``--model NAME``, ``--weights W`` and ``--model-arg KEY=VALUE`` (``--model``/``--weights`` repeatable in pairs with ``multiple``)."""
 
     def deco(fn: F) -> F:
         model_help = f"Model of {what}: a built-in or torchvision name (resnet50, cifar-resnet56), or package.module:factory."
         if multiple:
             model_help += " Repeatable; pair each with a --weights in the same order."
+        if not multiple:
+            fn = click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                              help="A keyword argument for the model's constructor (package.module:factory, timm); repeatable.")(fn)
         fn = click.option("--weights", "weights", multiple=multiple, default=() if multiple else None, help=WEIGHTS_HELP)(fn)
         return click.option("--model", "model", multiple=multiple, required=required, help=model_help)(fn)
 

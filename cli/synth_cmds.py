@@ -91,7 +91,7 @@ def register(group: click.Group) -> None:
     @click.option("--overwrite", is_flag=True, help="Replace --out, --png and --grid (only sowmeta's own) and discard an unfinished run.")
     @report_options
     @handle_errors
-    def synthesize(bundle, registry, model, weights, classes, per_class, out, mode, mixed, preset, iterations, batch_size, lr, alpha_tv, alpha_l2, alpha_cc,
+    def synthesize(bundle, registry, model, weights, model_args, classes, per_class, out, mode, mixed, preset, iterations, batch_size, lr, alpha_tv, alpha_l2, alpha_cc,
                    first_tap_multiplier, tap_weight, feature_loss, jitter, flip, multires, init, init_noise, amp, seed, save_every, png, grid, device,
                    no_fingerprint_check, allow_low_confidence, overwrite, as_json, quiet) -> None:  # noqa: ANN001
         """Synthesize images of chosen classes from a model and its class-conditional statistics."""
@@ -112,7 +112,9 @@ def register(group: click.Group) -> None:
         init_dir = None if init == "noise" else Path(init)
         if init_dir is not None and not init_dir.is_dir():
             raise ConfigError(f"--init must be 'noise' or a folder of initial images; {init_dir} is not a directory")
-        opened = open_model(bundle, model=model, weights=weights, registry=registry)
+        from sowmeta.models import parse_model_args
+
+        opened = open_model(bundle, model=model, weights=weights, args=parse_model_args(model_args) if model_args else None, registry=registry)
         overrides = {
             "iterations": iterations, "batch_size": batch_size, "lr": lr, "alpha_tv": alpha_tv, "alpha_l2": alpha_l2, "alpha_cc": alpha_cc,
             "first_tap_multiplier": first_tap_multiplier, "feature_loss": feature_loss, "jitter": jitter, "flip": flip, "multires": multires,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -184,7 +185,8 @@ def _prepare(model: LoadedModel, fuse: bool, device: torch.device) -> tuple[nn.M
 
 
 def _model_record(
-    name: str, module: nn.Module, num_classes: int, labels: list[str], *, weights: str | None, fused: bool = False, base_model: str | None = None
+    name: str, module: nn.Module, num_classes: int, labels: list[str], *, weights: str | None, fused: bool = False,
+    base_model: str | None = None, args: dict[str, Any] | None = None, weights_sha256: str | None = None,
 ) -> ModelRecord:
     """What a manifest says about the model: a user's ``module:factory`` is recorded as ``custom`` (never code to run)."""
     code = is_code_reference(name)
@@ -198,6 +200,8 @@ def _model_record(
         base_model=base_model,
         structure=structure_fingerprint(module),
         factory=name if code else None,
+        args=dict(args or {}),
+        weights_sha256=weights_sha256,
     )
 
 
@@ -212,7 +216,8 @@ def _check_base_model(model: LoadedModel) -> None:
 
 
 def _record_for(model: LoadedModel, module: nn.Module, fused: bool, labels: Sequence[str], num_classes: int) -> ModelRecord:
-    return _model_record(model.name, module, num_classes, list(labels), weights=model.weights, fused=fused, base_model=model.base_model)
+    return _model_record(model.name, module, num_classes, list(labels), weights=model.weights, fused=fused, base_model=model.base_model,
+                         args=model.args, weights_sha256=model.weights_sha256)
 
 
 def _data_name(dataset: str | None, data: object) -> str:

@@ -33,6 +33,7 @@ from .atomic import atomic_file
 from .distill_config import DistillConfig
 from .errors import ConfigError, DataError, DivergenceError, OutputExistsError, storage_errors
 from .outputs import RUN_FILES, check_output
+from .logits import logits_of
 from .metrics import network_name, run_model, top1_accuracy
 from .models import LoadedModel, load_model
 from .synthdata import SynthDataset, fit_square, load_images, read_info
@@ -335,9 +336,9 @@ def _train(
             x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
             x = prep.normalize(augment(x, aug, pad=config.pad, flip=config.flip))
             with torch.no_grad(), _autocast(device, config.amp):
-                t_logits = t_module(x)
+                t_logits = logits_of(t_module(x))
             with _autocast(device, config.amp):
-                s_logits = s_module(x)
+                s_logits = logits_of(s_module(x))
             loss = kd_loss(s_logits.float(), t_logits.float(), config.temperature)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["shared_dir", "cache_dir", "registry_dir", "registry_choice", "hf_endpoint", "hf_offline", "hub_timeout", "debug_enabled"]
+__all__ = ["shared_dir", "cache_dir", "registry_dir", "registry_choice", "hf_endpoint", "hf_offline", "hf_hub_cache", "hub_timeout", "debug_enabled", "compile_enabled"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +48,15 @@ def hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
 
 
+def hf_hub_cache() -> Path:
+    """The standard Hugging Face cache: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub`` (re-read per call)."""
+    value = os.environ.get("HF_HUB_CACHE")
+    if value:
+        return Path(value).expanduser()
+    home = os.environ.get("HF_HOME")
+    return (Path(home).expanduser() if home else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface") / "hub"
+
+
 def hub_timeout() -> float:
     """``SOWMETA_HUB_TIMEOUT``: seconds a Hub request may wait for an answer (default 30; connecting waits at most 10)."""
     value = os.environ.get("SOWMETA_HUB_TIMEOUT", "").strip()
@@ -61,3 +70,8 @@ def hub_timeout() -> float:
 def debug_enabled() -> bool:
     """``SOWMETA_DEBUG=1`` makes the CLI show tracebacks."""
     return os.environ.get("SOWMETA_DEBUG", "") not in ("", "0", "false", "False")
+
+
+def compile_enabled() -> bool:
+    """``SOWMETA_COMPILE=0`` keeps sowmeta from compiling its kernels with ``torch.compile`` (default: on)."""
+    return os.environ.get("SOWMETA_COMPILE", "").strip().lower() not in ("0", "false", "no", "off")

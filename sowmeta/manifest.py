@@ -67,6 +67,8 @@ class ModelRecord:
     base_model: str | None = None
     structure: str | None = None
     factory: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import ConfigError, DataError, ModelError
+from .logits import logits_of
 from .models import LoadedModel
 from .synthdata import SynthDataset, fit_square
 
@@ -136,7 +137,7 @@ def run_model(
             x = x.to(device, non_blocking=True)
             if x.dtype == torch.uint8:
                 x = x.float().div(255)
-            out = module(model.preprocessing.normalize(x))
+            out = logits_of(module(model.preprocessing.normalize(x)))
             logits.append(out.float().cpu())
             labels.append(torch.as_tensor(y, dtype=torch.long))
             done += len(y)

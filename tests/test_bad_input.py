@@ -434,7 +434,7 @@ def test_no_fingerprint_check_still_refuses_another_architecture(tmp_path: Path)
 @pytest.fixture
 def silent_endpoint(registry_env: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """A port that accepts connections (the kernel's backlog) and never answers a byte."""
-    from sowmeta.registry import http
+    from sowmeta import hub_http as http
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -450,7 +450,7 @@ def silent_endpoint(registry_env: Path, monkeypatch: pytest.MonkeyPatch):  # noq
 def test_hub_calls_time_out_with_one_line(silent_endpoint: socket.socket, make_bundle, tmp_path: Path):  # noqa: ANN001
     src = make_bundle()
     for args in (["pull", "me/x", "--registry", "hub"], ["push", src, "me/x", "--registry", "hub"], ["list", "--registry", "hub"]):
-        from sowmeta.registry import http
+        from sowmeta import hub_http as http
 
         http.forget_failures()
         start = time.monotonic()
@@ -461,7 +461,7 @@ def test_hub_calls_time_out_with_one_line(silent_endpoint: socket.socket, make_b
 
 
 def test_hub_list_against_a_closed_port_is_quick(registry_env: Path, monkeypatch: pytest.MonkeyPatch):
-    from sowmeta.registry import http
+    from sowmeta import hub_http as http
 
     http.forget_failures()
     start = time.monotonic()

@@ -149,7 +149,7 @@ def test_torchvision_named_weights_come_from_the_hub_cache(weights):
     torch.save(reference.state_dict(), _hub_checkpoint("mobilenet_v3_small"))
     m = load_model("mobilenet_v3_small", weights=weights)
     assert fingerprint(m.module) == fingerprint(reference.eval())
-    assert m.num_classes == 1000 and m.labels[0] == "tench" and m.weights == weights
+    assert m.num_classes == 1000 and m.labels[0] == "tench" and m.weights == "IMAGENET1K_V1"  # DEFAULT is recorded as what it means
     p = m.preprocessing
     assert (p.crop, p.resize, p.mean, p.std) == (224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert p.source == "torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1"

@@ -1,12 +1,14 @@
 """Models by name: built-in CIFAR networks, torchvision classifiers, ``package.module:factory``, and any
 source registered in ``MODEL_SOURCES`` (docs/architecture.md shows how to add one)."""
 
-from . import builtin as _builtin  # noqa: F401  (registers the sources, in resolution order)
+from . import builtin as _builtin  # noqa: F401  (registers the sources)
+from . import hub_source as _hub  # noqa: F401
 from . import python_source as _python  # noqa: F401
+from . import timm_source as _timm  # noqa: F401
 from . import torchvision_source as _torchvision  # noqa: F401
 from .builtin import BUILTIN_MODELS, register_model
 from .loaded import LoadedModel
-from .loading import CUSTOM_ARCHITECTURE, list_models, load_model, load_model_for, load_model_from_record, manifest_weights
+from .loading import CUSTOM_ARCHITECTURE, list_models, load_model, load_model_for, load_model_from_record, manifest_weights, parse_model_args
 from .networks import CIFAR10_LABELS, CifarResNet, CifarVGG, DemoCNN
 from .python_source import is_code_reference
 from .sources import MODEL_SOURCES, ModelSource, source_for
@@ -28,6 +30,7 @@ __all__ = [
     "load_model_from_record",
     "load_model_for",
     "manifest_weights",
+    "parse_model_args",
     "is_code_reference",
     "CUSTOM_ARCHITECTURE",
     "load_weights_file",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from collections.abc import Callable
 
 from ..errors import WeightsError
@@ -9,7 +11,7 @@ from ..named import Registry
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .loaded import LoadedModel
 from .networks import CIFAR10_LABELS, CifarResNet, CifarVGG, DemoCNN
-from .sources import MODEL_SOURCES
+from .sources import MODEL_SOURCES, refuse_args
 from .weights import load_into
 
 __all__ = ["Builder", "BUILTIN_MODELS", "register_model", "BuiltinSource"]
@@ -31,7 +33,8 @@ class BuiltinSource:
     def claims(self, name: str) -> bool:
         return name in BUILTIN_MODELS
 
-    def build(self, name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+    def build(self, name: str, weights: str | None, num_classes: int | None, args: dict[str, Any]) -> LoadedModel:
+        refuse_args(name, args)
         return BUILTIN_MODELS.get(name)(name, weights, num_classes)
 
     def names(self) -> list[str]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ModelError, WeightsError, first_line
+from ..errors import ConfigError, ModelError, WeightsError, first_line
 from ..taps import count_outputs
 from ..manifest import Manifest
 from ..preprocess import Preprocessing
@@ -15,8 +16,9 @@ from .loaded import LoadedModel
 from .python_source import is_code_reference
 from .sources import MODEL_SOURCES, source_for
 from .torchvision_source import torchvision_weights_names
+from .weights_ref import HF_PREFIX, resolve_weights
 
-__all__ = ["CUSTOM_ARCHITECTURE", "list_models", "load_model", "load_model_from_record", "load_model_for", "manifest_weights"]
+__all__ = ["CUSTOM_ARCHITECTURE", "list_models", "load_model", "load_model_from_record", "load_model_for", "manifest_weights", "parse_model_args"]
 
 CUSTOM_ARCHITECTURE = "custom"
 
@@ -28,13 +30,33 @@ def list_models(pattern: str = "*") -> list[str]:
     return [n for _, s in MODEL_SOURCES.items() for n in s.names() if fnmatch.fnmatchcase(n, pattern)]
 
 
+def parse_model_args(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["img_size=32", "drop_rate=0.1", "name=x"]`` (the CLI's ``--model-arg``) as keyword arguments.
+
+    Values are read as JSON where they are JSON (numbers, true/false/null, lists), else as text.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--model-arg takes KEY=VALUE with a Python name as KEY, not {item!r}")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
 def load_model(
     name: str,
     *,
     weights: str | None = "DEFAULT",
     num_classes: int | None = None,
     preprocessing: Preprocessing | dict[str, Any] | None = None,
+    args: dict[str, Any] | None = None,
     trusted: bool = True,
+    expect_sha256: str | None = None,
 ) -> LoadedModel:
     """Build a model by name and load its weights; the model is returned in eval mode.
 
@@ -46,13 +68,23 @@ def load_model(
         num_classes: output classes, for models built without pretrained weights.
         preprocessing: replaces the preprocessing that comes with the weights; a dict of
             ``crop``/``resize``/``mean``/``std`` changes only those (``Preprocessing.with_options``).
+        args: keyword arguments for the model's constructor (``package.module:factory`` and timm
+            models; the CLI's ``--model-arg``).
         trusted: False when ``name`` comes from a manifest: then no source that runs code is used.
+        expect_sha256: the sha256 a weights file must have (a manifest's ``weights_sha256``).
 
     ``num_classes`` of the result is counted by a forward pass at the final input size.
     """
     if weights is not None and weights.lower() == "none":
         weights = None
-    loaded = source_for(name, trusted=trusted).build(name, weights, num_classes)
+    source = source_for(name, trusted=trusted)
+    ref = None
+    if weights is not None and weights.upper() != "DEFAULT" and (weights.startswith(HF_PREFIX) or Path(weights).suffix or "/" in weights):
+        ref = resolve_weights(weights, expect_sha256=expect_sha256)
+    loaded = source.build(name, str(ref.path) if ref else weights, num_classes, dict(args or {}))
+    loaded.args = dict(args or {})
+    if ref is not None:
+        loaded.weights, loaded.weights_sha256 = ref.portable, ref.sha256
     if isinstance(preprocessing, dict):
         loaded.preprocessing = loaded.preprocessing.with_options(**preprocessing)
     elif preprocessing is not None:
@@ -60,7 +92,7 @@ def load_model(
     loaded.module.eval()
     try:
         loaded.num_classes = count_outputs(loaded.module, loaded.preprocessing.crop)
-    except (RuntimeError, ValueError, TypeError) as exc:  # the model cannot take this input size
+    except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # the model cannot take this input size
         raise ModelError(
             f"{name} fails on a {loaded.preprocessing.crop} px image ({first_line(str(exc))}); pass its input size with --crop"
         ) from exc
@@ -70,13 +102,14 @@ def load_model(
 
 
 def manifest_weights(name: str, weights: str | None) -> str | None:
-    """The weights a manifest may make sowmeta fetch: none, DEFAULT, or a torchvision weights name.
+    """The weights a manifest may make sowmeta fetch: none, DEFAULT, a torchvision weights name, or a Hub file ``hf://``.
 
-    A file path or URL in a manifest is never opened or downloaded: the user passes the file.
+    A local file or URL in a manifest is never opened or downloaded: the user passes the file
+    (or ``open_model`` finds it in the bundle's own Hub repository, sha256-checked).
     """
     if weights is None or weights.lower() == "none" or weights.upper() == "DEFAULT":
         return weights
-    if weights in torchvision_weights_names(name):
+    if weights in torchvision_weights_names(name) or weights.startswith(HF_PREFIX):
         return weights
     raise WeightsError(
         f"the bundle names the weights {Path(weights).name!r}, which sowmeta does not fetch from a manifest; "
@@ -92,6 +125,8 @@ def load_model_from_record(
     num_classes: int | None = None,
     preprocessing: Preprocessing | None = None,
     factory: str | None = None,
+    args: dict[str, Any] | None = None,
+    expect_sha256: str | None = None,
 ) -> LoadedModel:
     """Build the model a bundle's manifest names, trusting nothing in it.
 
@@ -118,7 +153,8 @@ def load_model_from_record(
         if recorded_weights is None:
             raise WeightsError(f"the bundle's model {architecture} names no weights; pass --weights FILE (or none)")
         weights = manifest_weights(architecture, recorded_weights)
-    return load_model(architecture, weights=weights, num_classes=num_classes, preprocessing=preprocessing, trusted=False)
+    return load_model(architecture, weights=weights, num_classes=num_classes, preprocessing=preprocessing, args=args, trusted=False,
+                      expect_sha256=expect_sha256)
 
 
 def _known_prefix(name: str) -> bool:
@@ -127,11 +163,12 @@ def _known_prefix(name: str) -> bool:
 
 
 def load_model_for(
-    manifest: Manifest, *, model: str | None = None, weights: str | None = None, device: torch.device | str = "cpu"
+    manifest: Manifest, *, model: str | None = None, weights: str | None = None, args: dict[str, Any] | None = None,
+    device: torch.device | str = "cpu",
 ) -> LoadedModel:
     """The model a bundle was recorded on, ready to check or synthesize with.
 
-    ``model``/``weights`` are the user's (``--model``/``--weights``) and are used as given;
+    ``model``/``weights``/``args`` are the user's (``--model``/``--weights``/``--model-arg``) and are used as given;
     what the manifest names is used only through ``load_model_from_record`` (no code, no
     arbitrary files). The bundle's preprocessing and class count apply; a fused bundle gets the
     model fused the same way.
@@ -139,10 +176,11 @@ def load_model_for(
     m = manifest.model
     if model is not None:
         loaded = load_model(model, weights=weights if weights is not None else manifest_weights(model, m.weights or "none"),
-                            num_classes=m.num_classes, preprocessing=manifest.preprocessing)
+                            num_classes=m.num_classes, preprocessing=manifest.preprocessing, args=args if args is not None else m.args)
     else:
         loaded = load_model_from_record(m.architecture, recorded_weights=m.weights, weights=weights, num_classes=m.num_classes,
-                                        preprocessing=manifest.preprocessing, factory=m.factory)
+                                        preprocessing=manifest.preprocessing, factory=m.factory, args=m.args,
+                                        expect_sha256=m.weights_sha256 if weights is None else None)
     if m.fused:
         from ..fuse import fuse_bn
 

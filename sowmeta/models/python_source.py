@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import importlib
 import re
 
@@ -19,8 +21,18 @@ _REF_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def is_code_reference(name: str) -> bool:
-    """True for ``package.module:factory``: a name that imports and calls Python code."""
-    return ":" in name
+    """True for ``package.module:factory``: a name whose model would be built by importing and calling Python code.
+
+    ``timm:NAME`` and ``hf-hub:ORG/NAME`` have a colon too, but their sources run no code.
+    """
+    if ":" not in name:
+        return False
+    from .sources import source_for
+
+    try:
+        return source_for(name).runs_code
+    except ModelError:
+        return True
 
 
 class PythonSource:
@@ -34,13 +46,16 @@ class PythonSource:
     def names(self) -> list[str]:
         return []
 
-    def build(self, name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+    def build(self, name: str, weights: str | None, num_classes: int | None, args: dict[str, Any]) -> LoadedModel:
         mod_name, _, attr = name.partition(":")
         try:
             fn = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as exc:
             raise ModelError(f"cannot import factory {name!r}: {short_error(exc)}; check PYTHONPATH and the name after ':'") from exc
-        module = fn(num_classes) if num_classes is not None else fn()
+        try:
+            module = fn(num_classes, **args) if num_classes is not None else fn(**args)
+        except TypeError as exc:
+            raise ModelError(f"factory {name!r} does not take these arguments ({short_error(exc)}); check --model-arg") from exc
         if not isinstance(module, nn.Module):
             raise ModelError(f"factory {name!r} returned {type(module).__name__}, not a torch.nn.Module")
         if weights is not None:

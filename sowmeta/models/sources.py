@@ -8,13 +8,13 @@ source is a ``MODEL_SOURCES.register`` (docs/architecture.md).
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ModelError
 from ..named import Registry
 from .loaded import LoadedModel
 
-__all__ = ["ModelSource", "MODEL_SOURCES", "source_for"]
+__all__ = ["ModelSource", "MODEL_SOURCES", "source_for", "refuse_args"]
 
 
 @runtime_checkable
@@ -26,8 +26,8 @@ class ModelSource(Protocol):
     def claims(self, name: str) -> bool:
         """True when ``name`` is one of this source's models (cheap: no download, no import of user code)."""
 
-    def build(self, name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
-        """The model ``name`` with ``weights`` (None: random init), in eval mode."""
+    def build(self, name: str, weights: str | None, num_classes: int | None, args: dict[str, Any]) -> LoadedModel:
+        """The model ``name`` with ``weights`` (None: random init); ``args`` are the user's ``--model-arg`` values."""
 
     def names(self) -> list[str]:
         """Names to list in ``sowmeta models`` (may be empty for open-ended sources)."""
@@ -56,3 +56,9 @@ def source_for(name: str, *, trusted: bool = True) -> ModelSource:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ModelError(f"unknown model {name!r}{hint} (see `sowmeta models`, or use package.module:factory)")
+
+
+def refuse_args(name: str, args: dict[str, Any]) -> None:
+    """For sources whose models take no construction arguments."""
+    if args:
+        raise ModelError(f"--model-arg {next(iter(args))!r} does not apply to {name}; model arguments go to package.module:factory and timm models")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pickle
 
 import torch
@@ -11,7 +13,7 @@ from ..errors import ModelError, WeightsError
 from ..taps import count_outputs
 from ..preprocess import Preprocessing
 from .loaded import LoadedModel
-from .sources import MODEL_SOURCES
+from .sources import MODEL_SOURCES, refuse_args
 from .weights import load_state, load_weights_file, short_error
 
 __all__ = ["TorchvisionSource", "torchvision_weights_names"]
@@ -68,9 +70,10 @@ class TorchvisionSource:
     def names(self) -> list[str]:
         return _names()
 
-    def build(self, name: str, weights: str | None, num_classes: int | None) -> LoadedModel:
+    def build(self, name: str, weights: str | None, num_classes: int | None, args: dict[str, Any]) -> LoadedModel:
         from torchvision import models as tvm
 
+        refuse_args(name, args)
         try:
             enum = tvm.get_model_weights(name)
         except (ValueError, KeyError) as exc:
@@ -111,7 +114,8 @@ class TorchvisionSource:
             interpolation=t.interpolation.value,
             source=f"torchvision:{meta_weights}",
         )
-        return LoadedModel(module, name, weights, outputs, labels, prep)
+        record = chosen.name if chosen is not None else weights  # DEFAULT recorded as the enum member it means
+        return LoadedModel(module, name, record, outputs, labels, prep)
 
 
 MODEL_SOURCES.register("torchvision", TorchvisionSource())

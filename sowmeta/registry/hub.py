@@ -28,7 +28,8 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, co
 from huggingface_hub import errors as hf
 
 from .. import env
-from . import http
+from ..hub_client import api as _api
+from ..hub_client import endpoint, mapped as _mapped, offline as _offline, refuse_offline as _refuse_offline
 from ..bundle import MANIFEST_NAME, Bundle, Manifest, verify_files
 from ..bundle_files import check_contained
 from ..errors import (
@@ -60,94 +61,11 @@ PULL_PATTERNS = [MANIFEST_NAME, "*.safetensors", CARD_NAME]
 _SHARD_RE = re.compile(r"^stats(-\d{5}-of-\d{5})?\.safetensors$")
 
 
-def endpoint() -> str:
-    """The Hub URL in use: ``HF_ENDPOINT`` now, else huggingface_hub's default."""
-    return env.hf_endpoint() or constants.ENDPOINT
-
-
-def _offline() -> bool:
-    return env.hf_offline() or constants.HF_HUB_OFFLINE
-
-
-def _api() -> HfApi:
-    http.install()
-    return HfApi(endpoint=endpoint(), library_name="sowmeta", library_version=__version__)
-
-
-def _translate(exc: BaseException, what: str, repo: str, url: str, *, offline: bool) -> SowmetaError | None:
-    """Map one huggingface_hub / httpx2 exception to a sowmeta error with a one-line message."""
-    if isinstance(exc, hf.GatedRepoError):
-        return GatedRepoError(
-            f"{repo} is gated on {url}: request access at {url}/{repo}, then set HF_TOKEN to a token of the approved account"
-        )
-    if isinstance(exc, hf.RevisionNotFoundError):
-        return RevisionNotFoundError(f"{what}: {url} has no such branch, tag or commit; check the revision (default main)")
-    if isinstance(exc, hf.RepositoryNotFoundError):
-        return NotFoundError(
-            f"{what}: {url} has no repository {repo}, or it is private and the token (HF_TOKEN or `hf auth login`) "
-            "cannot see it; check the name or set HF_TOKEN"
-        )
-    if isinstance(exc, hf.OfflineModeIsEnabled) or (isinstance(exc, hf.LocalEntryNotFoundError) and offline):
-        return OfflineError(
-            f"{what}: not in the cache and HF_HUB_OFFLINE=1 forbids downloading; pull it once online or unset HF_HUB_OFFLINE"
-        )
-    if isinstance(exc, hf.HfHubHTTPError):
-        code = exc.response.status_code if exc.response is not None else 0
-        detail = first_line(exc.server_message)
-        status = f"({code}: {detail})" if detail else f"({code})"
-        if code == 401:
-            return AuthError(f"{what}: {url} refused the credentials {status}; set HF_TOKEN to a valid token or run `hf auth login`")
-        if code == 403:
-            return AuthError(f"{what}: {url} denied access {status}; use a token with write access to {repo.split('/')[0]}")
-        if code == 429 or code >= 500:
-            return NetworkError(f"{what}: {url} answered {status}; retry later")
-        return RegistryError(f"{what}: {url} answered {status}")
-    if isinstance(exc, hf.LocalEntryNotFoundError):
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, hf.HfHubHTTPError):  # the Hub answered with an error and nothing was cached
-            return _translate(cause, what, repo, url, offline=offline)
-        if isinstance(cause, http.EndpointDown):
-            return NetworkError(f"{what}: cannot reach {url}: {first_line(str(cause))}, and nothing is cached; check the connection or HF_ENDPOINT")
-        reason = f" ({type(cause).__name__})" if cause is not None else ""
-        return NetworkError(f"{what}: cannot reach {url}{reason} and nothing is cached; check the connection or HF_ENDPOINT")
-    if isinstance(exc, http.EndpointDown):
-        return NetworkError(f"{what}: cannot reach {url}: {first_line(str(exc))}; check the connection or HF_ENDPOINT, or raise SOWMETA_HUB_TIMEOUT")
-    if isinstance(exc, httpx2.TransportError):
-        if what.startswith("pushing") and not isinstance(exc, httpx2.ConnectError):
-            return NetworkError(
-                f"{what}: the connection to {url} broke ({type(exc).__name__}); a Hub commit is all or nothing, "
-                "so the repository keeps its previous revision unless the commit completed: push again"
-            )
-        return NetworkError(f"{what}: cannot reach {url} ({type(exc).__name__}); check the connection or HF_ENDPOINT and retry")
-    if isinstance(exc, hf.HFValidationError):
-        return ConfigError(f"{what}: {first_line(str(exc))}")
-    return None
-
-
-@contextmanager
-def _mapped(what: str, repo: str, url: str, *, offline: bool = False) -> Iterator[None]:
-    try:
-        yield
-    except SowmetaError:
-        raise
-    except Exception as exc:
-        mapped = _translate(exc, what, repo, url, offline=offline)
-        if mapped is None:
-            raise
-        log.debug("%s failed", what, exc_info=True)
-        raise mapped from exc
-
-
 def _reachable(url: str) -> None:
     """One request without retries, so that a dead endpoint fails at once instead of after huggingface_hub's backoff."""
     from huggingface_hub.utils import get_session
 
     get_session().get(f"{url}/api/models", params={"limit": 1})
-
-
-def _refuse_offline(what: str) -> None:
-    if _offline():
-        raise OfflineError(f"{what}: HF_HUB_OFFLINE=1 forbids talking to the Hub; unset HF_HUB_OFFLINE")
 
 
 def _ensure_repo(api: HfApi, name: str, *, private: bool) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -59,18 +60,19 @@ class ModelAndBundle:
 
 
 def open_model(
-    bundle: PullResult | str | Path | None, *, model: str | None = None, weights: str | None = None, registry: str | Path | None = None
+    bundle: PullResult | str | Path | None, *, model: str | None = None, weights: str | None = None,
+    args: dict[str, Any] | None = None, registry: str | Path | None = None,
 ) -> ModelAndBundle:
     """The bundle (pulled if a registry name, files verified) and its model: ``model``/``weights`` as the user gave
     them, else the model the manifest names (``models.load_model_for``: never code, never a file it names)."""
     if bundle is None:
         if model is None:
             raise ConfigError("pass --bundle, or --model with --mode di")
-        return ModelAndBundle(None, None, load_model(model, weights=weights or "DEFAULT"))
+        return ModelAndBundle(None, None, load_model(model, weights="DEFAULT" if weights is None else weights, args=args))
     located = bundle if isinstance(bundle, PullResult) else locate_bundle(bundle, registry=registry)
     manifest = Bundle.read_manifest(located.path)
     verify_files(located.path, manifest)
-    return ModelAndBundle(located, manifest, load_model_for(manifest, model=model, weights=weights))
+    return ModelAndBundle(located, manifest, load_model_for(manifest, model=model, weights=weights, args=args))
 
 
 def _locate(bundle: Bundle | PullResult | str | Path | None, registry: str | Path | None) -> tuple[Manifest | None, Path | None, dict[str, str], Bundle | None]:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import httpx2
 
-from .. import env
+from . import env
 
 __all__ = ["EndpointDown", "install", "forget_failures"]
 
