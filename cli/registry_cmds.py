@@ -19,18 +19,21 @@ def register(group: click.Group) -> None:
     @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
     @click.argument("name")
     @click.option("--revision", default=None, help="Branch (Hub) or ref (local) to move; default main.")
+    @click.option("--tag", default=None, help="Also tag the pushed revision (e.g. v1); a tag never moves.")
+    @click.option("--update-model-card", is_flag=True, help="Add or refresh a section linking the bundle in the repository's own README (Hub, subfolder bundles).")
     @click.option("--private", is_flag=True, help="Create the Hub repository private.")
     @click.option("-m", "--message", default=None, help="Commit message.")
     @registry_option
     @click.option("--license", "license_", default="other", show_default=True, help="License id for the model card (Hub).")
     @report_options
     @handle_errors
-    def push_cmd(bundle: str, name: str, revision: str | None, private: bool, message: str | None,
+    def push_cmd(bundle: str, name: str, revision: str | None, tag: str | None, update_model_card: bool, private: bool, message: str | None,
                  registry: str | None, license_: str, as_json: bool, quiet: bool) -> None:
-        """Publish the bundle directory BUNDLE as NAME (ORG/NAME[/SUBFOLDER][@REV])."""
+        """Publish the bundle directory BUNDLE as NAME (ORG/NAME, or ORG/NAME/SUBFOLDER inside a model's own repository)."""
         from sowmeta.registry import push
 
-        r = push(bundle, name, revision=revision, private=private, message=message, registry=registry, license=license_)
+        r = push(bundle, name, revision=revision, tag=tag, private=private, message=message, registry=registry, license=license_,
+                 update_model_card=update_model_card)
         if as_json:
             emit_json(r)
             return

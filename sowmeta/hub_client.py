@@ -48,10 +48,10 @@ def offline() -> bool:
     return env.hf_offline() or constants.HF_HUB_OFFLINE
 
 
-def api() -> HfApi:
-    """An ``HfApi`` for the endpoint in use, over the bounded HTTP client."""
+def api(token: str | None = None) -> HfApi:
+    """An ``HfApi`` for the endpoint in use, over the bounded HTTP client (``token``: else HF_TOKEN or the saved login)."""
     hub_http.install()
-    return HfApi(endpoint=endpoint(), library_name="sowmeta", library_version=__version__)
+    return HfApi(endpoint=endpoint(), token=token, library_name="sowmeta", library_version=__version__)
 
 
 def _translate(exc: BaseException, what: str, repo: str, url: str, *, offline: bool) -> SowmetaError | None:

@@ -146,6 +146,7 @@ class Manifest:
     tool_version: str = __version__
     format_version: str = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # the JSON as read, for the digest
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = dict(self.extra)
@@ -201,6 +202,7 @@ class Manifest:
             tool_version=d["tool"]["version"],
             format_version=version,
             extra={k: v for k, v in d.items() if k not in known},
+            raw=d,
         )
         manifest.check_consistency(path=path)
         return manifest
@@ -234,8 +236,9 @@ class Manifest:
 
     @property
     def digest(self) -> str:
-        """``content_digest`` of this manifest."""
-        return content_digest(self.to_dict())
+        """``content_digest`` of this manifest: of the JSON as it was read (fields this reader does not know
+        included), or, for a manifest made here, of what ``to_dict`` writes."""
+        return content_digest(self.raw if self.raw is not None else self.to_dict())
 
 
 def _refuse_constant(name: str) -> Any:

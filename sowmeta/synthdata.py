@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,8 +99,27 @@ def _open_h5(path: Path) -> Any:
     return f
 
 
-def read_info(path: str | Path) -> SynthInfo:
-    """Describe an HDF5 synthesis file or a class-per-folder directory without decoding images."""
+def _folder_samples(root: Path, names: Sequence[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """A class-per-folder directory's class names and (file, class index) samples.
+
+    With ``names`` (the model's labels) folders are matched to classes by name, as ``collect``
+    does (``class_folders``): ``cat/`` is the class labelled cat wherever it sorts, and
+    ``003_cat/`` class 3. Without them, class k is the k-th folder in sorted order.
+    """
+    index = scan_image_folder(root)
+    if names is None:
+        return list(index.classes), list(index.samples)
+    from .class_folders import map_class_folders
+
+    mapping = map_class_folders(index.classes, names, len(names))
+    return list(names), [(p, mapping.indices[y]) for p, y in index.samples]
+
+
+def read_info(path: str | Path, *, names: Sequence[str] | None = None) -> SynthInfo:
+    """Describe an HDF5 synthesis file or a class-per-folder directory without decoding images.
+
+    ``names``: the model's class labels, to match a folder's class folders to classes by name.
+    """
     p = Path(path)
     if is_synth_file(p):
         with _open_h5(p) as f:
@@ -118,8 +137,9 @@ def read_info(path: str | Path) -> SynthInfo:
             per_class = np.bincount(y, minlength=n_classes).tolist()
             return SynthInfo(str(p), "hdf5", int(images.shape[0]), classes, per_class, (int(images.shape[1]), int(images.shape[2])), attrs)
     if p.is_dir():
-        index = scan_image_folder(p)
-        return SynthInfo(str(p), "folder", len(index.samples), index.classes, index.per_class, None, {})
+        classes, samples = _folder_samples(p, names)
+        per_class = np.bincount(np.asarray([y for _, y in samples], dtype=np.int64), minlength=len(classes)).tolist()
+        return SynthInfo(str(p), "folder", len(samples), classes, per_class, None, {})
     raise DataError(f"{p} is neither an HDF5 synthesis file nor a class-per-folder image directory")
 
 
@@ -132,12 +152,13 @@ class SynthDataset(Dataset):
     Args:
         path: an HDF5 file written by synthesis, or a directory ``root/<class>/<image>``.
         transform: applied to each uint8 image tensor (e.g. augmentation or resizing).
+        names: the model's class labels; a folder's class folders are then matched to them by name.
     """
 
-    def __init__(self, path: str | Path, transform: Callable[[torch.Tensor], Any] | None = None) -> None:
+    def __init__(self, path: str | Path, transform: Callable[[torch.Tensor], Any] | None = None, *, names: Sequence[str] | None = None) -> None:
         self.path = Path(path)
         self.transform = transform
-        self.info = read_info(self.path)
+        self.info = read_info(self.path, names=names)
         self._file: Any = None
         self._pid: int | None = None
         if self.info.kind == "hdf5":
@@ -145,7 +166,7 @@ class SynthDataset(Dataset):
                 self.labels = torch.from_numpy(np.asarray(f["labels"][:], dtype=np.int64))
             self._samples: list[tuple[Path, int]] = []
         else:
-            self._samples = scan_image_folder(self.path).samples
+            self._samples = _folder_samples(self.path, names)[1]
             self.labels = torch.tensor([y for _, y in self._samples], dtype=torch.long)
 
     @property

@@ -17,6 +17,7 @@ POST   /api/models/{repo_id}/commit/{revision}          create_commit: NDJSON li
                                                         ``file`` (base64), ``deletedFile``,
                                                         ``deletedFolder``; ``lfsFile`` is refused
 POST   /api/models/{repo_id}/branch/{branch}            create_branch (``startingPoint``)
+POST   /api/models/{repo_id}/tag/{revision}             create_tag (``tag``; 409 if it exists)
 DELETE /api/models/{repo_id}/branch/{branch}            delete_branch (not main)
 GET    /api/models/{repo_id}[/revision/{revision}]      repo_info / model_info (sha, siblings)
 GET    /api/models/{repo_id}/tree/{revision}[/{path}]   list_repo_tree / list_repo_files /
@@ -330,6 +331,15 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _Reply(409, f"Reference {rest[1]} already exists")
                 start = self._commit(repo, payload.get("startingPoint") or "main")
                 repo.branches[rest[1]] = start.oid
+            return self._json({})
+        if self.command == "POST" and rest[:1] == ["tag"] and len(rest) == 2:
+            repo = self._repo(repo_id, user, write=True)
+            payload = json.loads(self._body() or b"{}")
+            with self.state.lock:
+                target = self._commit(repo, rest[1])
+                if payload.get("tag") in repo.tags:
+                    raise _Reply(409, f"Tag {payload.get('tag')} already exists")
+                repo.tags[payload["tag"]] = target.oid
             return self._json({})
         if self.command == "DELETE" and rest[:1] == ["branch"] and len(rest) == 2:
             repo = self._repo(repo_id, user, write=True)

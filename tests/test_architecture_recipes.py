@@ -83,7 +83,7 @@ def test_recipe_model_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             def names(self):
                 return ["zoo-8", "zoo-16"]
 
-            def build(self, name, weights, num_classes):
+            def build(self, name, weights, num_classes, args):
                 width = int(name[4:])
                 torch.manual_seed(width)
                 module = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),

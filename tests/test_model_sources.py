@@ -69,7 +69,7 @@ def test_transformers_repository_by_hub_id_collects_and_synthesizes(fake_hub: Hu
     upload(fake_hub, f"{HUB_ORG}/tiny-hf-vit", tmp_path / "repo")
     loaded = load_model(f"hf-hub:{HUB_ORG}/tiny-hf-vit")
     assert loaded.labels == labels and loaded.num_classes == 3
-    assert (loaded.preprocessing.crop, loaded.preprocessing.resize, loaded.preprocessing.mean) == (32, None, (0.4, 0.5, 0.6))
+    assert (loaded.preprocessing.crop, loaded.preprocessing.resize, loaded.preprocessing.mean) == (32, 32, (0.4, 0.5, 0.6))
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         out = loaded.module(x)

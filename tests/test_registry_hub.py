@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def test_push_is_one_commit_and_pull_is_byte_identical(fake_hub: HubServer, make
     assert repo.commits[pushed.commit].summary == "first release"
     stored = server_files(fake_hub)
     assert {k: v for k, v in stored.items() if k in bundle_bytes(src)} == bundle_bytes(src)
-    assert stored["README.md"].startswith(b"---\nlibrary_name: sowmeta\n")
+    assert _front_matter(stored["README.md"].decode())["library_name"] == "sowmeta"
     # regular upload mode: every file travelled base64-encoded inside the one commit (no LFS, no Xet)
     assert fake_hub.state.commit_ops == [["file"] * (len(bundle_bytes(src)) + 1)]
 
@@ -55,7 +56,7 @@ def test_push_is_one_commit_and_pull_is_byte_identical(fake_hub: HubServer, make
     for f in manifest["files"]:
         assert hashlib.sha256((pulled.path / f["name"]).read_bytes()).hexdigest() == f["sha256"]
     assert not (pulled.path / ".gitattributes").exists()  # only bundle files are fetched
-    assert str(pulled.path).startswith(str(Path(registry_cache()) / "hub"))
+    assert str(pulled.path).startswith(os.environ["HF_HUB_CACHE"])  # the standard Hugging Face cache
 
     copied = registry.pull(NAME, registry="hub", to=src.parent / "copy")
     assert bundle_bytes(copied.path) == bundle_bytes(src) and (copied.path / "README.md").is_file()
@@ -125,7 +126,7 @@ def test_not_found_errors(fake_hub: HubServer, make_bundle, monkeypatch: pytest.
         registry.pull(f"{HUB_ORG}/secret", registry="hub")
 
     fake_hub.add_repo(f"{HUB_ORG}/plain-model", {"model.safetensors": b"x"})
-    with pytest.raises(E.BundleNotFoundError, match="not a sowmeta bundle repository"):
+    with pytest.raises(E.BundleNotFoundError, match="has no sowmeta.json: it is not a sowmeta bundle"):
         registry.pull(f"{HUB_ORG}/plain-model", registry="hub")
 
 
@@ -393,19 +394,20 @@ CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 
 @pytest.mark.shared
-def test_docs_show_the_card_of_the_real_cifar_resnet56_bundle() -> None:
+def test_docs_show_the_card_of_the_real_cifar_resnet56_bundle(tmp_path: Path) -> None:
     """docs/registry.md's card is what ``card_from_manifest`` writes for cifar-resnet56 with the ../shared weights.
 
-    Model facts (fingerprint, taps, channels, preprocessing) come from the real model; only what
-    depends on the collection run (weights path as typed, data path, images, date, size) is read
-    from the documented card itself.
+    Model facts (fingerprint, structure, taps, channels, preprocessing, the weights' name and
+    sha256) come from the real model; only what depends on the collection run (data name,
+    images, date, tool version) is read from the documented card itself.
     """
+    import torch
     from conftest import shared_path
 
-    from sowmeta.bundle import FileRecord, Manifest, ModelRecord, SourceRecord, TapRecord
-    from sowmeta.models import fingerprint, load_model
+    from sowmeta.bundle import Bundle, Manifest, ModelRecord, SourceRecord, TapRecord, TapStats
+    from sowmeta.models import fingerprint, load_model, structure_fingerprint
     from sowmeta.registry.card import card_from_manifest
-    from sowmeta.taps import probe_channels, resolve_taps
+    from sowmeta.taps import probe, resolve_taps
 
     weights = shared_path("models", "cifar10", "resnet56.safetensors")
     doc = (Path(__file__).parent.parent / "docs" / "registry.md").read_text(encoding="utf-8")
@@ -419,20 +421,16 @@ def test_docs_show_the_card_of_the_real_cifar_resnet56_bundle() -> None:
         return found.group(1)
 
     model = load_model("cifar-resnet56", weights=str(weights))
-    taps = resolve_taps(model.module, "bn-inputs")
-    channels = probe_channels(model.module, taps, model.preprocessing.crop)
-    kib = float(fact(r"safetensors file\(s\), ([\d.]+) KiB"))
-    manifest = Manifest(
-        model=ModelRecord(architecture="cifar-resnet56", fingerprint=fingerprint(model.module), num_classes=10,
-                          labels=CIFAR10, weights=fact(r"\| weights \| `([^`]+)` \|"), fused=False,
-                          base_model=model.base_model),
-        taps=[TapRecord(t.name, t.module, t.position, t.kind, channels[t.name]) for t in taps],
-        preprocessing=model.preprocessing,
-        source=SourceRecord("A", "after-training", fact(r"data `([^`]+)`"), int(fact(r", (\d+) images"))),
-        dtype="float32",
-        files=[FileRecord("stats.safetensors", "0" * 64, round(kib * 1024), ["counts"])],
-        created=fact(r" on (\S+Z)\n"),
-        tool_version=fact(r"written by sowmeta (\S+) on"),
-        format_version="1.0",
-    )
-    assert card_from_manifest(manifest, "me/cifar-resnet56-cc", license="bsd-2-clause") == card
+    found = probe(model.module, resolve_taps(model.module, "bn-inputs"), 32)
+    taps = [TapRecord(t.name, t.module, t.position, t.kind, found.channels[t.name], t.axis) for t in found.taps]
+    record = ModelRecord("cifar-resnet56", fingerprint(model.module), 10, CIFAR10, model.weights, False, fact(r"base_model: (\S+)"),
+                         structure_fingerprint(model.module), None, {}, model.weights_sha256)
+    source = SourceRecord("A", "after-training", fact(r"data `([^`]+)`"), int(fact(r", (\d+) images")), [])
+    manifest = Manifest(record, taps, model.preprocessing, source, "float32", [], fact(r" on (\S+Z)\n"),
+                        tool_version=fact(r"written by sowmeta (\S+) on"))
+    # the size line is the saved bundle's: save one of the same shapes (the values do not change the size)
+    stats = {t.name: TapStats(torch.zeros(10, t.channels), torch.ones(10, t.channels), torch.zeros(t.channels), torch.ones(t.channels)) for t in taps}
+    saved = Bundle(manifest, stats, torch.full((10,), 5000), list(range(10))).save(tmp_path / "b")
+    rebuilt = card_from_manifest(Bundle.read_manifest(saved), "ORG/cifar-resnet56/sowmeta", license="bsd-2-clause",
+                                 manifest_size=(saved / "sowmeta.json").stat().st_size, weights_in_repo=True)
+    assert rebuilt.rstrip("\n") == card.rstrip("\n")

@@ -245,13 +245,18 @@ def test_cli_synthesize_writes_file_grid_and_pngs(bundle_dir: Path, tmp_path: Pa
              "--png", str(tmp_path / "png"), "-q")
     assert r.exit_code == 0, r.output
     assert out.exists() and (tmp_path / "g.png").exists()
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [".sowmeta-png", "c0", "c2"]
+    # a folder for every class of the model, index-prefixed: ImageFolder's sorted order is the class index
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [".sowmeta-png", "0_c0", "1_c1", "2_c2", "3_3"]
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(tmp_path / "png"), allow_empty=True)
+    assert [y for _, y in folder.samples] == [0, 0, 2, 2]
     from PIL import Image
 
     with h5py.File(out, "r") as f:
         stored, labels = f["images"][:], f["labels"][:]
     pngs = sorted((tmp_path / "png").rglob("*.png"))
-    assert len(pngs) == 4 and [p.parent.name for p in pngs] == [f"c{k}" for k in labels]
+    assert len(pngs) == 4 and [p.parent.name for p in pngs] == [f"{k}_c{k}" for k in labels]
     for i, p in enumerate(pngs):  # lossless copies of the file's images, in the file's order
         np.testing.assert_array_equal(np.array(Image.open(p)), stored[int(p.stem)])
         assert int(p.stem) == i
@@ -393,7 +398,7 @@ def test_model_comes_from_the_bundle_but_never_code_it_names(image_folder: Path,
              "--classes", "1", "--per-class", "2", "--iterations", "3", "--out", str(out), "-q", "--allow-low-confidence")
     assert r.exit_code == 0, r.output
     with h5py.File(out, "r") as f:
-        assert f.attrs["model"] == "conftest:tiny_net" and f.attrs["weights"] == str(weights)
+        assert f.attrs["model"] == "conftest:tiny_net" and f.attrs["weights"] == "tiny.pt"  # no machine path
     # a built-in architecture is rebuilt from the manifest; a weights file it names is never opened: --weights gives it
     demo = load_model("demo-cnn", weights=None)
     demo_w = tmp_path / "demo.safetensors"

@@ -48,10 +48,8 @@ def _transformers_preprocessing(folder: Path, name: str) -> Preprocessing:
     if isinstance(size, int):
         size = {"shortest_edge": size}
     crop = int(crop_size.get("height") or size.get("height") or size.get("shortest_edge") or 224)
-    if p.get("do_center_crop") and size.get("shortest_edge"):
-        resize = int(size["shortest_edge"])
-    else:
-        resize = None  # resized straight to (height, width): the crop is the whole image
+    # a (height, width) resize squeezes the whole image; the nearest aspect-keeping equivalent is the short side to the crop
+    resize = int(size["shortest_edge"]) if size.get("shortest_edge") else crop
     return Preprocessing(
         crop=crop,
         resize=resize,

@@ -174,13 +174,15 @@ def load_model_for(
     model fused the same way.
     """
     m = manifest.model
+    # weights found for the bundle (hf:// beside it) must be the recorded ones; a file the user names is theirs to vouch for
+    expect = m.weights_sha256 if weights is None or weights.startswith(HF_PREFIX) else None
     if model is not None:
         loaded = load_model(model, weights=weights if weights is not None else manifest_weights(model, m.weights or "none"),
-                            num_classes=m.num_classes, preprocessing=manifest.preprocessing, args=args if args is not None else m.args)
+                            num_classes=m.num_classes, preprocessing=manifest.preprocessing, args=args if args is not None else m.args,
+                            expect_sha256=expect)
     else:
         loaded = load_model_from_record(m.architecture, recorded_weights=m.weights, weights=weights, num_classes=m.num_classes,
-                                        preprocessing=manifest.preprocessing, factory=m.factory, args=m.args,
-                                        expect_sha256=m.weights_sha256 if weights is None else None)
+                                        preprocessing=manifest.preprocessing, factory=m.factory, args=m.args, expect_sha256=expect)
     if m.fused:
         from ..fuse import fuse_bn
 

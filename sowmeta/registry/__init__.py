@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from .backend import BACKENDS, Backend, choose_backend
 from .card import DEFAULT_LICENSE, render_card
@@ -44,16 +43,21 @@ def push(
     revision: str | None = None,
     message: str | None = None,
     registry: str | Path | None = None,
+    tag: str | None = None,
     private: bool = False,
     license: str = DEFAULT_LICENSE,
-    **options: Any,
+    update_model_card: bool = False,
+    token: str | None = None,
 ) -> PushResult:
-    """Publish the bundle at ``bundle_dir`` as ``name`` (``ORG/NAME``), moving ref/branch ``revision`` (default main).
+    """Publish the bundle at ``bundle_dir`` as ``name`` (``ORG/NAME[/SUBFOLDER]``), moving branch/ref ``revision`` (default main).
 
-    ``private``, ``license`` (the model card's) and the other Hub options apply to the Hub; a
-    local registry refuses ``private`` so that nobody believes a local push is private on the Hub.
+    ``tag`` also names the new revision, for good (tags never move). ``private``, ``license`` (the
+    model card's), ``update_model_card`` (link a subfolder bundle from the model's own card) and
+    ``token`` apply to the Hub; a local registry refuses them, so that nobody believes a local
+    push is private on the Hub.
     """
-    return choose_backend(registry).push(bundle_dir, name, revision=revision, message=message, private=private, license=license, **options)
+    options = {"private": private, "license": license, "update_model_card": update_model_card, "token": token}
+    return choose_backend(registry).push(bundle_dir, name, revision=revision, message=message, tag=tag, **options)
 
 
 def pull(
@@ -62,13 +66,16 @@ def pull(
     revision: str | None = None,
     to: str | Path | None = None,
     registry: str | Path | None = None,
+    token: str | None = None,
 ) -> PullResult:
-    """Fetch and verify ``name`` (``ORG/NAME`` or ``ORG/NAME@REV``) at ``revision`` (default main).
+    """Fetch and verify ``name`` (``ORG/NAME[/SUBFOLDER]``, optionally ``@REV``) at ``revision`` (default main).
 
-    Returns the bundle directory in the registry's cache, or a copy in ``to`` (a new or empty directory).
+    Returns the bundle directory in the registry's cache, or a copy in ``to`` (a new or empty
+    directory). ``token`` is for private or gated Hub repositories.
     """
     name, rev = split_ref(name, revision)
-    return choose_backend(registry).pull(name, revision=rev, to=to)
+    backend = choose_backend(registry)
+    return backend.pull(name, revision=rev, to=to, token=token) if token is not None else backend.pull(name, revision=rev, to=to)
 
 
 def list_bundles(*, registry: str | Path | None = None, author: str | None = None) -> list[BundleEntry]:

@@ -49,15 +49,14 @@ from ..errors import (
     first_line,
 )
 from ..version import __version__
-from .card import DEFAULT_LICENSE, card_from_manifest
+from .card import DEFAULT_LICENSE, card_from_manifest, model_card_section
 from .local import CARD_NAME, export_bundle
-from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_name, check_ref
+from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_ref, repo_and_subfolder
 
-__all__ = ["HubRegistry", "push", "pull", "list_bundles", "list_cached", "endpoint", "PULL_PATTERNS"]
+__all__ = ["HubRegistry", "push", "pull", "list_bundles", "list_cached", "endpoint"]
 
 log = logging.getLogger(__name__)
 
-PULL_PATTERNS = [MANIFEST_NAME, "*.safetensors", CARD_NAME]
 _SHARD_RE = re.compile(r"^stats(-\d{5}-of-\d{5})?\.safetensors$")
 
 
@@ -114,58 +113,110 @@ def _drop_branch(api: HfApi, name: str, branch: str, start: str) -> None:
         log.warning("could not check or delete branch %s of %s after the failed push; check it on the Hub", branch, name)
 
 
+def _card_is_ours(text: str) -> bool:
+    return "library_name: sowmeta" in text.split("\n---", 1)[0]
+
+
+def _read_text(api: HfApi, repo: str, path: str, revision: str) -> str | None:
+    """A text file of the repository at ``revision`` (None when it has none); read through a throwaway cache,
+    so that the user's cache gains no ref for a revision they did not pull."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sowmeta-card-") as tmp:
+        try:
+            local = api.hf_hub_download(repo, path, revision=revision, cache_dir=tmp)
+        except hf.RemoteEntryNotFoundError:
+            return None
+        return Path(local).read_text(encoding="utf-8")
+
+
 def push(
     bundle_dir: str | Path,
     name: str,
     *,
     revision: str | None = None,
+    tag: str | None = None,
     private: bool = False,
     message: str | None = None,
     license: str = DEFAULT_LICENSE,
+    update_model_card: bool = False,
+    token: str | None = None,
 ) -> PushResult:
-    """Publish the bundle at ``bundle_dir`` to the Hub repository ``name`` as one commit on branch ``revision``.
+    """Publish the bundle at ``bundle_dir`` as ``name`` (``ORG/NAME[/SUBFOLDER]``) in one commit on branch ``revision``.
+
+    With a subfolder, the commit touches only ``SUBFOLDER/`` (manifest, data files, the bundle's
+    own card ``SUBFOLDER/README.md``): the repository's other files, its model card included, stay
+    byte-identical, unless ``update_model_card`` adds (or refreshes) one delimited section to the
+    root README linking the bundle. Without a subfolder the bundle's card is the repository's
+    README, and a repository whose card is not a sowmeta card is refused (push into a subfolder).
 
     Args:
         bundle_dir: a bundle directory; it is verified (schema, sha256) before anything is sent.
-        name: ``ORG/NAME``; the repository is created if needed.
+        name: ``ORG/NAME`` or ``ORG/NAME/SUBFOLDER``; the repository is created if needed.
         revision: the branch to commit to (default main; created from main if missing).
+        tag: also tag the new commit (a tag never moves: an existing one is refused).
         private: create the repository private (an existing public repository is refused).
         message: the commit message.
         license: the card's license id.
+        update_model_card: add or refresh the sowmeta section of the root README.md.
+        token: a Hub token (default: HF_TOKEN or the one ``hf auth login`` saved).
 
     Raises:
         AuthError, GatedRepoError, NotFoundError, NetworkError, RegistryError, ConfigError, BundleError.
     """
-    check_name(name)
+    repo, sub = repo_and_subfolder(name)
     branch = DEFAULT_REF if revision is None else check_ref(revision)
+    if tag is not None:
+        check_ref(tag)
+    if update_model_card and not sub:
+        raise ConfigError("--update-model-card links a bundle in a subfolder from the model's card; push to ORG/NAME/SUBFOLDER")
     src = Path(bundle_dir)
     manifest = Bundle.read_manifest(src)
     check_contained(src, manifest)
     verify_files(src, manifest)
-    card = card_from_manifest(manifest, name, license=license, manifest_size=(src / MANIFEST_NAME).stat().st_size)
+    prefix = f"{sub}/" if sub else ""
     m = manifest.model
-    summary = message or f"sowmeta: publish {m.architecture} bundle ({m.num_classes} classes, {len(manifest.taps)} taps)"
+    summary = message or f"sowmeta: publish {m.architecture} bundle ({m.num_classes} classes, {len(manifest.taps)} taps)" + (f" in {sub}/" if sub else "")
     _refuse_offline(f"pushing {name}@{branch}")
-    api, url = _api(), endpoint()
-    with _mapped(f"pushing {name}@{branch}", name, url):
-        _ensure_repo(api, name, private=private)
-        start = _create_branch(api, name, branch) if branch != DEFAULT_REF else None
+    api, url = _api(token), endpoint()
+    with _mapped(f"pushing {name}@{branch}", repo, url):
+        _ensure_repo(api, repo, private=private)
+        start = _create_branch(api, repo, branch) if branch != DEFAULT_REF else None
         try:
-            existing = set(api.list_repo_files(name, revision=branch))
+            existing = set(api.list_repo_files(repo, revision=branch))
+            if not sub and CARD_NAME in existing and not _card_is_ours(_read_text(api, repo, CARD_NAME, branch) or ""):
+                raise ConfigError(
+                    f"{repo} has a model card of its own, which a bundle never replaces; push into a subfolder "
+                    f"({repo}/sowmeta), optionally with --update-model-card to link it from that card"
+                )
+            weights_in_repo = m.weights in existing if m.weights else False
+            card = card_from_manifest(manifest, name, license=license, manifest_size=(src / MANIFEST_NAME).stat().st_size,
+                                      weights_in_repo=weights_in_repo)
             ops: list[CommitOperationAdd | CommitOperationDelete] = [
-                CommitOperationAdd(path_in_repo=MANIFEST_NAME, path_or_fileobj=str(src / MANIFEST_NAME)),
-                *(CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(src / f.name)) for f in manifest.files),
-                CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode("utf-8")),
+                CommitOperationAdd(path_in_repo=prefix + MANIFEST_NAME, path_or_fileobj=str(src / MANIFEST_NAME)),
+                *(CommitOperationAdd(path_in_repo=prefix + f.name, path_or_fileobj=str(src / f.name)) for f in manifest.files),
+                CommitOperationAdd(path_in_repo=prefix + CARD_NAME, path_or_fileobj=card.encode("utf-8")),
             ]
             keep = {op.path_in_repo for op in ops}
-            ops += [CommitOperationDelete(path_in_repo=p) for p in sorted(existing - keep) if _SHARD_RE.match(p)]
-            info = api.create_commit(name, ops, commit_message=summary, revision=branch)
+            stale = [p for p in sorted(existing - keep) if p.startswith(prefix) and _SHARD_RE.match(p[len(prefix):])]
+            ops += [CommitOperationDelete(path_in_repo=p) for p in stale]
+            if update_model_card:
+                root_card = _read_text(api, repo, CARD_NAME, branch)
+                ops.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=model_card_section(root_card, name, manifest).encode("utf-8")))
+            info = api.create_commit(repo, ops, commit_message=summary, revision=branch)
         except BaseException:
             if start is not None:  # a new branch at main's bundle would be a wrong revision: remove it
-                _drop_branch(api, name, branch, start)
+                _drop_branch(api, repo, branch, start)
             raise
+        if tag is not None:
+            try:
+                api.create_tag(repo, tag=tag, revision=info.oid)
+            except hf.HfHubHTTPError as exc:
+                if exc.response is not None and exc.response.status_code == 409:
+                    raise RegistryError(f"{repo} already has a tag {tag!r}; tags never move: choose another tag (the commit {info.oid[:12]} was pushed)") from None
+                raise
     log.info("pushed %s@%s -> commit %s (%s)", name, branch, info.oid, url)
-    return PushResult(name=name, revision=branch, commit=info.oid, backend="hub", url=info.commit_url)
+    return PushResult(name=name, revision=tag or branch, commit=info.oid, backend="hub", url=info.commit_url)
 
 
 def pull(
@@ -173,51 +224,59 @@ def pull(
     *,
     revision: str | None = None,
     to: str | Path | None = None,
-    cache_dir: str | Path | None = None,
+    token: str | None = None,
 ) -> PullResult:
-    """Download ``name`` at ``revision`` (branch, tag or commit; default main), verify it, return its directory.
+    """Download ``name`` (``ORG/NAME[/SUBFOLDER]``) at ``revision`` (branch, tag or commit; default main), verify it, return its directory.
+
+    Only the bundle's own files are downloaded: its manifest and card, then exactly the data files
+    the manifest lists (never a model's weights beside it), into the standard Hugging Face cache.
 
     Args:
-        name: ``ORG/NAME`` on the Hub.
+        name: ``ORG/NAME`` or ``ORG/NAME/SUBFOLDER`` on the Hub.
         revision: what to pin; the resolved commit hash is in the result.
         to: copy the verified bundle to this new (or empty) directory instead of returning the cache path.
-        cache_dir: the Hugging Face cache to use; default ``<SOWMETA_CACHE>/hub``.
+        token: a Hub token (default: HF_TOKEN or the one ``hf auth login`` saved).
 
     Raises:
         NotFoundError, RevisionNotFoundError, GatedRepoError, AuthError, NetworkError, OfflineError,
-        BundleNotFoundError (the repository holds no sowmeta.json), SchemaError, ChecksumError.
+        BundleNotFoundError (no sowmeta.json there), SchemaError, ChecksumError.
     """
-    check_name(name)
+    repo, sub = repo_and_subfolder(name)
     rev = DEFAULT_REF if revision is None else check_ref(revision)
-    cache = Path(cache_dir) if cache_dir is not None else env.cache_dir() / "hub"
+    prefix = f"{sub}/" if sub else ""
     offline = _offline()
-    api, url = _api(), endpoint()
+    api, url = _api(token), endpoint()
 
-    def download(force: bool) -> Path:
-        with _mapped(f"pulling {name}@{rev}", name, url, offline=offline):
-            return Path(api.snapshot_download(name, revision=rev, cache_dir=cache, allow_patterns=PULL_PATTERNS,
+    def download(patterns: list[str], at: str, force: bool = False) -> Path:
+        with _mapped(f"pulling {name}@{rev}", repo, url, offline=offline):
+            return Path(api.snapshot_download(repo, revision=at, cache_dir=env.hf_hub_cache(), allow_patterns=patterns,
                                               local_files_only=offline, force_download=force))
 
-    folder = download(False)
-    if not (folder / MANIFEST_NAME).is_file():
-        raise BundleNotFoundError(
-            f"{name}@{rev} on {url} has no {MANIFEST_NAME}: it is not a sowmeta bundle repository", path=str(folder)
-        )
+    def fetch(at: str, force: bool) -> tuple[Path, str]:
+        """Download the manifest and card, then exactly the files the manifest lists; the bundle folder and commit."""
+        root = download([prefix + MANIFEST_NAME, prefix + CARD_NAME], at, force)
+        folder = root / sub if sub else root
+        if not (folder / MANIFEST_NAME).is_file():
+            raise BundleNotFoundError(f"{name}@{rev} on {url} has no {MANIFEST_NAME}: it is not a sowmeta bundle", path=str(folder))
+        download([prefix + f.name for f in Bundle.read_manifest(folder).files], root.name, force)
+        return folder, root.name  # the Hugging Face cache keeps each revision under snapshots/<commit hash>
+
+    commit = rev
     try:
+        folder, commit = fetch(rev, False)
         manifest = _verified(folder)
     except (SchemaError, ChecksumError, CorruptBundleError) as exc:
         if offline:
             raise type(exc)(f"{exc}; the cached copy is damaged: unset HF_HUB_OFFLINE and pull again", path=exc.path) from None
         log.warning("cached copy of %s@%s failed verification (%s); downloading it again", name, rev, exc)
-        folder = download(True)
         try:
+            folder, commit = fetch(commit, True)
             manifest = _verified(folder)
         except (SchemaError, ChecksumError, CorruptBundleError) as again:
             raise type(again)(
                 f"{again}; downloaded twice from {url}: the published revision is damaged, ask its publisher to push it again",
                 path=again.path,
             ) from None
-    commit = folder.name  # the Hugging Face cache keeps each revision under snapshots/<commit hash>
     path = export_bundle(folder, manifest, to) if to is not None else folder
     log.info("pulled %s@%s (commit %s) -> %s", name, rev, commit, path)
     return PullResult(name=name, revision=rev, commit=commit, path=path, backend="hub")
@@ -230,9 +289,9 @@ def _verified(folder: Path) -> Manifest:
     return manifest
 
 
-def list_cached(*, cache_dir: str | Path | None = None) -> list[BundleEntry]:
-    """The bundle revisions pulled from the Hub into the cache (``<SOWMETA_CACHE>/hub``), newest first; no network."""
-    cache = Path(cache_dir) if cache_dir is not None else env.cache_dir() / "hub"
+def list_cached() -> list[BundleEntry]:
+    """The bundle revisions pulled from the Hub into the standard Hugging Face cache, subfolders included; no network."""
+    cache = env.hf_hub_cache()
     if not cache.is_dir():
         return []
     try:
@@ -244,14 +303,14 @@ def list_cached(*, cache_dir: str | Path | None = None) -> list[BundleEntry]:
         if repo.repo_type != "model":
             continue
         for r in repo.revisions:
-            if not (r.snapshot_path / MANIFEST_NAME).is_file():
-                continue
             when = _dt.datetime.fromtimestamp(r.last_modified, _dt.timezone.utc).replace(microsecond=0)
-            entries.append(BundleEntry(
-                name=repo.repo_id, commit=r.commit_hash, backend="hub-cache",
-                refs=tuple(sorted(r.refs, key=lambda x: (x != DEFAULT_REF, x))), path=r.snapshot_path,
-                updated=when.isoformat().replace("+00:00", "Z"),
-            ))
+            for manifest in sorted(r.snapshot_path.glob("**/" + MANIFEST_NAME)):
+                sub = manifest.parent.relative_to(r.snapshot_path).as_posix()
+                entries.append(BundleEntry(
+                    name=repo.repo_id if sub == "." else f"{repo.repo_id}/{sub}", commit=r.commit_hash, backend="hub-cache",
+                    refs=tuple(sorted(r.refs, key=lambda x: (x != DEFAULT_REF, x))), path=manifest.parent,
+                    updated=when.isoformat().replace("+00:00", "Z"),
+                ))
     entries.sort(key=lambda e: e.updated or "", reverse=True)
     return sorted(entries, key=lambda e: e.name)  # stable: by name, newest first within a name
 
@@ -280,12 +339,12 @@ def list_bundles(*, author: str | None = None) -> list[BundleEntry]:
 
 def resolve(name: str, revision: str | None = None) -> str:
     """The commit ``name@revision`` (default main) points at on the Hub now."""
-    check_name(name)
+    repo, _ = repo_and_subfolder(name)
     rev = DEFAULT_REF if revision is None else check_ref(revision)
     _refuse_offline(f"resolving {name}@{rev}")
     api, url = _api(), endpoint()
-    with _mapped(f"resolving {name}@{rev}", name, url):
-        return str(api.repo_info(name, revision=rev).sha)
+    with _mapped(f"resolving {name}@{rev}", repo, url):
+        return str(api.repo_info(repo, revision=rev).sha)
 
 
 class HubRegistry:
@@ -300,8 +359,8 @@ class HubRegistry:
     def push(self, bundle_dir: str | Path, name: str, *, revision: str | None = None, message: str | None = None, **options: Any) -> PushResult:
         return push(bundle_dir, name, revision=revision, message=message, **options)
 
-    def pull(self, name: str, *, revision: str | None = None, to: str | Path | None = None) -> PullResult:
-        return pull(name, revision=revision, to=to)
+    def pull(self, name: str, *, revision: str | None = None, to: str | Path | None = None, token: str | None = None) -> PullResult:
+        return pull(name, revision=revision, to=to, token=token)
 
     def list(self, *, author: str | None = None) -> list[BundleEntry]:
         return list_bundles(author=author)

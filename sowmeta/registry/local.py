@@ -51,7 +51,7 @@ from ..errors import (
     RegistryError,
     RevisionNotFoundError,
 )
-from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_name, check_ref
+from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_name, check_ref, repo_and_subfolder
 
 __all__ = ["LocalRegistry", "push", "pull", "list_bundles", "revision_id", "export_bundle", "LOCK_TIMEOUT_S"]
 
@@ -63,6 +63,20 @@ CARD_NAME = "README.md"
 _HEX_RE = re.compile(r"^[0-9a-f]{7,64}$")
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+
+
+_SUB = "_sub"  # a subfolder bundle ORG/NAME/SUB lives in ORG/NAME/_sub/SUB ("_sub" is no valid name part)
+
+
+def _repo_dir(base: Path, name: str) -> Path:
+    """Where the bundle ``ORG/NAME[/SUB]`` is stored."""
+    repo, sub = repo_and_subfolder(name)
+    return base / repo / _SUB / sub if sub else base / repo
+
+
+def _name_of(base: Path, repo_dir: Path) -> str:
+    parts = repo_dir.relative_to(base).parts
+    return "/".join(p for p in parts if p != _SUB)
 
 
 def _root(root: str | Path | None) -> Path:
@@ -165,8 +179,8 @@ def _locked(repo: Path, name: str) -> Iterator[None]:
         ) from None
 
 
-def _read_ref(repo: Path, ref: str) -> str | None:
-    p = repo / "refs" / ref
+def _read_ref(repo: Path, ref: str, kind: str = "refs") -> str | None:
+    p = repo / kind / ref
     if not p.is_file():
         return None
     rid = p.read_text(encoding="utf-8").strip()
@@ -180,10 +194,13 @@ def push(
     name: str,
     *,
     revision: str | None = None,
+    tag: str | None = None,
     message: str | None = None,
     root: str | Path | None = None,
 ) -> PushResult:
     """Store the bundle at ``bundle_dir`` as an immutable revision and point ref ``revision`` (default main) at it.
+
+    ``tag`` also names the revision in ``tags/``, for good: a tag that names another revision is refused.
 
     Args:
         bundle_dir: a bundle directory (``sowmeta.json`` + its files).
@@ -198,12 +215,14 @@ def push(
     """
     check_name(name)
     ref = check_ref(DEFAULT_REF if revision is None else revision)
+    if tag is not None:
+        check_ref(tag)
     src, base = Path(bundle_dir), _root(root)
     manifest = Bundle.read_manifest(src)
     check_contained(src, manifest)
     manifest_bytes = (src / MANIFEST_NAME).read_bytes()
     rid = revision_id(manifest_bytes, manifest.files)
-    repo = base / name
+    repo = _repo_dir(base, name)
     target = repo / "revisions" / rid
     staged = None if _intact(target, manifest) else _stage(src, manifest_bytes, manifest, base)
     try:
@@ -217,6 +236,13 @@ def push(
                     _discard(target, base)
                 os.replace(staged, target)
                 staged = None
+            if tag is not None:
+                tagged = _read_ref(repo, tag, "tags")
+                if tagged is not None and tagged != rid:
+                    raise RegistryError(f"{name} already has a tag {tag!r} (revision {tagged[:12]}...); tags never move: choose another tag")
+                if tagged is None:
+                    with atomic_file(repo / "tags" / tag) as tmp:
+                        tmp.write_text(rid + "\n", encoding="utf-8")
             previous = _read_ref_safe(repo, ref)
             with atomic_file(repo / "refs" / ref) as tmp:
                 tmp.write_text(rid + "\n", encoding="utf-8")
@@ -227,13 +253,13 @@ def push(
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
     log.info("pushed %s@%s -> %s (local registry %s)", name, ref, rid[:12], base)
-    return PushResult(name=name, revision=ref, commit=rid, backend="local", path=target)
+    return PushResult(name=name, revision=tag or ref, commit=rid, backend="local", path=target)
 
 
 def _resolve(repo: Path, name: str, rev: str, base: Path) -> str:
     """A ref name first, else a revision id or a unique prefix of one (7+ hex digits)."""
     check_ref(rev)
-    rid = _read_ref(repo, rev)
+    rid = _read_ref(repo, rev) or _read_ref(repo, rev, "tags")
     if rid is not None:
         if not (repo / "revisions" / rid).is_dir():
             raise RegistryError(f"{name}@{rev} points to revision {rid[:12]}..., which is missing from {base}; push it again")
@@ -251,9 +277,9 @@ def _resolve(repo: Path, name: str, rev: str, base: Path) -> str:
     )
 
 
-def _read_ref_safe(repo: Path, rev: str) -> str | None:
+def _read_ref_safe(repo: Path, rev: str, kind: str = "refs") -> str | None:
     try:
-        return _read_ref(repo, rev)
+        return _read_ref(repo, rev, kind)
     except RegistryError:
         return None
 
@@ -289,7 +315,7 @@ def pull(
     """
     check_name(name)
     base = _root(root)
-    repo = base / name
+    repo = _repo_dir(base, name)
     if not (repo / "revisions").is_dir():
         raise NotFoundError(
             f"{name} is not in the local registry {base}; push it with `sowmeta push DIR {name}`, "
@@ -312,16 +338,17 @@ def list_bundles(*, root: str | Path | None = None) -> list[BundleEntry]:
     entries: list[BundleEntry] = []
     if not base.is_dir():
         return entries
-    for revs in sorted(base.glob("*/*/revisions")):
+    for revs in sorted([*base.glob("*/*/revisions"), *base.glob(f"*/*/{_SUB}/**/revisions")]):
         repo = revs.parent
-        if repo.parent.name.startswith("."):
+        if repo.relative_to(base).parts[0].startswith("."):
             continue
-        name = f"{repo.parent.name}/{repo.name}"
+        name = _name_of(base, repo)
         refs: dict[str, list[str]] = {}
-        for ref in sorted((repo / "refs").glob("[!.]*")) if (repo / "refs").is_dir() else []:
-            rid = _read_ref_safe(repo, ref.name)
-            if rid is not None:
-                refs.setdefault(rid, []).append(ref.name)
+        for kind in ("refs", "tags"):
+            for ref in sorted((repo / kind).glob("[!.]*")) if (repo / kind).is_dir() else []:
+                rid = _read_ref_safe(repo, ref.name, kind)
+                if rid is not None:
+                    refs.setdefault(rid, []).append(ref.name)
         found = []
         for d in revs.iterdir():
             if d.is_dir() and _ID_RE.match(d.name):
@@ -340,7 +367,7 @@ def resolve(name: str, revision: str | None = None, *, root: str | Path | None =
     """The revision id ``name@revision`` (default main) points at."""
     check_name(name)
     base = _root(root)
-    repo = base / name
+    repo = _repo_dir(base, name)
     if not (repo / "revisions").is_dir():
         raise NotFoundError(f"{name} is not in the local registry {base}; push it with `sowmeta push DIR {name}`")
     return _resolve(repo, name, DEFAULT_REF if revision is None else revision, base)
@@ -355,15 +382,14 @@ class LocalRegistry:
         self.root = Path(root)
         self.why = why
 
-    def push(self, bundle_dir: str | Path, name: str, *, revision: str | None = None, message: str | None = None, **options: object) -> PushResult:
-        if options.get("private"):
-            raise ConfigError(f"--private applies to the Hub, but the local registry was chosen ({self.why}); pass --registry hub")
-        unknown = sorted(k for k, v in options.items() if v not in (None, False) and k not in ("private", "license"))
-        if unknown:
-            raise ConfigError(f"--{unknown[0].replace('_', '-')} applies to the Hub, but the local registry was chosen ({self.why}); pass --registry hub")
-        return push(bundle_dir, name, revision=revision, message=message, root=self.root)
+    def push(self, bundle_dir: str | Path, name: str, *, revision: str | None = None, message: str | None = None,
+             tag: str | None = None, **options: object) -> PushResult:
+        hub_only = sorted(k for k, v in options.items() if v not in (None, False) and k != "license")
+        if hub_only:
+            raise ConfigError(f"--{hub_only[0].replace('_', '-')} applies to the Hub, but the local registry was chosen ({self.why}); pass --registry hub")
+        return push(bundle_dir, name, revision=revision, tag=tag, message=message, root=self.root)
 
-    def pull(self, name: str, *, revision: str | None = None, to: str | Path | None = None) -> PullResult:
+    def pull(self, name: str, *, revision: str | None = None, to: str | Path | None = None, token: str | None = None) -> PullResult:
         return pull(name, revision=revision, to=to, root=self.root)
 
     def list(self, *, author: str | None = None) -> list[BundleEntry]:

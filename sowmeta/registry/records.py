@@ -8,13 +8,15 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["PushResult", "PullResult", "BundleEntry", "check_name", "check_ref", "split_ref", "DEFAULT_REF"]
+__all__ = ["PushResult", "PullResult", "BundleEntry", "check_name", "check_repo_id", "check_ref", "split_ref", "repo_and_subfolder", "DEFAULT_REF"]
 
 DEFAULT_REF = "main"
 
 # The Hub's repo-id rule (namespace/name: letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 characters).
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_NAME_RE = re.compile(rf"^{_PART}/{_PART}$")
+_REPO_RE = re.compile(rf"^{_PART}/{_PART}$")
+# A bundle name: a repository id, then optionally a subfolder of it (up to four path segments).
+_NAME_RE = re.compile(rf"^{_PART}/{_PART}(?:/{_PART}){{0,4}}$")
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -56,12 +58,25 @@ class BundleEntry:
 
 
 def check_name(name: str) -> str:
-    """Return ``name`` if it is ``ORG/NAME`` under the Hub's repo-id rules, else raise ``ConfigError``."""
+    """Return ``name`` if it is ``ORG/NAME[/SUBFOLDER]`` (the Hub's repo-id rules, then a plain subfolder), else raise ``ConfigError``."""
     if not isinstance(name, str) or not _NAME_RE.match(name) or "--" in name or ".." in name:
         raise ConfigError(
-            f"{name!r} is not a bundle name; use ORG/NAME (letters, digits, '-', '_', '.'; no '--' or '..')"
+            f"{name!r} is not a bundle name; use ORG/NAME or ORG/NAME/SUBFOLDER (letters, digits, '-', '_', '.'; no '--' or '..')"
         )
     return name
+
+
+def check_repo_id(name: str) -> str:
+    """Return ``name`` if it is a Hub repository id ``ORG/NAME``, else raise ``ConfigError``."""
+    if not isinstance(name, str) or not _REPO_RE.match(name) or "--" in name or ".." in name:
+        raise ConfigError(f"{name!r} is not a Hub repository id; use ORG/NAME")
+    return name
+
+
+def repo_and_subfolder(name: str) -> tuple[str, str]:
+    """``ORG/NAME/SUB`` -> (``ORG/NAME``, ``SUB``); ``ORG/NAME`` -> (``ORG/NAME``, ``""``)."""
+    parts = check_name(name).split("/")
+    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 def check_ref(ref: str) -> str:
@@ -72,10 +87,10 @@ def check_ref(ref: str) -> str:
 
 
 def split_ref(ref: str, revision: str | None = None) -> tuple[str, str | None]:
-    """Split ``ORG/NAME@REV`` into (name, revision); ``revision=`` must agree with an ``@REV`` suffix."""
+    """Split ``ORG/NAME[/SUB]@REV`` into (name, revision); ``revision=`` must agree with an ``@REV`` suffix."""
     name, at, rev = ref.partition("@")
     if at and not rev:
-        raise ConfigError(f"{ref!r} ends with '@'; write ORG/NAME@REVISION or leave out the '@'")
+        raise ConfigError(f"{ref!r} ends with '@'; write ORG/NAME[/SUBFOLDER]@REVISION or leave out the '@'")
     if at and revision is not None and revision != rev:
         raise ConfigError(f"{ref!r} names revision {rev!r} but revision={revision!r} was also given; pass one")
     return check_name(name), (rev if at else revision)

@@ -72,7 +72,32 @@ def open_model(
     located = bundle if isinstance(bundle, PullResult) else locate_bundle(bundle, registry=registry)
     manifest = Bundle.read_manifest(located.path)
     verify_files(located.path, manifest)
+    if model is None and weights is None:
+        weights = weights_beside(located, manifest)
     return ModelAndBundle(located, manifest, load_model_for(manifest, model=model, weights=weights, args=args))
+
+
+def weights_beside(located: PullResult, manifest: Manifest) -> str | None:
+    """The weights file a manifest names by file name, found in the bundle's own Hub repository (root, then the
+    bundle's folder) as an ``hf://`` reference pinned to the pulled commit; None when it is not there.
+
+    The file's sha256 is checked against the manifest when the model is built (``load_model_for``).
+    """
+    m = manifest.model
+    if located.backend != "hub" or not m.weights or not m.weights_sha256 or "/" in m.weights or m.weights.startswith("hf://"):
+        return None
+    from ..errors import RegistryError
+    from ..hub_client import fetch_file
+    from ..registry.records import repo_and_subfolder
+
+    repo, sub = repo_and_subfolder(located.name)
+    for path in [m.weights, *([f"{sub}/{m.weights}"] if sub else [])]:
+        try:
+            fetch_file(repo, path, revision=located.commit)
+        except RegistryError:
+            continue
+        return f"hf://{repo}@{located.commit}/{path}"
+    return None
 
 
 def _locate(bundle: Bundle | PullResult | str | Path | None, registry: str | Path | None) -> tuple[Manifest | None, Path | None, dict[str, str], Bundle | None]:

@@ -1,0 +1,133 @@
+"""Publishing the statistics next to the model (issue 16): subfolders of a model's own repository, weights by Hub id,
+tags, the model card's section, and a card whose commands run as written. The Hub is the loopback test server."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import write_image_folder
+from hub_server import HubServer
+from registry_fixtures import HUB_ORG, fake_hub, registry_env  # noqa: F401  (fixtures)
+from safetensors.torch import save_file
+
+from sowmeta import errors as E
+from sowmeta import registry
+from sowmeta.bundle import Bundle
+from sowmeta.cli.main import main
+from sowmeta.collectors import collect
+from sowmeta.models import load_model
+
+REPO = f"{HUB_ORG}/demo-net"
+MODEL_README = b"---\nlibrary_name: timm\nlicense: mit\ntags:\n- image-classification\n---\n\n# demo-net\n\nOur model. Do not touch.\n"
+
+
+@pytest.fixture
+def model_repo(fake_hub: HubServer, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:  # noqa: F811
+    """A model repository on the Hub (weights + its own card) and a bundle collected on those weights."""
+    model = load_model("demo-cnn", weights=None)
+    weights = tmp_path / "demo-net.safetensors"
+    save_file(model.module.state_dict(), str(weights))
+    files = {"demo-net.safetensors": weights.read_bytes(), "README.md": MODEL_README}
+    fake_hub.add_repo(REPO, files)
+    model = load_model("demo-cnn", weights=str(weights))
+    assert (model.weights, model.weights_sha256 is not None) == ("demo-net.safetensors", True)  # no machine path
+    collect(model, write_image_folder(tmp_path / "data", classes=4, per_class=3, size=32), dataset="demo-shapes", out=tmp_path / "bundle")
+    return tmp_path / "bundle", files
+
+
+def test_push_into_a_subfolder_touches_only_it(model_repo, fake_hub: HubServer):  # noqa: F811
+    bundle, before = model_repo
+    commits = len(fake_hub.state.repos[REPO].commits)
+    pushed = registry.push(bundle, f"{REPO}/sowmeta", registry="hub", license="mit")
+    after = _files(fake_hub, REPO)
+    for name, data in before.items():
+        assert after[name] == data, name  # the model's weights and its own card, byte-identical
+    changed = {p for p in after if p not in before and p != ".gitattributes"}
+    assert changed == {"sowmeta/sowmeta.json", "sowmeta/stats.safetensors", "sowmeta/README.md"}
+    assert fake_hub.state.commit_ops[-1:] == [["file", "file", "file"]]  # one commit, three files
+    assert len(fake_hub.state.repos[REPO].commits) == commits + 1
+    pulled = registry.pull(f"{REPO}/sowmeta", registry="hub")
+    snapshot = pulled.path.parent
+    got = sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
+    assert got == ["sowmeta/README.md", "sowmeta/sowmeta.json", "sowmeta/stats.safetensors"]  # no other file downloaded
+    assert pulled.commit == pushed.commit and (pulled.path / "sowmeta.json").read_bytes() == (bundle / "sowmeta.json").read_bytes()
+    assert Bundle.from_pretrained(f"{REPO}/sowmeta").manifest.model.architecture == "demo-cnn"
+
+
+def _files(server: HubServer, repo: str) -> dict[str, bytes]:
+    """Every file at the head of main, read through the server's resolve endpoint (real HTTP)."""
+    import urllib.request
+
+    import json
+
+    with urllib.request.urlopen(f"{server.url}/api/models/{repo}/tree/main?recursive=true") as f:
+        names = [e["path"] for e in json.load(f) if e["type"] == "file"]
+    return {n: urllib.request.urlopen(server.file_url(repo, "main", n)).read() for n in names}
+
+
+def test_a_model_card_is_never_replaced(model_repo, fake_hub: HubServer):  # noqa: F811
+    bundle, before = model_repo
+    with pytest.raises(E.ConfigError, match="has a model card of its own.*push into a subfolder"):
+        registry.push(bundle, REPO, registry="hub")
+    assert _files(fake_hub, REPO)["README.md"] == MODEL_README
+    registry.push(bundle, f"{REPO}/sowmeta", registry="hub", update_model_card=True)
+    card = _files(fake_hub, REPO)["README.md"]
+    assert card.startswith(MODEL_README) and card.count(b"<!-- sowmeta:begin -->") == 1
+    assert b"sowmeta synthesize --bundle sowmeta-test/demo-net/sowmeta" in card
+    registry.push(bundle, f"{REPO}/sowmeta", registry="hub", update_model_card=True)  # refreshed, not added twice
+    again = _files(fake_hub, REPO)["README.md"]
+    assert again.count(b"<!-- sowmeta:begin -->") == 1 and again.startswith(MODEL_README) and again.endswith(b"<!-- sowmeta:end -->\n")
+    edited = MODEL_README + b"\nMore text after.\n"
+    from sowmeta.registry.card import model_card_section
+
+    refreshed = model_card_section(again.decode() + "\nMore text after.\n", f"{REPO}/sowmeta", Bundle.read_manifest(bundle))
+    assert refreshed.startswith(MODEL_README.decode()) and refreshed.endswith("\nMore text after.\n") and edited
+
+
+def test_tags_never_move(model_repo, fake_hub: HubServer):  # noqa: F811
+    bundle, _ = model_repo
+    first = registry.push(bundle, f"{REPO}/sowmeta", registry="hub", tag="v1")
+    assert first.revision == "v1" and registry.pull(f"{REPO}/sowmeta@v1", registry="hub").commit == first.commit
+    with pytest.raises(E.RegistryError, match="already has a tag 'v1'; tags never move"):
+        registry.push(bundle, f"{REPO}/sowmeta", registry="hub", tag="v1")
+    local = registry.push(bundle, "me/demo/stats", registry="local", tag="v1")
+    assert registry.pull("me/demo/stats@v1").commit == local.commit
+    assert [e.name for e in registry.list_bundles() if e.backend == "local"] == ["me/demo/stats"]
+
+
+def test_weights_by_hub_id_are_found_and_checked(model_repo, fake_hub: HubServer, tmp_path: Path):  # noqa: F811
+    bundle, files = model_repo
+    registry.push(bundle, f"{REPO}/sowmeta", registry="hub")
+    r = CliRunner().invoke(main, ["synthesize", "--bundle", f"{REPO}/sowmeta", "--registry", "hub", "--classes", "c1", "--per-class", "2",
+                                  "--iterations", "3", "--out", str(tmp_path / "s.h5"), "-q", "--allow-low-confidence"])
+    assert r.exit_code == 0, r.output  # no --weights: found beside the bundle, in the model's own repository
+    tampered = bytearray(files["demo-net.safetensors"])
+    tampered[-1] ^= 0xFF
+    fake_hub.add_repo(f"{HUB_ORG}/other", {"demo-net.safetensors": bytes(tampered)})
+    r = CliRunner().invoke(main, ["synthesize", "--bundle", f"{REPO}/sowmeta", "--registry", "hub", "--weights",
+                                  f"hf://{HUB_ORG}/other/demo-net.safetensors", "--out", str(tmp_path / "t.h5"), "-q"])
+    assert r.exit_code == 1 and "not the weights the statistics were recorded with" in r.output and len(r.output.strip().splitlines()) == 1
+    model = load_model("demo-cnn", weights=f"hf://{REPO}/demo-net.safetensors")  # hf:// works wherever a weights file does
+    commit = fake_hub.state.repos[REPO].branches["main"]
+    assert model.weights == f"hf://{REPO}@{commit}/demo-net.safetensors"
+
+
+def test_the_cards_commands_run_as_written(model_repo, fake_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
+    bundle, _ = model_repo
+    registry.push(bundle, f"{REPO}/sowmeta", registry="hub", license="mit")
+    card = _files(fake_hub, REPO)["sowmeta/README.md"].decode()
+    front = card.split("\n---\n", 1)[0]
+    assert "library_name: sowmeta" in front and "license: mit" in front and "- demo-shapes" in front and "/tmp" not in card
+    block = re.search(r"## How to use\n\n```bash\n(.*?)```", card, re.S).group(1)
+    commands = [shlex.split(line) for line in block.strip().splitlines()]
+    assert commands[0][:2] == ["pip", "install"]
+    monkeypatch.chdir(tmp_path)
+    for argv in commands[1:]:
+        assert argv[0] == "sowmeta"
+        r = CliRunner().invoke(main, argv[1:] + ["--allow-low-confidence"] * (argv[1] == "synthesize"))
+        assert r.exit_code == 0, (argv, r.output)
+    assert any(tmp_path.glob("*.h5")) and any(tmp_path.glob("*.png"))
