@@ -1,11 +1,19 @@
 """Collection overhead: throughput of `collect` divided by plain inference throughput.
 
-Same model, same batches, data already in memory; the two are timed alternately, batch by
-batch, so that both see the same machine state, and the medians are compared.
+In memory: same model, same batches, data already in memory; the two are timed alternately,
+batch by batch, so that both see the same machine state, and the medians are compared.
 
-Run: python benchmarks/collect_overhead.py            (CPU: cifar-resnet56 @ 32 px, resnet18 @ 224 px)
+End to end (when the CIFAR-10 JPEG folder is there: `python -m zipfile -e
+../shared/data/cifar10/train.zip .work/cifar10`): `sowmeta.collect` over the first
+`--jpeg-per-class` images of each class folder, against plain inference fed by the same loader
+(`sowmeta.data.folder_loader`, sized by `plan_loader` for this machine), whole passes
+alternated; and the loader alone (decoding only). Its collect rate is also compared with the
+in-memory collect rate of the same model and batch size.
+
+Run: python benchmarks/collect_overhead.py            (CPU: cifar-resnet56 @ 32 px, resnet18 @ 224 px, CIFAR JPEGs)
      python benchmarks/collect_overhead.py --device cuda
-The last line is machine-readable: `RESULT collect_ratio_cifar=<x> collect_ratio_r18=<y>`
+The last line is machine-readable: `RESULT collect_ratio_cifar=<x> collect_ratio_r18=<y>
+collect_ratio_jpeg=<collect / plain, both from JPEGs> jpeg_over_memory=<collect from JPEGs / collect in memory>`
 (1.0 = collection costs nothing over inference; the goal is >= 0.95).
 """
 
@@ -14,13 +22,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from sowmeta.collectors import StatsRecorder
-from sowmeta.taps import resolve_taps
+from sowmeta.collectors import StatsRecorder, collect
+from sowmeta.data import folder_loader, plan_loader, scan_image_folder
 from sowmeta.models import load_model
+from sowmeta.taps import resolve_taps
+
+CIFAR_JPEGS = Path(__file__).resolve().parent.parent / ".work" / "cifar10" / "train"
 
 
 def _sync(device: torch.device) -> None:
@@ -59,7 +71,8 @@ def measure(module: nn.Module, batches: list[torch.Tensor], labels: list[torch.T
     return statistics.median(times["plain"]), statistics.median(times["collect"]), len(taps)
 
 
-def case(name: str, model: str, size: int, batch: int, n_batches: int, rounds: int, device: torch.device) -> float:
+def case(name: str, model: str, size: int, batch: int, n_batches: int, rounds: int, device: torch.device) -> tuple[float, float]:
+    """The in-memory case: collect / plain inference throughput, and collect's images/s."""
     loaded = load_model(model, weights="none")
     k = loaded.num_classes
     g = torch.Generator().manual_seed(0)
@@ -71,7 +84,46 @@ def case(name: str, model: str, size: int, batch: int, n_batches: int, rounds: i
         f"{name:<16} {model} @ {size} px, batch {batch}, {taps} taps, {k} classes: "
         f"inference {batch / t_plain:8.1f} img/s, collect {batch / t_collect:8.1f} img/s, ratio {ratio:.3f}"
     )
-    return ratio
+    return ratio, batch / t_collect
+
+
+def jpeg_case(folder: Path, per_class: int, batch: int | None, workers: int | None, rounds: int, device: torch.device) -> tuple[float, float, int]:
+    """Images/s of ``collect`` and of plain inference over the same JPEGs with the same loader; and the batch size used."""
+    loaded = load_model("cifar-resnet56", weights="none")
+    module = loaded.module.to(device).eval()
+    samples = scan_image_folder(folder).limit(per_class).samples
+    plan = plan_loader(loaded.preprocessing.crop, device, batch_size=batch, workers=workers)
+
+    def plain() -> None:
+        with torch.no_grad():
+            for x, _y, _bad in folder_loader(samples, loaded.preprocessing, plan):
+                module(x.to(device, non_blocking=True))
+        _sync(device)
+
+    def collected() -> None:
+        collect(loaded, folder, limit_per_class=per_class, batch_size=plan.batch_size, workers=plan.workers, device=device)
+        _sync(device)
+
+    def decode_only() -> None:
+        for _ in folder_loader(samples, loaded.preprocessing, plan):
+            pass
+
+    times: dict[str, list[float]] = {"plain": [], "collect": [], "decode": []}
+    for r in range(rounds + 1):  # round 0 warms up (page cache, kernels) and is not counted
+        order = [("plain", plain), ("collect", collected), ("decode", decode_only)]
+        for name, fn in order if r % 2 == 0 else reversed(order):
+            t = time.perf_counter()
+            fn()
+            if r:
+                times[name].append(time.perf_counter() - t)
+    n = len(samples)
+    rate = {k: n / statistics.median(v) for k, v in times.items()}
+    print(
+        f"{'jpeg':<16} cifar-resnet56 from {n} CIFAR-10 JPEGs, batch {plan.batch_size}, {plan.workers} workers: "
+        f"decoding alone {rate['decode']:8.1f} img/s, inference {rate['plain']:8.1f} img/s, collect {rate['collect']:8.1f} img/s, "
+        f"ratio {rate['collect'] / rate['plain']:.3f}"
+    )
+    return rate["collect"], rate["plain"], plan.batch_size
 
 
 def main() -> None:
@@ -80,15 +132,29 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="passes over the batches (alternating which variant runs first)")
     ap.add_argument("--cifar-batch", type=int, default=256)
     ap.add_argument("--r18-batch", type=int, default=32)
+    ap.add_argument("--jpegs", type=Path, default=CIFAR_JPEGS, help="a class-per-folder JPEG dataset (CIFAR-10 train)")
+    ap.add_argument("--jpeg-per-class", type=int, default=500, help="images per class in the end-to-end case")
+    ap.add_argument("--jpeg-rounds", type=int, default=2)
+    ap.add_argument("--jpeg-batch", type=int, default=None, help="default: plan_loader's choice")
+    ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: plan_loader's choice)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}")
     big = device.type == "cuda"
-    cifar = case("cifar", "cifar-resnet56", 32, args.cifar_batch * (4 if big else 1), 4, args.rounds, device)
-    r18 = case("r18", "resnet18", 224, args.r18_batch * (8 if big else 1), 3, args.rounds, device)
-    print(f"RESULT collect_ratio_cifar={cifar:.3f} collect_ratio_r18={r18:.3f}")
+    cifar_batch = args.cifar_batch * (4 if big else 1)
+    cifar, cifar_rate = case("cifar", "cifar-resnet56", 32, cifar_batch, 4, args.rounds, device)
+    r18, _ = case("r18", "resnet18", 224, args.r18_batch * (8 if big else 1), 3, args.rounds, device)
+    result = f"RESULT collect_ratio_cifar={cifar:.3f} collect_ratio_r18={r18:.3f}"
+    if args.jpegs.is_dir():
+        jpeg_collect, jpeg_plain, batch = jpeg_case(args.jpegs, args.jpeg_per_class, args.jpeg_batch, args.workers, args.jpeg_rounds, device)
+        memory_collect = cifar_rate if batch == cifar_batch else case("cifar-memory", "cifar-resnet56", 32, batch, 4, args.rounds, device)[1]
+        print(f"{'':<16} collect from JPEGs / collect in memory at batch {batch}: {jpeg_collect / memory_collect:.3f}")
+        result += f" collect_ratio_jpeg={jpeg_collect / jpeg_plain:.3f} jpeg_over_memory={jpeg_collect / memory_collect:.3f}"
+    else:
+        print(f"(no end-to-end case: {args.jpegs} is missing; python -m zipfile -e ../shared/data/cifar10/train.zip .work/cifar10)")
+    print(result)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def register(group: click.Group) -> None:
     @report_options
     @handle_errors
     def demo(out: Path, quick: bool, device: str, as_json: bool, quiet: bool) -> None:
-        """Train a small CNN with statistics recording, publish, pull, and synthesize in cc and di modes."""
+        """Train a small CNN with statistics recording, publish, pull, and synthesize in cc and di modes and from sketches."""
         from rich.table import Table
 
         from sowmeta.demo import DemoConfig, run_demo
@@ -37,9 +37,11 @@ def register(group: click.Group) -> None:
         table.add_column("mode")
         table.add_column("teacher top-1 on synthesized", justify="right")
         table.add_column("background distance to real (lower is better)", justify="right")
-        for mode in ("cc", "di"):
-            table.add_row(mode, f"{report.accuracy[mode]:.1%}", f"{report.background_distance[mode]:.3f}")
+        for mode, name in (("cc", "cc"), ("di", "di"), ("sketch", "cc from outlines")):
+            table.add_row(name, f"{report.accuracy[mode]:.1%}", f"{report.background_distance[mode]:.3f}")
         if not quiet:
             console.print(table)
             console.print(f"teacher accuracy on real test images: {report.teacher_test_accuracy:.1%}")
-        console.print(f"grid: [bold]{report.grid}[/]  report: [bold]{out / 'report.json'}[/]  bundle: {report.registry_name} (local registry in {out / 'registry'})")
+            console.print(f"sketch edges kept (within 1 px): {report.sketch_edge_overlap:.1%} started from the outlines, "
+                          f"{report.sketch_edge_overlap_noise:.1%} for cc images started from noise")
+        console.print(f"grid: [bold]{report.grid}[/]  sketches: [bold]{report.sketch_grid}[/]  report: [bold]{out / 'report.json'}[/]  bundle: {report.registry_name} (local registry in {out / 'registry'})")

@@ -39,10 +39,6 @@ def _classes(text: str) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _short_names(networks: list[str]) -> list[str]:
     """Column headers: the model name without its weights, numbered where two share a name."""
     names = [n.partition("=")[0] for n in networks]
@@ -59,8 +55,11 @@ def _render_report(console: Any, report: Any, quiet: bool = False) -> None:
         acc = Table(title="top-1 accuracy")
         acc.add_column("network")
         acc.add_column("top-1", justify="right")
+        real = any(a.real_top1 is not None for a in r.accuracy)
+        if real:
+            acc.add_column("on as many real images", justify="right")
         for a in r.accuracy:
-            acc.add_row(a.network, f"{a.top1:.2%}")
+            acc.add_row(a.network, f"{a.top1:.2%}", *([_fmt(a.real_top1, ".2%")] if real else []))
         console.print(acc)
     if r.inception_score is not None:
         s = r.inception_score
@@ -72,6 +71,13 @@ def _render_report(console: Any, report: Any, quiet: bool = False) -> None:
         console.print(
             f"vs {d.reference} ({d.reference_images} images): Fréchet distance {d.frechet:.4g}, "
             f"KID {d.kid_mean:.4g} ± {d.kid_std:.2g} (subsets of {d.kid_subset_size}), mean per-class FD {_fmt(d.mean_class_frechet, '.4g')}"
+        )
+    c = r.class_distances
+    if c is not None:
+        console.print(
+            f"per class, against the rest of the reference at equal sizes ({sum(c.images)} images): "
+            f"mean KID {_fmt(c.mean_kid, '.4g')} (real images: {_fmt(c.mean_kid_real, '.4g')}), "
+            f"mean FD {_fmt(c.mean_frechet, '.4g')} (real images: {_fmt(c.mean_frechet_real, '.4g')})"
         )
     if quiet:
         return
@@ -98,6 +104,15 @@ def _render_report(console: Any, report: Any, quiet: bool = False) -> None:
                 row.append(_fmt(r.diversity.reference_per_class[k], ".4g"))
         per.add_row(*row)
     console.print(per)
+    c = r.class_distances
+    if c is not None:
+        floor = Table(title=f"per class, n images of the set and n real ones against the rest of {Path(r.distances.reference).name}")
+        for h in ("class", "n", "KID", "KID real", "FD", "FD real"):
+            floor.add_column(h, justify="left" if h == "class" else "right")
+        for k, name in enumerate(r.classes):
+            if c.images[k]:
+                floor.add_row(f"{k} {name}", str(c.images[k]), *(_fmt(v[k], ".3g") for v in (c.kid, c.kid_real, c.frechet, c.frechet_real)))
+        console.print(floor)
     if r.sheets:
         console.print(f"wrote {len(r.sheets)} contact sheets to {Path(r.sheets[0]).parent}")
 

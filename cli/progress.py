@@ -52,7 +52,8 @@ class LiveProgress:
         return self.bar.tasks[self.tasks[task]].elapsed or 1e-9
 
     def stop(self) -> None:
-        self.bar.stop()
+        if self.bar.live.is_started:  # a display never shown leaves no blank line behind
+            self.bar.stop()
 
     def __enter__(self) -> LiveProgress:
         return self

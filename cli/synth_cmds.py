@@ -29,6 +29,12 @@ def _preset_names() -> list[str]:
     return ["auto", *PRESETS.names()]
 
 
+def _param_names() -> list[str]:
+    from sowmeta.synth.param import PARAMETERIZATIONS
+
+    return PARAMETERIZATIONS.names()
+
+
 def _feature_loss_names() -> list[str]:
     from sowmeta.synth.losses import FEATURE_LOSSES
 
@@ -74,10 +80,14 @@ def register(group: click.Group) -> None:
     @click.option("--alpha-cc", type=float, help="Statistics-matching weight [imagenet 0.01, cifar 1].")
     @click.option("--first-tap-multiplier", type=float, help="Extra weight of the first tap [imagenet 1, cifar 10].")
     @click.option("--tap-weight", multiple=True, help="Per-tap weight TAP=W (name or glob); repeatable.")
+    @click.option("--tap-decay", type=float, help="Weight of the last tap relative to the first, geometric in between [1: equal].")
     @click.option("--feature-loss", cls=ListingOption, names=_feature_loss_names, help="F_l, the distance of feature statistics [eq7: paper Eq. 7].")
     @click.option("--jitter", type=click.IntRange(0), help="Random shift in pixels [imagenet 30, cifar 2].")
     @click.option("--flip/--no-flip", default=None, help="Random horizontal flips [on].")
     @click.option("--multires", type=click.FloatRange(0, 1, max_open=True), help="Fraction of iterations at half resolution [0].")
+    @click.option("--zoom", type=click.FloatRange(0, 1, max_open=True), help="Random-resized crop: the crop's side is in [1 - ZOOM, 1] of the image's [0: off].")
+    @click.option("--color-shift", type=click.FloatRange(0, 1, max_open=True), help="Random per-channel contrast in [1 - C, 1] and offset [0: off].")
+    @click.option("--param", cls=ListingOption, names=_param_names, help="How the image is optimized: pixel (the paper's) or fourier (decorrelated colour spectrum) [pixel].")
     @click.option("--init", "init", default="noise", show_default=True, help="noise, or a folder <label>/<image> of seed images or sketches.")
     @click.option("--init-noise", type=float, help="Noise std added to initial images [0.2].")
     @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True, help="Autocast on CUDA.")
@@ -92,7 +102,7 @@ def register(group: click.Group) -> None:
     @report_options
     @handle_errors
     def synthesize(bundle, registry, model, weights, model_args, classes, per_class, out, mode, mixed, preset, iterations, batch_size, lr, alpha_tv, alpha_l2, alpha_cc,
-                   first_tap_multiplier, tap_weight, feature_loss, jitter, flip, multires, init, init_noise, amp, seed, save_every, png, grid, device,
+                   first_tap_multiplier, tap_weight, tap_decay, feature_loss, jitter, flip, multires, zoom, color_shift, param, init, init_noise, amp, seed, save_every, png, grid, device,
                    no_fingerprint_check, allow_low_confidence, overwrite, as_json, quiet) -> None:  # noqa: ANN001
         """Synthesize images of chosen classes from a model and its class-conditional statistics."""
         from sowmeta.distributed import is_main_process
@@ -118,7 +128,7 @@ def register(group: click.Group) -> None:
         overrides = {
             "iterations": iterations, "batch_size": batch_size, "lr": lr, "alpha_tv": alpha_tv, "alpha_l2": alpha_l2, "alpha_cc": alpha_cc,
             "first_tap_multiplier": first_tap_multiplier, "feature_loss": feature_loss, "jitter": jitter, "flip": flip, "multires": multires,
-            "init_noise": init_noise,
+            "init_noise": init_noise, "tap_decay": tap_decay, "zoom": zoom, "color_shift": color_shift, "param": param,
         }
         config = SynthConfig.preset(
             preset, crop=opened.crop, mode=mode, mixed=mixed, tap_weights=SynthConfig.parse_tap_weights(tap_weight),

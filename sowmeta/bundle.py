@@ -150,7 +150,7 @@ class Bundle:
 
         self._check_writable(dtype)
         path = Path(path)
-        base = Manifest(**{**vars(self.manifest), "files": [], "dtype": dtype, "format_version": FORMAT_VERSION})
+        base = Manifest(**{**vars(self.manifest), "files": [], "dtype": dtype, "format_version": FORMAT_VERSION, "raw": None})
         digest = base.digest
         with atomic_dir(path, overwrite=overwrite, kind="bundle") as tmp:
             files = write_files(tmp, self._tensors(STORED_DTYPES[dtype]), format_version=FORMAT_VERSION, digest=digest, shard_bytes=shard_bytes)
@@ -168,8 +168,27 @@ class Bundle:
 
     read_manifest = staticmethod(read_manifest)
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        *,
+        classes: Iterable[int] | None = None,
+        taps: Iterable[str] | None = None,
+        registry: str | Path | None = "hub",
+        token: str | None = None,
+    ) -> Bundle:
+        """A bundle by registry name ``ORG/NAME[/SUBFOLDER][@REV]``, pulled (and verified) from the Hub by default.
+
+        Example:
+            >>> bundle = Bundle.from_pretrained("me/cifar-resnet56/sowmeta", classes=[3, 5])
+        """
+        from .registry import pull
+
+        return cls.load(pull(name, registry=registry, token=token).path, classes=classes, taps=taps, verify=False)
+
     def verify(self) -> None:
-        """Check every file's size and sha256, and that the manifest is the one the files were written with."""
+        """Check every file's size and sha256 (hashed in full), and that the manifest is the one the files were written with."""
         if self.path is None:
             raise ConfigError("this bundle has no path; save it first")
         verify_files(self.path, self.manifest)
@@ -189,7 +208,9 @@ class Bundle:
             path: the bundle directory.
             classes: class indices to load, in the order wanted; default all.
             taps: tap names to load; default all.
-            verify: check file sizes and sha256 first (streams the files; constant memory).
+            verify: check file sizes and sha256 first (streams the files; constant memory). A file
+                that passed before and whose size, mtime, ctime and inode are unchanged since is
+                not hashed again (``verify_files(..., cached=True)``; docs/format.md, "Integrity").
 
         Raises:
             BundleNotFoundError, SchemaError, UnsupportedVersionError, ChecksumError,
@@ -197,9 +218,15 @@ class Bundle:
             ConfigError (a class index or tap that does not exist).
         """
         path = Path(path)
+        if not path.exists() and not path.is_absolute() and str(path).count("/") >= 1 and not str(path).startswith("."):
+            from .errors import BundleNotFoundError
+
+            raise BundleNotFoundError(
+                f"{path} is not a directory; for a registry name use Bundle.from_pretrained({str(path)!r}) (or sowmeta.registry.pull)", path=str(path)
+            )
         manifest = read_manifest(path)
         if verify:
-            verify_files(path, manifest)
+            verify_files(path, manifest, cached=True)
         k = manifest.model.num_classes
         wanted = list(range(k)) if classes is None else [int(c) for c in classes]
         if not wanted:

@@ -9,6 +9,9 @@ naming the file, the tap and the class.
 from __future__ import annotations
 
 import logging
+import math
+import os
+import stat
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ import torch
 from .atomic import sha256_file
 from .errors import ChecksumError, CorruptBundleError
 from .manifest import FORMAT_NAME, FileRecord, Manifest
+from .verified import CheckedFile, recall_file, remember_file
 
 __all__ = ["TapStats", "write_files", "verify_files", "check_contained", "read_stats", "STORED_DTYPES"]
 
@@ -78,34 +82,55 @@ def _digest_of(path: Path) -> str | None:
         return (f.metadata() or {}).get("manifest_sha256")
 
 
-def verify_files(path: Path, manifest: Manifest) -> None:
-    """Check every file's size and sha256, and (format 1.1+) that the files belong to this very manifest."""
+def verify_files(path: Path, manifest: Manifest, *, cached: bool = False) -> None:
+    """Check every file's size and sha256, and (format 1.1+) that the files belong to this very manifest.
+
+    Every file is hashed in full, and a file that passes is remembered (``sowmeta.verified``).
+    With ``cached``, a file whose identity (device, inode, size, mtime, ctime) is unchanged since
+    it last passed is not hashed again: its remembered sha256 and manifest digest are compared.
+    """
+    expected = None if manifest.format_version == "1.0" else manifest.digest
     for f in manifest.files:
         fp = path / f.name
-        if not fp.is_file():
-            raise CorruptBundleError(f"{fp} is missing; the bundle is incomplete, fetch or collect it again", path=str(fp))
         try:
-            size = fp.stat().st_size
-            digest = sha256_file(fp) if size == f.size else ""
+            before = fp.stat()
+        except FileNotFoundError:
+            raise CorruptBundleError(f"{fp} is missing; the bundle is incomplete, fetch or collect it again", path=str(fp)) from None
         except OSError as exc:
             raise CorruptBundleError(f"cannot read {fp} ({exc.strerror or exc}); check its permissions", path=str(fp)) from exc
-        if size != f.size:
-            raise ChecksumError(f"{fp} has {size} bytes, the manifest says {f.size}: truncated or replaced", path=str(fp))
-        if digest != f.sha256:
-            raise ChecksumError(f"{fp} sha256 {digest[:12]}... differs from the manifest's {f.sha256[:12]}...: corrupt", path=str(fp))
-    if manifest.format_version != "1.0":
-        expected = manifest.digest
-        for f in manifest.files:
-            try:
-                found = _digest_of(path / f.name)
-            except Exception as exc:  # noqa: BLE001  (safetensors raises its own error type for malformed headers)
-                raise CorruptBundleError(f"{path / f.name} is not a readable safetensors file ({type(exc).__name__})", path=str(path / f.name)) from exc
-            if found != expected:
-                raise ChecksumError(
-                    f"{path / 'sowmeta.json'} was changed after the bundle was written (its content no longer matches "
-                    f"{f.name}); fetch or collect the bundle again",
-                    path=str(path),
-                )
+        if not stat.S_ISREG(before.st_mode):
+            raise CorruptBundleError(f"{fp} is missing; the bundle is incomplete, fetch or collect it again", path=str(fp))
+        if before.st_size != f.size:
+            raise ChecksumError(f"{fp} has {before.st_size} bytes, the manifest says {f.size}: truncated or replaced", path=str(fp))
+        known = recall_file(before) if cached else None
+        if known is None:
+            known = _check_file(fp, f, before)
+        elif known.sha256 != f.sha256:
+            raise ChecksumError(f"{fp} sha256 {known.sha256[:12]}... differs from the manifest's {f.sha256[:12]}...: corrupt", path=str(fp))
+        if expected is not None and known.manifest_sha256 != expected:
+            raise ChecksumError(
+                f"{path / 'sowmeta.json'} was changed after the bundle was written (its content no longer matches "
+                f"{f.name}); fetch or collect the bundle again",
+                path=str(path),
+            )
+
+
+def _check_file(fp: Path, record: FileRecord, before: os.stat_result) -> CheckedFile:
+    """Hash a file in full and read the manifest digest it carries; remember it when it matches the manifest."""
+    try:
+        digest = sha256_file(fp)
+        after = fp.stat()
+    except OSError as exc:
+        raise CorruptBundleError(f"cannot read {fp} ({exc.strerror or exc}); check its permissions", path=str(fp)) from exc
+    if digest != record.sha256:
+        raise ChecksumError(f"{fp} sha256 {digest[:12]}... differs from the manifest's {record.sha256[:12]}...: corrupt", path=str(fp))
+    try:
+        found = _digest_of(fp)
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error type for malformed headers)
+        raise CorruptBundleError(f"{fp} is not a readable safetensors file ({type(exc).__name__})", path=str(fp)) from exc
+    checked = CheckedFile(digest, found)
+    remember_file(before, after, checked)
+    return checked
 
 
 def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
@@ -148,7 +173,9 @@ class _Reader:
         fp = self.path / self.where[key]
         try:
             sl = self._slice(key, shape, dtype)
-            return sl[:] if runs is None else torch.cat([sl[a:b] for a, b in runs])
+            if runs is None:
+                return sl[:]
+            return sl[runs[0][0] : runs[0][1]] if len(runs) == 1 else torch.cat([sl[a:b] for a, b in runs])
         except CorruptBundleError:
             raise
         except Exception as exc:  # noqa: BLE001  (safetensors, OS and torch errors all mean a damaged file)
@@ -157,17 +184,26 @@ class _Reader:
             ) from exc
 
 
+def _in_range(values: torch.Tensor, low: float) -> bool:
+    """All values finite and >= ``low``, in one pass (``aminmax`` propagates NaN)."""
+    if values.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(values)
+    return bool(lo >= low) and bool(hi < math.inf)
+
+
 def _check_values(path: Path, tap: str, stats: TapStats, classes: Sequence[int]) -> None:
     """Finite means and variances, non-negative variances; the first bad value is named by tap and class."""
     for what, rows in (("mean", stats.mean), ("var", stats.var)):
+        if _in_range(rows, -math.inf if what == "mean" else 0.0):
+            continue
         bad = ~torch.isfinite(rows) if what == "mean" else ~(torch.isfinite(rows) & (rows >= 0))
-        if bad.any():
-            r, c = (int(v) for v in torch.nonzero(bad)[0])
-            raise CorruptBundleError(
-                f"{path}: tap {tap!r}, class {classes[r]}, channel {c}: {what} is {float(rows[r, c])}; "
-                "the bundle is damaged, collect it again",
-                path=str(path),
-            )
+        r, c = (int(v) for v in torch.nonzero(bad)[0])
+        raise CorruptBundleError(
+            f"{path}: tap {tap!r}, class {classes[r]}, channel {c}: {what} is {float(rows[r, c])}; "
+            "the bundle is damaged, collect it again",
+            path=str(path),
+        )
     for what, row in (("global_mean", stats.global_mean), ("global_var", stats.global_var)):
         ok = torch.isfinite(row) & ((row >= 0) if what == "global_var" else True)
         if not bool(ok.all()):
@@ -183,12 +219,17 @@ def read_stats(
     order = sorted(set(classes))
     runs = _runs(order)
     pos = {c: i for i, c in enumerate(order)}
-    gather = torch.tensor([pos[c] for c in classes], dtype=torch.long)
+    # rows come back in sorted order; reorder them only when ``classes`` asked for another order
+    gather = None if list(classes) == order else torch.tensor([pos[c] for c in classes], dtype=torch.long)
+
+    def pick(rows: torch.Tensor) -> torch.Tensor:
+        return rows if gather is None else rows[gather]
+
     dt = _HEADER_DTYPES[manifest.dtype]
     channels = {t.name: t.channels for t in manifest.taps}
     with ExitStack() as stack:
         reader = _Reader(path, manifest, stack)
-        counts = reader.read("counts", (k,), "I64", runs)[gather]
+        counts = pick(reader.read("counts", (k,), "I64", runs))
         if bool((counts < 0).any()):
             r = int(torch.nonzero(counts < 0)[0])
             raise CorruptBundleError(f"{path}: class {classes[r]} has a negative image count; the bundle is damaged", path=str(path))
@@ -196,8 +237,8 @@ def read_stats(
         for name in taps:
             c = channels[name]
             s = TapStats(
-                reader.read(f"{name}/mean", (k, c), dt, runs)[gather].float(),
-                reader.read(f"{name}/var", (k, c), dt, runs)[gather].float(),
+                pick(reader.read(f"{name}/mean", (k, c), dt, runs)).float(),
+                pick(reader.read(f"{name}/var", (k, c), dt, runs)).float(),
                 reader.read(f"{name}/global_mean", (c,), dt, None).float(),
                 reader.read(f"{name}/global_var", (c,), dt, None).float(),
             )

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from .bundle import Bundle, ModelRecord, SourceRecord
 from .class_folders import map_class_folders
-from .data import ImageFiles, collate_skip_bad, raise_if_strict, read_image, scan_image_folder
+from .data import folder_loader, plan_loader, raise_if_strict, read_image, scan_image_folder
 from .distributed import rank_world
 from .errors import ConfigError, DataError, SeedRejectedError, TapError
 from .fuse import fuse_bn
@@ -207,10 +207,10 @@ def _model_record(
 
 def _check_base_model(model: LoadedModel) -> None:
     if model.base_model is not None:
-        from .registry.records import check_name
+        from .registry.records import check_repo_id
 
         try:
-            check_name(model.base_model)
+            check_repo_id(model.base_model)
         except ConfigError:
             raise ConfigError(f"--base-model {model.base_model!r} is not a Hub model id; use ORG/NAME") from None
 
@@ -320,8 +320,9 @@ def collect(
             for i, (folder_name, k) in enumerate(zip(index.classes, mapping.indices)):
                 labels[k] = mapping.label_of(i, folder_name)
         samples = [(p, mapping.indices[y]) for p, y in index.samples][rank::world]
-        ds = ImageFiles(samples, model.preprocessing.transform())
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad, shuffle=False)
+        prep = model.preprocessing
+        plan = plan_loader(crop, dev, batch_size=batch_size, workers=workers, resize=prep.resize, interpolation=prep.interpolation)
+        loader = folder_loader(samples, prep, plan)
         total = len(samples)
     data_name = _data_name(dataset, data)
     recorder = StatsRecorder(module, tap_list, outputs)

@@ -3,9 +3,11 @@
 1. a labelled dataset where every class has its own shape and its own background;
 2. a small BatchNorm CNN trained on it while ``TrainingCollector`` records Scenario-A statistics;
 3. the bundle published to a local registry and pulled back by name;
-4. images of every class synthesized in cc and di modes;
-5. a side-by-side grid and a report: teacher accuracy on the synthesized images, and how far
-   each mode's image borders (the background) are from the real class's.
+4. images of every class synthesized in cc and di modes, and in cc mode from sketches: each
+   class's shape drawn as a black outline on white (paper Sec. 4.2);
+5. a side-by-side grid, a sketch grid (sketch, steps, result) and a report: teacher accuracy on
+   the synthesized images, how far each mode's image borders (the background) are from the real
+   class's, and how faithfully the images synthesized from sketches follow them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .atomic import atomic_file
 from .errors import storage_errors
 from .outputs import DEMO_MARKER, require_replaceable
 from .collectors import TrainingCollector
-from .demo_data import DEMO_CLASSES, border_stats, make_demo_images
+from .demo_data import DEMO_CLASSES, border_stats, make_demo_images, make_demo_outlines
 from .models import load_model
 from .synth import SynthConfig, SynthProgress, synthesize
 
@@ -43,6 +45,7 @@ class DemoConfig:
     test_per_class: int = 100
     epochs: int = 4
     synth_per_class: int = 12
+    sketch_per_class: int = 4
     iterations: int = 1000
     # The CIFAR preset, with less smoothing: the demo's images are flat colours and sharp edges.
     alpha_tv: float = 1e-3
@@ -55,7 +58,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        return cls(train_per_class=160, test_per_class=40, epochs=3, synth_per_class=6, iterations=150)
+        return cls(train_per_class=160, test_per_class=40, epochs=3, synth_per_class=6, sketch_per_class=2, iterations=150)
 
 
 @dataclass
@@ -66,9 +69,15 @@ class DemoReport:
     accuracy: dict[str, float] = field(default_factory=dict)  # mode -> teacher top-1 on its images
     background_distance: dict[str, float] = field(default_factory=dict)  # mode -> mean over classes
     background_distance_per_class: dict[str, list[float]] = field(default_factory=dict)
+    # sketch -> image: the fraction of the outline's edges within 1 px of the image's strongest edges
+    # (sowmeta.sketch.edge_overlap), for the images started from the outlines and, as the chance
+    # level, for the cc images of the same class started from noise
+    sketch_edge_overlap: float = 0.0
+    sketch_edge_overlap_noise: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
     registry_name: str = DEMO_NAME
     grid: str = ""
+    sketch_grid: str = ""
 
 
 Stage = Callable[[str, int, int], None]
@@ -138,7 +147,7 @@ def run_demo(out: str | Path, *, config: DemoConfig | None = None, device: str =
     """Run the five demo stages into ``out`` and return the report (also ``out/report.json``).
 
     ``stage(name, done, total)`` is called as each stage progresses; the names are ``dataset``,
-    ``train``, ``registry``, ``synthesize cc``, ``synthesize di`` and ``grid+report``.
+    ``train``, ``registry``, ``synthesize cc``, ``synthesize di``, ``synthesize sketch`` and ``grid+report``.
     """
     cfg = config or DemoConfig()
     threads = torch.get_num_threads()
@@ -200,11 +209,87 @@ def _run(out: Path, cfg: DemoConfig, device: str, stage: Stage) -> DemoReport:
         report.background_distance[mode] = sum(per_class) / len(per_class)
         report.seconds[f"synthesize {mode}"] = time.perf_counter() - t
 
+    report.sketch_grid = str(_sketch_stage(out, cfg, device, pulled, loaded, images["cc"], labels["cc"], real, real_labels, report, stage))
     report.grid = str(_grid(out / "grid.png", real, real_labels, images, labels))
     with atomic_file(out / "report.json") as tmp:
         tmp.write_text(json.dumps(asdict(report), indent=2) + "\n")
     stage("grid+report", 1, 1)
     return report
+
+
+def _sketch_stage(
+    out: Path, cfg: DemoConfig, device: str, pulled: object, loaded: object, cc: torch.Tensor, cc_labels: torch.Tensor,
+    real: torch.Tensor, real_labels: torch.Tensor, report: DemoReport, stage: Stage,
+) -> Path:
+    """Synthesize cc images started from each class's outline (no added noise); measure and draw them."""
+    from .sketch import edge_overlap
+    from .synth.export import save_png
+
+    t = time.perf_counter()
+    sketches, sketch_labels, _ = make_demo_outlines(cfg.sketch_per_class, seed=cfg.seed + 3)
+    folder = out / "sketches"
+    for i, (img, k) in enumerate(zip(sketches, sketch_labels.tolist())):
+        save_png(img, folder / DEMO_CLASSES[k].name / f"{i:03d}.png")
+    steps = -(-cfg.iterations // 4)  # three intermediate images and the result
+    sc = SynthConfig.cifar(
+        mode="cc", iterations=cfg.iterations, alpha_tv=cfg.alpha_tv, first_tap_multiplier=cfg.first_tap_multiplier, seed=cfg.seed,
+        batch_size=cfg.sketch_per_class, init="images", init_noise=0.0, save_every=steps,
+    )
+
+    def progress(p: SynthProgress) -> None:
+        if p.iteration is not None:
+            stage("synthesize sketch", (p.batch - 1) * p.iteration.iterations + p.iteration.iteration, p.batches * p.iteration.iterations)
+
+    result = synthesize(pulled, loaded, per_class=cfg.sketch_per_class, config=sc, out=out / "synth-sketch.h5", device=device,  # type: ignore[arg-type]
+                        overwrite=True, init_images=folder, progress=progress)
+    images = result.images()
+    report.accuracy["sketch"] = result.teacher_accuracy
+    report.sketch_edge_overlap = float(edge_overlap(sketches, images).mean())
+    # the chance level: the same outlines against cc images of their class that started from noise
+    paired = _pair_by_class(sketch_labels, cc, cc_labels)
+    report.sketch_edge_overlap_noise = float(edge_overlap(sketches, paired).mean())
+    per_class = _background_distance(images, result.labels, real, real_labels)
+    report.background_distance_per_class["sketch"] = per_class
+    report.background_distance["sketch"] = sum(per_class) / len(per_class)
+    report.seconds["synthesize sketch"] = time.perf_counter() - t
+    return _sketch_grid(out / "sketch-grid.png", sketches, sketch_labels, images, result)
+
+
+def _pair_by_class(labels: torch.Tensor, images: torch.Tensor, image_labels: torch.Tensor) -> torch.Tensor:
+    """For the i-th item of class k in ``labels``, the i-th image of class k (cycling): one image per item."""
+    seen: dict[int, int] = {}
+    out = []
+    for k in labels.tolist():
+        mine = images[image_labels == k]
+        out.append(mine[seen.get(k, 0) % len(mine)])
+        seen[k] = seen.get(k, 0) + 1
+    return torch.stack(out)
+
+
+def _sketch_grid(path: Path, sketches: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, result: object) -> Path:
+    """Per class: its first sketch, the intermediate images and the result (paper Fig. 6b), then the other sketch -> result pairs."""
+    import h5py
+    import numpy as np
+
+    from .synth.export import readable_scale, save_png, sheet
+
+    with h5py.File(result.path, "r") as f:  # type: ignore[attr-defined]
+        snaps = torch.from_numpy(np.asarray(f["snapshots"][:])).permute(0, 1, 4, 2, 3) if "snapshots" in f else torch.zeros(0)
+        steps = [int(i) for i in f["snapshots"].attrs["iterations"]] if "snapshots" in f else []
+    rows = []
+    per = int((labels == 0).sum())
+    for k in range(len(DEMO_CLASSES)):
+        idx = torch.nonzero(labels == k).flatten().tolist()
+        first = idx[0]
+        row: list[torch.Tensor | None] = [sketches[first], *[s[first] for s in snaps], images[first]]
+        for i in idx[1:]:
+            row += [None, sketches[i], images[i]]
+        rows.append(row)
+    columns = [("sketch", 1), *[(f"step {it}", 1) for it in steps], ("result", 1)]
+    if per > 1:
+        columns += [("", 1), ("more sketch -> result", 3 * (per - 1) - 1)]
+    grid = sheet(rows, row_labels=[c.name for c in DEMO_CLASSES], col_labels=columns, scale=readable_scale(images.shape[-1]), pad=2)
+    return save_png(grid, path)
 
 
 def _grid(path: Path, real: torch.Tensor, real_labels: torch.Tensor, images: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> Path:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DEMO_CLASSES", "DemoClass", "make_demo_images", "border_stats"]
+__all__ = ["DEMO_CLASSES", "DemoClass", "make_demo_images", "make_demo_outlines", "border_stats"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,19 @@ def make_demo_images(per_class: int, *, size: int = 32, seed: int = 0) -> tuple[
         xs.append((bg * (1 - mask) + colour * mask).clamp(0, 1))
         ys.append(torch.full((per_class,), k, dtype=torch.long))
     return torch.cat(xs), torch.cat(ys)
+
+
+def make_demo_outlines(per_class: int, *, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each class's shape drawn as a black outline on white (uint8 N x 3 x size x size), its labels, and the filled shapes (N x size x size).
+
+    What a person would sketch: the shape of the class, nothing of its background or colours.
+    """
+    from .sketch import outline, to_sketch
+
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.cat([_mask(cls.shape, per_class, size, g) for cls in DEMO_CLASSES]).squeeze(1) > 0
+    labels = torch.arange(len(DEMO_CLASSES)).repeat_interleave(per_class)
+    return to_sketch(outline(masks)), labels, masks
 
 
 def border_stats(images: torch.Tensor, width: int = 3) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,10 @@ One report holds every score, and every score names the network that computed it
 - an Inception-Score-style score, from the softmax of the first given classifier;
 - Fréchet distance and KID between the features of the set and of a reference folder of real
   images, overall and (Fréchet) per class;
-- within-class diversity (mean pairwise feature distance), of the set and of the reference.
+- within-class diversity (mean pairwise feature distance), of the set and of the reference;
+- every figure's floor: per class, KID and Fréchet distance of the set *and of as many held-out
+  real images* against the rest of the reference, at equal sizes, and each classifier's top-1
+  on those held-out real images (``ClassDistances``, ``AccuracyScore.real_top1``).
 
 Features come from Inception-V3 when its weights are cached locally, else from the first given
 classifier's penultimate layer (``metrics.default_feature_model``); nothing is downloaded.
@@ -20,7 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,9 @@ from .metrics import (
     kernel_distance,
     network_name,
     per_class_frechet,
+    per_class_kernel_distance,
     run_model,
+    split_per_class,
     top1_accuracy,
 )
 from .models import LoadedModel
@@ -49,6 +54,7 @@ __all__ = [
     "InceptionScoreResult",
     "DistanceScores",
     "DiversityScore",
+    "ClassDistances",
     "EvaluationReport",
     "evaluate",
     "save_class_sheets",
@@ -67,6 +73,8 @@ class AccuracyScore:
     network: str
     top1: float
     per_class: list[float | None]
+    real_top1: float | None = None  # on the real images held out of the reference (``ClassDistances``)
+    real_per_class: list[float | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,30 @@ class DiversityScore:
     reference_mean: float | None = None
 
 
+@dataclass(frozen=True)
+class ClassDistances:
+    """Per class, the set and real images against the same real images, at equal sizes: every distance with its floor.
+
+    For class k, ``images[k]`` = min(images of k in the set, half the reference's images of k)
+    reference images are held out (seeded); ``kid``/``frechet`` compare as many of the set's
+    images (all of them when the set is the smaller) with the rest of the reference's class,
+    ``kid_real``/``frechet_real`` compare the held-out real images with that same rest. A set as
+    close to real photographs as real photographs are to each other scores its floor. None
+    where a class has fewer than 2 images.
+    """
+
+    network: str
+    images: list[int]
+    kid: list[float | None]
+    kid_real: list[float | None]
+    frechet: list[float | None]
+    frechet_real: list[float | None]
+    mean_kid: float | None
+    mean_kid_real: float | None
+    mean_frechet: float | None
+    mean_frechet_real: float | None
+
+
 @dataclass
 class EvaluationReport:
     """Every score of one image set. Per-class lists are indexed like ``classes``."""
@@ -124,6 +156,7 @@ class EvaluationReport:
     feature_network: str | None = None
     diversity: DiversityScore | None = None
     distances: DistanceScores | None = None
+    class_distances: ClassDistances | None = None
     sheets: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -310,6 +343,12 @@ def evaluate(
             ref.network, str(ref_path), int(ref.labels.numel()), fd, kid_mean, kid_std, kid_size, per_fd, _mean(per_fd)
         )
         ref_diversity = class_diversity(ref.features, ref.labels, num_classes=k_all, seed=seed)
+        report.class_distances, held = _class_distances(feat_out, ref, counts, kid_subsets=kid_subsets, seed=seed)
+        for i, (m, out) in enumerate(zip(models, outputs)):
+            real = ref if m is feat else run(m, Subset(_view(ref_path, m, ref_subset), held.tolist()), progress=stage(f"held-out real: {network_name(m)}"))
+            logits, labels = (real.logits[held], real.labels[held]) if m is feat else (real.logits, real.labels)
+            per = [top1_accuracy(logits[labels == k], labels[labels == k]) if bool((labels == k).any()) else None for k in range(k_all)]
+            report.accuracy[i] = replace(report.accuracy[i], real_top1=top1_accuracy(logits, labels), real_per_class=per)
     report.diversity = DiversityScore(
         feat_out.network, diversity, _mean(diversity), ref_diversity, _mean(ref_diversity) if ref_diversity is not None else None
     )
@@ -317,6 +356,27 @@ def evaluate(
         report.sheets = [str(p) for p in save_class_sheets(path, sheets, classes=keep, per_sheet=sheet_size, names=names)]
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _class_distances(
+    data: Outputs, ref: Outputs, counts: list[int], *, kid_subsets: int, seed: int
+) -> tuple[ClassDistances, torch.Tensor]:
+    """``ClassDistances`` of a set's features against a reference's; also the reference positions held out."""
+    assert data.features is not None and ref.features is not None
+    k_all = len(counts)
+    ref_counts = torch.bincount(ref.labels, minlength=k_all).tolist()
+    sizes = [min(counts[k], ref_counts[k] // 2) for k in range(k_all)]
+    held, rest = split_per_class(ref.labels, sizes, seed=seed)
+    mine, _ = split_per_class(data.labels, sizes, seed=seed + 1)  # all of a class's images when it is the smaller
+    a, la = data.features[mine], data.labels[mine]
+    r, lr = ref.features[held], ref.labels[held]
+    b, lb = ref.features[rest], ref.labels[rest]
+    kid = per_class_kernel_distance(a, la, b, lb, num_classes=k_all, subsets=kid_subsets, seed=seed)
+    kid_real = per_class_kernel_distance(r, lr, b, lb, num_classes=k_all, subsets=kid_subsets, seed=seed)
+    fd = per_class_frechet(a, la, b, lb, num_classes=k_all)
+    fd_real = per_class_frechet(r, lr, b, lb, num_classes=k_all)
+    scores = ClassDistances(ref.network, sizes, kid, kid_real, fd, fd_real, _mean(kid), _mean(kid_real), _mean(fd), _mean(fd_real))
+    return scores, held
 
 
 def _safe(name: str) -> str:

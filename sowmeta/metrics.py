@@ -41,6 +41,8 @@ __all__ = [
     "frechet_distance",
     "kernel_distance",
     "per_class_frechet",
+    "per_class_kernel_distance",
+    "split_per_class",
     "class_diversity",
     "inception_weights_cached",
     "default_feature_model",
@@ -286,6 +288,47 @@ def per_class_frechet(
         a, b = features_a[labels_a == k], features_b[labels_b == k]
         out.append(frechet_distance(a, b) if min(a.shape[0], b.shape[0]) >= 2 else None)
     return out
+
+
+def per_class_kernel_distance(
+    features_a: torch.Tensor,
+    labels_a: torch.Tensor,
+    features_b: torch.Tensor,
+    labels_b: torch.Tensor,
+    *,
+    num_classes: int,
+    subsets: int = 100,
+    seed: int = 0,
+) -> list[float | None]:
+    """KID between the two sets' images of each class (subsets of the smaller class size); None below 2 images.
+
+    KID is unbiased in the set sizes, unlike the Fréchet distance, so it can compare a few
+    images per class with a large reference.
+    """
+    out: list[float | None] = []
+    for k in range(num_classes):
+        a, b = features_a[labels_a == k], features_b[labels_b == k]
+        out.append(kernel_distance(a, b, subsets=subsets, subset_size=min(a.shape[0], b.shape[0]), seed=seed + k)[0]
+                   if min(a.shape[0], b.shape[0]) >= 2 else None)
+    return out
+
+
+def split_per_class(labels: torch.Tensor, sizes: Sequence[int], *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of ``sizes[k]`` seeded-random rows of each class k (held out), and of all the other rows.
+
+    Classes beyond ``sizes`` hold nothing out. Both index tensors are sorted.
+    """
+    g = torch.Generator().manual_seed(seed)
+    held: list[torch.Tensor] = []
+    for k, n in enumerate(sizes):
+        rows = torch.nonzero(labels == k).flatten()
+        if n > rows.numel():
+            raise DataError(f"cannot hold out {n} images of class {k}: it has {rows.numel()}")
+        held.append(rows[torch.randperm(rows.numel(), generator=g)[:n]])
+    chosen = torch.cat(held).sort().values if held else torch.zeros(0, dtype=torch.long)
+    mask = torch.ones(labels.numel(), dtype=torch.bool)
+    mask[chosen] = False
+    return chosen, torch.nonzero(mask).flatten()
 
 
 def class_diversity(

@@ -1,4 +1,9 @@
-"""Load the JSON Schemas shipped in the wheel and validate manifests against them."""
+"""Load the JSON Schemas shipped in the wheel and validate manifests against them.
+
+A manifest whose exact content passed the schema before (in this process or, through
+``sowmeta.verified``, in an earlier one) is not validated again: the result would be the same,
+and validating a 1000-class manifest costs tens of milliseconds, plus the validator's import.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +18,27 @@ __all__ = ["load_schema", "validate_manifest"]
 
 
 @lru_cache(maxsize=None)
+def _schema_text(name: str) -> str:
+    return resources.files("sowmeta.schemas").joinpath(f"{name}.schema.json").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
 def load_schema(name: str = "bundle-v1") -> dict[str, Any]:
     """The schema ``<name>.schema.json`` from the installed ``sowmeta.schemas`` package."""
-    text = resources.files("sowmeta.schemas").joinpath(f"{name}.schema.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    return json.loads(_schema_text(name))
 
 
-def validate_manifest(manifest: dict[str, Any], *, path: str | None = None) -> None:
-    """Raise ``SchemaError`` naming the first violation of ``bundle-v1.schema.json``."""
+def validate_manifest(manifest: dict[str, Any], *, path: str | None = None, remember: bool = True) -> None:
+    """Raise ``SchemaError`` naming the first violation of ``bundle-v1.schema.json``.
+
+    With ``remember`` (the default), content that passed before is not validated again, and
+    content that passes now is remembered; ``remember=False`` always runs the validator.
+    """
+    from . import verified
+
+    text = _schema_text("bundle-v1")
+    if remember and verified.schema_checked(manifest, text):
+        return
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(load_schema("bundle-v1"), format_checker=jsonschema.FormatChecker())
@@ -29,3 +47,5 @@ def validate_manifest(manifest: dict[str, Any], *, path: str | None = None) -> N
         err = errors[0]
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise SchemaError(f"manifest {path or ''} invalid at {where}: {err.message}".replace("  ", " "), path=path)
+    if remember:
+        verified.remember_schema_checked(manifest, text)

@@ -5,10 +5,10 @@ Chan et al.'s parallel formula, vectorized over the classes present with a scatt
 two partial results with the same formula makes the outcome independent of batch size,
 batch order and the number of processes, up to float64 rounding.
 
-Per-image moments come from one float32 sum and one float32 dot product per image and channel
-(``bmm``: two reads of the feature map, no temporary), which keeps collection close to the cost
-of plain inference. Where E[x^2] - E[x]^2 would lose digits (|mean| large against the spread),
-those rows are recomputed exactly in float64 with the mean subtracted first.
+Per-image moments come from one pass over the feature map (``feature_moments``: E[x] and E[x^2]
+per image and channel in float32, a compiled kernel where it pays), which keeps collection close
+to the cost of plain inference. Where E[x^2] - E[x]^2 would lose digits (|mean| large against the
+spread), those rows are recomputed exactly in float64 with the mean subtracted first.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .feature_moments import mean_and_square, rows_view
 
 __all__ = ["ClassMoments", "LabelGroups", "channel_view"]
 
@@ -46,28 +48,27 @@ def channel_view(x: torch.Tensor, axis: int = 1) -> torch.Tensor:
 
 def _per_image_moments(x: torch.Tensor, axis: int = 1) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Mean and M2 over positions, per image and channel, in float64: ([N, C], [N, C], P)."""
-    v = channel_view(x.detach(), axis)
-    if v.dtype not in (torch.float32, torch.float64):
-        v = v.float()
-    v = v.contiguous()
-    n, c, p = v.shape
+    x = x.detach()
+    if x.dim() < 2:
+        raise ValueError(f"a tapped feature needs a batch and a channel axis, got shape {tuple(x.shape)}")
+    v, last = rows_view(x, axis)
+    n, c, p = v.shape[0], v.shape[2 if last else 1], v.shape[1 if last else 2]
     if p == 1:  # N x C features: every image is one sample per channel
-        return v.view(n, c).double(), torch.zeros(n, c, dtype=torch.float64, device=v.device), 1
+        return v.reshape(n, c).double(), torch.zeros(n, c, dtype=torch.float64, device=v.device), 1
     if v.is_cuda:  # CUDA's var_mean is one Welford pass: exact enough and free of host syncs
-        var, mean = torch.var_mean(v, dim=2, correction=0)
+        var, mean = torch.var_mean(v if v.dtype in (torch.float32, torch.float64) else v.float(), dim=1 if last else 2, correction=0)
         return mean.double(), var.double() * p, p
-    rows = v.view(n * c, 1, p)
-    s1 = v.sum(dim=2).double()
-    s2 = torch.bmm(rows, rows.transpose(1, 2)).view(n, c).double()
-    mean = s1 / p
-    m2 = s2 - s1 * mean
+    mean32, sq32 = mean_and_square(v, last=last)
+    mean = mean32.double()
+    m2 = (sq32.double() - mean.square()) * p
     ill = torch.nonzero((m2 * _ILL_CONDITIONED < mean.square() * p).flatten()).flatten()
     if ill.numel():
         flat_mean, flat_m2 = mean.view(-1), m2.view(-1)
         step = max(1, _CHUNK_ELEMENTS // p)
         for start in range(0, ill.numel(), step):
             idx = ill[start : start + step]
-            exact = rows[idx, 0].double()
+            image, channel = idx // c, idx % c
+            exact = (v[image, :, channel] if last else v[image, channel]).double()
             mu = exact.mean(dim=1, keepdim=True)
             flat_mean[idx] = mu.squeeze(1)
             flat_m2[idx] = (exact - mu).square().sum(dim=1)

@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from sowmeta.demo_data import DEMO_CLASSES, border_stats, make_demo_images
+from sowmeta.demo_data import DEMO_CLASSES, border_stats, make_demo_images, make_demo_outlines
 
-STAGES = {"dataset", "train", "registry", "synthesize cc", "synthesize di", "grid+report"}
+STAGES = {"dataset", "train", "registry", "synthesize cc", "synthesize di", "synthesize sketch", "grid+report"}
 
 
 def _border_distance(images: np.ndarray, labels: np.ndarray, real: np.ndarray, real_labels: np.ndarray, width: int = 3) -> list[float]:
@@ -117,6 +117,31 @@ def test_demo_quick_report(tmp_path: Path, monkeypatch):
         mine = _border_distance(images, labels, real_np, real_labels_np)
         assert np.allclose(mine, report["background_distance_per_class"][mode], atol=0.01), (mode, mine)
         assert abs(np.mean(mine) - report["background_distance"][mode]) < 0.01
+
+    # the sketch case: every class's outline became an image of that class on its own background,
+    # and the images follow their outlines more closely than noise-started images of the class do
+    from test_sketch import np_overlap
+
+    sketches, sketch_labels, _ = make_demo_outlines(cfg.sketch_per_class, seed=cfg.seed + 3)
+    with h5py.File(out / "synth-sketch.h5", "r") as f:
+        assert f.attrs["mode"] == "cc" and json.loads(f.attrs["config"])["init"] == "images"
+        images, labels = f["images"][:] / 255.0, f["labels"][:]
+        assert f["snapshots"].shape[0] == 3  # the intermediate steps the sketch grid shows
+    with h5py.File(out / "synth-cc.h5", "r") as f:
+        cc, cc_labels = f["images"][:] / 255.0, f["labels"][:]
+    assert np.array_equal(labels, sketch_labels.numpy())
+    assert _top1(teacher, images, labels) >= 0.75 and report["accuracy"]["sketch"] >= 0.75
+    sk = sketches.numpy() / 255.0
+    mine = [np_overlap(sk[i], images[i].transpose(2, 0, 1), 1) for i in range(len(sk))]
+    position = [int((labels[:i] == labels[i]).sum()) for i in range(len(labels))]  # the i-th sketch of a class meets its i-th cc image
+    noise = [np_overlap(sk[i], cc[cc_labels == labels[i]][position[i]].transpose(2, 0, 1), 1) for i in range(len(sk))]
+    assert abs(np.mean(mine) - report["sketch_edge_overlap"]) < 0.05  # the report measured the float images
+    assert abs(np.mean(noise) - report["sketch_edge_overlap_noise"]) < 0.05
+    assert report["sketch_edge_overlap"] > report["sketch_edge_overlap_noise"] + 0.05
+    sketch_bg = _border_distance(images, labels, real_np, real_labels_np)
+    assert np.mean(sketch_bg) < report["background_distance"]["di"]  # on its class's background, not a blend
+    with Image.open(out / "sketch-grid.png") as grid:
+        assert grid.text.get("Software") == "sowmeta" and grid.size[1] > len(DEMO_CLASSES) * 98
 
     # the grid: one labelled row per class, real | cc | di with 4 images each and a blank tile between, enlarged 3x
     with Image.open(out / "grid.png") as grid:

@@ -1,4 +1,4 @@
-"""The built-in model names (``cifar-resnet20`` ... ``cifar-resnet110``, ``cifar-vgg``, ``demo-cnn``) and ``register_model``."""
+"""The built-in model names (``cifar-resnet20`` ... ``cifar-resnet110``, ``cifar-vgg``, ``cifar-vit``, ``demo-cnn``) and ``register_model``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ..errors import WeightsError
 from ..named import Registry
 from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .loaded import LoadedModel
-from .networks import CIFAR10_LABELS, CifarResNet, CifarVGG, DemoCNN
+from .networks import CIFAR10_LABELS, CifarResNet, CifarVGG, CifarViT, DemoCNN
 from .sources import MODEL_SOURCES, refuse_args
 from .weights import load_into
 
@@ -64,6 +64,7 @@ for _depth in (20, 32, 44, 56, 110):
         _cifar(lambda k, d=_depth: CifarResNet(d, k), "e.g. ../shared/models/cifar10/resnet56.safetensors")
     )
 register_model("cifar-vgg")(_cifar(CifarVGG, "benchmarks/train_judge.py makes one"))
+register_model("cifar-vit")(_cifar(CifarViT, "benchmarks/vit_cifar.py trains one"))
 
 
 @register_model("demo-cnn")

@@ -18,13 +18,10 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx2
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, scan_cache_dir
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, scan_cache_dir
 from huggingface_hub import errors as hf
 
 from .. import env
@@ -33,22 +30,13 @@ from ..hub_client import endpoint, mapped as _mapped, offline as _offline, refus
 from ..bundle import MANIFEST_NAME, Bundle, Manifest, verify_files
 from ..bundle_files import check_contained
 from ..errors import (
-    AuthError,
     BundleNotFoundError,
     ChecksumError,
     ConfigError,
     CorruptBundleError,
-    GatedRepoError,
-    NetworkError,
-    NotFoundError,
-    OfflineError,
     RegistryError,
-    RevisionNotFoundError,
     SchemaError,
-    SowmetaError,
-    first_line,
 )
-from ..version import __version__
 from .card import DEFAULT_LICENSE, card_from_manifest, model_card_section
 from .local import CARD_NAME, export_bundle
 from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_ref, repo_and_subfolder

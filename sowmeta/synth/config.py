@@ -12,12 +12,16 @@ from typing import Any
 from ..errors import ConfigError
 from ..named import Registry
 from .losses import get_feature_loss
+from .param import get_parameterization
 
 __all__ = ["SynthConfig", "MODES", "PRESETS"]
 
 MODES = ("cc", "global", "di")
 MAX_LR = 10.0  # Adam on normalized pixels: beyond this every step saturates the image
 MAX_WEIGHT = 1e6  # loss weights beyond this overflow float32 losses
+# fields added after runs were first keyed: left out of the fingerprint at these values, so the
+# run key of an unfinished run from before still matches (a resumed run never mixes settings)
+_LATER_FIELDS = {"param": "pixel", "zoom": 0.0, "color_shift": 0.0, "tap_decay": 1.0}
 PRESETS: Registry[Callable[..., SynthConfig]] = Registry("synthesis preset")
 
 
@@ -38,7 +42,15 @@ class SynthConfig:
         tap_weights: lambda_l per tap name (fnmatch globs allowed); unnamed taps weigh 1.
         first_tap_multiplier: extra weight of the first tap (DeepInversion's first-BN multiplier;
             1 = the paper's equal lambda_l).
+        tap_decay: lambda_l of the last tap relative to the first, geometric in between
+            (lambda_l times tap_decay^(l / (L - 1))); 1 = no decay with depth.
         multires: fraction of the iterations run at half resolution (DeepInversion's fast setting).
+        zoom: random-resized crop before each forward pass: the crop's side is in
+            [1 - zoom, 1] of the image's (0: off; Plug-In Inversion's augmentation).
+        color_shift: random per-image, per-channel contrast in [1 - color_shift, 1] and offset
+            inside the pixel range before each forward pass (0: off; Plug-In Inversion's).
+        param: how the image is optimized: ``pixel`` (the paper's) or ``fourier`` (a
+            decorrelated-colour spectrum, as feature-visualization libraries do); see ``param.py``.
         init: ``noise`` or ``images`` (seed images / sketches given to ``synthesize(init_images=)``).
         init_noise: std of the noise added to initial images when ``init="images"``.
         amp: ``none``, ``bf16`` or ``fp16`` autocast (CUDA only).
@@ -62,6 +74,10 @@ class SynthConfig:
     jitter: int = 30
     flip: bool = True
     multires: float = 0.0
+    zoom: float = 0.0
+    color_shift: float = 0.0
+    tap_decay: float = 1.0
+    param: str = "pixel"
     init: str = "noise"
     init_noise: float = 0.2
     amp: str = "none"
@@ -85,6 +101,12 @@ class SynthConfig:
             raise ConfigError(f"init must be 'noise' or 'images', not {self.init!r}")
         if not 0 <= self.multires < 1:
             raise ConfigError(f"multires is a fraction of the iterations in [0, 1), not {self.multires}")
+        for name in ("zoom", "color_shift"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < 1):
+                raise ConfigError(f"{name} is a fraction in [0, 1) (0: off), not {value}")
+        if not (isinstance(self.tap_decay, (int, float)) and 0 < self.tap_decay <= MAX_WEIGHT):
+            raise ConfigError(f"tap_decay is the last tap's weight relative to the first, in (0, {MAX_WEIGHT:g}] (1: equal), not {self.tap_decay}")
         if self.save_every < 0 or self.jitter < 0 or self.warmup < 0:
             raise ConfigError("save_every, jitter and warmup must not be negative")
         weights = {
@@ -100,6 +122,7 @@ class SynthConfig:
             if not (isinstance(value, (int, float)) and 0 <= value <= MAX_WEIGHT):  # also catches NaN and inf
                 raise ConfigError(f"{name} must be a number in [0, {MAX_WEIGHT:g}], not {value}")
         get_feature_loss(self.feature_loss)
+        get_parameterization(self.param)
 
     @classmethod
     def imagenet(cls, **overrides: Any) -> SynthConfig:
@@ -173,6 +196,9 @@ class SynthConfig:
         """sha256 of the settings that change the images (what a resumed run must share)."""
         d = self.to_dict()
         d.pop("check_fingerprint")
+        for name, default in _LATER_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DivergenceError
+from ..logits import logits_of
 from ..preprocess import Preprocessing
 from ..taps import Tap, tap_hooks
 from .augment import augment
 from .config import SynthConfig
+from .param import make_parameterization
 from .losses import Segments, get_feature_loss, group_moments, l2_prior, per_image_moments, total_variation
 
 __all__ = ["TapTarget", "BatchResult", "IterationInfo", "Step", "Term", "objective", "Inverter", "tap_weights", "warmup_cosine"]
@@ -124,7 +126,8 @@ def warmup_cosine(it: int, warmup: int, iterations: int) -> float:
 
 
 def tap_weights(taps: list[Tap], config: SynthConfig) -> list[float]:
-    """lambda_l for every tap: 1, or the first matching glob in ``tap_weights``, times the first-tap multiplier.
+    """lambda_l for every tap: 1, or the first matching glob in ``tap_weights``, times the first-tap multiplier,
+    times ``tap_decay`` ** (l / (L - 1)) for the l-th of L taps (the last tap's weight relative to the first's).
 
     A pattern that matches no tap is an error (a typo would otherwise silently change nothing).
     """
@@ -135,7 +138,8 @@ def tap_weights(taps: list[Tap], config: SynthConfig) -> list[float]:
     out = []
     for i, t in enumerate(taps):
         w = next((v for pat, v in config.tap_weights.items() if fnmatch.fnmatchcase(t.name, pat)), 1.0)
-        out.append(w * (config.first_tap_multiplier if i == 0 else 1.0))
+        depth = config.tap_decay ** (i / (len(taps) - 1)) if len(taps) > 1 else 1.0
+        out.append(w * (config.first_tap_multiplier if i == 0 else 1.0) * depth)
     return out
 
 
@@ -241,11 +245,10 @@ class Inverter:
         dev = self.device
         labels, rows = labels.to(dev), rows.to(dev)
         group_rows, groups = torch.unique(rows, return_inverse=True)
-        x = ((init.to(dev) - self.mean) / self.std).clamp(self.lo, self.hi)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x.requires_grad_(True)
-        opt = torch.optim.Adam([x], lr=cfg.lr, betas=cfg.betas)
+        param = make_parameterization(
+            cfg.param, init.to(dev), self.mean, self.std, from_noise=cfg.init == "noise", channels_last=self.channels_last
+        )
+        opt = torch.optim.Adam(param.tensors(), lr=cfg.lr, betas=cfg.betas)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: warmup_cosine(it, cfg.warmup, cfg.iterations))
         scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and self.autocast_dtype is not None else None
         rng = random.Random(seed)
@@ -260,9 +263,11 @@ class Inverter:
         with _frozen(module), tap_hooks(module, [t.tap for t in self.targets], self._record):
             for it in range(cfg.iterations):
                 opt.zero_grad(set_to_none=True)
-                x_in = augment(x, rng, jitter=cfg.jitter, flip=cfg.flip, low_res=it < low_res_until)
+                x = param.image()
+                x_in = augment(x, rng, jitter=cfg.jitter, flip=cfg.flip, low_res=it < low_res_until, zoom_amount=cfg.zoom,
+                               color=cfg.color_shift, lo=self.lo, hi=self.hi)
                 with autocast:
-                    logits = module(x_in)
+                    logits = logits_of(module(x_in))
                 terms = self.term_values(x, logits, labels, groups, group_rows)
                 loss = sum(t.weight * terms[t.name] for t in self.terms)
                 finite &= torch.isfinite(loss)
@@ -274,8 +279,7 @@ class Inverter:
                     loss.backward()
                     opt.step()
                 schedule.step()
-                with torch.no_grad():
-                    torch.maximum(torch.minimum(x, self.hi), self.lo, out=x)
+                param.project()
                 done = it + 1
                 if done % _CHECK_EVERY == 0 or done == cfg.iterations:
                     if not bool(finite):
@@ -285,15 +289,18 @@ class Inverter:
                             iteration=done,
                         )
                 if cfg.save_every and done % cfg.save_every == 0 and done != cfg.iterations:
-                    snapshots.append((done, _to_uint8(x.detach() * self.std + self.mean)))
+                    with torch.no_grad():
+                        snapshots.append((done, _to_uint8(param.image() * self.std + self.mean)))
                 if progress is not None and (done % report_every == 0 or done == cfg.iterations):
                     progress(IterationInfo(done, cfg.iterations, {k: float(v.detach()) for k, v in terms.items()} | {"total": float(loss.detach())}))
+            with torch.no_grad():
+                x = param.image().detach()
             with torch.no_grad(), autocast:
-                logits = module(x.detach()).float()
+                logits = logits_of(module(x)).float()
             self._moments.clear()
         ce = F.cross_entropy(logits, labels, reduction="none")
         confidence = logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
-        images = (x.detach() * self.std + self.mean).clamp(0, 1).float().contiguous().cpu()
+        images = (x * self.std + self.mean).clamp(0, 1).float().contiguous().cpu()
         return BatchResult(
             images,
             confidence.cpu(),

@@ -166,7 +166,11 @@ def resolve_classes(classes: Sequence[int | str] | None, labels: Sequence[str], 
                 raise ConfigError(f"class {k} does not exist (the model has classes 0..{num_classes - 1})")
             out.append(k)
         else:
-            raise ConfigError(f"class {c!r} is neither a class index nor a label of the model (e.g. {labels[0]!r})")
+            import difflib
+
+            close = difflib.get_close_matches(str(c), list(labels), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"e.g. {labels[0]!r}"
+            raise ConfigError(f"class {c!r} is neither a class index nor a label of the model ({hint})")
     if len(set(out)) != len(out):
         raise ConfigError("a class is listed twice; list every class once")
     return out

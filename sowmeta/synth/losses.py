@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..feature_moments import kernel_wanted, mean_and_square, moments_backward, rows_view
 from ..named import Registry
 
 __all__ = [
@@ -64,40 +65,52 @@ def get_feature_loss(name: str) -> FeatureLoss:
     return FEATURE_LOSSES.get(name)
 
 
-class _Moments(torch.autograd.Function):
-    """Per-image, per-channel E[x] and E[x^2] over positions, in float32, with a one-kernel backward.
+class _PendingGrad:
+    """The gradients of a map's moments, held until the map's own gradient is complete, then added to it in one pass."""
 
-    ``x`` is [B, C, P] (channels first) or [B, P, C] (``last``: token sequences and
-    channels-last maps). Forward: on CUDA one Welford pass (``var_mean``); on the CPU, where
-    ``var_mean`` is slow, a sum and a batched dot product (two reads, no temporary). The backward
-    is d/dx = (g_mean + 2 x g_sq) / n: one fused multiply-add over the feature map, instead of
-    the several passes autograd would make. ``x`` is saved as it is (bf16 under autocast), and
+    __slots__ = ("grads",)
+
+    def __init__(self) -> None:
+        self.grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None
+
+    def add_to(self, grad: torch.Tensor | None) -> torch.Tensor | None:
+        """The tensor hook on the map: its gradient plus that of its moments."""
+        pending, self.grads = self.grads, None
+        if pending is None:
+            return grad
+        x, g_mean, g_sq, axis = pending
+        if grad is None:  # nothing else of the loss depends on the map (a hook cannot turn None into a gradient)
+            torch.autograd.backward(x, moments_backward(x, g_mean, g_sq, axis=axis), retain_graph=True)
+            return None
+        return moments_backward(x, g_mean, g_sq, axis=axis, grad=grad)
+
+
+class _Moments(torch.autograd.Function):
+    """Per-image, per-channel E[x] and E[x^2] over positions, in float32: one pass forward, one pass backward.
+
+    Both passes are ``sowmeta.feature_moments``' (a compiled kernel for large maps, eager ops
+    otherwise). The backward is d/dx = (g_mean + 2 x g_sq) / n, one multiply-add per element;
+    with ``pending`` (compiled kernels) it is not returned but added, by a hook on ``x``, to the
+    gradient that reaches ``x`` through its layer, so the map is read once more instead of its
+    two gradients being written and summed. ``x`` is saved as it is (bf16 under autocast), and
     the tapped layer keeps it for its own backward anyway, so saving it costs nothing.
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, last: bool) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, axis: int, pending: _PendingGrad | None) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         ctx.save_for_backward(x)
-        ctx.last = last  # type: ignore[attr-defined]
-        flat = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        dim = 1 if last else 2
-        if flat.is_cuda:
-            var, mean = torch.var_mean(flat, dim=dim, correction=0)
-            return mean, var + mean * mean
-        n = flat.shape[dim]
-        if last:
-            return flat.sum(1) / n, torch.einsum("bpc,bpc->bc", flat, flat) / n
-        rows = flat.reshape(-1, 1, n)
-        sq = torch.bmm(rows, rows.transpose(1, 2)).view(flat.shape[:2]) / n
-        return flat.sum(-1) / n, sq
+        ctx.axis, ctx.pending = axis, pending  # type: ignore[attr-defined]
+        rows, last = rows_view(x, axis)
+        return mean_and_square(rows, last=last)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, g_mean: torch.Tensor, g_sq: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, g_mean: torch.Tensor, g_sq: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        last = ctx.last  # type: ignore[attr-defined]
-        n = x.shape[1] if last else x.shape[2]
-        shape = (g_mean.shape[0], 1, g_mean.shape[1]) if last else (*g_mean.shape, 1)
-        return torch.addcmul((g_mean / n).view(shape), x, (g_sq * (2.0 / n)).view(shape)).to(x.dtype), None
+        axis, pending = ctx.axis, ctx.pending  # type: ignore[attr-defined]
+        if pending is not None:
+            pending.grads = (x, g_mean, g_sq, axis)
+            return None, None, None
+        return moments_backward(x, g_mean, g_sq, axis=axis), None, None
 
 
 def per_image_moments(x: torch.Tensor, axis: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,17 +118,18 @@ def per_image_moments(x: torch.Tensor, axis: int = 1) -> tuple[torch.Tensor, tor
 
     Reduced immediately inside the forward hook so no feature map is kept beyond autograd's
     own needs; computed in float32 even under autocast. Axis 1 (NCHW, [B, C]) and the last axis
-    ([B, L, D] tokens, channels-last maps) are read in place; another axis is moved first.
+    ([B, L, D] tokens, channels-last maps) are read in place (a channels-last NCHW map as
+    [B, H*W, C]); another axis is moved first.
     """
     if x.dim() == 2:
         x = x if x.dtype in (torch.float32, torch.float64) else x.float()
         return x, x * x
     axis = axis % x.dim()
-    if axis == 1:
-        return _Moments.apply(x.flatten(2), False)
-    if axis != x.dim() - 1:
-        x = x.movedim(axis, -1)
-    return _Moments.apply(x.reshape(x.shape[0], -1, x.shape[-1]), True)
+    if x.requires_grad and torch.is_grad_enabled() and kernel_wanted(x):
+        pending = _PendingGrad()
+        x.register_hook(pending.add_to)
+        return _Moments.apply(x, axis, pending)
+    return _Moments.apply(x, axis, None)
 
 
 def group_moments(
