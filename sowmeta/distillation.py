@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,9 +127,9 @@ def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _dataset(path: Path, crop: int, resize: int | None) -> Dataset:
-    """The images of ``path`` fitted to ``crop``: decoded once into memory when they fit in ``_IN_MEMORY_BYTES``, else streamed."""
-    streamed = SynthDataset(path, transform=functools.partial(fit_square, size=crop, resize=resize))
+def _dataset(path: Path, crop: int, resize: int | None, labels: Sequence[str] | None = None) -> Dataset:
+    """The images of ``path`` fitted to ``crop`` (folders matched to ``labels`` by name): in memory when they fit in ``_IN_MEMORY_BYTES``, else streamed."""
+    streamed = SynthDataset(path, transform=functools.partial(fit_square, size=crop, resize=resize), names=labels)
     if len(streamed) * 3 * crop * crop > _IN_MEMORY_BYTES:
         return streamed
     if streamed.info.kind == "hdf5":
@@ -248,7 +248,9 @@ def distill(
         raise DataError(f"test folder {test} is not a directory; pass real images as <dir>/<class>/<image>")
     if workers < 0:
         raise ConfigError(f"workers must be 0 or more, not {workers}")
-    info, test_info = read_info(data), read_info(test)
+    labels = list(teacher.labels) if teacher.labels else None
+    info = read_info(data, names=labels if data.is_dir() else None)
+    test_info = read_info(test, names=labels)
     for what, i in (("data", info), ("test folder", test_info)):
         if len(i.per_class) > teacher.num_classes:
             raise DataError(f"{what} {i.path} has {len(i.per_class)} classes but the teacher predicts {teacher.num_classes}")
@@ -291,12 +293,13 @@ def _train(
     progress: Callable[[DistillProgress], None] | None,
 ) -> DistillResult:
     prep = teacher.preprocessing
+    labels = list(teacher.labels) if teacher.labels else None
     t_module = teacher.module.to(device).eval()
     s_module = pupil.module.to(device)
     optimizer = torch.optim.SGD(s_module.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp == "fp16")
-    test_set = _dataset(test, prep.crop, prep.resize)
+    test_set = _dataset(test, prep.crop, prep.resize, labels)
     test_workers = workers if isinstance(test_set, SynthDataset) else 0  # in memory: nothing left to decode
     score = functools.partial(run_model, batch_size=max(256, config.batch_size), device=device, workers=test_workers)
 
@@ -318,7 +321,7 @@ def _train(
         out_t = score(teacher, test_set)
         teacher_acc = top1_accuracy(out_t.logits, out_t.labels)
 
-    train_set = _dataset(data, prep.crop, prep.resize)
+    train_set = _dataset(data, prep.crop, prep.resize, labels if data.is_dir() else None)
     n = len(train_set)  # type: ignore[arg-type]
     batches = math.ceil(n / config.batch_size)
     for epoch in range(start_epoch, config.epochs):

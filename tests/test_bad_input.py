@@ -600,3 +600,12 @@ def test_fuzzed_bundles_never_crash_and_never_pass_with_wrong_numbers(bundle_dir
             assert b.manifest.digest == good.manifest.digest or b.manifest.format_version == "1.0"
         shutil.rmtree(work)
     assert refused > 50
+
+
+def test_a_model_passed_where_the_bundle_goes_is_named(tmp_path: Path):
+    """synthesize(model, bundle) by mistake: one line saying what a bundle is, not an OSError about a long file name."""
+    from sowmeta.errors import ConfigError
+    from sowmeta.registry.resolve import locate_bundle
+
+    with pytest.raises(ConfigError, match="not a Tiny.*bundle first"):
+        locate_bundle(type("Tiny", (), {})())  # type: ignore[arg-type]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 
@@ -36,3 +38,12 @@ def test_model_weights_pair_is_spelled_the_same_everywhere():
     for name in ("collect", "validate", "taps", "synthesize", "evaluate", "distill"):
         opts = {o for p in main.commands[name].params for o in getattr(p, "opts", [])}
         assert {"--model", "--weights"} <= opts, name
+
+
+def test_readme_links_render_on_a_package_index_page():
+    """PyPI shows README.md without the repository: every image and document link must be absolute."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links, "the README links nothing"
+    relative = [link for link in links if not link.startswith(("https://", "http://", "#"))]
+    assert not relative, f"relative links in README.md: {relative}"

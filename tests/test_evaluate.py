@@ -310,3 +310,22 @@ def test_known_accuracy_on_the_lossless_test_images(tmp_path: Path, depth: int, 
     report = evaluate(tmp_path / "test", [model], batch_size=128)
     assert report.images == 846
     assert report.accuracy[0].top1 == pytest.approx(known, abs=6e-4)  # the README rounds to 0.1 %: one image either way fails
+
+
+def test_class_folders_are_matched_to_the_models_labels_by_name(tmp_path: Path):
+    """A folder with only cat/ and dog/ is scored as cat and dog, wherever they sort, in evaluate and its reference."""
+    model = tiny()
+    model.labels = ["plane", "car", "cat", "dog"]
+    rng = np.random.default_rng(0)
+    for root in (tmp_path / "data", tmp_path / "real"):
+        for name in ("dog", "cat"):
+            (root / name).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    report = evaluate(tmp_path / "data", [model], reference=tmp_path / "real", batch_size=3, kid_subsets=5)
+    assert report.classes == ["plane", "car", "cat", "dog"] and report.counts == [0, 0, 4, 4]
+    images = np.stack([np.asarray(Image.open(tmp_path / "data" / n / f"{i}.png")) for n in ("cat", "dog") for i in range(4)])
+    pred = manual_logits(model, images).argmax(1)
+    truth = torch.tensor([2] * 4 + [3] * 4)
+    assert report.accuracy[0].top1 == pytest.approx((pred == truth).double().mean().item(), abs=1e-12)
+    assert report.accuracy[0].per_class[3] == pytest.approx((pred[4:] == 3).double().mean().item(), abs=1e-12)

@@ -31,6 +31,8 @@ def locate_bundle(ref: str | Path, *, registry: str | Path | None = None, revisi
     For a directory, ``name`` is the directory, ``revision`` and ``commit`` are empty and
     ``backend`` is ``"directory"``.
     """
+    if not isinstance(ref, (str, Path)):
+        raise ConfigError(f"a bundle is a directory or a registry name ORG/NAME[@REV], not a {type(ref).__name__}; pass the bundle first, then the model")
     text = str(ref)
     if Path(text).is_dir():
         if revision is not None:
