@@ -75,3 +75,24 @@ def test_training_collector_without_the_class_token_equals_a_float64_recomputati
             torch.testing.assert_close(bundle.stats[name].var[k].double(), mine.var(0, correction=0), rtol=1e-4, atol=1e-6)
     assert all(t.axis == -1 and t.prefix_tokens == 1 and t.channels == 96 for t in bundle.manifest.taps)
     assert bundle.counts.tolist() == [4, 0, 0, 5, 0, 0, 0, 0, 0, 3]  # images, not tokens
+
+
+def test_the_benchmark_script_names_valid_probes_and_a_valid_chosen_setting(monkeypatch):
+    """benchmarks/vit_cifar.py: every named probe and the chosen synthesis setting build a SynthConfig."""
+    import importlib
+    import sys
+
+    from sowmeta.synth import SynthConfig
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "vit_cifar", raising=False)
+    script = importlib.import_module("vit_cifar")
+    for name in script.PROBES:
+        probe_name, variant, overrides = script.parse_probe(name)
+        assert probe_name == name and variant in script.VARIANTS
+        SynthConfig.cifar(**{**script.PROBE_BASE, **overrides})
+    chosen = SynthConfig.cifar(**script.CHOSEN)
+    assert chosen.zoom > 0 and chosen.color_shift > 0 and chosen.param == "pixel"
+    args = script.parse(["--stages", "push,synth,eval", "--per-class", "4"])
+    assert args.stages == ["push", "synth", "eval"] and f"{args.taps}-cls-{args.class_token}" in script.VARIANTS
+    assert script.parse_probe('x:ln-inputs-cls-in:{"zoom": 0.1}') == ("x", "ln-inputs-cls-in", {"zoom": 0.1})

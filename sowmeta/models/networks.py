@@ -150,8 +150,9 @@ class CifarViT(nn.Module):
     transformer blocks (LayerNorm, multi-head attention, LayerNorm, GELU MLP), a final LayerNorm
     over all tokens and a linear head on the class token. Every LayerNorm input is an [N, 65, D]
     token sequence (taps ``ln-inputs``/``auto``; ``prefix_tokens=1`` leaves the class token out).
-    The default size (width 96, depth 6, 3 heads, MLP ratio 2: 0.46 M parameters) trains ten
-    epochs of CIFAR-10 on one busy CPU core in about an hour (benchmarks/vit_cifar.py).
+    The default size (width 96, depth 6, 3 heads, MLP ratio 2: 0.46 M parameters) trains eight
+    epochs of CIFAR-10 on one busy CPU core in about an hour, to 64 % JPEG test top-1
+    (benchmarks/vit_cifar.py; docs/results.md, section 6).
     """
 
     def __init__(
