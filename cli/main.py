@@ -21,8 +21,9 @@ from sowmeta.version import __version__
 
 __all__ = ["main", "console", "err_console", "handle_errors", "error_line"]
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a message is one line however narrow the terminal (or 80 columns when piped), so logs can be grepped
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
