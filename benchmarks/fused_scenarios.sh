@@ -9,7 +9,8 @@
 #
 # Seeds are training images the (fused) teacher classifies correctly: the first 50 of each class
 # for B, the first one for C. Sizes: PER_CLASS images per class (16) at the cifar preset's
-# iterations (ITERATIONS to change them). Every step is skipped when its output exists.
+# iterations (ITERATIONS to change them); SYNTH_ARGS adds options to `sowmeta synthesize` (e.g.
+# "--mixed --batch-size 20" for small CPU runs). Every step is skipped when its output exists.
 set -euo pipefail
 
 : "${SHARED:?set SHARED to the shared data folder (models/cifar10, data/cifar10)}"
@@ -18,6 +19,7 @@ DATA=${DATA:-.work/cifar10}            # extracted train/ and test/ (python -m z
 VGG=${VGG:-.work/judges/cifar-vgg.safetensors}
 PER_CLASS=${PER_CLASS:-16}
 ITERATIONS=${ITERATIONS:-}
+read -r -a EXTRA <<<"${SYNTH_ARGS:-}"
 SOWMETA=${SOWMETA:-sowmeta}
 PYTHON=${PYTHON:-python}
 W56="$SHARED/models/cifar10/resnet56.safetensors"
@@ -86,7 +88,7 @@ for s in b c; do
     name="fused-$s"
     if [[ ! -e "$OUT/synth/$name.h5" ]]; then
         log "synthesize $name"
-        "$SOWMETA" synthesize --bundle "$OUT/bundles/c56-fused-$s" --weights "$W56" --mode cc --per-class "$PER_CLASS" "${ITER[@]}" \
+        "$SOWMETA" synthesize --bundle "$OUT/bundles/c56-fused-$s" --weights "$W56" --mode cc --per-class "$PER_CLASS" "${ITER[@]}" "${EXTRA[@]}" \
             --seed 0 --out "$OUT/synth/$name.h5" -q
     fi
     for judge in "cifar-resnet20 $W20" "cifar-vgg $VGG"; do
@@ -111,6 +113,12 @@ from sowmeta.synth.export import readable_scale, save_png, sheet
 from sowmeta.synthdata import load_images
 
 out = Path(sys.argv[1])
+
+
+def num(value, spec):  # KID and diversity need two images of a class: None below that
+    return "n/a" if value is None else format(value, spec)
+
+
 print("| scenario | seeds per class | images | teacher (fused) top-1 | cifar-resnet20 top-1 (real) | cifar-vgg top-1 (real) "
       "| per-class KID, vgg features (real floor) | diversity, vgg (real) |")
 print("|---|---|---|---|---|---|---|---|")
@@ -131,7 +139,7 @@ for s, seeds in (("b", 50), ("c", 1)):
     a20, av = r20["accuracy"][0], vgg["accuracy"][0]
     c, d = vgg["class_distances"], vgg["diversity"]
     print(f"| {s.upper()} | {seeds} | {vgg['images']} | {teacher:.1%} | {a20['top1']:.1%} ({a20['real_top1']:.1%}) | {av['top1']:.1%} ({av['real_top1']:.1%}) "
-          f"| {c['mean_kid']:.4f} ({c['mean_kid_real']:.4f}) | {d['mean']:.3f} ({d['reference_mean']:.3f}) |")
+          f"| {num(c['mean_kid'], '.4f')} ({num(c['mean_kid_real'], '.4f')}) | {num(d['mean'], '.3f')} ({num(d['reference_mean'], '.3f')}) |")
 print()
 print("di on the fused network: " + (out / "di-error.txt").read_text().strip())
 EOF

@@ -39,8 +39,8 @@ def register(group: click.Group) -> None:
                   help="Leading positions of token-sequence taps left out of the statistics (a ViT's class token: 1).")
     @click.option("--fuse", is_flag=True, help="Fold BatchNorm into convolutions first (inference-optimized model).")
     @click.option("--keep-rejected", is_flag=True, help="Keep seeds the model misclassifies.")
-    @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
-    @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Processes decoding images (0: in this process).")
+    @click.option("--batch-size", default=None, type=click.IntRange(1), help="Images per forward pass (default: sized for the input and device, e.g. 256 for 32 px on a CPU).")
+    @click.option("--workers", default=None, type=click.IntRange(0), help="Processes decoding images (0: in this process; default: chosen for the cores there are, none on 2 cores).")
     @device_option
     @click.option("--limit-per-class", type=click.IntRange(1), help="Use only the first N images (by file name) of each class.")
     @click.option("--labels-by-position", is_flag=True, help="Map class folders to classes by sorted order even when their names are not the model's labels.")

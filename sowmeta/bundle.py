@@ -235,7 +235,8 @@ class Bundle:
         if bad:
             raise ConfigError(f"class {bad[0]} does not exist in this bundle (classes 0..{k - 1})")
         names = manifest.tap_names if taps is None else list(taps)
-        unknown = [t for t in names if t not in manifest.tap_names]
+        known = set(manifest.tap_names)
+        unknown = [t for t in names if t not in known]
         if unknown:
             raise ConfigError(f"tap {unknown[0]!r} is not in this bundle; its taps: {', '.join(manifest.tap_names[:5])}...")
         counts, stats = read_stats(path, manifest, wanted, names)

@@ -1,13 +1,16 @@
 """A bundle's safetensors files: writing them in shards, verifying them, and reading rows without trusting them.
 
 Reading opens each file once (handles closed on return), checks every tensor's dtype and shape
-against the manifest *before* reading it, reads only the rows asked for, and checks the values
+against the manifest *before* reading it, reads only the rows asked for (``pread`` of their byte
+ranges, docs/format.md: memory and time grow with the classes read), and checks the values
 it read (finite means, non-negative variances and counts). Every failure is a ``BundleError``
 naming the file, the tap and the class.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
 import os
@@ -16,8 +19,6 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 import torch
 
 from .atomic import sha256_file
@@ -144,44 +145,112 @@ def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
+# A safetensors file: 8 bytes (little-endian header length n), n bytes of JSON, then the tensors' bytes.
+_ELEMENT = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "I64": (torch.int64, 8)}
+_MAX_HEADER = 100_000_000  # safetensors' own limit
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """Where one tensor lies in its file, as its header says (absolute byte offsets)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def _read_at(f: io.FileIO, offset: int, into: memoryview) -> None:
+    """Fill ``into`` with the file's bytes from ``offset`` on; ``ValueError`` when the file ends first."""
+    f.seek(offset)
+    done = 0
+    while done < len(into):
+        got = f.readinto(into[done:])
+        if not got:
+            raise ValueError(f"the file ends before byte {offset + len(into)}")
+        done += got
+
+
+def _read_header(f: io.FileIO, size: int) -> dict[str, _Entry]:
+    """The tensor table of an open safetensors file; ``ValueError`` when it does not fit the file."""
+    head = bytearray(8)
+    _read_at(f, 0, memoryview(head))
+    n = int.from_bytes(head, "little")
+    if n > min(size - 8, _MAX_HEADER):
+        raise ValueError(f"header of {n} bytes in a file of {size}")
+    text = bytearray(n)
+    _read_at(f, 8, memoryview(text))
+    table = json.loads(text)
+    if not isinstance(table, dict):
+        raise ValueError("the header is not a JSON object")
+    entries = {}
+    for key, info in table.items():
+        if key == "__metadata__":
+            continue
+        start, end = (int(v) for v in info["data_offsets"])
+        if not 0 <= start <= end or 8 + n + end > size:
+            raise ValueError(f"{key!r} lies outside the file")
+        entries[key] = _Entry(str(info["dtype"]), tuple(int(d) for d in info["shape"]), 8 + n + start, 8 + n + end)
+    return entries
+
+
 class _Reader:
-    """Open files on demand (closed by the caller's ExitStack) and read checked tensors and row slices."""
+    """Read checked tensors and row ranges by offset (no memory map): a read costs the bytes it returns, no more.
+
+    Files are opened on demand (closed by the caller's ExitStack) and their headers parsed once;
+    every tensor's dtype, shape and byte length are checked against the manifest before it is read.
+    """
 
     def __init__(self, path: Path, manifest: Manifest, stack: ExitStack) -> None:
         self.path = path
-        self.manifest = manifest
         self.stack = stack
         self.where = {t: f.name for f in manifest.files for t in f.tensors}
-        self.handles: dict[str, Any] = {}
+        self.files: dict[str, tuple[io.FileIO, dict[str, _Entry]]] = {}
 
-    def _slice(self, key: str, shape: tuple[int, ...], dtype: str) -> Any:
-        from safetensors import safe_open
-
+    def _entry(self, key: str, shape: tuple[int, ...], dtype: str) -> tuple[io.FileIO, _Entry]:
         fname = self.where[key]
-        fp = self.path / fname
-        if fname not in self.handles:
-            self.handles[fname] = self.stack.enter_context(safe_open(str(fp), framework="pt"))
-        sl = self.handles[fname].get_slice(key)
-        if tuple(sl.get_shape()) != shape or sl.get_dtype() != dtype:
+        if fname not in self.files:
+            f = self.stack.enter_context(open(self.path / fname, "rb", buffering=0))
+            self.files[fname] = (f, _read_header(f, os.fstat(f.fileno()).st_size))
+        f, table = self.files[fname]
+        entry = table.get(key)
+        if entry is None:
+            fp = self.path / fname
+            raise CorruptBundleError(f"{fp} has no tensor {key!r}, the manifest lists it there; the file is corrupt", path=str(fp))
+        if entry.shape != shape or entry.dtype != dtype:
+            fp = self.path / fname
             raise CorruptBundleError(
-                f"{fp}: {key!r} is {sl.get_dtype()} {list(sl.get_shape())}, the manifest says {dtype} {list(shape)}; the file is corrupt",
+                f"{fp}: {key!r} is {entry.dtype} {list(entry.shape)}, the manifest says {dtype} {list(shape)}; the file is corrupt",
                 path=str(fp),
             )
-        return sl
+        if entry.end - entry.start != math.prod(shape) * _ELEMENT[dtype][1]:
+            raise ValueError(f"{key!r} holds {entry.end - entry.start} bytes, not {list(shape)} x {dtype}")
+        return f, entry
 
-    def read(self, key: str, shape: tuple[int, ...], dtype: str, runs: list[tuple[int, int]] | None) -> torch.Tensor:
-        fp = self.path / self.where[key]
+    def read_into(self, into: memoryview, key: str, shape: tuple[int, ...], dtype: str, runs: list[tuple[int, int]] | None) -> None:
+        """Fill ``into`` (exactly as many bytes) with the tensor ``key``, or with its rows ``runs`` ([start, stop), in order)."""
         try:
-            sl = self._slice(key, shape, dtype)
-            if runs is None:
-                return sl[:]
-            return sl[runs[0][0] : runs[0][1]] if len(runs) == 1 else torch.cat([sl[a:b] for a, b in runs])
+            f, entry = self._entry(key, shape, dtype)
+            row = math.prod(shape[1:]) * _ELEMENT[dtype][1]
+            at = 0
+            for a, b in [(0, shape[0])] if runs is None else runs:
+                want = (b - a) * row
+                _read_at(f, entry.start + a * row, into[at : at + want])
+                at += want
+            if at != len(into):
+                raise ValueError(f"{key!r}: {at} bytes asked into a buffer of {len(into)}")
         except CorruptBundleError:
             raise
-        except Exception as exc:  # noqa: BLE001  (safetensors, OS and torch errors all mean a damaged file)
+        except Exception as exc:  # noqa: BLE001  (OS, JSON and torch errors all mean a damaged file)
+            fp = self.path / self.where[key]
             raise CorruptBundleError(
                 f"{fp}: cannot read {key!r} ({type(exc).__name__}); the file is truncated or corrupt, fetch it again", path=str(fp)
             ) from exc
+
+
+def _bytes_of(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous tensor, writable in place."""
+    return memoryview(t.view(-1).view(torch.uint8).numpy())
 
 
 def _in_range(values: torch.Tensor, low: float) -> bool:
@@ -226,22 +295,46 @@ def read_stats(
         return rows if gather is None else rows[gather]
 
     dt = _HEADER_DTYPES[manifest.dtype]
+    stored = STORED_DTYPES[manifest.dtype]
     channels = {t.name: t.channels for t in manifest.taps}
+    n = len(order)
+    # Every tap's rows go into one block per kind, read in place and checked with one pass per
+    # block: a load's cost is the bytes it reads plus a few operations, not a few per tap.
+    width = sum(channels[name] for name in taps)
+    rows_of = {"mean": n, "var": n, "global_mean": 1, "global_var": 1}
+    blocks = {what: torch.empty(r * width, dtype=stored) for what, r in rows_of.items()}
     with ExitStack() as stack:
         reader = _Reader(path, manifest, stack)
-        counts = pick(reader.read("counts", (k,), "I64", runs))
+        counts = torch.empty(n, dtype=torch.int64)
+        reader.read_into(_bytes_of(counts), "counts", (k,), "I64", runs)
+        counts = pick(counts)
         if bool((counts < 0).any()):
             r = int(torch.nonzero(counts < 0)[0])
             raise CorruptBundleError(f"{path}: class {classes[r]} has a negative image count; the bundle is damaged", path=str(path))
-        stats: dict[str, TapStats] = {}
+        raw = {what: _bytes_of(block) for what, block in blocks.items()}
+        item = stored.itemsize
+        at = 0
         for name in taps:
             c = channels[name]
-            s = TapStats(
-                pick(reader.read(f"{name}/mean", (k, c), dt, runs)).float(),
-                pick(reader.read(f"{name}/var", (k, c), dt, runs)).float(),
-                reader.read(f"{name}/global_mean", (c,), dt, None).float(),
-                reader.read(f"{name}/global_var", (c,), dt, None).float(),
-            )
-            _check_values(path, name, s, classes)
-            stats[name] = s
+            for what, r in rows_of.items():
+                span = raw[what][at * r * item : (at + c) * r * item]
+                per_class = what in ("mean", "var")
+                reader.read_into(span, f"{name}/{what}", (k, c) if per_class else (c,), dt, runs if per_class else None)
+            at += c
+    values = {what: block.float() for what, block in blocks.items()}
+    stats: dict[str, TapStats] = {}
+    at = 0
+    for name in taps:
+        c = channels[name]
+        stats[name] = TapStats(
+            pick(values["mean"][at * n : (at + c) * n].view(n, c)),
+            pick(values["var"][at * n : (at + c) * n].view(n, c)),
+            values["global_mean"][at : at + c],
+            values["global_var"][at : at + c],
+        )
+        at += c
+    lows = {"mean": -math.inf, "var": 0.0, "global_mean": -math.inf, "global_var": 0.0}
+    if not all(_in_range(values[what], low) for what, low in lows.items()):
+        for name in taps:  # name the first bad value
+            _check_values(path, name, stats[name], classes)
     return counts, stats

@@ -252,8 +252,8 @@ def collect(
     *,
     taps: str | Sequence[str] = "auto",
     fuse: bool = False,
-    batch_size: int = 64,
-    workers: int = 0,
+    batch_size: int | None = None,
+    workers: int | None = None,
     device: str | torch.device = "cpu",
     limit_per_class: int | None = None,
     strict: bool = False,
@@ -277,6 +277,8 @@ def collect(
             WordNet ids; a subset of the classes is fine (the others get no statistics).
         taps: ``auto``, ``bn-inputs``, ``conv-outputs`` or module names/globs.
         fuse: fold BatchNorm into the convolutions first (inference-optimized model).
+        batch_size, workers: images per forward pass and decoding processes for a folder; None
+            (default): ``sowmeta.data.plan_loader``'s choice for the cores and device there are.
         limit_per_class: use only the first N images (by file name) of each class.
         strict: fail on the first undecodable image instead of skipping and counting it.
         labels_by_position: map folders to classes by sorted order even when their names mean nothing.

@@ -90,3 +90,15 @@ def test_decoding_in_the_main_process_matches_the_workers(tmp_path: Path, prep: 
     else:
         levels = ((images - reference) * torch.tensor(prep.std).view(1, 3, 1, 1) * 255).abs()
         assert float(levels.max()) <= 2.01 and float(levels.mean()) < 0.3
+
+
+def test_folder_loader_with_a_worker_gives_the_transforms_tensors(tmp_path: Path):
+    """The loader as collect runs it (a decoding process, batches of 4): the same tensors as ``Preprocessing.transform()``, in order."""
+    prep = Preprocessing(crop=10, resize=14)
+    samples = scan_image_folder(_mixed_folder(tmp_path / "data")).samples
+    plan = plan_loader(prep.crop, "cpu", batch_size=4, workers=1)
+    batches = list(folder_loader(samples, prep, plan))
+    assert [len(y) for _, y, _ in batches] == [4, 4, 4, 1] and all(bad == [] for _, _, bad in batches)
+    expected = torch.stack([prep.transform()(read_image(p)) for p, _ in samples])
+    assert torch.equal(torch.cat([x for x, _, _ in batches]), expected)
+    assert torch.cat([y for _, y, _ in batches]).tolist() == [y for _, y in samples]
