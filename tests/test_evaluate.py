@@ -198,9 +198,9 @@ def test_cached_inception_v3_computes_the_feature_scores(tmp_path: Path):
     real = write_image_folder(tmp_path / "real", classes=2, per_class=2, size=32)
     m = tiny()
     report = evaluate(h5, [m], reference=real, kid_subsets=2, batch_size=4)
-    assert report.feature_network == "inception_v3=IMAGENET1K_V1"
-    assert report.distances is not None and report.distances.network == "inception_v3=IMAGENET1K_V1"
-    assert report.diversity is not None and report.diversity.network == "inception_v3=IMAGENET1K_V1"
+    assert report.feature_network == "inception_v3 (IMAGENET1K_V1)"
+    assert report.distances is not None and report.distances.network == "inception_v3 (IMAGENET1K_V1)"
+    assert report.diversity is not None and report.diversity.network == "inception_v3 (IMAGENET1K_V1)"
     assert report.inception_score is not None and report.inception_score.network == network_name(m)
     assert report.accuracy[0].network == network_name(m) and report.distances.frechet > 0
 
