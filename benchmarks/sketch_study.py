@@ -165,7 +165,7 @@ def main() -> None:
         grid_rows.append(row)
     cols = []
     for n in range(show):
-        cols += ([("", 1)] if n else []) + [("sketch", 1), ("photo", 1), ("photo stats", 1), ("sketch stats", 1), ("noise init", 1)]
+        cols += ([("", 1)] if n else []) + [("sketch", 1), ("photo", 1), ("ph.stats", 1), ("sk.stats", 1), ("noise", 1)]
     save_png(sheet(grid_rows, row_labels=list(CIFAR10_LABELS), col_labels=cols, scale=readable_scale(32, 64)), out / "pairs.png")
 
     # the steps (paper Fig. 6b): the first sketch of each class through the run, photo statistics
