@@ -101,6 +101,9 @@ class _Kernels:
     def get(self, name: str, fn: Callable[..., object]) -> Callable[..., object]:
         kernel = self._compiled.get(name)
         if kernel is None:
+            quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found": noise on a CPU-only machine
+            if quiet.level == logging.NOTSET:
+                quiet.setLevel(logging.ERROR)
             kernel = self._compiled[name] = torch.compile(fn, dynamic=True)
         return kernel
 
