@@ -73,7 +73,8 @@ def scan_image_folder(root: str | Path) -> ImageFolderIndex:
     """Index ``root/<class>/<image>``; raise ``DataError`` when the layout is not class-per-folder."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist; pass a folder with one subfolder per class")
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise DataError(f"data folder {root} {what}; pass a folder with one subfolder per class")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     if not subdirs:

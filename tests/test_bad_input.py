@@ -609,3 +609,16 @@ def test_a_model_passed_where_the_bundle_goes_is_named(tmp_path: Path):
 
     with pytest.raises(ConfigError, match="not a Tiny.*bundle first"):
         locate_bundle(type("Tiny", (), {})())  # type: ignore[arg-type]
+
+
+def test_data_that_is_a_file_is_called_a_file_not_missing(tmp_path: Path):
+    """--data /dev/null (or any file): 'is not a directory', not 'does not exist'."""
+    from sowmeta.data import scan_image_folder
+    from sowmeta.errors import DataError
+
+    f = tmp_path / "train.zip"
+    f.write_bytes(b"PK")
+    with pytest.raises(DataError, match="train.zip is not a directory; pass a folder"):
+        scan_image_folder(f)
+    with pytest.raises(DataError, match="nowhere does not exist"):
+        scan_image_folder(tmp_path / "nowhere")
