@@ -249,7 +249,7 @@ def distill(
     if workers < 0:
         raise ConfigError(f"workers must be 0 or more, not {workers}")
     labels = list(teacher.labels) if teacher.labels else None
-    info = read_info(data, names=labels if data.is_dir() else None)
+    info = read_info(data, names=labels)
     test_info = read_info(test, names=labels)
     for what, i in (("data", info), ("test folder", test_info)):
         if len(i.per_class) > teacher.num_classes:
@@ -276,7 +276,7 @@ def distill(
         torch.manual_seed(config.seed)
         pupil = load_model(student, weights="none", num_classes=teacher.num_classes, preprocessing=prep)
         _prepare_out(out, overwrite=overwrite)
-        return _train(data, teacher, pupil, test, out, config, run, resume, dev, workers, progress)
+        return _train(data, teacher, pupil, test, out, config, run, resume, dev, workers, progress, labels)
 
 
 def _train(
@@ -291,9 +291,9 @@ def _train(
     device: torch.device,
     workers: int,
     progress: Callable[[DistillProgress], None] | None,
+    labels: list[str] | None,
 ) -> DistillResult:
     prep = teacher.preprocessing
-    labels = list(teacher.labels) if teacher.labels else None
     t_module = teacher.module.to(device).eval()
     s_module = pupil.module.to(device)
     optimizer = torch.optim.SGD(s_module.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -321,7 +321,7 @@ def _train(
         out_t = score(teacher, test_set)
         teacher_acc = top1_accuracy(out_t.logits, out_t.labels)
 
-    train_set = _dataset(data, prep.crop, prep.resize, labels if data.is_dir() else None)
+    train_set = _dataset(data, prep.crop, prep.resize, labels)
     n = len(train_set)  # type: ignore[arg-type]
     batches = math.ceil(n / config.batch_size)
     for epoch in range(start_epoch, config.epochs):

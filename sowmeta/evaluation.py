@@ -200,10 +200,8 @@ def _resolve_classes(chosen: Sequence[int | str] | None, names: list[str], info:
     return sorted(set(out))
 
 
-def _folder_labels(path: Path, models: Sequence[LoadedModel]) -> list[str] | None:
-    """The models' class labels when ``path`` is a class-per-folder directory (its folders are then matched by name), else None."""
-    if not path.is_dir():
-        return None
+def _model_labels(models: Sequence[LoadedModel]) -> list[str] | None:
+    """The first model's class labels that exist: class folders are matched to them by name (an HDF5 file carries its own)."""
     return next((list(m.labels) for m in models if m.labels), None)
 
 
@@ -287,7 +285,7 @@ def evaluate(
         raise ConfigError(f"sheet_size must be at least 1, not {sheet_size}")
     models = list(models)
     feat = feature_model if feature_model is not None else default_feature_model(models)
-    labels = _folder_labels(path, models)
+    labels = _model_labels(models)
     info = read_info(path, names=labels)
     names = _class_names(info, models)
     keep = _resolve_classes(classes, names, info)
@@ -331,8 +329,7 @@ def evaluate(
         ref_path = Path(reference)
         if not ref_path.is_dir():
             raise DataError(f"reference {ref_path} is not a directory; pass a class-per-folder folder of real images")
-        ref_labels = _folder_labels(ref_path, models)
-        ref_info = read_info(ref_path, names=ref_labels)
+        ref_info = read_info(ref_path, names=labels)
         _check_names(f"reference {ref_path}", names, ref_info.classes, keep)
         ref_keep = [k for k in keep if k < len(ref_info.per_class)]
         missing = [names[k] for k in keep if k >= len(ref_info.per_class) or ref_info.per_class[k] == 0]
@@ -341,7 +338,7 @@ def evaluate(
         if not any(ref_info.per_class[k] for k in ref_keep):
             raise DataError(f"reference {ref_path} has no images of the evaluated classes; pass real images of the same classes")
         ref_subset = None if ref_keep == list(range(len(ref_info.per_class))) else ref_keep
-        ref = run(feat, _view(ref_path, feat, ref_subset, ref_labels), features=True, progress=stage(f"reference: {network_name(feat)}"))
+        ref = run(feat, _view(ref_path, feat, ref_subset, labels), features=True, progress=stage(f"reference: {network_name(feat)}"))
         assert ref.features is not None
         fd = frechet_distance(ref.features, feat_out.features)
         kid_mean, kid_std, kid_size = kernel_distance(
@@ -354,7 +351,7 @@ def evaluate(
         ref_diversity = class_diversity(ref.features, ref.labels, num_classes=k_all, seed=seed)
         report.class_distances, held = _class_distances(feat_out, ref, counts, kid_subsets=kid_subsets, seed=seed)
         for i, (m, out) in enumerate(zip(models, outputs)):
-            real = ref if m is feat else run(m, Subset(_view(ref_path, m, ref_subset, ref_labels), held.tolist()), progress=stage(f"held-out real: {network_name(m)}"))
+            real = ref if m is feat else run(m, Subset(_view(ref_path, m, ref_subset, labels), held.tolist()), progress=stage(f"held-out real: {network_name(m)}"))
             logits, labels = (real.logits[held], real.labels[held]) if m is feat else (real.logits, real.labels)
             per = [top1_accuracy(logits[labels == k], labels[labels == k]) if bool((labels == k).any()) else None for k in range(k_all)]
             report.accuracy[i] = replace(report.accuracy[i], real_top1=top1_accuracy(logits, labels), real_per_class=per)

@@ -58,15 +58,11 @@ def rows_view(x: torch.Tensor, axis: int = 1) -> tuple[torch.Tensor, bool]:
 
 
 def _eager_forward(x: torch.Tensor, last: bool) -> Moments:
-    """Eager ops. CPU: a sum and a vector norm over positions (two reads, no temporary); CUDA: one Welford pass."""
+    """Eager ops: ``_fused_forward``'s, except channels-first on the CPU: a sum and a vector norm (two reads, no temporary)."""
+    if x.is_cuda or last:  # a norm across the strided position axis is slow; squaring into a temporary is not
+        return _fused_forward(x, last)
     flat = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    dim = 1 if last else 2
-    n = flat.shape[dim]
-    if flat.is_cuda:
-        var, mean = torch.var_mean(flat, dim=dim, correction=0)
-        return mean, var + mean * mean
-    if last:  # a norm across the strided position axis is slow; squaring into a temporary is not
-        return flat.sum(1) / n, (flat * flat).sum(1) / n
+    n = flat.shape[2]
     return flat.sum(2) / n, torch.linalg.vector_norm(flat, 2, dim=2).square_() / n
 
 
