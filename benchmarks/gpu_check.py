@@ -6,7 +6,7 @@ speed does not depend on the weights). Every figure is one ``RESULT`` line:
 
 * ``synth_seconds_per_image``: engine seconds per 224-px image at 2,000 iterations (bf16,
   channels_last, batch 128), from the steady-state time per iteration (``synth_speed.py``'s
-  engine loop over ``--iters`` and 2 x ``--iters`` iterations) times 2,000 / batch;
+  ``paired_loop``: the median iteration of batches of 2 x ``--iters`` iterations) times 2,000 / batch;
 * ``synth_engine_over_bare``: that iteration against a bare forward + backward (goal <= 1.10);
 * ``synth_speedup_vs_di_ref`` / ``synth_speedup_vs_di_frozen``: the DeepInversion-style loop of
   ``synth_speed.py`` (parameters trainable as in the public code / frozen) over the engine;

@@ -6,7 +6,9 @@ compared, so the ratios hold even on a busy machine:
 
 * bare: ``model(x)``, cross-entropy, ``backward()`` w.r.t. the input only (parameters frozen);
 * engine: ``sowmeta.synth.Inverter`` in cc mode, 10 classes mixed in the batch (the per-group path),
-  per iteration in the steady state (a batch's one-off set-up and final verdict pass excluded);
+  per iteration in the steady state (a batch's one-off set-up and final verdict pass excluded).
+  Engine iterations and bare steps alternate one by one (``paired_loop``: a bare step runs in the
+  engine's progress callback after every iteration), and the medians over every pair are compared;
 * DI reference: the loop of the public DeepInversion code, written here: hooks that compute the
   variance through ``permute/contiguous/view``, parameters left trainable, Adam on the input;
 * DI reference, frozen: the same loop with the parameters frozen, so that the speed-up is not
@@ -19,6 +21,7 @@ the line before it gives the worst speed-up against the frozen reference.
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import statistics
 import time
@@ -134,21 +137,40 @@ def di_reference_loop(
     return (time.perf_counter() - start) / iters
 
 
-def engine_loop(inverter: Inverter, x0: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, iters: int) -> float:
-    """Seconds per iteration in the steady state: (time of 2 x iters iterations - time of iters) / iters.
+def paired_loop(
+    inverter: Inverter, bare_module: nn.Module, x0: torch.Tensor, x_norm: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
+    iters: int, autocast: object,
+) -> tuple[list[float], list[float]]:
+    """Engine iterations and bare steps, alternated one by one: seconds of each, in the steady state.
 
-    A batch's one-off costs (optimizer and hooks set-up, the final pass for the teacher's verdict)
-    cancel out: a real run pays them once per 2,000 iterations, not once per ``iters``.
+    The engine runs one batch of ``iters`` iterations; its progress callback (called after every
+    iteration) times the iteration just done, then runs one bare step on ``bare_module`` (a copy of
+    the model without the engine's hooks) and times it. Each engine iteration thus has a bare step
+    beside it on the same machine state, which cancels the drift of a shared machine; the first
+    few pairs (the batch's set-up, a cold allocator) are dropped.
     """
-    seconds = []
-    for n in (iters, 2 * iters):
-        inverter.config = inverter.config.replace(iterations=n)
+    engine: list[float] = []
+    bare: list[float] = []
+    xb = x_norm.clone().requires_grad_(True)
+    last = [0.0]
+
+    def step(_info: object) -> None:
         _sync(x0.device)
+        engine.append(time.perf_counter() - last[0])
         start = time.perf_counter()
-        inverter.run(y, rows, x0, seed=0)
+        xb.grad = None
+        with autocast:  # type: ignore[attr-defined]
+            logits = bare_module(xb)
+        F.cross_entropy(logits.float(), y).backward()
         _sync(x0.device)
-        seconds.append(time.perf_counter() - start)
-    return (seconds[1] - seconds[0]) / iters
+        bare.append(time.perf_counter() - start)
+        last[0] = time.perf_counter()
+
+    inverter.config = inverter.config.replace(iterations=iters)
+    last[0] = time.perf_counter()
+    inverter.run(y, rows, x0, seed=0, progress=step, report_every=1)
+    skip = min(3, iters // 4)
+    return engine[skip:], bare[skip:]
 
 
 def run_case(case: Case, device: torch.device, iters: int, rounds: int) -> tuple[float, float, float, float]:
@@ -172,13 +194,15 @@ def run_case(case: Case, device: torch.device, iters: int, rounds: int) -> tuple
         x_norm = x_norm.contiguous(memory_format=torch.channels_last)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(case.amp)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None and device.type == "cuda" else nullcontext()
+    bare_module = copy.deepcopy(module).requires_grad_(False)
     bare_loop(module, x_norm, y, 2, autocast)  # warm-up (allocator, kernels, autotuning)
-    engine_loop(inverter, x0, y, rows, 2)
+    paired_loop(inverter, bare_module, x0, x_norm, y, rows, 4, autocast)
     di_reference_loop(module, x_norm, y, 2, autocast)
     bare, eng, di, di_frozen = [], [], [], []
     for _ in range(rounds):
-        bare.append(bare_loop(module, x_norm, y, iters, autocast))
-        eng.append(engine_loop(inverter, x0, y, rows, iters))
+        e, b = paired_loop(inverter, bare_module, x0, x_norm, y, rows, 2 * iters, autocast)
+        eng += e
+        bare += b
         di.append(di_reference_loop(module, x_norm, y, iters, autocast))
         di_frozen.append(di_reference_loop(module, x_norm, y, iters, autocast, frozen=True))
     return statistics.median(bare), statistics.median(eng), statistics.median(di), statistics.median(di_frozen)

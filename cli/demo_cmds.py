@@ -44,4 +44,7 @@ def register(group: click.Group) -> None:
             console.print(f"teacher accuracy on real test images: {report.teacher_test_accuracy:.1%}")
             console.print(f"sketch edges kept (within 1 px): {report.sketch_edge_overlap:.1%} started from the outlines, "
                           f"{report.sketch_edge_overlap_noise:.1%} for cc images started from noise")
+            console.print(f"object inside the sketched shape (brightness inside - outside): {report.sketch_inside_contrast:+.3f} "
+                          f"from the sketches, {report.sketch_inside_contrast_noise:+.3f} from noise, "
+                          f"{report.sketch_inside_contrast_real:+.3f} for real images")
         console.print(f"grid: [bold]{report.grid}[/]  sketches: [bold]{report.sketch_grid}[/]  report: [bold]{out / 'report.json'}[/]  bundle: {report.registry_name} (local registry in {out / 'registry'})")

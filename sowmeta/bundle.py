@@ -9,6 +9,7 @@ is the specification.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -35,6 +36,7 @@ from .manifest import (
 from .preprocess import Preprocessing
 from .schema import validate_manifest
 from .stats import ClassMoments
+from .verified import remember_digest
 from .taps import Tap
 
 __all__ = [
@@ -150,15 +152,19 @@ class Bundle:
 
         self._check_writable(dtype)
         path = Path(path)
-        base = Manifest(**{**vars(self.manifest), "files": [], "dtype": dtype, "format_version": FORMAT_VERSION, "raw": None})
+        fresh = {"files": [], "dtype": dtype, "format_version": FORMAT_VERSION, "raw": None, "source_sha256": None}
+        base = Manifest(**{**vars(self.manifest), **fresh})
         digest = base.digest
         with atomic_dir(path, overwrite=overwrite, kind="bundle") as tmp:
             files = write_files(tmp, self._tensors(STORED_DTYPES[dtype]), format_version=FORMAT_VERSION, digest=digest, shard_bytes=shard_bytes)
             manifest = Manifest(**{**vars(base), "files": files})
             data = manifest.to_dict()
-            validate_manifest(data, path=str(path))
+            text = (json.dumps(data, indent=2) + "\n").encode("utf-8")
+            written = hashlib.sha256(text).hexdigest()
+            validate_manifest(data, path=str(path), source_sha256=written)
             manifest.check_consistency(path=str(path))
-            (tmp / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            (tmp / MANIFEST_NAME).write_bytes(text)
+            remember_digest(written, digest)  # a later load of these bytes need not re-encode them
         self.manifest = manifest
         self.path = path
         log.info("wrote bundle %s (%d files)", path, len(files))

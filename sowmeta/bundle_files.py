@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 import torch
 
 from .atomic import sha256_file
@@ -150,8 +151,7 @@ _ELEMENT = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "I64": (torch.
 _MAX_HEADER = 100_000_000  # safetensors' own limit
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     """Where one tensor lies in its file, as its header says (absolute byte offsets)."""
 
     dtype: str
@@ -161,14 +161,22 @@ class _Entry:
 
 
 def _read_at(f: io.FileIO, offset: int, into: memoryview) -> None:
-    """Fill ``into`` with the file's bytes from ``offset`` on; ``ValueError`` when the file ends first."""
-    f.seek(offset)
+    """Fill ``into`` with the file's bytes from ``offset`` on (``pread``: one call, no seek); ``ValueError`` when the file ends first."""
     done = 0
     while done < len(into):
-        got = f.readinto(into[done:])
+        got = os.preadv(f.fileno(), [into[done:]], offset + done) if _PREADV else _seek_read(f, offset + done, into[done:])
         if not got:
             raise ValueError(f"the file ends before byte {offset + len(into)}")
         done += got
+
+
+_PREADV = hasattr(os, "preadv")
+_MAX_BUFFERS = 512  # buffers per preadv call (the system's limit, IOV_MAX, is 1024 on Linux)
+
+
+def _seek_read(f: io.FileIO, offset: int, into: memoryview) -> int:
+    f.seek(offset)
+    return f.readinto(into) or 0
 
 
 def _read_header(f: io.FileIO, size: int) -> dict[str, _Entry]:
@@ -184,13 +192,14 @@ def _read_header(f: io.FileIO, size: int) -> dict[str, _Entry]:
     if not isinstance(table, dict):
         raise ValueError("the header is not a JSON object")
     entries = {}
+    base = 8 + n
     for key, info in table.items():
         if key == "__metadata__":
             continue
-        start, end = (int(v) for v in info["data_offsets"])
-        if not 0 <= start <= end or 8 + n + end > size:
+        start, end = info["data_offsets"]
+        if type(start) is not int or type(end) is not int or not 0 <= start <= end or base + end > size:
             raise ValueError(f"{key!r} lies outside the file")
-        entries[key] = _Entry(str(info["dtype"]), tuple(int(d) for d in info["shape"]), 8 + n + start, 8 + n + end)
+        entries[key] = _Entry(str(info["dtype"]), tuple(map(int, info["shape"])), base + start, base + end)
     return entries
 
 
@@ -198,7 +207,9 @@ class _Reader:
     """Read checked tensors and row ranges by offset (no memory map): a read costs the bytes it returns, no more.
 
     Files are opened on demand (closed by the caller's ExitStack) and their headers parsed once;
-    every tensor's dtype, shape and byte length are checked against the manifest before it is read.
+    every tensor's dtype, shape and byte length are checked against the manifest when its read is
+    planned (``add``); ``read`` then reads ranges that are adjacent in a file (a tap's global rows,
+    or everything in a full load) with one system call.
     """
 
     def __init__(self, path: Path, manifest: Manifest, stack: ExitStack) -> None:
@@ -206,6 +217,7 @@ class _Reader:
         self.stack = stack
         self.where = {t: f.name for f in manifest.files for t in f.tensors}
         self.files: dict[str, tuple[io.FileIO, dict[str, _Entry]]] = {}
+        self.pending: dict[io.FileIO, list[tuple[int, memoryview, str]]] = {}
 
     def _entry(self, key: str, shape: tuple[int, ...], dtype: str) -> tuple[io.FileIO, _Entry]:
         fname = self.where[key]
@@ -227,25 +239,59 @@ class _Reader:
             raise ValueError(f"{key!r} holds {entry.end - entry.start} bytes, not {list(shape)} x {dtype}")
         return f, entry
 
-    def read_into(self, into: memoryview, key: str, shape: tuple[int, ...], dtype: str, runs: list[tuple[int, int]] | None) -> None:
-        """Fill ``into`` (exactly as many bytes) with the tensor ``key``, or with its rows ``runs`` ([start, stop), in order)."""
+    def add(self, into: memoryview, key: str, shape: tuple[int, ...], dtype: str, runs: list[tuple[int, int]] | None) -> None:
+        """Plan to fill ``into`` (exactly as many bytes) with the tensor ``key``, or with its rows ``runs`` ([start, stop), in order)."""
         try:
             f, entry = self._entry(key, shape, dtype)
             row = math.prod(shape[1:]) * _ELEMENT[dtype][1]
             at = 0
+            pieces = self.pending.setdefault(f, [])
             for a, b in [(0, shape[0])] if runs is None else runs:
                 want = (b - a) * row
-                _read_at(f, entry.start + a * row, into[at : at + want])
+                pieces.append((entry.start + a * row, into[at : at + want], key))
                 at += want
             if at != len(into):
                 raise ValueError(f"{key!r}: {at} bytes asked into a buffer of {len(into)}")
         except CorruptBundleError:
             raise
         except Exception as exc:  # noqa: BLE001  (OS, JSON and torch errors all mean a damaged file)
-            fp = self.path / self.where[key]
-            raise CorruptBundleError(
-                f"{fp}: cannot read {key!r} ({type(exc).__name__}); the file is truncated or corrupt, fetch it again", path=str(fp)
-            ) from exc
+            raise self._damaged(key, exc) from exc
+
+    def read(self) -> None:
+        """Do the planned reads: byte ranges that follow each other in a file are one ``preadv`` into their buffers."""
+        for f, pieces in self.pending.items():
+            pieces.sort(key=lambda p: p[0])
+            i = 0
+            while i < len(pieces):
+                j, end = i + 1, pieces[i][0] + len(pieces[i][1])
+                while j < len(pieces) and j - i < _MAX_BUFFERS and pieces[j][0] == end:
+                    end += len(pieces[j][1])
+                    j += 1
+                try:
+                    self._read_run(f, pieces[i:j])
+                except Exception as exc:  # noqa: BLE001
+                    raise self._damaged(pieces[i][2], exc) from exc
+                i = j
+        self.pending.clear()
+
+    @staticmethod
+    def _read_run(f: io.FileIO, run: list[tuple[int, memoryview, str]]) -> None:
+        """One read of consecutive byte ranges into their buffers (piece by piece after a short read)."""
+        total = sum(len(view) for _, view, _ in run)
+        got = os.preadv(f.fileno(), [view for _, view, _ in run], run[0][0]) if _PREADV and len(run) > 1 else 0
+        if got == total:
+            return
+        for offset, view, _ in run:  # a short read (or one piece): finish piece by piece
+            skip = min(max(got, 0), len(view))
+            got -= skip
+            if skip < len(view):
+                _read_at(f, offset + skip, view[skip:])
+
+    def _damaged(self, key: str, exc: BaseException) -> CorruptBundleError:
+        fp = self.path / self.where[key]
+        return CorruptBundleError(
+            f"{fp}: cannot read {key!r} ({type(exc).__name__}); the file is truncated or corrupt, fetch it again", path=str(fp)
+        )
 
 
 def _bytes_of(t: torch.Tensor) -> memoryview:
@@ -306,11 +352,7 @@ def read_stats(
     with ExitStack() as stack:
         reader = _Reader(path, manifest, stack)
         counts = torch.empty(n, dtype=torch.int64)
-        reader.read_into(_bytes_of(counts), "counts", (k,), "I64", runs)
-        counts = pick(counts)
-        if bool((counts < 0).any()):
-            r = int(torch.nonzero(counts < 0)[0])
-            raise CorruptBundleError(f"{path}: class {classes[r]} has a negative image count; the bundle is damaged", path=str(path))
+        reader.add(_bytes_of(counts), "counts", (k,), "I64", runs)
         raw = {what: _bytes_of(block) for what, block in blocks.items()}
         item = stored.itemsize
         at = 0
@@ -319,8 +361,13 @@ def read_stats(
             for what, r in rows_of.items():
                 span = raw[what][at * r * item : (at + c) * r * item]
                 per_class = what in ("mean", "var")
-                reader.read_into(span, f"{name}/{what}", (k, c) if per_class else (c,), dt, runs if per_class else None)
+                reader.add(span, f"{name}/{what}", (k, c) if per_class else (c,), dt, runs if per_class else None)
             at += c
+        reader.read()
+    counts = pick(counts)
+    if bool((counts < 0).any()):
+        r = int(torch.nonzero(counts < 0)[0])
+        raise CorruptBundleError(f"{path}: class {classes[r]} has a negative image count; the bundle is damaged", path=str(path))
     values = {what: block.float() for what, block in blocks.items()}
     stats: dict[str, TapStats] = {}
     at = 0

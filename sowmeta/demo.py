@@ -4,7 +4,7 @@
 2. a small BatchNorm CNN trained on it while ``TrainingCollector`` records Scenario-A statistics;
 3. the bundle published to a local registry and pulled back by name;
 4. images of every class synthesized in cc and di modes, and in cc mode from sketches: each
-   class's shape drawn as a black outline on white (paper Sec. 4.2);
+   class's shape drawn as a black outline on white, its inside shaded grey (paper Sec. 4.2);
 5. a side-by-side grid, a sketch grid (sketch, steps, result) and a report: teacher accuracy on
    the synthesized images, how far each mode's image borders (the background) are from the real
    class's, and how faithfully the images synthesized from sketches follow them.
@@ -26,7 +26,7 @@ from .atomic import atomic_file
 from .errors import storage_errors
 from .outputs import DEMO_MARKER, require_replaceable
 from .collectors import TrainingCollector
-from .demo_data import DEMO_CLASSES, border_stats, make_demo_images, make_demo_outlines
+from .demo_data import DEMO_CLASSES, border_stats, make_demo_images, make_demo_outlines, make_demo_scenes
 from .models import load_model
 from .synth import SynthConfig, SynthProgress, synthesize
 
@@ -51,6 +51,9 @@ class DemoConfig:
     alpha_tv: float = 1e-3
     first_tap_multiplier: float = 1.0
     seed: int = 0
+    # Grey level the inside of each outline is shaded with before synthesis starts from it
+    # (``sowmeta.sketch.shade_enclosed``); None starts from the bare outline.
+    sketch_shade: float | None = 0.5
     # CPU threads for the run (None: torch's default). The demo's tensors are tiny, so a second
     # thread buys little, while two threads on a 2-core machine busy with other work wait on each
     # other: measured there, a cc iteration took 160 ms with 2 threads and 40 ms with 1.
@@ -74,6 +77,12 @@ class DemoReport:
     # level, for the cc images of the same class started from noise
     sketch_edge_overlap: float = 0.0
     sketch_edge_overlap_noise: float = 0.0
+    # where the object went: mean brightness inside the sketched shape minus outside it (the demo's
+    # objects are bright on darker backgrounds, so > 0 means the object fills the outline), for the
+    # images started from the sketches, the noise-started cc images paired with them, and real images
+    sketch_inside_contrast: float = 0.0
+    sketch_inside_contrast_noise: float = 0.0
+    sketch_inside_contrast_real: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
     registry_name: str = DEMO_NAME
     grid: str = ""
@@ -221,14 +230,15 @@ def _sketch_stage(
     out: Path, cfg: DemoConfig, device: str, pulled: object, loaded: object, cc: torch.Tensor, cc_labels: torch.Tensor,
     real: torch.Tensor, real_labels: torch.Tensor, report: DemoReport, stage: Stage,
 ) -> Path:
-    """Synthesize cc images started from each class's outline (no added noise); measure and draw them."""
-    from .sketch import edge_overlap
+    """Synthesize cc images started from each class's outline, its inside shaded (no added noise); measure and draw them."""
+    from .sketch import edge_overlap, shade_enclosed
     from .synth.export import save_png
 
     t = time.perf_counter()
-    sketches, sketch_labels, _ = make_demo_outlines(cfg.sketch_per_class, seed=cfg.seed + 3)
+    sketches, sketch_labels, masks = make_demo_outlines(cfg.sketch_per_class, seed=cfg.seed + 3)
+    starts = sketches if cfg.sketch_shade is None else shade_enclosed(sketches, shade=cfg.sketch_shade)
     folder = out / "sketches"
-    for i, (img, k) in enumerate(zip(sketches, sketch_labels.tolist())):
+    for i, (img, k) in enumerate(zip(starts, sketch_labels.tolist())):
         save_png(img, folder / DEMO_CLASSES[k].name / f"{i:03d}.png")
     steps = -(-cfg.iterations // 4)  # three intermediate images and the result
     sc = SynthConfig.cifar(
@@ -248,11 +258,24 @@ def _sketch_stage(
     # the chance level: the same outlines against cc images of their class that started from noise
     paired = _pair_by_class(sketch_labels, cc, cc_labels)
     report.sketch_edge_overlap_noise = float(edge_overlap(sketches, paired).mean())
+    report.sketch_inside_contrast = inside_contrast(images, masks)
+    report.sketch_inside_contrast_noise = inside_contrast(paired, masks)
+    real_images, _, real_masks = make_demo_scenes(cfg.sketch_per_class, seed=cfg.seed + 3)
+    report.sketch_inside_contrast_real = inside_contrast(real_images, real_masks)
     per_class = _background_distance(images, result.labels, real, real_labels)
     report.background_distance_per_class["sketch"] = per_class
     report.background_distance["sketch"] = sum(per_class) / len(per_class)
     report.seconds["synthesize sketch"] = time.perf_counter() - t
-    return _sketch_grid(out / "sketch-grid.png", sketches, sketch_labels, images, result)
+    return _sketch_grid(out / "sketch-grid.png", starts, sketch_labels, images, result)
+
+
+def inside_contrast(images: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean over images of (mean luma inside the mask - mean luma outside it); images N x 3 x H x W in [0, 1], masks N x H x W."""
+    luma = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).float()
+    m = masks.float()
+    inside = (luma * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    outside = (luma * (1 - m)).flatten(1).sum(1) / (1 - m).flatten(1).sum(1).clamp_min(1)
+    return float((inside - outside).mean())
 
 
 def _pair_by_class(labels: torch.Tensor, images: torch.Tensor, image_labels: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DEMO_CLASSES", "DemoClass", "make_demo_images", "make_demo_outlines", "border_stats"]
+__all__ = ["DEMO_CLASSES", "DemoClass", "make_demo_images", "make_demo_scenes", "make_demo_outlines", "border_stats"]
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,22 @@ def _mask(shape: str, n: int, size: int, g: torch.Generator) -> torch.Tensor:
 
 def make_demo_images(per_class: int, *, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [0, 1] (N x 3 x size x size) and labels, ``per_class`` of each demo class."""
+    images, labels, _ = make_demo_scenes(per_class, size=size, seed=seed)
+    return images, labels
+
+
+def make_demo_scenes(per_class: int, *, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``make_demo_images``' images and labels, and where each image's object is (N x size x size, bool)."""
     g = torch.Generator().manual_seed(seed)
-    xs, ys = [], []
+    xs, ys, ms = [], [], []
     for k, cls in enumerate(DEMO_CLASSES):
         bg = _background(cls, per_class, size, g)
         mask = _mask(cls.shape, per_class, size, g)
         colour = 0.55 + 0.45 * torch.rand(per_class, 3, 1, 1, generator=g)  # bright object, random hue
         xs.append((bg * (1 - mask) + colour * mask).clamp(0, 1))
         ys.append(torch.full((per_class,), k, dtype=torch.long))
-    return torch.cat(xs), torch.cat(ys)
+        ms.append(mask.squeeze(1) > 0)
+    return torch.cat(xs), torch.cat(ys), torch.cat(ms)
 
 
 def make_demo_outlines(per_class: int, *, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

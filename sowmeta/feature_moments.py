@@ -25,7 +25,7 @@ import torch
 
 from .env import compile_enabled
 
-__all__ = ["rows_view", "mean_and_square", "moments_backward", "compiled_kernels", "kernel_wanted", "COMPILE_MIN_ELEMENTS"]
+__all__ = ["rows_view", "mean_and_square", "shifted_moments", "row_shift", "moments_backward", "compiled_kernels", "kernel_wanted", "COMPILE_MIN_ELEMENTS"]
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +57,23 @@ def rows_view(x: torch.Tensor, axis: int = 1) -> tuple[torch.Tensor, bool]:
     return x.reshape(x.shape[0], -1, x.shape[-1]), True
 
 
-def _eager_forward(x: torch.Tensor, last: bool) -> Moments:
+def _eager_forward(x: torch.Tensor, last: bool, shift: torch.Tensor | None = None) -> Moments:
     """Eager ops: ``_fused_forward``'s, except channels-first on the CPU: a sum and a vector norm (two reads, no temporary)."""
     if x.is_cuda or last:  # a norm across the strided position axis is slow; squaring into a temporary is not
-        return _fused_forward(x, last)
+        return _fused_forward(x, last, shift)
     flat = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    if shift is not None:
+        flat = flat - shift.unsqueeze(2)
     n = flat.shape[2]
     return flat.sum(2) / n, torch.linalg.vector_norm(flat, 2, dim=2).square_() / n
 
 
-def _fused_forward(x: torch.Tensor, last: bool) -> Moments:
-    """What the compiler fuses into one read: upcast, sum, sum of squares, scale (CUDA: a Welford pass)."""
+def _fused_forward(x: torch.Tensor, last: bool, shift: torch.Tensor | None = None) -> Moments:
+    """What the compiler fuses into one read: upcast, shift, sum, sum of squares, scale (CUDA: a Welford pass)."""
     flat = x if x.dtype in (torch.float32, torch.float64) else x.float()
     dim = 1 if last else 2
+    if shift is not None:
+        flat = flat - shift.unsqueeze(dim)
     if flat.is_cuda:
         var, mean = torch.var_mean(flat, dim=dim, correction=0)
         return mean, var + mean * mean
@@ -135,12 +139,16 @@ def kernel_wanted(x: torch.Tensor) -> bool:
     return _KERNELS.wanted(x)
 
 
-def mean_and_square(x: torch.Tensor, *, last: bool = False, compiled: bool | None = None) -> Moments:
+def mean_and_square(
+    x: torch.Tensor, *, last: bool = False, compiled: bool | None = None, shift: torch.Tensor | None = None
+) -> Moments:
     """Per-image, per-channel mean and mean of squares over the positions of ``x``, in float32 (float64 stays float64).
 
     Args:
         x: ``[N, C, P]``, or ``[N, P, C]`` with ``last``; any float dtype, any strides.
         compiled: force the compiled kernel (True) or the eager ops (False); default: by size.
+        shift: ``[N, C]`` values subtracted from every position first (the moments are of ``x - shift``);
+            a shift near each row's mean keeps E[x^2] - E[x]^2 accurate in float32 (see ``row_shift``).
 
     Returns:
         Two ``[N, C]`` tensors, E[x] and E[x^2]; no autograd graph (see ``synth.losses`` for one).
@@ -148,10 +156,43 @@ def mean_and_square(x: torch.Tensor, *, last: bool = False, compiled: bool | Non
     x = x.detach()
     if compiled if compiled is not None else _KERNELS.wanted(x):
         try:
-            return _KERNELS.get("forward", _fused_forward)(x, last)  # type: ignore[return-value]
+            return _KERNELS.get("forward", _fused_forward)(x, last, shift)  # type: ignore[return-value]
         except Exception as exc:  # noqa: BLE001  (a compiler failure of any kind must not stop the run)
             _KERNELS.disable(exc)
-    return _eager_forward(x, last)
+    return _eager_forward(x, last, shift)
+
+
+def shifted_moments(x: torch.Tensor, *, last: bool = False, compiled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``row_shift(x)`` and ``mean_and_square(x, shift=...)`` of it, the two in one compiled call where it pays.
+
+    Returns the shift s and E[x - s], E[(x - s)^2], each ``[N, C]`` float32 (float64 stays float64).
+    """
+    x = x.detach()
+    if compiled if compiled is not None else _KERNELS.wanted(x):
+        try:
+            return _KERNELS.get("shifted", _shifted_forward)(x, last)  # type: ignore[return-value]
+        except Exception as exc:  # noqa: BLE001
+            _KERNELS.disable(exc)
+    shift = row_shift(x, last=last)
+    return (shift, *_eager_forward(x, last, shift))
+
+
+def _shifted_forward(x: torch.Tensor, last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    shift = row_shift(x, last=last)
+    return (shift, *_fused_forward(x, last, shift))
+
+
+def row_shift(x: torch.Tensor, *, last: bool = False, samples: int = 8) -> torch.Tensor:
+    """Per image and channel, the mean of ``samples`` evenly spaced positions of ``x`` (``[N, C, P]`` or ``[N, P, C]``), in float32 (or float64).
+
+    A cheap estimate of each row's mean (it reads ``samples`` of its P values): moments taken about
+    it lose no digits to cancellation even where a channel's mean is large against its spread
+    within an image, which about 1 % of the rows of a trained network's BatchNorm inputs are.
+    """
+    p = x.shape[1 if last else 2]
+    step = max(1, p // samples)
+    picked = x[:, ::step, :][:, :samples, :] if last else x[:, :, ::step][:, :, :samples]
+    return picked.to(torch.promote_types(x.dtype, torch.float32)).mean(1 if last else 2)
 
 
 def moments_backward(

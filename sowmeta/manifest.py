@@ -147,6 +147,7 @@ class Manifest:
     format_version: str = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # the JSON as read, for the digest
+    source_sha256: str | None = field(default=None, compare=False, repr=False)  # of the file ``raw`` was parsed from
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = dict(self.extra)
@@ -167,8 +168,11 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, path: str | None = None) -> Manifest:
-        """Parse and check a manifest; refuses newer major versions, accepts newer minor ones."""
+    def from_dict(cls, d: dict[str, Any], *, path: str | None = None, source_sha256: str | None = None) -> Manifest:
+        """Parse and check a manifest; refuses newer major versions, accepts newer minor ones.
+
+        ``source_sha256``: of the file ``d`` was parsed from, unchanged since (names the content in the caches).
+        """
         where = path or "manifest"
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             raise SchemaError(f"{where} is not a sowmeta bundle manifest (format != {FORMAT_NAME!r})", path=path)
@@ -189,7 +193,7 @@ class Manifest:
                 f'set it to "custom" and pass --model {arch} yourself',
                 path=path,
             )
-        validate_manifest(d, path=path)
+        validate_manifest(d, path=path, source_sha256=source_sha256)
         known = {"format", "format_version", "model", "taps", "preprocessing", "source", "dtype", "files", "created", "tool"}
         manifest = cls(
             model=_pick(ModelRecord, d["model"]),
@@ -203,6 +207,7 @@ class Manifest:
             format_version=version,
             extra={k: v for k, v in d.items() if k not in known},
             raw=d,
+            source_sha256=source_sha256,
         )
         manifest.check_consistency(path=path)
         return manifest
@@ -237,8 +242,17 @@ class Manifest:
     @property
     def digest(self) -> str:
         """``content_digest`` of this manifest: of the JSON as it was read (fields this reader does not know
-        included), or, for a manifest made here, of what ``to_dict`` writes."""
-        return content_digest(self.raw if self.raw is not None else self.to_dict())
+        included), or, for a manifest made here, of what ``to_dict`` writes. A manifest read from a file
+        seen before takes it from the cache (``sowmeta.verified``) instead of re-encoding the JSON."""
+        if self.raw is None or self.source_sha256 is None:
+            return content_digest(self.raw if self.raw is not None else self.to_dict())
+        from . import verified
+
+        digest = verified.recall_digest(self.source_sha256)
+        if digest is None:
+            digest = content_digest(self.raw)
+            verified.remember_digest(self.source_sha256, digest)
+        return digest
 
 
 def _refuse_constant(name: str) -> Any:
@@ -255,9 +269,10 @@ def read_manifest(path: str | Path) -> Manifest:
         size = mpath.stat().st_size
         if size > MAX_MANIFEST_BYTES:
             raise SchemaError(f"{mpath} is {size:,} bytes, more than any manifest; the bundle is corrupt", path=str(mpath))
-        data = json.loads(mpath.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        raw = mpath.read_bytes()
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise SchemaError(f"{mpath} is not valid JSON ({type(exc).__name__}); the bundle is corrupt, fetch or collect it again", path=str(mpath)) from exc
     except OSError as exc:
         raise BundleNotFoundError(f"cannot read {mpath} ({exc.strerror or exc}); check its permissions", path=str(mpath)) from exc
-    return Manifest.from_dict(data, path=str(mpath))
+    return Manifest.from_dict(data, path=str(mpath), source_sha256=hashlib.sha256(raw).hexdigest())

@@ -38,16 +38,17 @@ def load_schema(name: str = "bundle-v1") -> dict[str, Any]:
     return json.loads(_schema_text(name))
 
 
-def validate_manifest(manifest: dict[str, Any], *, path: str | None = None, remember: bool = True) -> None:
+def validate_manifest(manifest: dict[str, Any], *, path: str | None = None, remember: bool = True, source_sha256: str | None = None) -> None:
     """Raise ``SchemaError`` naming the first violation of ``bundle-v1.schema.json``.
 
     With ``remember`` (the default), content that passed before is not validated again, and
-    content that passes now is remembered; ``remember=False`` always runs the validator.
+    content that passes now is remembered (by ``source_sha256``, the sha256 of the file the
+    manifest was parsed from, when given); ``remember=False`` always runs the validator.
     """
     from . import verified
 
     text = _schema_text("bundle-v1")
-    if remember and verified.schema_checked(manifest, text):
+    if remember and verified.schema_checked(manifest, text, source_sha256=source_sha256):
         return
     import jsonschema
 
@@ -59,3 +60,5 @@ def validate_manifest(manifest: dict[str, Any], *, path: str | None = None, reme
         raise SchemaError(f"manifest {path or ''} invalid at {where}: {err.message}".replace("  ", " "), path=path)
     if remember:
         verified.remember_schema_checked(manifest, text)
+        if source_sha256 is not None:
+            verified.remember_schema_checked(manifest, text, source_sha256=source_sha256)

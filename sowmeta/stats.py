@@ -5,10 +5,11 @@ Chan et al.'s parallel formula, vectorized over the classes present with a scatt
 two partial results with the same formula makes the outcome independent of batch size,
 batch order and the number of processes, up to float64 rounding.
 
-Per-image moments come from one pass over the feature map (``feature_moments``: E[x] and E[x^2]
-per image and channel in float32, a compiled kernel where it pays), which keeps collection close
-to the cost of plain inference. Where E[x^2] - E[x]^2 would lose digits (|mean| large against the
-spread), those rows are recomputed exactly in float64 with the mean subtracted first.
+Per-image moments come from one pass over the feature map (``feature_moments``: E[x - s] and
+E[(x - s)^2] per image and channel in float32, a compiled kernel where it pays, about a shift s
+estimated from a few positions of each row), which keeps collection close to the cost of plain
+inference. Where the variance would still lose digits (the row's mean far from s against its
+spread: about 0.02 % of rows), those rows are recomputed exactly in float64.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .feature_moments import mean_and_square, rows_view
+from .feature_moments import rows_view, shifted_moments
 
 __all__ = ["ClassMoments", "LabelGroups", "channel_view"]
 
-# Rows with mean^2 > _ILL_CONDITIONED * variance are recomputed exactly: the float32 route's relative
-# error in the variance grows like 4e-7 * (1 + mean^2 / variance), so it stays below ~5e-6.
+# Rows with (mean - shift)^2 > _ILL_CONDITIONED * variance are recomputed exactly: the float32 route's
+# relative error in the variance grows like 4e-7 * (1 + (mean - shift)^2 / variance), so it stays below ~5e-6.
 _ILL_CONDITIONED = 10.0
 # Elements per float64 chunk when recomputing rows exactly: bounds the temporary copy.
 _CHUNK_ELEMENTS = 1 << 22
@@ -58,10 +59,11 @@ def _per_image_moments(x: torch.Tensor, axis: int = 1) -> tuple[torch.Tensor, to
     if v.is_cuda:  # CUDA's var_mean is one Welford pass: exact enough and free of host syncs
         var, mean = torch.var_mean(v if v.dtype in (torch.float32, torch.float64) else v.float(), dim=1 if last else 2, correction=0)
         return mean.double(), var.double() * p, p
-    mean32, sq32 = mean_and_square(v, last=last)
-    mean = mean32.double()
-    m2 = (sq32.double() - mean.square()) * p
-    ill = torch.nonzero((m2 * _ILL_CONDITIONED < mean.square() * p).flatten()).flatten()
+    shift, mean32, sq32 = shifted_moments(v, last=last)
+    offset = mean32.double()  # the mean's distance from the shift
+    m2 = (sq32.double() - offset.square()) * p
+    ill = torch.nonzero((m2 * _ILL_CONDITIONED < offset.square() * p).flatten()).flatten()
+    mean = offset.add_(shift.double())
     if ill.numel():
         flat_mean, flat_m2 = mean.view(-1), m2.view(-1)
         step = max(1, _CHUNK_ELEMENTS // p)

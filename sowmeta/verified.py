@@ -9,9 +9,10 @@ Two records, both small files under ``<cache>/verified/``:
   re-hashed. A file is remembered only when its timestamps are ``RACY_SECONDS`` older than the
   check (git's "racily clean" rule): a write in the same timestamp tick as the check could
   otherwise leave the identity unchanged.
-* a **manifest** that passed the JSON Schema is remembered by the sha256 of its canonical
-  content, per schema text, so an unchanged manifest is not validated again (and the validator
-  is not imported).
+* a **manifest** that passed the JSON Schema is remembered, per schema text, by the sha256 of
+  the file it was read from (of its canonical content when it was not read from a file), so an
+  unchanged manifest is not validated again (and the validator is not imported); beside it, the
+  manifest's content digest, so that a load does not re-encode the manifest to compute it.
 
 The cache is an optimization only: a record that cannot be read or written is ignored, and it
 is trusted as much as the bundles cached next to it (docs/format.md, "Integrity").
@@ -28,7 +29,16 @@ from pathlib import Path
 
 from .env import cache_dir
 
-__all__ = ["CheckedFile", "RACY_SECONDS", "recall_file", "remember_file", "schema_checked", "remember_schema_checked"]
+__all__ = [
+    "CheckedFile",
+    "RACY_SECONDS",
+    "recall_file",
+    "remember_file",
+    "schema_checked",
+    "remember_schema_checked",
+    "recall_digest",
+    "remember_digest",
+]
 
 # Timestamps within this many seconds of the check are too fresh to vouch for the bytes (covers
 # file systems that keep timestamps to the second, or to two seconds like FAT).
@@ -88,26 +98,46 @@ def remember_file(before: os.stat_result, after: os.stat_result, record: Checked
     return _write(_file_entry(after), json.dumps(data))
 
 
-def _schema_entry(content: dict[str, object], schema_text: str) -> Path:
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+def _schema_entry(content: dict[str, object], schema_text: str, source_sha256: str | None) -> Path:
     schema_key = hashlib.sha256(schema_text.encode()).hexdigest()[:16]
+    if source_sha256 is not None:  # the bytes it was parsed from name the content, without re-encoding it
+        return _root() / f"schema-{schema_key}" / f"file-{source_sha256}"
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return _root() / f"schema-{schema_key}" / hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def schema_checked(content: dict[str, object], schema_text: str) -> bool:
-    """Whether a manifest with exactly this content passed this schema before."""
+def schema_checked(content: dict[str, object], schema_text: str, *, source_sha256: str | None = None) -> bool:
+    """Whether a manifest with exactly this content (or parsed from a file with this sha256) passed this schema before."""
     try:
-        return _schema_entry(content, schema_text).is_file()
+        return _schema_entry(content, schema_text, source_sha256).is_file()
     except (OSError, ValueError, TypeError):
         return False
 
 
-def remember_schema_checked(content: dict[str, object], schema_text: str) -> None:
-    """Record that a manifest with this content passed this schema."""
+def remember_schema_checked(content: dict[str, object], schema_text: str, *, source_sha256: str | None = None) -> None:
+    """Record that a manifest with this content (or parsed from a file with this sha256) passed this schema."""
     try:
-        _write(_schema_entry(content, schema_text), "")
+        _write(_schema_entry(content, schema_text, source_sha256), "")
     except (ValueError, TypeError):
         pass
+
+
+def _digest_entry(source_sha256: str) -> Path:
+    return _root() / "digests" / source_sha256
+
+
+def recall_digest(source_sha256: str) -> str | None:
+    """The content digest of the manifest file whose bytes have this sha256, if computed before."""
+    try:
+        text = _digest_entry(source_sha256).read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return None
+    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def remember_digest(source_sha256: str, digest: str) -> None:
+    """Record the content digest of the manifest file whose bytes have this sha256."""
+    _write(_digest_entry(source_sha256), digest)
 
 
 def _write(path: Path, text: str) -> bool:

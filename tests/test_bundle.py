@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -242,7 +243,16 @@ def test_sliced_loading_requests_only_the_asked_rows(saved: Path, monkeypatch):
         reads.append((offset, offset + len(into)))
         return real(file, offset, into)
 
+    def spy_vector(fd, buffers, offset):  # adjacent ranges are read with one call: record each buffer's range
+        at = offset
+        for b in buffers:
+            reads.append((at, at + len(b)))
+            at += len(b)
+        return real_vector(fd, buffers, offset)
+
+    real_vector = os.preadv
     monkeypatch.setattr(bundle_files, "_read_at", spy)
+    monkeypatch.setattr(bundle_files.os, "preadv", spy_vector)
     part = Bundle.load(saved, classes=[4, 1, 2])
     rows_read: set[tuple[str, int]] = set()
     for start, stop in reads:
@@ -263,6 +273,33 @@ def test_sliced_loading_requests_only_the_asked_rows(saved: Path, monkeypatch):
     torch.testing.assert_close(part.stats["bn1"].var, full.stats["bn1"].var[[4, 1, 2]])
     assert part.counts.dtype == torch.int64 and part.counts.tolist() == [3, 3, 3]
     assert part.row(1) == 1 and part.row(4) == 0
+
+
+@pytest.mark.parametrize("most", [1, 7, 1000])
+def test_short_reads_are_finished_piece_by_piece(saved: Path, monkeypatch, most: int):
+    """A read that returns fewer bytes than asked (allowed by POSIX) still fills every buffer exactly."""
+    from sowmeta import bundle_files
+
+    real = os.preadv
+
+    def short(fd, buffers, offset):
+        out, left = [], most
+        for b in buffers:
+            if left <= 0:
+                break
+            out.append(b[: min(len(b), left)])
+            left -= len(out[-1])
+        return real(fd, out, offset)
+
+    monkeypatch.setattr(bundle_files.os, "preadv", short)
+    full = make_bundle()
+    for classes in (None, [4, 1, 2]):
+        part = Bundle.load(saved, classes=classes)
+        rows = list(range(K)) if classes is None else classes
+        for name, stats in full.stats.items():
+            torch.testing.assert_close(part.stats[name].mean, stats.mean[rows], rtol=0, atol=0)
+            torch.testing.assert_close(part.stats[name].global_var, stats.global_var, rtol=0, atol=0)
+        assert part.counts.tolist() == full.counts[rows].tolist()
 
 
 def _with_header(path: Path, change) -> None:

@@ -102,3 +102,26 @@ def test_folder_loader_with_a_worker_gives_the_transforms_tensors(tmp_path: Path
     expected = torch.stack([prep.transform()(read_image(p)) for p, _ in samples])
     assert torch.equal(torch.cat([x for x, _, _ in batches]), expected)
     assert torch.cat([y for _, y, _ in batches]).tolist() == [y for _, y in samples]
+
+
+def test_folder_scan_finds_what_rglob_finds_in_the_same_order(tmp_path):
+    """Nested folders, names that sort differently as strings and as path parts, upper-case and hidden
+    files, symbolic links to a file, to a folder (not followed) and to nothing: the scan lists exactly
+    ``sorted(p for p in rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)``."""
+    import os
+
+    from sowmeta.data import IMAGE_EXTENSIONS, scan_image_folder
+
+    cls = tmp_path / "root" / "cat"
+    for rel in ("a/b.png", "a-c.png", "a.png", "B.JPG", ".hidden.jpg", "x/y/z.jpeg", "notes.txt", "x/y/w.gif", "a0/.jpg"):
+        (cls / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cls / rel).write_bytes(b"x")
+    os.symlink(cls / "a.png", cls / "link.png")
+    os.symlink(cls / "x", cls / "dirlink")
+    os.symlink(cls / "missing.png", cls / "broken.png")
+    index = scan_image_folder(tmp_path / "root")
+    want = sorted(p for p in cls.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    assert [p for p, _ in index.samples] == want
+    names = [p.relative_to(cls).as_posix() for p in want]
+    assert names.index("a/b.png") < names.index("a-c.png")  # parts order, not string order ('-' < '/')
+    assert "dirlink/y/z.jpeg" not in names and "link.png" in names and "broken.png" not in names

@@ -151,3 +151,32 @@ def test_collection_through_the_compiled_kernel_matches_float64(compiled):
     for m in (first, last):
         torch.testing.assert_close(m.mean, mean_ref, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(m.var(), var_ref, rtol=5e-6, atol=1e-7)
+
+
+def check_shifted(compiled_flag: bool) -> None:
+    """Moments about a per-row shift equal float64 moments of x - shift, in both layouts."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 5, 70, generator=g) * 0.01 + 500.0  # far from zero: the unshifted float32 route would cancel
+    shift = feature_moments.row_shift(x)
+    assert shift.shape == (3, 5) and torch.all((shift - 500.0).abs() < 0.1)
+    d = x.double() - shift.double().unsqueeze(2)
+    for v, last in ((x, False), (x.transpose(1, 2), True)):
+        s = feature_moments.row_shift(v, last=last)
+        torch.testing.assert_close(s, shift, rtol=0, atol=0)
+        mean, sq = mean_and_square(v, last=last, shift=s, compiled=compiled_flag)
+        torch.testing.assert_close(mean.double(), d.mean(2), rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(sq.double(), (d * d).mean(2), rtol=1e-5, atol=1e-12)
+        s2, mean2, sq2 = feature_moments.shifted_moments(v, last=last, compiled=compiled_flag)  # the same in one call
+        torch.testing.assert_close(s2, shift, rtol=0, atol=1e-4)
+        torch.testing.assert_close(mean2.double() + s2.double(), x.double().mean(2), rtol=1e-9, atol=1e-6)
+        torch.testing.assert_close(sq2.double() - mean2.double().square(), d.var(2, unbiased=False), rtol=1e-3, atol=1e-12)
+
+
+def test_eager_moments_about_a_shift_match_float64(monkeypatch):
+    monkeypatch.setenv("SOWMETA_COMPILE", "0")
+    check_shifted(False)
+
+
+@pytest.mark.slow
+def test_compiled_moments_about_a_shift_match_float64(compiled):
+    check_shifted(True)

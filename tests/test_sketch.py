@@ -13,7 +13,7 @@ from PIL import Image
 from sowmeta.collectors import collect
 from sowmeta.demo_data import DEMO_CLASSES, make_demo_outlines
 from sowmeta.errors import DataError
-from sowmeta.sketch import edge_overlap, edge_sketch, outline, sobel_magnitude
+from sowmeta.sketch import edge_overlap, edge_sketch, outline, shade_enclosed, sobel_magnitude
 from sowmeta.synth import SynthConfig, synthesize
 
 from test_synth import CROP, loaded
@@ -61,6 +61,44 @@ def test_outline_of_a_square_is_its_border():
     want[1:6, 2:5] = True
     want[2:5, 3:4] = False  # the pixels whose four neighbours are all inside
     assert np.array_equal(outline(m)[0].numpy(), want)
+
+
+def _np_enclosed(paper: np.ndarray) -> np.ndarray:
+    """Paper pixels not 4-connected to the border through paper: a breadth-first search (scipy-free)."""
+    h, w = paper.shape
+    seen = np.zeros_like(paper)
+    todo = [(y, x) for y in range(h) for x in range(w) if (y in (0, h - 1) or x in (0, w - 1)) and paper[y, x]]
+    for y, x in todo:
+        seen[y, x] = True
+    while todo:
+        y, x = todo.pop()
+        for v, u in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+            if 0 <= v < h and 0 <= u < w and paper[v, u] and not seen[v, u]:
+                seen[v, u] = True
+                todo.append((v, u))
+    return paper & ~seen
+
+
+def test_shading_fills_exactly_what_the_lines_enclose():
+    sketches, _, masks = make_demo_outlines(3, seed=5)
+    shaded = shade_enclosed(sketches, shade=0.5)
+    assert shaded.dtype == torch.uint8 and shaded.shape == sketches.shape
+    for i in range(len(sketches)):
+        inside = _np_enclosed(sketches[i, 0].numpy() == 255)
+        assert np.array_equal(inside, (masks[i] & ~outline(masks[i : i + 1])[0]).numpy())  # the shape without its line
+        got = shaded[i].numpy()
+        assert np.all(got[:, inside] == 128) and np.array_equal(got[:, ~inside], sketches[i].numpy()[:, ~inside])
+    # an open line encloses nothing, nor do lines that close a region only with the image's border
+    from sowmeta.sketch import to_sketch
+
+    open_line = torch.zeros(1, 12, 12, dtype=torch.bool)
+    open_line[0, 2:9, 5] = True
+    corner = torch.zeros(1, 12, 12, dtype=torch.bool)
+    corner[0, 4, :5] = corner[0, :5, 4] = True
+    for lines in (open_line, corner):
+        assert torch.equal(shade_enclosed(to_sketch(lines)), to_sketch(lines))
+    with pytest.raises(DataError, match="grey level"):
+        shade_enclosed(sketches, shade=2.0)
 
 
 def test_edge_sketch_draws_the_strongest_edges_black_on_white():

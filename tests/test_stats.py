@@ -125,6 +125,32 @@ def test_float32_route_and_exact_rows_match_reference(offset, positions):
     torch.testing.assert_close(half.var(), rv16, rtol=5e-6, atol=0)
 
 
+def test_rows_far_from_their_sampled_shift_are_recomputed_exactly(monkeypatch):
+    """A row whose sampled positions miss its mass (zeros there, 1000 elsewhere) is ill-conditioned about its
+    shift; float32 would give its variance to ~5e-5, the exact float64 path to ~1e-12."""
+    from sowmeta import feature_moments, stats
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(6, 3, 1024, generator=g) * 0.01 + 1000.0
+    x[:, :, ::128] = 0.0  # the eight positions row_shift samples
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    exact_rows = []
+    real = stats._per_image_moments
+
+    def counting(v, axis=1):
+        out = real(v, axis)
+        shift = feature_moments.row_shift(feature_moments.rows_view(v.detach(), axis)[0])
+        exact_rows.append(int(((out[0] - shift.double()).square() * out[2] > out[1] * stats._ILL_CONDITIONED).sum()))
+        return out
+
+    monkeypatch.setattr(stats, "_per_image_moments", counting)
+    m = feed(x, y, 2, batch=4)
+    assert sum(exact_rows) == x.shape[0] * x.shape[1]
+    rm, rv = reference(x, y, 2)
+    torch.testing.assert_close(m.mean, rm, rtol=1e-12, atol=0)
+    torch.testing.assert_close(m.var(), rv, rtol=1e-9, atol=0)
+
+
 def test_many_classes_few_present_per_batch():
     """Batches touch only their classes' rows; every row still equals the float64 reference."""
     g = torch.Generator().manual_seed(3)

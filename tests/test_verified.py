@@ -149,3 +149,27 @@ def saved_manifest(tmp_path: Path) -> dict:
 
     path = make_bundle().save(tmp_path / "b")
     return json.loads((path / "sowmeta.json").read_text())
+
+
+def test_an_unchanged_manifest_is_not_re_encoded_and_an_edited_one_is_caught(aged: Path, monkeypatch):
+    """The manifest's content digest is remembered by the sha256 of the file's bytes: a load of an unchanged
+    manifest does not re-encode it; an edit (new bytes) is digested afresh and refused."""
+    import json
+
+    from sowmeta import manifest as manifest_module
+
+    Bundle.load(aged)  # digests the manifest once and remembers it
+
+    def no_encoding(_d):
+        raise AssertionError("the manifest was re-encoded")
+
+    monkeypatch.setattr(manifest_module, "content_digest", no_encoding)
+    Bundle.load(aged, classes=[1])
+    monkeypatch.undo()
+    monkeypatch.setattr(verified, "RACY_SECONDS", 0.05)
+    mpath = aged / "sowmeta.json"
+    d = json.loads(mpath.read_text())
+    d["model"]["labels"] = [f"x{i}" for i in range(d["model"]["num_classes"])]
+    mpath.write_text(json.dumps(d, indent=1))
+    with pytest.raises(ChecksumError, match="changed after the bundle was written"):
+        Bundle.load(aged, classes=[1])

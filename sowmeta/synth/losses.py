@@ -41,7 +41,7 @@ class Segments:
 
     @classmethod
     def of(cls, channels: list[int], device: torch.device | str = "cpu") -> Segments:
-        index = torch.repeat_interleave(torch.arange(len(channels)), torch.tensor(channels))
+        index = torch.repeat_interleave(torch.arange(len(channels)), torch.tensor(channels, dtype=torch.long))
         return cls(index.to(device), len(channels))
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
