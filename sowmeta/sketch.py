@@ -77,17 +77,19 @@ def sketch_edges(sketches: torch.Tensor) -> torch.Tensor:
     return sobel_magnitude(sketches) >= _STEP / 4
 
 
-def shade_enclosed(sketches: torch.Tensor, *, shade: float = 0.5) -> torch.Tensor:
-    """Sketches (uint8 N x 3 x H x W, dark lines on white) with the paper inside closed lines shaded grey (``shade`` in [0, 1]).
+def shade_enclosed(sketches: torch.Tensor, *, shade: float | None = 0.5, ground: float | None = None) -> torch.Tensor:
+    """Sketches (uint8 N x 3 x H x W, dark lines on white) with the paper inside closed lines set to grey ``shade``
+    and the paper outside them to grey ``ground`` (levels in [0, 1]; None leaves that part white).
 
     An outline tells a person where the object is; to the network it is a thin line with the same
-    white on both sides. Shading what the lines enclose (the white pixels that cannot reach the
-    border without crossing a line: a flood fill from the border, 4-connected) gives the inside a
-    value of its own, so the synthesis can put the object there and the background around it.
-    Lines and open drawings are left as they are.
+    white on both sides. Giving what the lines enclose (the white pixels that cannot reach the
+    border without crossing a line: a flood fill from the border, 4-connected) and what lies
+    around them different tones lets the synthesis put the object inside and the background
+    around it. Lines and open drawings are left as they are.
     """
-    if not 0 <= shade <= 1:
-        raise DataError(f"shade is a grey level in [0, 1], not {shade}")
+    for name, level in (("shade", shade), ("ground", ground)):
+        if level is not None and not 0 <= level <= 1:
+            raise DataError(f"{name} is a grey level in [0, 1], not {level}")
     x = _float(sketches)
     paper = x.min(dim=1).values > 0.5  # N x H x W: white enough to be paper, not line
     outside = torch.zeros_like(paper)
@@ -98,8 +100,10 @@ def shade_enclosed(sketches: torch.Tensor, *, shade: float = 0.5) -> torch.Tenso
         if torch.equal(grown, outside):
             break
         outside = grown
-    inside = (paper & ~outside).unsqueeze(1)
-    out = torch.where(inside, torch.full_like(x, shade), x)
+    out = x
+    for region, level in ((paper & ~outside, shade), (outside, ground)):
+        if level is not None:
+            out = torch.where(region.unsqueeze(1), torch.full_like(x, level), out)
     return (out * 255).round().to(torch.uint8) if sketches.dtype == torch.uint8 else out
 
 

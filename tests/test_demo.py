@@ -138,6 +138,13 @@ def test_demo_quick_report(tmp_path: Path, monkeypatch):
     assert abs(np.mean(mine) - report["sketch_edge_overlap"]) < 0.05  # the report measured the float images
     assert abs(np.mean(noise) - report["sketch_edge_overlap_noise"]) < 0.05
     assert report["sketch_edge_overlap"] > report["sketch_edge_overlap_noise"] + 0.05
+    # and the object fills its outline: brighter inside the sketched shape than around it, as in real images
+    _, _, masks = make_demo_outlines(cfg.sketch_per_class, seed=cfg.seed + 3)
+    luma = images @ np.array([0.299, 0.587, 0.114])
+    m = masks.numpy()
+    inside = np.array([luma[i][m[i]].mean() - luma[i][~m[i]].mean() for i in range(len(m))])
+    assert abs(inside.mean() - report["sketch_inside_contrast"]) < 0.02
+    assert inside.mean() > 0.15 and inside.mean() > report["sketch_inside_contrast_noise"] + 0.1
     sketch_bg = _border_distance(images, labels, real_np, real_labels_np)
     assert np.mean(sketch_bg) < report["background_distance"]["di"]  # on its class's background, not a blend
     with Image.open(out / "sketch-grid.png") as grid:

@@ -88,6 +88,9 @@ def test_shading_fills_exactly_what_the_lines_enclose():
         assert np.array_equal(inside, (masks[i] & ~outline(masks[i : i + 1])[0]).numpy())  # the shape without its line
         got = shaded[i].numpy()
         assert np.all(got[:, inside] == 128) and np.array_equal(got[:, ~inside], sketches[i].numpy()[:, ~inside])
+        ground = shade_enclosed(sketches[i : i + 1], shade=None, ground=0.2)[0].numpy()  # white figure, grey ground
+        line = sketches[i, 0].numpy() == 0
+        assert np.all(ground[:, inside] == 255) and np.all(ground[:, line] == 0) and np.all(ground[:, ~inside & ~line] == 51)
     # an open line encloses nothing, nor do lines that close a region only with the image's border
     from sowmeta.sketch import to_sketch
 
@@ -99,6 +102,8 @@ def test_shading_fills_exactly_what_the_lines_enclose():
         assert torch.equal(shade_enclosed(to_sketch(lines)), to_sketch(lines))
     with pytest.raises(DataError, match="grey level"):
         shade_enclosed(sketches, shade=2.0)
+    with pytest.raises(DataError, match="ground is a grey level"):
+        shade_enclosed(sketches, ground=-0.1)
 
 
 def test_edge_sketch_draws_the_strongest_edges_black_on_white():
