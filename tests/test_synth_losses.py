@@ -313,3 +313,12 @@ def test_amp_off_cuda_falls_back_to_float32(caplog):
         assert inv.autocast_dtype is None and not inv.channels_last
     assert torch.equal(out["none"], out["bf16"])
     assert "needs a CUDA device" in caplog.text
+
+
+def test_an_inverter_without_statistics_optimizes_the_other_terms_only():
+    """No tap targets (e.g. cross-entropy and priors alone): the terms are CE and the priors, and a run works."""
+    model = tiny_net()
+    inv = Inverter(model, [], Preprocessing(crop=8), SynthConfig(batch_size=2, iterations=3, alpha_tv=1e-3, alpha_l2=1e-4))
+    assert [t.name for t in inv.terms] == ["ce", "tv", "l2"]
+    out = inv.run(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.rand(2, 3, 8, 8), seed=0)
+    assert out.images.shape == (2, 3, 8, 8) and set(out.terms) == {"ce", "tv", "l2"}
