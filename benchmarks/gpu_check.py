@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="toy sizes (CPU test of the script)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--iters", type=int, default=100, help="iterations per timed loop (the engine runs this and twice this)")
+    ap.add_argument("--iters", type=int, default=100, help="iterations per timed loop (the engine runs batches of twice this, a bare step after each iteration)")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     device = torch.device(args.device)
