@@ -69,21 +69,12 @@ def _targets(module: nn.Module, classes: int) -> list[TapTarget]:
     return out
 
 
-def bare_loop(module: nn.Module, x0: torch.Tensor, y: torch.Tensor, iters: int, autocast: object) -> float:
-    x = x0.clone().requires_grad_(True)
-    for p in module.parameters():
-        p.requires_grad_(False)
-    _sync(x.device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        x.grad = None
-        with autocast:  # type: ignore[attr-defined]
-            logits = module(x)
-        F.cross_entropy(logits.float(), y).backward()
-    _sync(x.device)
-    for p in module.parameters():
-        p.requires_grad_(True)
-    return (time.perf_counter() - start) / iters
+def bare_step(module: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: object) -> None:
+    """The physical limit of a synthesis step: forward, cross-entropy, backward to the input ``x`` (a leaf)."""
+    x.grad = None
+    with autocast:  # type: ignore[attr-defined]
+        logits = module(x)
+    F.cross_entropy(logits.float(), y).backward()
 
 
 def di_reference_loop(
@@ -158,10 +149,7 @@ def paired_loop(
         _sync(x0.device)
         engine.append(time.perf_counter() - last[0])
         start = time.perf_counter()
-        xb.grad = None
-        with autocast:  # type: ignore[attr-defined]
-            logits = bare_module(xb)
-        F.cross_entropy(logits.float(), y).backward()
+        bare_step(bare_module, xb, y, autocast)
         _sync(x0.device)
         bare.append(time.perf_counter() - start)
         last[0] = time.perf_counter()
@@ -195,8 +183,7 @@ def run_case(case: Case, device: torch.device, iters: int, rounds: int) -> tuple
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(case.amp)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None and device.type == "cuda" else nullcontext()
     bare_module = copy.deepcopy(module).requires_grad_(False)
-    bare_loop(module, x_norm, y, 2, autocast)  # warm-up (allocator, kernels, autotuning)
-    paired_loop(inverter, bare_module, x0, x_norm, y, rows, 4, autocast)
+    paired_loop(inverter, bare_module, x0, x_norm, y, rows, 4, autocast)  # warm-up (allocator, kernels, autotuning)
     di_reference_loop(module, x_norm, y, 2, autocast)
     bare, eng, di, di_frozen = [], [], [], []
     for _ in range(rounds):

@@ -98,7 +98,7 @@ def _image_files(folder: Path) -> list[Path]:
 
     One ``scandir`` per directory, whose entries know their type without a ``stat`` (only
     symbolic links are followed, to see whether they lead to a file); symbolic links to
-    directories are not descended into. On 50,000 files this takes a tenth of rglob's time.
+    directories are not descended into. On CIFAR-10's 5,000 files per class this took half of rglob's time.
     """
     found: list[tuple[tuple[str, ...], str]] = []
     pending: list[tuple[str, tuple[str, ...]]] = [(str(folder), ())]

@@ -127,6 +127,17 @@ class _Kernels:
 _KERNELS = _Kernels()
 
 
+def _dispatch(name: str, fused: Callable[..., object], eager: Callable[..., object], x: torch.Tensor, compiled: bool | None, *args: object) -> object:
+    """``fused(x, *args)`` compiled (forced by ``compiled``, else where ``kernel_wanted(x)``), ``eager(x, *args)`` otherwise
+    or when compiling fails (then switched off for the process, with a warning)."""
+    if compiled if compiled is not None else _KERNELS.wanted(x):
+        try:
+            return _KERNELS.get(name, fused)(x, *args)
+        except Exception as exc:  # noqa: BLE001  (a compiler failure of any kind must not stop the run)
+            _KERNELS.disable(exc)
+    return eager(x, *args)
+
+
 def compiled_kernels(enabled: bool | None = None) -> bool:
     """Whether the compiled kernels may be used in this process; ``enabled`` switches them on or off (tests, benchmarks)."""
     if enabled is not None:
@@ -153,13 +164,7 @@ def mean_and_square(
     Returns:
         Two ``[N, C]`` tensors, E[x] and E[x^2]; no autograd graph (see ``synth.losses`` for one).
     """
-    x = x.detach()
-    if compiled if compiled is not None else _KERNELS.wanted(x):
-        try:
-            return _KERNELS.get("forward", _fused_forward)(x, last, shift)  # type: ignore[return-value]
-        except Exception as exc:  # noqa: BLE001  (a compiler failure of any kind must not stop the run)
-            _KERNELS.disable(exc)
-    return _eager_forward(x, last, shift)
+    return _dispatch("forward", _fused_forward, _eager_forward, x.detach(), compiled, last, shift)  # type: ignore[return-value]
 
 
 def shifted_moments(x: torch.Tensor, *, last: bool = False, compiled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -167,19 +172,17 @@ def shifted_moments(x: torch.Tensor, *, last: bool = False, compiled: bool | Non
 
     Returns the shift s and E[x - s], E[(x - s)^2], each ``[N, C]`` float32 (float64 stays float64).
     """
-    x = x.detach()
-    if compiled if compiled is not None else _KERNELS.wanted(x):
-        try:
-            return _KERNELS.get("shifted", _shifted_forward)(x, last)  # type: ignore[return-value]
-        except Exception as exc:  # noqa: BLE001
-            _KERNELS.disable(exc)
-    shift = row_shift(x, last=last)
-    return (shift, *_eager_forward(x, last, shift))
+    return _dispatch("shifted", _shifted_forward, _eager_shifted, x.detach(), compiled, last)  # type: ignore[return-value]
 
 
 def _shifted_forward(x: torch.Tensor, last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     shift = row_shift(x, last=last)
     return (shift, *_fused_forward(x, last, shift))
+
+
+def _eager_shifted(x: torch.Tensor, last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    shift = row_shift(x, last=last)
+    return (shift, *_eager_forward(x, last, shift))
 
 
 def row_shift(x: torch.Tensor, *, last: bool = False, samples: int = 8) -> torch.Tensor:
@@ -209,11 +212,4 @@ def moments_backward(
     With ``grad`` (the gradient reaching ``x`` by its other uses), returns their sum; compiled,
     that is one pass reading ``grad`` and ``x``.
     """
-    axis = axis % x.dim()
-    x = x.detach()
-    if compiled if compiled is not None else _KERNELS.wanted(x):
-        try:
-            return _KERNELS.get("backward", _backward)(x, g_mean, g_sq, axis, grad)  # type: ignore[return-value]
-        except Exception as exc:  # noqa: BLE001
-            _KERNELS.disable(exc)
-    return _backward(x, g_mean, g_sq, axis, grad)
+    return _dispatch("backward", _backward, _backward, x.detach(), compiled, g_mean, g_sq, axis % x.dim(), grad)  # type: ignore[return-value]
