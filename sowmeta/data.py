@@ -69,8 +69,14 @@ class ImageFolderIndex:
         return ImageFolderIndex(self.root, self.classes, kept, seen)
 
 
-def scan_image_folder(root: str | Path) -> ImageFolderIndex:
-    """Index ``root/<class>/<image>``; raise ``DataError`` when the layout is not class-per-folder."""
+def scan_image_folder(root: str | Path, limit_per_class: int | None = None) -> ImageFolderIndex:
+    """Index ``root/<class>/<image>``; raise ``DataError`` when the layout is not class-per-folder.
+
+    ``limit_per_class``: keep only the first files of each class, as ``.limit()`` does (but
+    without building a ``Path`` for every file it drops).
+    """
+    if limit_per_class is not None and limit_per_class < 1:
+        raise DataError(f"images per class limit must be at least 1, not {limit_per_class}")
     root = Path(root)
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
@@ -85,7 +91,7 @@ def scan_image_folder(root: str | Path) -> ImageFolderIndex:
     samples: list[tuple[Path, int]] = []
     per_class = []
     for label, d in enumerate(subdirs):
-        files = _image_files(d)
+        files = _image_files(d, limit_per_class)
         samples += [(p, label) for p in files]
         per_class.append(len(files))
     if not samples:
@@ -93,8 +99,8 @@ def scan_image_folder(root: str | Path) -> ImageFolderIndex:
     return ImageFolderIndex(root, [d.name for d in subdirs], samples, per_class)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files anywhere under ``folder``, sorted by their path's parts (``sorted(folder.rglob(...))``'s order).
+def _image_files(folder: Path, limit: int | None = None) -> list[Path]:
+    """Image files anywhere under ``folder``, sorted by their path's parts (``sorted(folder.rglob(...))``'s order); the first ``limit``.
 
     One ``scandir`` per directory, whose entries know their type without a ``stat`` (only
     symbolic links are followed, to see whether they lead to a file); symbolic links to
@@ -111,7 +117,7 @@ def _image_files(folder: Path) -> list[Path]:
                 elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file():
                     found.append(((*rel, e.name), e.path))
     found.sort(key=lambda item: item[0])
-    return [Path(p) for _, p in found]
+    return [Path(p) for _, p in found[:limit]]
 
 
 def read_image(path: str | Path) -> Any:

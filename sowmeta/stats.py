@@ -15,16 +15,17 @@ spread: about 0.02 % of rows), those rows are recomputed exactly in float64.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from .feature_moments import rows_view, shifted_moments
 
-__all__ = ["ClassMoments", "LabelGroups", "channel_view"]
+__all__ = ["ClassMoments", "LabelGroups", "RowMoments", "channel_view", "per_image_moments"]
 
-# Rows with (mean - shift)^2 > _ILL_CONDITIONED * variance are recomputed exactly: the float32 route's
+# Rows with (mean - shift)^2 > ILL_CONDITIONED * variance are recomputed exactly: the float32 route's
 # relative error in the variance grows like 4e-7 * (1 + (mean - shift)^2 / variance), so it stays below ~5e-6.
-_ILL_CONDITIONED = 10.0
+ILL_CONDITIONED = 10.0
 # Elements per float64 chunk when recomputing rows exactly: bounds the temporary copy.
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -47,13 +48,33 @@ def channel_view(x: torch.Tensor, axis: int = 1) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2)
 
 
-def _per_image_moments(x: torch.Tensor, axis: int = 1) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Mean and M2 over positions, per image and channel, in float64: ([N, C], [N, C], P)."""
+class RowMoments(NamedTuple):
+    """A map's per-image moments taken elsewhere (``bn_moments``): its row shifts, mean and M2 in float64, and
+    how many rows failed the conditioning test (``ILL_CONDITIONED``, applied before M2 was clamped at 0)."""
+
+    shift: torch.Tensor  # [N, C] float32
+    mean: torch.Tensor  # [N, C] float64
+    m2: torch.Tensor  # [N, C] float64, clamped at 0
+    ill: int
+
+
+def per_image_moments(x: torch.Tensor, axis: int = 1, moments: RowMoments | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean and M2 over positions, per image and channel, in float64: ([N, C], [N, C], P).
+
+    ``moments``: the same already taken from ``x`` (channels on axis 1) by a fused kernel; only
+    its ill-conditioned rows, if any, are then recomputed here.
+    """
     x = x.detach()
     if x.dim() < 2:
         raise ValueError(f"a tapped feature needs a batch and a channel axis, got shape {tuple(x.shape)}")
     v, last = rows_view(x, axis)
     n, c, p = v.shape[0], v.shape[2 if last else 1], v.shape[1 if last else 2]
+    if moments is not None:
+        mean, m2 = moments.mean, moments.m2
+        if moments.ill:
+            offset = mean - moments.shift.double()
+            _exact_rows(v, last, mean, m2, torch.nonzero((m2 * ILL_CONDITIONED < offset.square() * p).flatten()).flatten())
+        return mean, m2, p
     if p == 1:  # N x C features: every image is one sample per channel
         return v.reshape(n, c).double(), torch.zeros(n, c, dtype=torch.float64, device=v.device), 1
     if v.is_cuda:  # CUDA's var_mean is one Welford pass: exact enough and free of host syncs
@@ -62,19 +83,26 @@ def _per_image_moments(x: torch.Tensor, axis: int = 1) -> tuple[torch.Tensor, to
     shift, mean32, sq32 = shifted_moments(v, last=last)
     offset = mean32.double()  # the mean's distance from the shift
     m2 = (sq32.double() - offset.square()) * p
-    ill = torch.nonzero((m2 * _ILL_CONDITIONED < offset.square() * p).flatten()).flatten()
+    ill = torch.nonzero((m2 * ILL_CONDITIONED < offset.square() * p).flatten()).flatten()
     mean = offset.add_(shift.double())
-    if ill.numel():
-        flat_mean, flat_m2 = mean.view(-1), m2.view(-1)
-        step = max(1, _CHUNK_ELEMENTS // p)
-        for start in range(0, ill.numel(), step):
-            idx = ill[start : start + step]
-            image, channel = idx // c, idx % c
-            exact = (v[image, :, channel] if last else v[image, channel]).double()
-            mu = exact.mean(dim=1, keepdim=True)
-            flat_mean[idx] = mu.squeeze(1)
-            flat_m2[idx] = (exact - mu).square().sum(dim=1)
+    _exact_rows(v, last, mean, m2, ill)
     return mean, m2.clamp_min_(0), p
+
+
+def _exact_rows(v: torch.Tensor, last: bool, mean: torch.Tensor, m2: torch.Tensor, rows: torch.Tensor) -> None:
+    """Recompute the flat (image * C + channel) ``rows`` of ``mean`` and ``m2`` exactly in float64, in place."""
+    if not rows.numel():
+        return
+    c, p = mean.shape[1], v.shape[1 if last else 2]
+    flat_mean, flat_m2 = mean.view(-1), m2.view(-1)
+    step = max(1, _CHUNK_ELEMENTS // p)
+    for start in range(0, rows.numel(), step):
+        idx = rows[start : start + step]
+        image, channel = idx // c, idx % c
+        exact = (v[image, :, channel] if last else v[image, channel]).double()
+        mu = exact.mean(dim=1, keepdim=True)
+        flat_mean[idx] = mu.squeeze(1)
+        flat_m2[idx] = (exact - mu).square().sum(dim=1)
 
 
 def _group_sum(group: torch.Tensor, values: torch.Tensor, groups: int) -> torch.Tensor:
@@ -139,16 +167,35 @@ class ClassMoments:
     def channels(self) -> int:
         return self.mean.shape[1]
 
-    def update(self, x: torch.Tensor, labels: torch.Tensor | LabelGroups, *, axis: int = 1) -> None:
-        """Fold a batch of features ``x`` (channels on ``axis``) with class ``labels`` [N] (or their groups) into the moments."""
-        img_mean, img_m2, p = _per_image_moments(x, axis)
+    def update(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | LabelGroups,
+        *,
+        axis: int = 1,
+        moments: RowMoments | None = None,
+    ) -> None:
+        """Fold a batch of features ``x`` (channels on ``axis``) with class ``labels`` [N] (or their groups) into the moments.
+
+        ``moments``: ``x``'s per-image moments when already taken (see ``per_image_moments``).
+        """
+        img_mean, img_m2, p = per_image_moments(x, axis, moments)
+        self.fold(img_mean, img_m2, p, labels)
+
+    def fold(self, img_mean: torch.Tensor, img_m2: torch.Tensor, positions: int | torch.Tensor, labels: torch.Tensor | LabelGroups) -> None:
+        """Fold per-image moments (mean and M2 over ``positions`` positions, ``[N, C]`` float64) into the per-class moments.
+
+        ``positions`` is one count for every channel, or a float64 ``[C]`` tensor of counts per
+        channel (columns of several taps folded at once).
+        """
         dev = self.mean.device
         img_mean, img_m2 = img_mean.to(dev), img_m2.to(dev)
+        p = positions.to(dev) if isinstance(positions, torch.Tensor) else positions
         groups = labels if isinstance(labels, LabelGroups) else LabelGroups.of(labels, dev)
         # Only the classes present in the batch are touched: with 1000 classes most rows stay as they are.
         present, group, images_b = groups.present, groups.group, groups.images
         g = present.numel()
-        n_b = (images_b * p).to(torch.float64).unsqueeze(1)
+        n_b = images_b.to(torch.float64).unsqueeze(1) * p
         mean_b = _group_sum(group, img_mean, g) / images_b.unsqueeze(1)
         # Chan et al.: M2 of a union = sum of the parts' M2 + n_i * (mean_i - mean)^2.
         spread = (img_mean - mean_b[group]).square_().mul_(p).add_(img_m2)
@@ -156,6 +203,10 @@ class ClassMoments:
         n, mean, m2 = _chan(self.count[present], self.mean[present], self.m2[present], n_b, mean_b, m2_b)
         self.count[present], self.mean[present], self.m2[present] = n, mean, m2
         self.images[present] += images_b
+
+    def columns(self, start: int, stop: int) -> ClassMoments:
+        """Channels ``start:stop`` as moments of their own: views of these, sharing the image counts."""
+        return ClassMoments(self.count[:, start:stop], self.mean[:, start:stop], self.m2[:, start:stop], self.images)
 
     def _merge_in(self, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor, images_b: torch.Tensor) -> None:
         self.count, self.mean, self.m2 = _chan(self.count, self.mean, self.m2, n_b, mean_b, m2_b)

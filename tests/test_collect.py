@@ -398,3 +398,57 @@ def test_training_collector_needs_one_label_per_class():
         collector.to_bundle(architecture="tiny", preprocessing=Preprocessing(crop=8), labels=["a", "b"])
     b = collector.to_bundle(architecture="tiny", preprocessing=Preprocessing(crop=8), labels=["a", "b", "c"])
     assert b.counts.tolist() == [1, 0, 1] and b.labels == ["a", "b", "c"] and b.manifest.source.scenario == "A"
+
+
+class Branchy(torch.nn.Module):
+    """A tapped layer that runs only for some batches: its tap misses those."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.extra = torch.nn.Conv2d(4, 4, 1)
+        self.fc = torch.nn.Linear(4, 3)
+        self.use_extra = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.use_extra:
+            x = self.extra(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_recorder_folds_taps_together_and_copes_with_missed_taps_and_new_sizes():
+    """Batches of several image sizes (positions per tap change) and batches where one tap does not run:
+    every tap's moments still equal float64 moments of the features it saw, computed by concatenation."""
+    from sowmeta.collectors import StatsRecorder
+
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    taps = resolve_taps(model, ["conv:out", "extra:out"])
+    recorder = StatsRecorder(model, taps, 3)
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"conv": [], "extra": []}
+    hooks = [getattr(model, n).register_forward_hook(lambda m, a, o, _n=n: seen[_n].append(o.double())) for n in seen]
+    g = torch.Generator().manual_seed(2)
+    labels: dict[str, list[torch.Tensor]] = {"conv": [], "extra": []}
+    for size, use_extra in ((8, True), (12, True), (8, False), (10, True)):
+        model.use_extra = use_extra
+        x = torch.randn(6, 3, size, size, generator=g) * 2 + 1
+        y = torch.randint(0, 3, (6,), generator=g)
+        with torch.no_grad(), recorder.hooks():
+            recorder.set_labels(y)
+            model(x)
+        recorder.set_labels(None)
+        for n in seen:
+            if len(seen[n]) > len(labels[n]):
+                labels[n].append(y)
+    for h in hooks:
+        h.remove()
+    moments = recorder.moments
+    for n in seen:
+        per_class = [torch.cat([f[y == k].transpose(0, 1).reshape(4, -1) for f, y in zip(seen[n], labels[n])], dim=1) for k in range(3)]
+        for k, f in enumerate(per_class):
+            v, m = torch.var_mean(f, dim=1, correction=0)
+            torch.testing.assert_close(moments[n].mean[k], m, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(moments[n].var()[k], v, rtol=1e-5, atol=1e-7)
+        assert int(moments[n].images.sum()) == 6 * len(labels[n])
+    assert int(moments["conv"].images.sum()) == 24 and int(moments["extra"].images.sum()) == 18

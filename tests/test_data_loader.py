@@ -125,3 +125,17 @@ def test_folder_scan_finds_what_rglob_finds_in_the_same_order(tmp_path):
     names = [p.relative_to(cls).as_posix() for p in want]
     assert names.index("a/b.png") < names.index("a-c.png")  # parts order, not string order ('-' < '/')
     assert "dirlink/y/z.jpeg" not in names and "link.png" in names and "broken.png" not in names
+    for n in (1, 3, 100):  # a limit keeps the first n of that order, as .limit() does
+        limited = scan_image_folder(tmp_path / "root", limit_per_class=n)
+        assert [p for p, _ in limited.samples] == want[:n] and limited.per_class == [min(n, len(want))]
+        assert limited.samples == index.limit(n).samples
+
+
+def test_folder_scan_limit_below_one_is_refused(tmp_path):
+    from sowmeta.data import scan_image_folder
+    from sowmeta.errors import DataError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"x")
+    with pytest.raises(DataError, match="at least 1"):
+        scan_image_folder(tmp_path, limit_per_class=0)

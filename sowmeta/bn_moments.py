@@ -1,0 +1,222 @@
+"""Eval-mode BatchNorm fused with the moments of its input: one read of each tapped map on the CPU.
+
+A collector tapping a BatchNorm's input reads every element of that map once more than plain
+inference does, and on a CPU that extra pass over maps far larger than the cache is most of what
+collection costs beyond inference. Inductor does not fuse a reduction with an elementwise op of
+the same input into one loop, so a 40-line C kernel (``bn_moments.c``) does it: the BatchNorm's
+output and the shifted per-row moments (as ``feature_moments.shifted_moments``) in one pass.
+
+It is compiled on first use with the system C compiler (``CC``, else ``cc``) against torch's own
+OpenMP runtime and kept under ``<cache>/native``; without a compiler, with ``SOWMETA_COMPILE=0``,
+or where the build fails, ``available()`` is False and collectors use the hooks as before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .env import cache_dir, compile_enabled
+from .stats import ILL_CONDITIONED, RowMoments
+from .taps import Tap
+
+__all__ = ["available", "batchnorm_moments", "fused_batchnorm_taps"]
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("bn_moments.c")
+# -O3 and the target's vector width; reassociation lets the two sums vectorize. No -ffast-math:
+# NaN and infinity in a feature must still come out as NaN and infinity.
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-shared", "-fPIC"]
+
+class _Library:
+    """The compiled kernel, built or found in the cache on first use; None for the process after a failure."""
+
+    def __init__(self) -> None:
+        self._fn: Callable[..., int] | None = None
+        self._tried = False
+
+    def get(self) -> Callable[..., int] | None:
+        if not self._tried:
+            self._tried = True
+            try:
+                self._fn = self._load()
+            except (OSError, subprocess.SubprocessError, ValueError) as exc:
+                first = (str(exc).strip().splitlines() or [""])[0]
+                log.warning("the fused BatchNorm kernel is unavailable (%s: %s); collecting with hooks", type(exc).__name__, first[:200])
+        return self._fn
+
+    def _load(self) -> Callable[..., int] | None:
+        if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
+            return None
+        compiler = shutil.which(os.environ.get("CC") or "cc")
+        runtime = _torch_openmp()
+        if compiler is None or runtime is None:
+            log.info("no C compiler or no OpenMP runtime beside torch: the fused BatchNorm kernel is off")
+            return None
+        path = _built(compiler, runtime)
+        lib = ctypes.CDLL(str(path))
+        fn = lib.bn_moments
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        fn.argtypes = [p, p, p, p, p, p, p, i64, i64, i64, ctypes.c_double, ctypes.c_int]
+        fn.restype = i64
+        return fn
+
+
+def _torch_openmp() -> Path | None:
+    """The libgomp torch itself loads, so that the kernel shares torch's thread pool instead of starting a second."""
+    root = Path(torch.__file__).parent
+    for folder in (root / "lib", root.parent / "torch.libs"):
+        found = sorted(folder.glob("libgomp*.so*")) if folder.is_dir() else []
+        if found:
+            return found[0]
+    return None
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [line for line in lines if line.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "\n".join(dict.fromkeys(keep))
+
+
+def _built(compiler: str, runtime: Path) -> Path:
+    """The shared library for this source, compiler, flags and CPU: from the cache, else compiled into it (atomically)."""
+    source = _SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(b"\0".join(s.encode() if isinstance(s, str) else s for s in (source, compiler, version, " ".join(_FLAGS), str(runtime), _cpu_signature()))).hexdigest()[:16]
+    folder = cache_dir() / "native"
+    target = folder / f"bn_moments-{key}.so"
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+        out = Path(tmp) / target.name
+        cmd = [compiler, *_FLAGS, str(_SOURCE), "-o", str(out), str(runtime), f"-Wl,-rpath,{runtime.parent}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise OSError(f"{Path(compiler).name} exited with {done.returncode}: {(done.stderr.strip().splitlines() or [''])[0]}")
+        os.replace(out, target)
+    log.info("built the fused BatchNorm kernel: %s", target)
+    return target
+
+
+_LIBRARY = _Library()
+
+
+def available() -> bool:
+    """Whether the fused kernel can run in this process (built or cached, compiling allowed)."""
+    return compile_enabled() and _LIBRARY.get() is not None
+
+
+def _eligible(bn: nn.Module, x: torch.Tensor) -> bool:
+    """A stock BatchNorm using its running statistics, on a contiguous float32 CPU map with positions, outside autograd."""
+    return (
+        not torch.is_grad_enabled()
+        and isinstance(bn, _BatchNorm)
+        and type(bn).forward is _BatchNorm.forward
+        and not bn.training
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() >= 3
+        and x.numel() > 0
+        and x.is_contiguous()
+    )
+
+
+def batchnorm_moments(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, RowMoments] | None:
+    """``bn(x)`` and the per-image, per-channel moments of ``x`` (``stats.per_image_moments``'s) in one pass; None where not fused.
+
+    Not fused (None): training mode, no running statistics, a BatchNorm subclass with its own
+    forward, autograd on, a map that is not a contiguous float32 CPU tensor with positions, or
+    no kernel (``available()``). The caller then runs ``bn`` itself.
+    """
+    if not _eligible(bn, x) or not compile_enabled():
+        return None
+    fn = _LIBRARY.get()
+    if fn is None:
+        return None
+    n, c = x.shape[0], x.shape[1]
+    p = x.numel() // (n * c)
+    weight = bn.weight.detach().float() if bn.weight is not None else 1.0
+    bias = bn.bias.detach().float() if bn.bias is not None else 0.0
+    scale = (torch.rsqrt(bn.running_var.float() + bn.eps) * weight).contiguous()
+    offset = (bias - bn.running_mean.float() * scale).contiguous()
+    y = torch.empty_like(x)
+    shift = torch.empty(n, c)
+    mean, m2 = torch.empty(n, c, dtype=torch.float64), torch.empty(n, c, dtype=torch.float64)
+    ill = fn(x.data_ptr(), y.data_ptr(), scale.data_ptr(), offset.data_ptr(), shift.data_ptr(), mean.data_ptr(), m2.data_ptr(),
+             n, c, p, ILL_CONDITIONED, torch.get_num_threads())
+    return y, RowMoments(shift, mean, m2, int(ill))
+
+
+TapRecord = Callable[..., None]
+
+
+@contextmanager
+def fused_batchnorm_taps(model: nn.Module, taps: Sequence[Tap], record: TapRecord) -> Iterator[set[str]]:
+    """For the duration of the block, BatchNorm-input taps record through the fused kernel; yields their tap names.
+
+    Each such BatchNorm's forward is replaced on the instance: where ``batchnorm_moments`` applies
+    it calls ``record(tap, x, moments)`` and returns the kernel's output; otherwise
+    ``record(tap, x)`` and the module's own forward. The caller hooks the other taps as usual.
+    The instance attribute is removed on exit, always. Nothing is patched when the kernel is
+    unavailable, so the yielded set is then empty.
+    """
+    patched: list[nn.Module] = []
+    names: set[str] = set()
+    try:
+        if available():
+            named = dict(model.named_modules())
+            for tap in taps:
+                module = named.get(tap.module)
+                if (
+                    tap.position != "in"
+                    or tap.axis not in (None, 1)
+                    or tap.prefix_tokens
+                    or not isinstance(module, _BatchNorm)
+                    or type(module).forward is not _BatchNorm.forward
+                    or "forward" in vars(module)
+                ):
+                    continue
+                module.forward = _fused_forward(module, tap, record)  # type: ignore[method-assign]
+                patched.append(module)
+                names.add(tap.name)
+        yield names
+    finally:
+        for module in patched:
+            vars(module).pop("forward", None)
+
+
+def _fused_forward(module: _BatchNorm, tap: Tap, record: TapRecord) -> Callable[[torch.Tensor], torch.Tensor]:
+    own = type(module).forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        fused = batchnorm_moments(module, x) if isinstance(x, torch.Tensor) else None
+        if fused is None:
+            record(tap, x)
+            return own(module, x)
+        y, moments = fused
+        record(tap, x, moments)
+        return y
+
+    return forward

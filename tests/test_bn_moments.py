@@ -1,0 +1,200 @@
+"""The fused BatchNorm + moments kernel against eager BatchNorm and float64 moments computed another way."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sowmeta import bn_moments
+from sowmeta.collectors import StatsRecorder, collect
+from sowmeta.stats import ILL_CONDITIONED, per_image_moments
+from sowmeta.taps import resolve_taps
+
+from conftest import randomize_bn, tiny_net, write_image_folder
+
+needs_kernel = pytest.mark.skipif(not bn_moments.available(), reason="no C compiler or OpenMP runtime: the fused kernel is off here")
+
+
+def bn_of(c: int, affine: bool = True, seed: int = 0) -> nn.BatchNorm2d:
+    torch.manual_seed(seed)
+    return randomize_bn(nn.BatchNorm2d(c, affine=affine), seed) if affine else _stats_only(nn.BatchNorm2d(c, affine=False), seed)
+
+
+def _stats_only(bn: nn.BatchNorm2d, seed: int) -> nn.BatchNorm2d:
+    g = torch.Generator().manual_seed(seed)
+    bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
+    bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+    return bn.eval()
+
+
+def reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel: mean and sum of squared deviations, in float64, by var_mean."""
+    d = x.double().flatten(2)
+    var, mean = torch.var_mean(d, dim=2, correction=0)
+    return mean, var * d.shape[2]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(5, 3, 7, 5), (4, 6, 2, 3), (2, 4, 1, 1), (3, 2, 9)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_output_is_batchnorm_and_moments_are_float64_exact(shape, affine):
+    """Odd position counts, fewer than the 8 sampled positions, one position, BatchNorm1d-shaped maps."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=g) * 3 + 2
+    bn = bn_of(shape[1], affine) if len(shape) == 4 else _stats_only(nn.BatchNorm1d(shape[1]), 1)
+    with torch.no_grad():
+        y, rows = bn_moments.batchnorm_moments(bn, x)
+        torch.testing.assert_close(y, bn(x), rtol=1e-5, atol=1e-6)
+    mean, m2 = reference(x)
+    assert rows.mean.dtype == torch.float64 and rows.ill == 0
+    torch.testing.assert_close(rows.mean, mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rows.m2, m2, rtol=1e-5, atol=1e-5)
+    p = x[0, 0].numel()
+    picked = x.flatten(2)[:, :, :: max(1, p // 8)][:, :, :8].mean(2)
+    torch.testing.assert_close(rows.shift, picked)
+
+
+@needs_kernel
+def test_ill_conditioned_rows_are_counted_and_recomputed_exactly():
+    """Rows whose sampled positions miss their mass: the kernel counts them, per_image_moments makes them exact."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(4, 3, 32, 32, generator=g) * 0.01 + 1000.0
+    x.view(4, 3, -1)[:, :, ::128] = 0.0  # every sampled position
+    x[0, 0] = torch.randn(32, 32, generator=g)  # one well-conditioned row
+    with torch.no_grad():
+        _, rows = bn_moments.batchnorm_moments(bn_of(3), x)
+    mean, m2 = reference(x)
+    offset = rows.mean - rows.shift.double()
+    assert rows.ill == int((rows.m2 * ILL_CONDITIONED < offset.square() * 1024).sum()) == 11
+    fixed_mean, fixed_m2, p = per_image_moments(x, 1, rows)
+    assert p == 1024
+    ill = torch.ones(4, 3, dtype=torch.bool)
+    ill[0, 0] = False
+    torch.testing.assert_close(fixed_mean[ill], mean[ill], rtol=1e-12, atol=0)
+    torch.testing.assert_close(fixed_m2[ill], m2[ill], rtol=1e-9, atol=0)
+    torch.testing.assert_close(fixed_mean[0, 0], mean[0, 0], rtol=1e-5, atol=1e-6)  # float32 sums, as everywhere
+    torch.testing.assert_close(fixed_m2[0, 0], m2[0, 0], rtol=1e-5, atol=0)
+
+
+@needs_kernel
+def test_nan_and_infinity_propagate():
+    x = torch.randn(2, 2, 4, 4)
+    x[0, 0, 1, 1] = float("nan")
+    x[1, 1, 2, 2] = float("inf")
+    with torch.no_grad():
+        y, rows = bn_moments.batchnorm_moments(bn_of(2), x)
+    assert torch.isnan(rows.mean[0, 0]) and torch.isnan(y[0, 0, 1, 1])
+    assert not torch.isfinite(rows.mean[1, 1]) and torch.isfinite(rows.mean[0, 1]) and torch.isfinite(rows.mean[1, 0])
+
+
+class OwnForward(nn.BatchNorm2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + 1
+
+
+@needs_kernel
+def test_what_is_not_fused():
+    """Training mode, no running statistics, a subclass's own forward, autograd, float64, channels-last: None."""
+    x = torch.randn(2, 3, 4, 4)
+    bn = bn_of(3)
+    with torch.no_grad():
+        assert bn_moments.batchnorm_moments(bn, x) is not None
+        assert bn_moments.batchnorm_moments(bn.train(), x) is None
+        bn.eval()
+        assert bn_moments.batchnorm_moments(nn.BatchNorm2d(3, track_running_stats=False).eval(), x) is None
+        assert bn_moments.batchnorm_moments(OwnForward(3).eval(), x) is None
+        assert bn_moments.batchnorm_moments(bn, x.double()) is None
+        assert bn_moments.batchnorm_moments(bn, x.to(memory_format=torch.channels_last)) is None
+    assert bn_moments.batchnorm_moments(bn, x) is None  # grad mode on
+
+
+@needs_kernel
+def test_collect_takes_the_fused_route_and_matches_the_hooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The same bundle through the kernel and through the hooks (SOWMETA_COMPILE=0), and the kernel really ran."""
+    from sowmeta.models import LoadedModel
+    from sowmeta.preprocess import Preprocessing
+
+    folder = write_image_folder(tmp_path / "data", classes=4, per_class=6, size=12)
+    loaded = LoadedModel(tiny_net(4), "conftest:tiny_net", None, 4, None, Preprocessing(crop=12))
+    calls = []
+    real = bn_moments.batchnorm_moments
+
+    def spy(bn, x):
+        out = real(bn, x)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(bn_moments, "batchnorm_moments", spy)
+    fused, _ = collect(loaded, folder, batch_size=5)
+    assert calls and all(calls) and len(calls) == 2 * 5  # two BatchNorm taps, five batches
+    monkeypatch.setenv("SOWMETA_COMPILE", "0")
+    calls.clear()
+    hooked, _ = collect(loaded, folder, batch_size=5)
+    assert calls == []  # nothing patched: the hooks recorded
+    for tap, s in fused.stats.items():
+        torch.testing.assert_close(s.mean, hooked.stats[tap].mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(s.var, hooked.stats[tap].var, rtol=1e-5, atol=1e-7)
+
+
+@needs_kernel
+def test_forward_is_restored_even_on_error_and_outputs_unchanged():
+    model = tiny_net(4)
+    x = torch.randn(6, 3, 12, 12)
+    with torch.no_grad():
+        want = model(x)
+    taps = resolve_taps(model)
+    recorder = StatsRecorder(model, taps, 4)
+    with torch.no_grad(), recorder.hooks():
+        recorder.set_labels(torch.tensor([0, 1, 2, 3, 0, 1]))
+        got = model(x)
+    recorder.set_labels(None)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not any("forward" in vars(m) for m in model.modules())
+    with pytest.raises(RuntimeError, match="boom"), bn_moments.fused_batchnorm_taps(model, taps, lambda *a: None) as names:
+        assert names == {"bn1", "bn2"} or len(names) == 2
+        assert "forward" in vars(model.bn1)
+        raise RuntimeError("boom")
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_no_compiler_means_the_hooks(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """A missing compiler and a failing one: no kernel, a warning for the failure, and collecting still works."""
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert bn_moments._Library().get() is None
+    monkeypatch.setenv("CC", "false")
+    with caplog.at_level(logging.WARNING, logger="sowmeta.bn_moments"):
+        assert bn_moments._Library().get() is None
+    assert "unavailable" in caplog.text
+    broken = bn_moments._Library()
+    broken._tried = True  # as after a failed build: collect through the hooks
+    monkeypatch.setattr(bn_moments, "_LIBRARY", broken)
+    model = tiny_net(4)
+    recorder = StatsRecorder(model, resolve_taps(model), 4)
+    x = torch.randn(4, 3, 12, 12)
+    with torch.no_grad(), recorder.hooks():
+        recorder.set_labels(torch.tensor([0, 1, 0, 1]))
+        model(x)
+    recorder.set_labels(None)
+    assert recorder.moments["bn1"].images.tolist() == [2, 2, 0, 0]
+
+
+@needs_kernel
+def test_the_build_is_cached_by_source_and_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("SOWMETA_CACHE", str(tmp_path / "cache"))
+    runs = []
+    real = bn_moments.subprocess.run
+
+    def counting(cmd, **kw):
+        runs.append(cmd[1] if len(cmd) > 1 else cmd[0])
+        return real(cmd, **kw)
+
+    monkeypatch.setattr(bn_moments.subprocess, "run", counting)
+    assert bn_moments._Library().get() is not None
+    built = list((tmp_path / "cache" / "native").glob("bn_moments-*.so"))
+    assert len(built) == 1 and runs.count("--version") == 1 and len(runs) == 2
+    assert bn_moments._Library().get() is not None  # found in the cache: only the version query runs
+    assert len(runs) == 3 and not list((tmp_path / "cache" / "native").glob(".build-*"))
