@@ -41,3 +41,37 @@ int64_t bn_moments(const float *x, float *y, const float *scale, const float *bi
     }
     return ill;
 }
+
+/* Synthesis, forward: y as above, and per row E[x] and E[x^2] (float32), one read of x. */
+void bn_sums_forward(const float *x, float *y, const float *scale, const float *bias, float *mean, float *sq, int64_t n,
+                     int64_t c, int64_t p, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < n * c; r++) {
+        const float *xr = x + r * p;
+        float *yr = y + r * p;
+        const float a = scale[r % c], b = bias[r % c];
+        float s1 = 0.f, s2 = 0.f;
+#pragma omp simd reduction(+ : s1, s2)
+        for (int64_t i = 0; i < p; i++) {
+            const float v = xr[i];
+            s1 += v;
+            s2 += v * v;
+            yr[i] = v * a + b;
+        }
+        mean[r] = s1 / (float)p;
+        sq[r] = s2 / (float)p;
+    }
+}
+
+/* Synthesis, backward: dx = scale[c] * dy + (g_mean + 2 x g_sq) / P, one read of dy and x. */
+void bn_sums_backward(const float *x, const float *dy, float *dx, const float *scale, const float *g_mean,
+                      const float *g_sq, int64_t n, int64_t c, int64_t p, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < n * c; r++) {
+        const float *xr = x + r * p, *dyr = dy + r * p;
+        float *dxr = dx + r * p;
+        const float a = scale[r % c], k0 = g_mean[r] / (float)p, k1 = 2.f * g_sq[r] / (float)p;
+#pragma omp simd
+        for (int64_t i = 0; i < p; i++) dxr[i] = a * dyr[i] + k0 + k1 * xr[i];
+    }
+}

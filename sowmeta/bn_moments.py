@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ from .env import cache_dir, compile_enabled
 from .stats import ILL_CONDITIONED, RowMoments
 from .taps import Tap
 
-__all__ = ["available", "batchnorm_moments", "fused_batchnorm_taps"]
+__all__ = ["available", "batchnorm_moments", "batchnorm_sums", "fused_batchnorm_taps"]
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,22 @@ _SOURCE = Path(__file__).with_name("bn_moments.c")
 # NaN and infinity in a feature must still come out as NaN and infinity.
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-shared", "-fPIC"]
 
+class _Functions(NamedTuple):
+    """The kernel's entry points (see ``bn_moments.c``)."""
+
+    moments: Callable[..., int]  # collection: y, shift, float64 mean and M2, ill-conditioned count
+    sums_forward: Callable[..., None]  # synthesis: y, E[x], E[x^2]
+    sums_backward: Callable[..., None]  # synthesis: dx from dy and the moments' gradients
+
+
 class _Library:
     """The compiled kernel, built or found in the cache on first use; None for the process after a failure."""
 
     def __init__(self) -> None:
-        self._fn: Callable[..., int] | None = None
+        self._fn: _Functions | None = None
         self._tried = False
 
-    def get(self) -> Callable[..., int] | None:
+    def get(self) -> _Functions | None:
         if not self._tried:
             self._tried = True
             try:
@@ -60,7 +69,7 @@ class _Library:
                 log.warning("the fused BatchNorm kernel is unavailable (%s: %s); collecting with hooks", type(exc).__name__, first[:200])
         return self._fn
 
-    def _load(self) -> Callable[..., int] | None:
+    def _load(self) -> _Functions | None:
         if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
             return None
         compiler = shutil.which(os.environ.get("CC") or "cc")
@@ -70,11 +79,14 @@ class _Library:
             return None
         path = _built(compiler, runtime)
         lib = ctypes.CDLL(str(path))
-        fn = lib.bn_moments
-        p, i64 = ctypes.c_void_p, ctypes.c_int64
-        fn.argtypes = [p, p, p, p, p, p, p, i64, i64, i64, ctypes.c_double, ctypes.c_int]
-        fn.restype = i64
-        return fn
+        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        lib.bn_moments.argtypes = [p, p, p, p, p, p, p, i64, i64, i64, ctypes.c_double, i32]
+        lib.bn_moments.restype = i64
+        lib.bn_sums_forward.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32]
+        lib.bn_sums_forward.restype = None
+        lib.bn_sums_backward.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32]
+        lib.bn_sums_backward.restype = None
+        return _Functions(lib.bn_moments, lib.bn_sums_forward, lib.bn_sums_backward)
 
 
 def _torch_openmp() -> Path | None:
@@ -127,10 +139,9 @@ def available() -> bool:
 
 
 def _eligible(bn: nn.Module, x: torch.Tensor) -> bool:
-    """A stock BatchNorm using its running statistics, on a contiguous float32 CPU map with positions, outside autograd."""
+    """A stock BatchNorm using its running statistics, on a contiguous float32 CPU map with positions."""
     return (
-        not torch.is_grad_enabled()
-        and isinstance(bn, _BatchNorm)
+        isinstance(bn, _BatchNorm)
         and type(bn).forward is _BatchNorm.forward
         and not bn.training
         and bn.running_mean is not None
@@ -143,6 +154,19 @@ def _eligible(bn: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
+def _affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode BatchNorm as y = x * scale + offset per channel (float32, detached)."""
+    with torch.no_grad():
+        weight = bn.weight.float() if bn.weight is not None else 1.0
+        bias = bn.bias.float() if bn.bias is not None else 0.0
+        scale = (torch.rsqrt(bn.running_var.float() + bn.eps) * weight).contiguous()
+        return scale, (bias - bn.running_mean.float() * scale).contiguous()
+
+
+def _functions() -> _Functions | None:
+    return _LIBRARY.get() if compile_enabled() else None
+
+
 def batchnorm_moments(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, RowMoments] | None:
     """``bn(x)`` and the per-image, per-channel moments of ``x`` (``stats.per_image_moments``'s) in one pass; None where not fused.
 
@@ -150,35 +174,75 @@ def batchnorm_moments(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Row
     forward, autograd on, a map that is not a contiguous float32 CPU tensor with positions, or
     no kernel (``available()``). The caller then runs ``bn`` itself.
     """
-    if not _eligible(bn, x) or not compile_enabled():
+    if torch.is_grad_enabled() or not _eligible(bn, x):
         return None
-    fn = _LIBRARY.get()
-    if fn is None:
+    fns = _functions()
+    if fns is None:
         return None
     n, c = x.shape[0], x.shape[1]
     p = x.numel() // (n * c)
-    weight = bn.weight.detach().float() if bn.weight is not None else 1.0
-    bias = bn.bias.detach().float() if bn.bias is not None else 0.0
-    scale = (torch.rsqrt(bn.running_var.float() + bn.eps) * weight).contiguous()
-    offset = (bias - bn.running_mean.float() * scale).contiguous()
+    scale, offset = _affine(bn)  # type: ignore[arg-type]
     y = torch.empty_like(x)
     shift = torch.empty(n, c)
     mean, m2 = torch.empty(n, c, dtype=torch.float64), torch.empty(n, c, dtype=torch.float64)
-    ill = fn(x.data_ptr(), y.data_ptr(), scale.data_ptr(), offset.data_ptr(), shift.data_ptr(), mean.data_ptr(), m2.data_ptr(),
-             n, c, p, ILL_CONDITIONED, torch.get_num_threads())
+    ill = fns.moments(x.data_ptr(), y.data_ptr(), scale.data_ptr(), offset.data_ptr(), shift.data_ptr(), mean.data_ptr(),
+                      m2.data_ptr(), n, c, p, ILL_CONDITIONED, torch.get_num_threads())
     return y, RowMoments(shift, mean, m2, int(ill))
+
+
+class _BatchNormSums(torch.autograd.Function):
+    """y = x * scale + offset and per-row E[x], E[x^2], differentiable in ``x`` only (the layer is frozen)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, fns: _Functions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        n, c = x.shape[0], x.shape[1]
+        p = x.numel() // (n * c)
+        y = torch.empty_like(x)
+        mean, sq = torch.empty(n, c), torch.empty(n, c)
+        fns.sums_forward(x.data_ptr(), y.data_ptr(), scale.data_ptr(), offset.data_ptr(), mean.data_ptr(), sq.data_ptr(), n, c, p, torch.get_num_threads())
+        ctx.save_for_backward(x, scale)
+        ctx.fns = fns  # type: ignore[attr-defined]
+        return y, mean, sq
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor, g_mean: torch.Tensor, g_sq: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+        x, scale = ctx.saved_tensors  # type: ignore[attr-defined]
+        n, c = x.shape[0], x.shape[1]
+        p = x.numel() // (n * c)
+        dy, g_mean, g_sq = dy.float().contiguous(), g_mean.float().contiguous(), g_sq.float().contiguous()
+        dx = torch.empty_like(x)
+        ctx.fns.sums_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), scale.data_ptr(), g_mean.data_ptr(), g_sq.data_ptr(), n, c, p, torch.get_num_threads())  # type: ignore[attr-defined]
+        return dx, None, None, None
+
+
+def batchnorm_sums(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None:
+    """``bn(x)`` and per-image, per-channel E[x], E[x^2] (float32), both differentiable in ``x``, one pass each way; None where not fused.
+
+    For synthesis: autograd on, the BatchNorm's own parameters frozen (no gradient is computed
+    for them); otherwise as ``batchnorm_moments``.
+    """
+    if not torch.is_grad_enabled() or not _eligible(bn, x) or any(t.requires_grad for t in bn.parameters(recurse=False)):
+        return None
+    fns = _functions()
+    if fns is None:
+        return None
+    scale, offset = _affine(bn)  # type: ignore[arg-type]
+    y, mean, sq = _BatchNormSums.apply(x, scale, offset, fns)
+    return y, (mean, sq)
 
 
 TapRecord = Callable[..., None]
 
 
 @contextmanager
-def fused_batchnorm_taps(model: nn.Module, taps: Sequence[Tap], record: TapRecord) -> Iterator[set[str]]:
+def fused_batchnorm_taps(model: nn.Module, taps: Sequence[Tap], record: TapRecord, *, differentiable: bool = False) -> Iterator[set[str]]:
     """For the duration of the block, BatchNorm-input taps record through the fused kernel; yields their tap names.
 
-    Each such BatchNorm's forward is replaced on the instance: where ``batchnorm_moments`` applies
-    it calls ``record(tap, x, moments)`` and returns the kernel's output; otherwise
-    ``record(tap, x)`` and the module's own forward. The caller hooks the other taps as usual.
+    Each such BatchNorm's forward is replaced on the instance: where the kernel applies it calls
+    ``record(tap, x, moments)`` and returns the kernel's output; otherwise ``record(tap, x)``
+    and the module's own forward. ``moments``: ``batchnorm_moments``' RowMoments (collection), or
+    with ``differentiable`` ``batchnorm_sums``' (E[x], E[x^2]) in the autograd graph (synthesis).
+    The caller hooks the other taps as usual.
     The instance attribute is removed on exit, always. Nothing is patched when the kernel is
     unavailable, so the yielded set is then empty.
     """
@@ -198,7 +262,7 @@ def fused_batchnorm_taps(model: nn.Module, taps: Sequence[Tap], record: TapRecor
                     or "forward" in vars(module)
                 ):
                     continue
-                module.forward = _fused_forward(module, tap, record)  # type: ignore[method-assign]
+                module.forward = _fused_forward(module, tap, record, batchnorm_sums if differentiable else batchnorm_moments)  # type: ignore[method-assign]
                 patched.append(module)
                 names.add(tap.name)
         yield names
@@ -207,11 +271,11 @@ def fused_batchnorm_taps(model: nn.Module, taps: Sequence[Tap], record: TapRecor
             vars(module).pop("forward", None)
 
 
-def _fused_forward(module: _BatchNorm, tap: Tap, record: TapRecord) -> Callable[[torch.Tensor], torch.Tensor]:
+def _fused_forward(module: _BatchNorm, tap: Tap, record: TapRecord, kernel: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, object] | None]) -> Callable[[torch.Tensor], torch.Tensor]:
     own = type(module).forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        fused = batchnorm_moments(module, x) if isinstance(x, torch.Tensor) else None
+        fused = kernel(module, x) if isinstance(x, torch.Tensor) else None
         if fused is None:
             record(tap, x)
             return own(module, x)

@@ -198,3 +198,80 @@ def test_the_build_is_cached_by_source_and_machine(monkeypatch: pytest.MonkeyPat
     assert len(built) == 1 and runs.count("--version") == 1 and len(runs) == 2
     assert bn_moments._Library().get() is not None  # found in the cache: only the version query runs
     assert len(runs) == 3 and not list((tmp_path / "cache" / "native").glob(".build-*"))
+
+
+@needs_kernel
+@pytest.mark.parametrize("use", ["all", "moments only", "output only"])
+def test_synthesis_gradient_equals_float64_autograd(use):
+    """d/dx of a loss on the BatchNorm's output and on E[x], E[x^2] against autograd of the plain formulas in float64;
+    gradients of outputs the loss does not use arrive as zeros."""
+    g = torch.Generator().manual_seed(4)
+    bn = bn_of(5)
+    for p in bn.parameters():
+        p.requires_grad_(False)
+    x = (torch.randn(3, 5, 7, 6, generator=g) * 2 + 1).requires_grad_(True)
+    wy, wm, wq = (torch.randn(*s, generator=g) for s in ((3, 5, 7, 6), (3, 5), (3, 5)))
+
+    def loss(y, mean, sq):
+        parts = {"all": (True, True), "moments only": (False, True), "output only": (True, False)}[use]
+        out = (y * wy).sum() if parts[0] else 0.0
+        return out + ((mean * wm).sum() + (sq * wq).sum() if parts[1] else 0.0)
+
+    y, (mean, sq) = bn_moments.batchnorm_sums(bn, x)
+    loss(y, mean, sq).backward()
+    x64 = x.detach().double().requires_grad_(True)
+    bn64 = bn_of(5).double()
+    y64 = bn64(x64)
+    flat = x64.flatten(2)
+    loss(y64, flat.mean(2), flat.square().mean(2)).backward()
+    torch.testing.assert_close(y.detach().double(), y64.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mean.detach().double(), flat.mean(2).detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
+def test_synthesis_sums_need_a_frozen_layer_and_autograd():
+    bn = bn_of(3)
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    assert bn_moments.batchnorm_sums(bn, x) is None  # its parameters would need gradients
+    for p in bn.parameters():
+        p.requires_grad_(False)
+    assert bn_moments.batchnorm_sums(bn, x) is not None
+    with torch.no_grad():
+        assert bn_moments.batchnorm_sums(bn, x) is None
+
+
+@needs_kernel
+def test_engine_takes_the_fused_route_and_matches_the_hooks(monkeypatch: pytest.MonkeyPatch):
+    """A few iterations of the engine through the kernel and through the hooks (SOWMETA_COMPILE=0): the same images."""
+    from sowmeta.preprocess import Preprocessing
+    from sowmeta.synth.config import SynthConfig
+    from sowmeta.synth.engine import Inverter, TapTarget
+
+    model = tiny_net(4)
+    taps = resolve_taps(model, "bn-inputs")
+    g = torch.Generator().manual_seed(5)
+    targets = [TapTarget(t, torch.randn(2, c, generator=g), torch.rand(2, c, generator=g) + 0.5) for t, c in zip(taps, (6, 12))]
+    init = torch.rand(4, 3, 12, 12, generator=g)
+    calls = []
+    real = bn_moments.batchnorm_sums
+
+    def spy(bn, x):
+        out = real(bn, x)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(bn_moments, "batchnorm_sums", spy)
+
+    def run() -> torch.Tensor:
+        inv = Inverter(model, targets, Preprocessing(crop=12), SynthConfig(batch_size=4, iterations=5, jitter=0, flip=False))
+        return inv.run(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 1]), init, seed=0).images
+
+    fused = run()
+    assert calls.count(True) == 2 * 5 and calls.count(False) == 2  # the final verdict runs without autograd
+    monkeypatch.setenv("SOWMETA_COMPILE", "0")
+    calls.clear()
+    hooked = run()
+    assert calls == []
+    assert (fused - hooked).abs().max() < 1e-4  # images in [0, 1]; float32 rounding only
+    assert (fused - init).abs().max() > 1e-2  # and they did move

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..bn_moments import fused_batchnorm_taps
 from ..errors import ConfigError, DivergenceError
 from ..logits import logits_of
 from ..preprocess import Preprocessing
@@ -203,8 +204,8 @@ class Inverter:
         self.tap_weight = torch.tensor([t.weight for t in targets], device=self.device)
         self.terms = objective(config, self._statistics if targets else None)
 
-    def _record(self, tap: Tap, x: torch.Tensor) -> None:
-        self._moments[tap.name] = per_image_moments(x, tap.axis)
+    def _record(self, tap: Tap, x: torch.Tensor, moments: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        self._moments[tap.name] = moments if moments is not None else per_image_moments(x, tap.axis)
 
     def term_values(
         self, x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, group_rows: torch.Tensor
@@ -260,7 +261,9 @@ class Inverter:
         finite = torch.ones((), dtype=torch.bool, device=dev)
         terms: dict[str, torch.Tensor] = {}
         module = self.module.to(memory_format=torch.channels_last) if self.channels_last else self.module
-        with _frozen(module), tap_hooks(module, [t.tap for t in self.targets], self._record):
+        taps = [t.tap for t in self.targets]
+        with _frozen(module), fused_batchnorm_taps(module, taps, self._record, differentiable=True) as fused, \
+                tap_hooks(module, [t for t in taps if t.name not in fused], self._record):
             for it in range(cfg.iterations):
                 opt.zero_grad(set_to_none=True)
                 x = param.image()
