@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sowmeta.bn_moments import fused_batchnorm_taps
 from sowmeta.collectors import StatsRecorder, collect
 from sowmeta.data import folder_loader, plan_loader, scan_image_folder
 from sowmeta.models import load_model
@@ -40,8 +41,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(module: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int, rounds: int, device: torch.device) -> tuple[float, float, int]:
-    """Median seconds per batch of plain inference and of inference + statistics, and the tap count."""
+def measure(module: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int, rounds: int, device: torch.device) -> tuple[float, float, float, int]:
+    """Median seconds per batch of plain inference, of inference + statistics, and of inference with the
+    BatchNorm layers through sowmeta's fused kernel (moments thrown away); and the tap count."""
     module = module.to(device).eval()
     taps = resolve_taps(module)
     recorder = StatsRecorder(module, taps, num_classes)
@@ -55,20 +57,24 @@ def measure(module: nn.Module, batches: list[torch.Tensor], labels: list[torch.T
             module(x)
         recorder.set_labels(None)
 
-    times: dict[str, list[float]] = {"plain": [], "collect": []}
+    def kernel(x: torch.Tensor, _y: torch.Tensor) -> None:
+        with fused_batchnorm_taps(module, taps, lambda *_: None):
+            module(x)
+
+    variants = {"plain": plain, "collect": collect, "kernel": kernel}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.no_grad():
-        for fn in (plain, collect):  # warm-up: allocator, kernels, moments buffers
+        for fn in variants.values():  # warm-up: allocator, kernels, moments buffers
             fn(batches[0], labels[0])
         for r in range(rounds):
             for x, y in zip(batches, labels):
-                order = (plain, collect) if r % 2 == 0 else (collect, plain)
-                for fn in order:
+                for name, fn in variants.items() if r % 2 == 0 else reversed(variants.items()):
                     _sync(device)
                     t = time.perf_counter()
                     fn(x, y)
                     _sync(device)
-                    times["plain" if fn is plain else "collect"].append(time.perf_counter() - t)
-    return statistics.median(times["plain"]), statistics.median(times["collect"]), len(taps)
+                    times[name].append(time.perf_counter() - t)
+    return statistics.median(times["plain"]), statistics.median(times["collect"]), statistics.median(times["kernel"]), len(taps)
 
 
 def case(name: str, model: str, size: int, batch: int, n_batches: int, rounds: int, device: torch.device) -> tuple[float, float]:
@@ -78,11 +84,12 @@ def case(name: str, model: str, size: int, batch: int, n_batches: int, rounds: i
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(n_batches)]
     labels = [torch.randint(0, k, (batch,), generator=g).to(device) for _ in range(n_batches)]
-    t_plain, t_collect, taps = measure(loaded.module, batches, labels, k, rounds, device)
+    t_plain, t_collect, t_kernel, taps = measure(loaded.module, batches, labels, k, rounds, device)
     ratio = t_plain / t_collect
     print(
         f"{name:<16} {model} @ {size} px, batch {batch}, {taps} taps, {k} classes: "
-        f"inference {batch / t_plain:8.1f} img/s, collect {batch / t_collect:8.1f} img/s, ratio {ratio:.3f}"
+        f"inference {batch / t_plain:8.1f} img/s, collect {batch / t_collect:8.1f} img/s, ratio {ratio:.3f}; "
+        f"inference with the fused BatchNorm {batch / t_kernel:8.1f} img/s, collect / that {t_kernel / t_collect:.3f}"
     )
     return ratio, batch / t_collect
 

@@ -87,7 +87,7 @@ def main() -> None:
     result("moments_max_rel_err", moments_error(device, quick), "one-pass kernel, bf16 channels-last map vs float64")
 
     case = synth_speed.Case("resnet50", size, batch, "bf16")
-    bare, eng, di, di_frozen = synth_speed.run_case(case, device, iters, rounds)
+    bare, eng, di, di_frozen, _ = synth_speed.run_case(case, device, iters, rounds)
     print(f"per iteration: bare {bare * 1e3:.2f} ms, engine {eng * 1e3:.2f} ms, DI ref {di * 1e3:.2f} ms, DI frozen {di_frozen * 1e3:.2f} ms", flush=True)
     result("synth_seconds_per_image", eng * 2000 / batch, f"2,000 iterations, batch {batch}, bf16, channels_last")
     result("synth_engine_over_bare", eng / bare, "goal <= 1.10")

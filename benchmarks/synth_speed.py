@@ -5,6 +5,9 @@ the loops run on the same model and batch, interleaved in rounds, and the median
 compared, so the ratios hold even on a busy machine:
 
 * bare: ``model(x)``, cross-entropy, ``backward()`` w.r.t. the input only (parameters frozen);
+* bare, fused BatchNorm: the same step with the model's BatchNorm layers run by sowmeta's fused
+  kernel (``sowmeta.bn_moments``; on the CPU only, elsewhere it equals bare), their moments
+  computed and thrown away: engine / this is what the statistics cost beyond the layers themselves;
 * engine: ``sowmeta.synth.Inverter`` in cc mode, 10 classes mixed in the batch (the per-group path),
   per iteration in the steady state (a batch's one-off set-up and final verdict pass excluded).
   Engine iterations and bare steps alternate one by one (``paired_loop``: a bare step runs in the
@@ -15,7 +18,8 @@ compared, so the ratios hold even on a busy machine:
   only the weight gradients the public code computes and throws away.
 
 The last line is ``RESULT iter_over_fwdbwd=<worst engine/bare> speedup_vs_di_ref=<worst DI/engine>``;
-the line before it gives the worst speed-up against the frozen reference.
+the lines before it give the worst speed-up against the frozen reference and the worst engine /
+bare-with-fused-BatchNorm ratio.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sowmeta.bn_moments import fused_batchnorm_taps
 from sowmeta.models import load_model
 from sowmeta.preprocess import Preprocessing
 from sowmeta.synth import SynthConfig
@@ -131,17 +136,20 @@ def di_reference_loop(
 def paired_loop(
     inverter: Inverter, bare_module: nn.Module, x0: torch.Tensor, x_norm: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
     iters: int, autocast: object,
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float]]:
     """Engine iterations and bare steps, alternated one by one: seconds of each, in the steady state.
 
     The engine runs one batch of ``iters`` iterations; its progress callback (called after every
     iteration) times the iteration just done, then runs one bare step on ``bare_module`` (a copy of
     the model without the engine's hooks) and times it. Each engine iteration thus has a bare step
     beside it on the same machine state, which cancels the drift of a shared machine; the first
-    few pairs (the batch's set-up, a cold allocator) are dropped.
+    few pairs (the batch's set-up, a cold allocator) are dropped. A bare step with the model's
+    BatchNorm layers through the fused kernel follows each (the third list).
     """
     engine: list[float] = []
     bare: list[float] = []
+    fused: list[float] = []
+    taps = [t.tap for t in inverter.targets]
     xb = x_norm.clone().requires_grad_(True)
     last = [0.0]
 
@@ -152,16 +160,21 @@ def paired_loop(
         bare_step(bare_module, xb, y, autocast)
         _sync(x0.device)
         bare.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with fused_batchnorm_taps(bare_module, taps, lambda *_: None, differentiable=True):
+            bare_step(bare_module, xb, y, autocast)
+        _sync(x0.device)
+        fused.append(time.perf_counter() - start)
         last[0] = time.perf_counter()
 
     inverter.config = inverter.config.replace(iterations=iters)
     last[0] = time.perf_counter()
     inverter.run(y, rows, x0, seed=0, progress=step, report_every=1)
     skip = min(3, iters // 4)
-    return engine[skip:], bare[skip:]
+    return engine[skip:], bare[skip:], fused[skip:]
 
 
-def run_case(case: Case, device: torch.device, iters: int, rounds: int) -> tuple[float, float, float, float]:
+def run_case(case: Case, device: torch.device, iters: int, rounds: int) -> tuple[float, float, float, float, float]:
     from contextlib import nullcontext
 
     torch.manual_seed(0)
@@ -185,14 +198,15 @@ def run_case(case: Case, device: torch.device, iters: int, rounds: int) -> tuple
     bare_module = copy.deepcopy(module).requires_grad_(False)
     paired_loop(inverter, bare_module, x0, x_norm, y, rows, 4, autocast)  # warm-up (allocator, kernels, autotuning)
     di_reference_loop(module, x_norm, y, 2, autocast)
-    bare, eng, di, di_frozen = [], [], [], []
+    bare, eng, di, di_frozen, fused = [], [], [], [], []
     for _ in range(rounds):
-        e, b = paired_loop(inverter, bare_module, x0, x_norm, y, rows, 2 * iters, autocast)
+        e, b, f = paired_loop(inverter, bare_module, x0, x_norm, y, rows, 2 * iters, autocast)
         eng += e
         bare += b
+        fused += f
         di.append(di_reference_loop(module, x_norm, y, iters, autocast))
         di_frozen.append(di_reference_loop(module, x_norm, y, iters, autocast, frozen=True))
-    return statistics.median(bare), statistics.median(eng), statistics.median(di), statistics.median(di_frozen)
+    return statistics.median(bare), statistics.median(eng), statistics.median(di), statistics.median(di_frozen), statistics.median(fused)
 
 
 def main() -> None:
@@ -206,21 +220,23 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
     cases = GPU_CASES if device.type == "cuda" else CPU_CASES
-    ratios, speedups, frozen_speedups = [], [], []
+    ratios, speedups, frozen_speedups, over_fused = [], [], [], []
     print(f"device {device}, {args.rounds} rounds x {args.iters} iterations, torch {torch.__version__}")
     print(f"{'case':<34}{'bare ms':>9}{'engine ms':>11}{'DI ref ms':>11}{'DI frozen ms':>14}{'engine/bare':>13}{'DI/engine':>11}"
-          f"{'DI frozen/engine':>18}")
+          f"{'DI frozen/engine':>18}{'fused bare ms':>15}{'engine/fused bare':>19}")
     for case in cases:
-        bare, eng, di, di_frozen = run_case(case, device, args.iters, args.rounds)
+        bare, eng, di, di_frozen, fused = run_case(case, device, args.iters, args.rounds)
         ratios.append(eng / bare)
+        over_fused.append(eng / fused)
         speedups.append(di / eng)
         frozen_speedups.append(di_frozen / eng)
         name = f"{case.model} {case.size}px b{case.batch} amp={case.amp}"
         print(f"{name:<34}{bare * 1e3:>9.2f}{eng * 1e3:>11.2f}{di * 1e3:>11.2f}{di_frozen * 1e3:>14.2f}{eng / bare:>13.3f}"
-              f"{di / eng:>11.2f}{di_frozen / eng:>18.2f}")
+              f"{di / eng:>11.2f}{di_frozen / eng:>18.2f}{fused * 1e3:>15.2f}{eng / fused:>19.3f}")
         if args.images_per_second and device.type == "cuda":
             print(f"  {case.model}: {case.batch / (eng * 2000):.1f} images/s at 2k iterations")
     print(f"speedup_vs_di_ref_frozen={min(frozen_speedups):.2f}")
+    print(f"iter_over_fused_bare={max(over_fused):.3f}")
     print(f"RESULT iter_over_fwdbwd={max(ratios):.3f} speedup_vs_di_ref={min(speedups):.2f}")
 
 

@@ -112,8 +112,9 @@ def _cpu_signature() -> str:
 def _built(compiler: str, runtime: Path) -> Path:
     """The shared library for this source, compiler, flags and CPU: from the cache, else compiled into it (atomically)."""
     source = _SOURCE.read_bytes()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(b"\0".join(s.encode() if isinstance(s, str) else s for s in (source, compiler, version, " ".join(_FLAGS), str(runtime), _cpu_signature()))).hexdigest()[:16]
+    version = subprocess.run([compiler, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
+    parts = (source, compiler.encode(), version.encode(), " ".join(_FLAGS).encode(), str(runtime).encode(), _cpu_signature().encode())
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     folder = cache_dir() / "native"
     target = folder / f"bn_moments-{key}.so"
     if target.is_file():
@@ -122,7 +123,7 @@ def _built(compiler: str, runtime: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
         out = Path(tmp) / target.name
         cmd = [compiler, *_FLAGS, str(_SOURCE), "-o", str(out), str(runtime), f"-Wl,-rpath,{runtime.parent}"]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise OSError(f"{Path(compiler).name} exited with {done.returncode}: {(done.stderr.strip().splitlines() or [''])[0]}")
         os.replace(out, target)
