@@ -276,7 +276,7 @@ def _fused_forward(module: _BatchNorm, tap: Tap, record: TapRecord, kernel: Call
     own = type(module).forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        fused = kernel(module, x) if isinstance(x, torch.Tensor) else None
+        fused = kernel(module, x) if isinstance(x, torch.Tensor) and not torch.compiler.is_compiling() else None
         if fused is None:
             record(tap, x)
             return own(module, x)
