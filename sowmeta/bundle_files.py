@@ -78,10 +78,11 @@ def check_contained(path: Path, manifest: Manifest) -> None:
 
 
 def _digest_of(path: Path) -> str | None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("manifest_sha256")
+    """The manifest digest a safetensors file carries in its metadata (None when absent: format 1.0); ``ValueError`` when malformed."""
+    with open(path, "rb", buffering=0) as f:
+        _, meta = _read_header(f, os.fstat(f.fileno()).st_size)
+    digest = meta.get("manifest_sha256")
+    return digest if isinstance(digest, str) else None
 
 
 def verify_files(path: Path, manifest: Manifest, *, cached: bool = False) -> None:
@@ -128,7 +129,7 @@ def _check_file(fp: Path, record: FileRecord, before: os.stat_result) -> Checked
         raise ChecksumError(f"{fp} sha256 {digest[:12]}... differs from the manifest's {record.sha256[:12]}...: corrupt", path=str(fp))
     try:
         found = _digest_of(fp)
-    except Exception as exc:  # noqa: BLE001  (safetensors raises its own error type for malformed headers)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a malformed header: bad JSON, missing or mistyped fields
         raise CorruptBundleError(f"{fp} is not a readable safetensors file ({type(exc).__name__})", path=str(fp)) from exc
     checked = CheckedFile(digest, found)
     remember_file(before, after, checked)
@@ -179,8 +180,8 @@ def _seek_read(f: io.FileIO, offset: int, into: memoryview) -> int:
     return f.readinto(into) or 0
 
 
-def _read_header(f: io.FileIO, size: int) -> dict[str, _Entry]:
-    """The tensor table of an open safetensors file; ``ValueError`` when it does not fit the file."""
+def _read_header(f: io.FileIO, size: int) -> tuple[dict[str, _Entry], dict[str, object]]:
+    """The tensor table and the metadata of an open safetensors file; ``ValueError`` when it does not fit the file."""
     head = bytearray(8)
     _read_at(f, 0, memoryview(head))
     n = int.from_bytes(head, "little")
@@ -191,6 +192,9 @@ def _read_header(f: io.FileIO, size: int) -> dict[str, _Entry]:
     table = json.loads(text)
     if not isinstance(table, dict):
         raise ValueError("the header is not a JSON object")
+    meta = table.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("the header's metadata is not a JSON object")
     entries = {}
     base = 8 + n
     for key, info in table.items():
@@ -200,7 +204,7 @@ def _read_header(f: io.FileIO, size: int) -> dict[str, _Entry]:
         if type(start) is not int or type(end) is not int or not 0 <= start <= end or base + end > size:
             raise ValueError(f"{key!r} lies outside the file")
         entries[key] = _Entry(str(info["dtype"]), tuple(map(int, info["shape"])), base + start, base + end)
-    return entries
+    return entries, meta
 
 
 class _Reader:
@@ -223,7 +227,7 @@ class _Reader:
         fname = self.where[key]
         if fname not in self.files:
             f = self.stack.enter_context(open(self.path / fname, "rb", buffering=0))
-            self.files[fname] = (f, _read_header(f, os.fstat(f.fileno()).st_size))
+            self.files[fname] = (f, _read_header(f, os.fstat(f.fileno()).st_size)[0])
         f, table = self.files[fname]
         entry = table.get(key)
         if entry is None:

@@ -408,3 +408,17 @@ def test_docs_format_reader_recipe(tmp_path: Path):
         gvar = (n * (vars_ + (means - gmean).square())).sum(0) / n.sum()
         torch.testing.assert_close(torch.tensor(read_row(f"{name}/global_mean", None), dtype=torch.float64), gmean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(torch.tensor(read_row(f"{name}/global_var", None), dtype=torch.float64), gvar, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("header", [b"{not json", b'{"t": 5}', b'{"__metadata__": [1]}', b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 999]}}'])
+def test_a_malformed_header_whose_hash_matches_the_manifest_is_corrupt(saved: Path, header: bytes):
+    """Bytes that hash as the manifest says but are no safetensors file: a CorruptBundleError naming the file, not a crash."""
+    import hashlib
+
+    f = saved / "stats.safetensors"
+    f.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    d = json.loads((saved / "sowmeta.json").read_text())
+    d["files"][0].update(sha256=hashlib.sha256(f.read_bytes()).hexdigest(), size=f.stat().st_size)
+    (saved / "sowmeta.json").write_text(json.dumps(d))
+    with pytest.raises(CorruptBundleError, match="not a readable safetensors file"):
+        Bundle.load(saved)
