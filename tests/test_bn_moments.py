@@ -31,6 +31,20 @@ def _stats_only(bn: nn.BatchNorm2d, seed: int) -> nn.BatchNorm2d:
     return bn.eval()
 
 
+def spy_on(monkeypatch: pytest.MonkeyPatch, name: str) -> list[bool]:
+    """Replace ``bn_moments.<name>`` by a wrapper that records, per call, whether the kernel ran (a result, not None)."""
+    calls: list[bool] = []
+    real = getattr(bn_moments, name)
+
+    def spy(bn, x):  # noqa: ANN001, ANN202
+        out = real(bn, x)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(bn_moments, name, spy)
+    return calls
+
+
 def reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image and channel: mean and sum of squared deviations, in float64, by var_mean."""
     d = x.double().flatten(2)
@@ -120,15 +134,7 @@ def test_collect_takes_the_fused_route_and_matches_the_hooks(tmp_path: Path, mon
 
     folder = write_image_folder(tmp_path / "data", classes=4, per_class=6, size=12)
     loaded = LoadedModel(tiny_net(4), "conftest:tiny_net", None, 4, None, Preprocessing(crop=12))
-    calls = []
-    real = bn_moments.batchnorm_moments
-
-    def spy(bn, x):
-        out = real(bn, x)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(bn_moments, "batchnorm_moments", spy)
+    calls = spy_on(monkeypatch, "batchnorm_moments")
     fused, _ = collect(loaded, folder, batch_size=5)
     assert calls and all(calls) and len(calls) == 2 * 5  # two BatchNorm taps, five batches
     monkeypatch.setenv("SOWMETA_COMPILE", "0")
@@ -253,15 +259,7 @@ def test_engine_takes_the_fused_route_and_matches_the_hooks(monkeypatch: pytest.
     g = torch.Generator().manual_seed(5)
     targets = [TapTarget(t, torch.randn(2, c, generator=g), torch.rand(2, c, generator=g) + 0.5) for t, c in zip(taps, (6, 12))]
     init = torch.rand(4, 3, 12, 12, generator=g)
-    calls = []
-    real = bn_moments.batchnorm_sums
-
-    def spy(bn, x):
-        out = real(bn, x)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(bn_moments, "batchnorm_sums", spy)
+    calls = spy_on(monkeypatch, "batchnorm_sums")
 
     def run() -> torch.Tensor:
         inv = Inverter(model, targets, Preprocessing(crop=12), SynthConfig(batch_size=4, iterations=5, jitter=0, flip=False))
