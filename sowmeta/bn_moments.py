@@ -66,7 +66,7 @@ class _Library:
                 self._fn = self._load()
             except (OSError, subprocess.SubprocessError, ValueError) as exc:
                 first = (str(exc).strip().splitlines() or [""])[0]
-                log.warning("the fused BatchNorm kernel is unavailable (%s: %s); collecting with hooks", type(exc).__name__, first[:200])
+                log.warning("the fused BatchNorm kernel is unavailable (%s: %s); recording through hooks instead", type(exc).__name__, first[:200])
         return self._fn
 
     def _load(self) -> _Functions | None:
@@ -78,7 +78,11 @@ class _Library:
             log.info("no C compiler or no OpenMP runtime beside torch: the fused BatchNorm kernel is off")
             return None
         path = _built(compiler, runtime)
-        lib = ctypes.CDLL(str(path))
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:  # a damaged file in the cache (a full disk, a copy cut short): build it afresh, once
+            log.info("%s does not load; rebuilding it", path)
+            lib = ctypes.CDLL(str(_built(compiler, runtime, rebuild=True)))
         p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         lib.bn_moments.argtypes = [p, p, p, p, p, p, p, i64, i64, i64, ctypes.c_double, i32]
         lib.bn_moments.restype = i64
@@ -109,15 +113,15 @@ def _cpu_signature() -> str:
     return "\n".join(dict.fromkeys(keep))
 
 
-def _built(compiler: str, runtime: Path) -> Path:
-    """The shared library for this source, compiler, flags and CPU: from the cache, else compiled into it (atomically)."""
+def _built(compiler: str, runtime: Path, *, rebuild: bool = False) -> Path:
+    """The shared library for this source, compiler, flags and CPU: from the cache, else (or with ``rebuild``) compiled into it, atomically."""
     source = _SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
     parts = (source, compiler.encode(), version.encode(), " ".join(_FLAGS).encode(), str(runtime).encode(), _cpu_signature().encode())
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     folder = cache_dir() / "native"
     target = folder / f"bn_moments-{key}.so"
-    if target.is_file():
+    if target.is_file() and not rebuild:
         return target
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -273,3 +274,23 @@ def test_engine_takes_the_fused_route_and_matches_the_hooks(monkeypatch: pytest.
     assert calls == []
     assert (fused - hooked).abs().max() < 1e-4  # images in [0, 1]; float32 rounding only
     assert (fused - init).abs().max() > 1e-2  # and they did move
+
+
+@needs_kernel
+def test_a_damaged_cached_build_is_rebuilt_and_an_unusable_cache_is_a_warning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """In fresh processes (a library once loaded stays mapped under its name): build, damage the file, load again."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SOWMETA_CACHE": str(tmp_path / "cache")}
+    probe = [sys.executable, "-c", "from sowmeta import bn_moments; print(bn_moments.available())"]
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "True"
+    (built,) = (tmp_path / "cache" / "native").glob("bn_moments-*.so")
+    built.write_bytes(b"not a shared library")  # as a copy cut short would leave it
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "True"
+    assert built.read_bytes()[:4] == b"\x7fELF"
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("SOWMETA_CACHE", str(tmp_path / "file"))  # the cache is a file: nothing can be built there
+    with caplog.at_level(logging.WARNING, logger="sowmeta.bn_moments"):
+        assert bn_moments._Library().get() is None
+    assert "unavailable" in caplog.text and "hooks" in caplog.text
