@@ -4,11 +4,12 @@ A collector tapping a BatchNorm's input reads every element of that map once mor
 inference does, and on a CPU that extra pass over maps far larger than the cache is most of what
 collection costs beyond inference. Inductor does not fuse a reduction with an elementwise op of
 the same input into one loop, so a 40-line C kernel (``bn_moments.c``) does it: the BatchNorm's
-output and the shifted per-row moments (as ``feature_moments.shifted_moments``) in one pass.
+output and the shifted per-row moments (as ``feature_moments.shifted_moments``) in one pass. For
+synthesis it is an autograd Function: forward y, E[x], E[x^2]; backward dx in one pass over dy and x.
 
 It is compiled on first use with the system C compiler (``CC``, else ``cc``) against torch's own
 OpenMP runtime and kept under ``<cache>/native``; without a compiler, with ``SOWMETA_COMPILE=0``,
-or where the build fails, ``available()`` is False and collectors use the hooks as before.
+or where the build fails, ``available()`` is False and the hooks record as before.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ _SOURCE = Path(__file__).with_name("bn_moments.c")
 # -O3 and the target's vector width; reassociation lets the two sums vectorize. No -ffast-math:
 # NaN and infinity in a feature must still come out as NaN and infinity.
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros", "-shared", "-fPIC"]
+
 
 class _Functions(NamedTuple):
     """The kernel's entry points (see ``bn_moments.c``)."""
