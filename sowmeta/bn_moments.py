@@ -34,9 +34,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .env import cache_dir, compile_enabled
 from .stats import ILL_CONDITIONED, RowMoments
-from .taps import Tap
+from .taps import Tap, tap_hooks
 
-__all__ = ["available", "batchnorm_moments", "batchnorm_sums", "fused_batchnorm_taps"]
+__all__ = ["available", "batchnorm_moments", "batchnorm_sums", "fused_batchnorm_taps", "recording_taps"]
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,19 @@ def _built(compiler: str, runtime: Path, *, rebuild: bool = False) -> Path:
 _LIBRARY = _Library()
 
 
+def _functions() -> _Functions | None:
+    return _LIBRARY.get() if compile_enabled() else None
+
+
+def _rows(x: torch.Tensor) -> tuple[int, int, int]:
+    """Images, channels and positions per (image, channel) row of a channels-first map."""
+    n, c = x.shape[0], x.shape[1]
+    return n, c, x.numel() // (n * c)
+
+
 def available() -> bool:
     """Whether the fused kernel can run in this process (built or cached, compiling allowed)."""
-    return compile_enabled() and _LIBRARY.get() is not None
+    return _functions() is not None
 
 
 def _eligible(bn: nn.Module, x: torch.Tensor) -> bool:
@@ -170,10 +180,6 @@ def _affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
         return scale, (bias - bn.running_mean.float() * scale).contiguous()
 
 
-def _functions() -> _Functions | None:
-    return _LIBRARY.get() if compile_enabled() else None
-
-
 def batchnorm_moments(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, RowMoments] | None:
     """``bn(x)`` and the per-image, per-channel moments of ``x`` (``stats.per_image_moments``'s) in one pass; None where not fused.
 
@@ -186,8 +192,7 @@ def batchnorm_moments(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Row
     fns = _functions()
     if fns is None:
         return None
-    n, c = x.shape[0], x.shape[1]
-    p = x.numel() // (n * c)
+    n, c, p = _rows(x)
     scale, offset = _affine(bn)  # type: ignore[arg-type]
     y = torch.empty_like(x)
     shift = torch.empty(n, c)
@@ -202,8 +207,7 @@ class _BatchNormSums(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, fns: _Functions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        n, c = x.shape[0], x.shape[1]
-        p = x.numel() // (n * c)
+        n, c, p = _rows(x)
         y = torch.empty_like(x)
         mean, sq = torch.empty(n, c), torch.empty(n, c)
         fns.sums_forward(x.data_ptr(), y.data_ptr(), scale.data_ptr(), offset.data_ptr(), mean.data_ptr(), sq.data_ptr(), n, c, p, torch.get_num_threads())
@@ -214,8 +218,7 @@ class _BatchNormSums(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor, g_mean: torch.Tensor, g_sq: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
         x, scale = ctx.saved_tensors  # type: ignore[attr-defined]
-        n, c = x.shape[0], x.shape[1]
-        p = x.numel() // (n * c)
+        n, c, p = _rows(x)
         dy, g_mean, g_sq = dy.float().contiguous(), g_mean.float().contiguous(), g_sq.float().contiguous()
         dx = torch.empty_like(x)
         ctx.fns.sums_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), scale.data_ptr(), g_mean.data_ptr(), g_sq.data_ptr(), n, c, p, torch.get_num_threads())  # type: ignore[attr-defined]
@@ -291,3 +294,11 @@ def _fused_forward(module: _BatchNorm, tap: Tap, record: TapRecord, kernel: Call
         return y
 
     return forward
+
+
+@contextmanager
+def recording_taps(model: nn.Module, taps: Sequence[Tap], record: TapRecord, *, differentiable: bool = False) -> Iterator[None]:
+    """``record`` every tap on every forward: BatchNorm inputs through ``fused_batchnorm_taps``, the rest through ``taps.tap_hooks``."""
+    with fused_batchnorm_taps(model, taps, record, differentiable=differentiable) as fused:
+        with tap_hooks(model, [t for t in taps if t.name not in fused], record):
+            yield

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .bn_moments import fused_batchnorm_taps
+from .bn_moments import recording_taps
 from .bundle import Bundle, ModelRecord, SourceRecord
 from .class_folders import map_class_folders
 from .data import folder_loader, plan_loader, raise_if_strict, read_image, scan_image_folder
@@ -34,7 +34,7 @@ from .models import CUSTOM_ARCHITECTURE, LoadedModel, fingerprint, is_code_refer
 from .outputs import check_output
 from .preprocess import Preprocessing
 from .stats import ClassMoments, LabelGroups, RowMoments, per_image_moments
-from .taps import Tap, infer_axis, probe, resolve_taps, tap_hooks
+from .taps import Tap, infer_axis, probe, resolve_taps
 
 __all__ = ["StatsRecorder", "TrainingCollector", "CollectReport", "collect", "collect_seeds", "seed_files"]
 
@@ -64,7 +64,7 @@ class StatsRecorder:
         self._joint: ClassMoments | None = None  # every joint tap's channels side by side
         self._columns: dict[str, tuple[int, int]] = {}  # tap -> its channels in _joint
         self._positions: torch.Tensor | None = None  # positions per column of _joint, as last folded
-        self._positions_key: torch.Tensor | None = None  # positions per joint tap behind _positions
+        self._positions_key: tuple[int, ...] | None = None  # positions per joint tap behind _positions
         self._loose: dict[str, ClassMoments] = {}  # taps folded one by one (those not in _joint)
         self._pending: list[tuple[str, torch.Tensor, torch.Tensor, int]] = []
 
@@ -145,11 +145,11 @@ class StatsRecorder:
 
     def _joint_positions(self, counts: list[int]) -> torch.Tensor:
         """Positions per column of the joint block, float64 (rebuilt only when a tap's position count changes)."""
-        widths = [b - a for a, b in self._columns.values()]
-        key = torch.tensor(counts, dtype=torch.float64)
-        if self._positions is None or self._positions_key is None or not torch.equal(self._positions_key, key):
+        key = tuple(counts)
+        if self._positions is None or self._positions_key != key:
+            widths = torch.tensor([b - a for a, b in self._columns.values()])
             self._positions_key = key
-            self._positions = torch.repeat_interleave(key, torch.tensor(widths)).to(self._joint.mean.device)  # type: ignore[union-attr]
+            self._positions = torch.repeat_interleave(torch.tensor(counts, dtype=torch.float64), widths).to(self._joint.mean.device)  # type: ignore[union-attr]
         return self._positions
 
     def _split(self) -> None:
@@ -168,9 +168,8 @@ class StatsRecorder:
         BatchNorm-input taps on the CPU record through the fused kernel (``bn_moments``), which
         reads each map once for the BatchNorm and its moments; the others through hooks.
         """
-        with fused_batchnorm_taps(self.model, self.taps, self._record) as fused:
-            with tap_hooks(self.model, [t for t in self.taps if t.name not in fused], self._record):
-                yield self
+        with recording_taps(self.model, self.taps, self._record):
+            yield self
 
     def set_labels(self, labels: torch.Tensor | None) -> None:
         """The class of every image in the next forward pass (None: record nothing); ends the batch in progress."""

@@ -167,19 +167,9 @@ class ClassMoments:
     def channels(self) -> int:
         return self.mean.shape[1]
 
-    def update(
-        self,
-        x: torch.Tensor,
-        labels: torch.Tensor | LabelGroups,
-        *,
-        axis: int = 1,
-        moments: RowMoments | None = None,
-    ) -> None:
-        """Fold a batch of features ``x`` (channels on ``axis``) with class ``labels`` [N] (or their groups) into the moments.
-
-        ``moments``: ``x``'s per-image moments when already taken (see ``per_image_moments``).
-        """
-        img_mean, img_m2, p = per_image_moments(x, axis, moments)
+    def update(self, x: torch.Tensor, labels: torch.Tensor | LabelGroups, *, axis: int = 1) -> None:
+        """Fold a batch of features ``x`` (channels on ``axis``) with class ``labels`` [N] (or their groups) into the moments."""
+        img_mean, img_m2, p = per_image_moments(x, axis)
         self.fold(img_mean, img_m2, p, labels)
 
     def fold(self, img_mean: torch.Tensor, img_m2: torch.Tensor, positions: int | torch.Tensor, labels: torch.Tensor | LabelGroups) -> None:

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bn_moments import fused_batchnorm_taps
+from ..bn_moments import recording_taps
 from ..errors import ConfigError, DivergenceError
 from ..logits import logits_of
 from ..preprocess import Preprocessing
-from ..taps import Tap, tap_hooks
+from ..taps import Tap
 from .augment import augment
 from .config import SynthConfig
 from .param import make_parameterization
@@ -261,9 +261,7 @@ class Inverter:
         finite = torch.ones((), dtype=torch.bool, device=dev)
         terms: dict[str, torch.Tensor] = {}
         module = self.module.to(memory_format=torch.channels_last) if self.channels_last else self.module
-        taps = [t.tap for t in self.targets]
-        with _frozen(module), fused_batchnorm_taps(module, taps, self._record, differentiable=True) as fused, \
-                tap_hooks(module, [t for t in taps if t.name not in fused], self._record):
+        with _frozen(module), recording_taps(module, [t.tap for t in self.targets], self._record, differentiable=True):
             for it in range(cfg.iterations):
                 opt.zero_grad(set_to_none=True)
                 x = param.image()
