@@ -11,6 +11,8 @@ from sowmeta.cli.options import device_option, emit_json, model_options, registr
 
 __all__ = ["register"]
 
+_LISTED = 5  # misclassified seeds named one by one; the manifest keeps them all
+
 
 def _preprocessing_options(fn: Any) -> Any:
     for option in reversed([
@@ -76,7 +78,9 @@ def register(group: click.Group) -> None:
             if seeds is not None:
                 if rank != 0:  # a few seeds need no sharding: rank 0 alone checks them and writes the bundle
                     return
-                bundle, report = collect_seeds(loaded, seeds, keep_rejected=keep_rejected, **common)
+                with LiveProgress(console, ["seeds"], quiet=quiet or as_json) as bar:
+                    bundle, report = collect_seeds(loaded, seeds, keep_rejected=keep_rejected, batch_size=batch_size,
+                                                   progress=lambda done, total: bar.update("seeds", completed=done, total=total), **common)
             else:
                 with LiveProgress(console, ["collect"], quiet=quiet or as_json or rank != 0) as bar:
 
@@ -97,8 +101,11 @@ def register(group: click.Group) -> None:
                        "empty_classes": source.empty_classes, "skipped": report.skipped, "rejected": report.rejected, "seconds": report.seconds})
             return
         if not quiet:
-            for r in report.rejected:
-                err_console.print(f"[yellow]rejected seed[/] {r['path']}: class {r['class']}, predicted {r['predicted']}", soft_wrap=True)
+            what = "misclassified seed (kept)" if keep_rejected else "rejected seed"
+            for r in report.rejected[:_LISTED]:
+                err_console.print(f"[yellow]{what}[/] {r['path']}: class {r['class']}, predicted {r['predicted']}", soft_wrap=True)
+            if len(report.rejected) > _LISTED:
+                err_console.print(f"[yellow]... and {len(report.rejected) - _LISTED} more[/] (all in `sowmeta inspect {out} --json`)", soft_wrap=True)
             if report.skipped:
                 err_console.print(f"[yellow]skipped {len(report.skipped)} undecodable images[/] (first: {report.skipped[0]})", soft_wrap=True)
             if source.empty_classes:

@@ -483,6 +483,7 @@ def collect_seeds(
     taps: str | Sequence[str] = "auto",
     fuse: bool = False,
     keep_rejected: bool = False,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     prefix_tokens: int = 0,
     dataset: str | None = None,
@@ -490,64 +491,75 @@ def collect_seeds(
     overwrite: bool = False,
     dtype: str = "float32",
     shard_bytes: int | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Bundle, CollectReport]:
     """Statistics from a few seed images per class: Scenario B (several) or C (one per class).
 
     Every seed is inference-checked: the model's prediction must equal its class. Rejected
-    seeds are reported and excluded unless ``keep_rejected``.
+    seeds are reported and excluded unless ``keep_rejected``. Seeds are read, checked and
+    recorded a batch at a time, so 50 seeds of each of 1,000 classes need no more memory than one batch.
 
     Args:
         seeds: a folder ``seeds/<label or index>/<image>``, or a mapping class index -> files.
+        batch_size: seeds per forward pass (default: ``sowmeta.data.plan_loader``'s for the input size and device).
         out: also save the bundle there (checked first; never inside ``seeds``).
+        progress: called with (seeds done, seeds total) after every batch.
     """
     _check_base_model(model)
     if out is not None:
         check_output(out, "bundle", overwrite=overwrite, inputs=[("--seeds", None if isinstance(seeds, Mapping) else seeds)])
     dev = torch.device(device)
     module, fused = _prepare(model, fuse, dev)
-    found = probe(module, resolve_taps(module, taps, prefix_tokens=prefix_tokens), model.preprocessing.crop, device=dev)
+    crop = model.preprocessing.crop
+    found = probe(module, resolve_taps(module, taps, prefix_tokens=prefix_tokens), crop, device=dev)
     tap_list, outputs = found.taps, found.outputs
     labels = _labels_for(model, outputs)
     items = seed_files(seeds, labels)
     if not items:
         raise DataError("no seed images given")
-    transform = model.preprocessing.transform()
-    report = CollectReport()
-    kept_x, kept_y = [], []
     for path, k in items:
         if not 0 <= k < outputs:
             raise DataError(f"seed {path}: class {k} is outside the model's {outputs} outputs")
-        try:
-            x = transform(read_image(path)).unsqueeze(0).to(dev)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"cannot decode seed image {path} ({exc}); replace it") from exc
-        with torch.no_grad():
-            pred = int(logits_of(module(x)).argmax(dim=1))
-        if pred != k:
-            report.rejected.append({"path": str(path), "class": k, "predicted": pred})
-            log.warning("seed %s of class %d is predicted as %d", path, k, pred)
-            if not keep_rejected:
-                continue
-        kept_x.append(x)
-        kept_y.append(k)
-    if not kept_x:
+    step = plan_loader(crop, dev, batch_size=batch_size).batch_size
+    transform = model.preprocessing.transform()
+    report = CollectReport()
+    recorder = StatsRecorder(module, tap_list, outputs)
+    recorder.allocate(found.channels, dev)
+    kept = torch.zeros(outputs, dtype=torch.int64)
+    with recorder.hooks(), torch.no_grad():
+        for start in range(0, len(items), step):
+            chunk = items[start : start + step]
+            x = torch.stack([_read_seed(path, transform) for path, _ in chunk]).to(dev)
+            y = torch.tensor([k for _, k in chunk], device=dev)
+            recorder.set_labels(None)
+            pred = logits_of(module(x)).argmax(dim=1)
+            wrong = pred != y
+            for i in wrong.nonzero().flatten().tolist():
+                report.rejected.append({"path": str(chunk[i][0]), "class": chunk[i][1], "predicted": int(pred[i])})
+                log.info("seed %s of class %d is predicted as %d", chunk[i][0], chunk[i][1], int(pred[i]))
+            if not keep_rejected and bool(wrong.any()):
+                x, y = x[~wrong], y[~wrong]
+            if len(y):
+                recorder.set_labels(y)
+                module(x)
+                kept += torch.bincount(y.cpu(), minlength=outputs)
+            if progress is not None:
+                progress(start + len(chunk), len(items))
+    recorder.set_labels(None)
+    if report.rejected:
+        what = "kept (keep_rejected)" if keep_rejected else "left out"
+        log.warning("%d of %d seeds are predicted as another class and were %s", len(report.rejected), len(items), what)
+    if not int(kept.sum()):
         raise SeedRejectedError(
             f"all {len(items)} seeds were rejected (the model predicts another class); use other seeds or keep_rejected=True"
         )
-    recorder = StatsRecorder(module, tap_list, outputs)
-    y = torch.tensor(kept_y, dtype=torch.long, device=dev)
-    with recorder.hooks(), torch.no_grad():
-        recorder.set_labels(y)
-        module(torch.cat(kept_x))
-    recorder.set_labels(None)
-    per_class = torch.bincount(y, minlength=outputs)
-    scenario = "C" if int(per_class.max()) == 1 else "B"
-    report.images = len(kept_y)
+    scenario = "C" if int(kept.max()) == 1 else "B"
+    report.images = int(kept.sum())
     source = SourceRecord(
         scenario=scenario,
         collector="seeds",
         data=_data_name(dataset, seeds),
-        images=len(kept_y),
+        images=report.images,
         rejected_seeds=report.rejected,
     )
     bundle = Bundle.from_moments(
@@ -555,3 +567,11 @@ def collect_seeds(
     )
     _save(bundle, out, overwrite, dtype, shard_bytes)
     return bundle, report
+
+
+def _read_seed(path: Path, transform: Callable) -> torch.Tensor:
+    """One seed image, preprocessed; an undecodable seed is an error (seeds are chosen, not skipped)."""
+    try:
+        return transform(read_image(path))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot decode seed image {path} ({exc}); replace it") from exc

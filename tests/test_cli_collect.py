@@ -178,6 +178,22 @@ def test_rejected_seeds_are_reported_and_excluded(runner, tmp_path: Path):
     assert sum(c["images"] for c in s["classes"]) == 1 and len(s["source"]["rejected_seeds"]) == 3
     r = run(runner, "collect", *TINY, "--seeds", str(seeds), "--out", str(tmp_path / "k"), "--keep-rejected")
     assert r.exit_code == 0 and "4 images" in r.output and "scenario C" in r.output
+    assert r.output.count("misclassified seed (kept)") == 3 and "rejected seed" not in r.output
+
+
+def test_many_rejected_seeds_are_summarised(runner, tmp_path: Path):
+    """Two images, each under all four classes: six are rejected, five are named and the rest counted."""
+    pool = write_image_folder(tmp_path / "pool", classes=1, per_class=2)
+    seeds = tmp_path / "seeds"
+    for k in range(4):
+        (seeds / str(k)).mkdir(parents=True)
+        for i, image in enumerate(sorted((pool / "0_c0").iterdir())):
+            (seeds / str(k) / f"seed{i}.png").write_bytes(image.read_bytes())
+    r = run(runner, "collect", *TINY, "--seeds", str(seeds), "--out", str(tmp_path / "c"))
+    assert r.exit_code == 0, r.output
+    assert r.output.count("rejected seed") == 5 and "and 1 more" in r.output and "2 images" in r.output
+    s = json.loads(run(runner, "inspect", str(tmp_path / "c"), "--json").output)
+    assert len(s["source"]["rejected_seeds"]) == 6
 
 
 def test_seeds_under_torchrun_are_written_once(tmp_path: Path):

@@ -452,3 +452,37 @@ def test_recorder_folds_taps_together_and_copes_with_missed_taps_and_new_sizes()
             torch.testing.assert_close(moments[n].var()[k], v, rtol=1e-5, atol=1e-7)
         assert int(moments[n].images.sum()) == 6 * len(labels[n])
     assert int(moments["conv"].images.sum()) == 24 and int(moments["extra"].images.sum()) == 18
+
+
+def test_seeds_stream_in_batches_and_drop_the_misclassified(tmp_path: Path):
+    """Seeds read and checked a few at a time: the kept ones' moments equal float64 moments of all of them at once."""
+    model = loaded_tiny()
+    folder = write_image_folder(tmp_path / "pool", classes=3, per_class=5)
+    files = sorted(folder.rglob("*.png"))
+    transform = model.preprocessing.transform()
+    x = torch.stack([transform(read_image(p)) for p in files])
+    with torch.no_grad():
+        pred = model.module(x).argmax(1)
+    claimed = torch.tensor([i % 4 for i in range(len(files))])  # some agree with the model, some do not
+    seeds: dict[int, list[Path]] = {}
+    for p, k in zip(files, claimed.tolist()):
+        seeds.setdefault(k, []).append(p)
+    order = [p for k in sorted(seeds) for p in seeds[k]]  # the order collect_seeds reads them in
+    y = torch.tensor([k for k in sorted(seeds) for _ in seeds[k]])
+    pred = pred[[files.index(p) for p in order]]
+    x = x[[files.index(p) for p in order]]
+    assert 0 < int((pred != y).sum()) < len(y)
+    calls = []
+    bundle, report = collect_seeds(model, seeds, batch_size=4, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(4, 15), (8, 15), (12, 15), (15, 15)]
+    assert [r["path"] for r in report.rejected] == [str(p) for p, bad in zip(order, (pred != y).tolist()) if bad]
+    keep = pred == y
+    mean, var = _hooked_reference(model.module, x[keep], y[keep], "bn2", 4)
+    assert bundle.counts.tolist() == torch.bincount(y[keep], minlength=4).tolist() and report.images == int(keep.sum())
+    present = bundle.counts > 0
+    torch.testing.assert_close(bundle.stats["bn2"].mean.double()[present], mean[present], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bundle.stats["bn2"].var.double()[present], var[present], rtol=1e-5, atol=1e-6)
+    everything, _ = collect_seeds(model, seeds, batch_size=3, keep_rejected=True)
+    mean, var = _hooked_reference(model.module, x, y, "bn2", 4)
+    torch.testing.assert_close(everything.stats["bn2"].mean.double(), mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(everything.stats["bn2"].var.double(), var, rtol=1e-5, atol=1e-6)
