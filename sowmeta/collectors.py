@@ -470,7 +470,12 @@ def collect(
 def seed_files(seeds: str | Path | Mapping[int, Sequence[str | Path]], classes: Sequence[str]) -> list[tuple[Path, int]]:
     """(file, class index) of every seed: folders are named by class label, index or ``NNN_label``."""
     if isinstance(seeds, Mapping):
-        return [(Path(p), int(k)) for k, paths in seeds.items() for p in paths]
+        bad = [k for k in seeds if isinstance(k, bool) or not isinstance(k, int)]
+        if bad:
+            raise DataError(f"seed mapping keys are class indices (int), not {bad[0]!r}; map labels with the model's labels first")
+        if any(isinstance(paths, (str, Path)) for paths in seeds.values()):
+            raise DataError("seed mapping values are lists of image files, not one path; wrap a single seed in a list")
+        return [(Path(p), k) for k, paths in seeds.items() for p in paths]
     index = scan_image_folder(seeds)
     mapping = map_class_folders(index.classes, classes, len(classes), allow_position=False, what="seed folder")
     return [(path, mapping.indices[label]) for path, label in index.samples]

@@ -486,3 +486,12 @@ def test_seeds_stream_in_batches_and_drop_the_misclassified(tmp_path: Path):
     mean, var = _hooked_reference(model.module, x, y, "bn2", 4)
     torch.testing.assert_close(everything.stats["bn2"].mean.double(), mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(everything.stats["bn2"].var.double(), var, rtol=1e-5, atol=1e-6)
+
+
+def test_a_seed_mapping_with_labels_or_bare_paths_is_refused(tmp_path: Path):
+    folder = write_image_folder(tmp_path / "pool", classes=1, per_class=1)
+    image = next(folder.rglob("*.png"))
+    with pytest.raises(DataError, match="class indices"):
+        collect_seeds(loaded_tiny(), {"c0": [image]})
+    with pytest.raises(DataError, match="wrap a single seed"):
+        collect_seeds(loaded_tiny(), {0: image})
