@@ -74,22 +74,24 @@ def register(group: click.Group) -> None:
         loaded.base_model = base_model
         common = {"taps": taps, "prefix_tokens": prefix_tokens, "fuse": fuse, "device": device, "dataset": dataset, "out": out, "overwrite": overwrite,
                   "dtype": dtype, "shard_bytes": shard_size}
+
+        def notice(line: str) -> None:
+            if not (quiet or as_json):
+                err_console.print(f"[yellow]note[/]: {line}", soft_wrap=True)
+
         with process_group(device) as (rank, _):
             if seeds is not None:
                 if rank != 0:  # a few seeds need no sharding: rank 0 alone checks them and writes the bundle
                     return
                 with LiveProgress(console, ["seeds"], quiet=quiet or as_json) as bar:
                     bundle, report = collect_seeds(loaded, seeds, keep_rejected=keep_rejected, batch_size=batch_size,
-                                                   progress=lambda done, total: bar.update("seeds", completed=done, total=total), **common)
+                                                   progress=lambda done, total: bar.update("seeds", completed=done, total=total),
+                                                   notice=notice, **common)
             else:
                 with LiveProgress(console, ["collect"], quiet=quiet or as_json or rank != 0) as bar:
 
                     def progress(done: int, total: int) -> None:
                         bar.update("collect", completed=done, total=total, info=f"{done / bar.elapsed('collect'):,.0f} img/s")
-
-                    def notice(line: str) -> None:
-                        if not (quiet or as_json):
-                            err_console.print(f"[yellow]note[/]: {line}", soft_wrap=True)
 
                     bundle, report = collect_data(loaded, data, batch_size=batch_size, workers=workers, limit_per_class=limit_per_class,
                                                   strict=strict, labels_by_position=labels_by_position, progress=progress, notice=notice, **common)

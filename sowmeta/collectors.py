@@ -29,6 +29,7 @@ from .data import folder_loader, plan_loader, raise_if_strict, read_image, scan_
 from .distributed import rank_world
 from .errors import ConfigError, DataError, SeedRejectedError, TapError
 from .fuse import fuse_bn
+from .jpeg_quality import compression_note
 from .logits import logits_of
 from .models import CUSTOM_ARCHITECTURE, LoadedModel, fingerprint, is_code_reference, structure_fingerprint
 from .outputs import check_output
@@ -408,6 +409,8 @@ def collect(
         if not model.labels or len(model.labels) != outputs:
             for i, (folder_name, k) in enumerate(zip(index.classes, mapping.indices)):
                 labels[k] = mapping.label_of(i, folder_name)
+        if rank == 0:
+            _note_compression(_first_per_class(index.samples), notice)
         samples = [(p, mapping.indices[y]) for p, y in index.samples][rank::world]
         prep = model.preprocessing
         plan = plan_loader(crop, dev, batch_size=batch_size, workers=workers, resize=prep.resize, interpolation=prep.interpolation)
@@ -467,6 +470,28 @@ def collect(
     return bundle, report
 
 
+def _first_per_class(samples: Sequence[tuple[Path, int]], classes: int = 8) -> list[Path]:
+    """The first file of each of the first ``classes`` classes met: a cheap sample of how the data was stored."""
+    seen: dict[int, Path] = {}
+    for path, k in samples:
+        if k not in seen:
+            seen[k] = path
+            if len(seen) == classes:
+                break
+    return list(seen.values())
+
+
+def _note_compression(paths: Sequence[Path], notice: Callable[[str], None] | None) -> None:
+    """Tell the user when the images are JPEGs compressed enough to show in the statistics."""
+    note = compression_note(paths)
+    if note is None:
+        return
+    if notice is not None:
+        notice(note)
+    else:
+        log.warning(note)
+
+
 def seed_files(seeds: str | Path | Mapping[int, Sequence[str | Path]], classes: Sequence[str]) -> list[tuple[Path, int]]:
     """(file, class index) of every seed: folders are named by class label, index or ``NNN_label``."""
     if isinstance(seeds, Mapping):
@@ -497,6 +522,7 @@ def collect_seeds(
     dtype: str = "float32",
     shard_bytes: int | None = None,
     progress: Progress | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> tuple[Bundle, CollectReport]:
     """Statistics from a few seed images per class: Scenario B (several) or C (one per class).
 
@@ -509,6 +535,7 @@ def collect_seeds(
         batch_size: seeds per forward pass (default: ``sowmeta.data.plan_loader``'s for the input size and device).
         out: also save the bundle there (checked first; never inside ``seeds``).
         progress: called with (seeds done, seeds total) after every batch.
+        notice: called with a one-line note (e.g. that the seeds are heavily compressed JPEGs); else logged.
     """
     _check_base_model(model)
     if out is not None:
@@ -525,6 +552,7 @@ def collect_seeds(
     for path, k in items:
         if not 0 <= k < outputs:
             raise DataError(f"seed {path}: class {k} is outside the model's {outputs} outputs")
+    _note_compression(_first_per_class(items), notice)
     step = plan_loader(crop, dev, batch_size=batch_size).batch_size
     transform = model.preprocessing.transform()
     report = CollectReport()

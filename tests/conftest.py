@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ import torch
 from torch import nn
 
 from sowmeta.env import shared_dir
+
+if TYPE_CHECKING:
+    from sowmeta.models import LoadedModel
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -63,6 +67,14 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 def tiny_net(num_classes: int = 4, seed: int = 0) -> TinyNet:
     torch.manual_seed(seed)
     return randomize_bn(TinyNet(num_classes), seed)
+
+
+def loaded_tiny(crop: int = 12, classes: int = 4, weights: str | None = None) -> LoadedModel:
+    """``tiny_net`` as ``load_model`` would give it: the model the collector and CLI tests use."""
+    from sowmeta.models import LoadedModel
+    from sowmeta.preprocess import Preprocessing
+
+    return LoadedModel(tiny_net(classes), "conftest:tiny_net", weights, classes, None, Preprocessing(crop=crop))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,14 +16,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TinyNet, tiny_net, write_image_folder
+from conftest import loaded_tiny, write_image_folder
 
 from sowmeta import errors as E
 from sowmeta.bundle import Bundle
 from sowmeta.cli.main import main
 from sowmeta.collectors import collect
-from sowmeta.models import LoadedModel, load_model
-from sowmeta.preprocess import Preprocessing
+from sowmeta.models import load_model
 
 TINY = ["--model", "conftest:tiny_net", "--weights", "none", "--crop", "12", "--workers", "0"]
 SYNTH = ["--model", "conftest:tiny_net", "--weights", "none", "--iterations", "2", "--per-class", "1", "--batch-size", "1", "-q"]
@@ -55,15 +53,11 @@ def user_tree(root: Path) -> Path:
     return root
 
 
-def loaded_tiny() -> LoadedModel:
-    return LoadedModel(tiny_net(4, 0), "conftest:tiny_net", "none", 4, None, Preprocessing(crop=12))
-
-
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bad-input")
     data = write_image_folder(root / "data")
-    bundle, _ = collect(loaded_tiny(), data, batch_size=5)
+    bundle, _ = collect(loaded_tiny(weights="none"), data, batch_size=5)
     return bundle.save(root / "bundle")
 
 

@@ -218,3 +218,13 @@ def test_seeds_under_torchrun_are_written_once(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("wrote ") == 1 and "2 images" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "seeds"]  # no temporary directory left behind
+
+
+def test_heavily_compressed_jpegs_get_a_note(runner, tmp_path: Path):
+    jpegs = write_image_folder(tmp_path / "jpegs", classes=2, per_class=2, fmt="jpg")  # Pillow's default: quality 75, 4:2:0
+    r = run(runner, "collect", *TINY, "--data", str(jpegs), "--out", str(tmp_path / "a"))
+    assert r.exit_code == 0 and "note: the images are 12x12 px JPEGs of quality about 75 with 4:2:0" in " ".join(r.output.split())
+    r = run(runner, "collect", *TINY, "--seeds", str(jpegs), "--keep-rejected", "--out", str(tmp_path / "b"))
+    assert r.exit_code == 0 and "quality about 75" in r.output
+    r = run(runner, "collect", *TINY, "--data", str(jpegs), "--out", str(tmp_path / "c"), "--json")
+    assert "quality" not in r.output and json.loads(r.output)["images"] == 4

@@ -13,15 +13,11 @@ from torchvision.datasets import ImageFolder
 from sowmeta.collectors import TrainingCollector, collect, collect_seeds
 from sowmeta.data import read_image
 from sowmeta.errors import CorruptImageError, DataError, SeedRejectedError
-from sowmeta.models import LoadedModel, load_model
+from sowmeta.models import load_model
 from sowmeta.preprocess import Preprocessing
 from sowmeta.taps import resolve_taps
 
-from conftest import tiny_net, write_image_folder
-
-
-def loaded_tiny(crop: int = 12, classes: int = 4) -> LoadedModel:
-    return LoadedModel(tiny_net(classes), "conftest:tiny_net", None, classes, None, Preprocessing(crop=crop))
+from conftest import loaded_tiny, tiny_net, write_image_folder
 
 
 def reference_stats(module, folder: Path, prep: Preprocessing, modules: dict[str, str], k: int):

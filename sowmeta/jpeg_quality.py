@@ -1,0 +1,81 @@
+"""How strongly a JPEG file is compressed, and a note when that is strong enough to show in the statistics.
+
+Statistics record what the data looks like, compression included, and synthesis reproduces
+it: on CIFAR-10, statistics from JPEGs of quality 75 with 4:2:0 chroma give images that a
+network trained on lossless images recognises about ten points less often (docs/results.md 7.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["JpegInfo", "jpeg_info", "compression_note"]
+
+# The IJG (libjpeg) base luminance table in natural order, as Pillow reports tables.
+_IJG_LUMA = (
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
+_SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+# Below these, compression measurably moves the statistics (docs/results.md 7.5): small images
+# lose ~4 points of recognition by a lossless-trained network even at quality 90, large ones are
+# fine at the quality cameras and photo sites use.
+SMALL_SIDE = 64
+MIN_QUALITY = 90
+MIN_QUALITY_SMALL = 95
+
+
+@dataclass(frozen=True)
+class JpegInfo:
+    """A JPEG file's estimated IJG quality (1-100), chroma subsampling and size in pixels."""
+
+    quality: int
+    subsampling: str
+    width: int
+    height: int
+
+
+def jpeg_info(path: str | Path) -> JpegInfo | None:
+    """The file's JPEG compression, or None for another format or an unreadable file (the loader reports those)."""
+    from PIL import Image, JpegImagePlugin
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "JPEG" or not getattr(im, "quantization", None):
+                return None
+            luma = list(im.quantization[0])
+            sampling = JpegImagePlugin.get_sampling(im)
+            width, height = im.size
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if len(luma) != 64:
+        return None
+    quality = min(range(1, 101), key=lambda q: sum(abs(a - b) for a, b in zip(luma, _ijg_table(q))))
+    return JpegInfo(quality, _SUBSAMPLING.get(sampling, "other"), width, height)
+
+
+def _ijg_table(quality: int) -> list[int]:
+    """libjpeg's luminance table at ``quality`` (its ``jpeg_quality_scaling`` and baseline clamp)."""
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return [min(255, max(1, (v * scale + 50) // 100)) for v in _IJG_LUMA]
+
+
+def compression_note(paths: Sequence[str | Path]) -> str | None:
+    """A one-line note when the most compressed JPEG among ``paths`` is compressed enough to show, else None."""
+    infos = [(p, i) for p in paths if (i := jpeg_info(p)) is not None]
+    if not infos:
+        return None
+    path, worst = min(infos, key=lambda pi: (pi[1].quality, pi[1].subsampling != "4:2:0"))
+    small = min(worst.width, worst.height) <= SMALL_SIDE
+    if worst.quality >= (MIN_QUALITY_SMALL if small else MIN_QUALITY) and not (small and worst.subsampling == "4:2:0"):
+        return None
+    size = f"{worst.width}x{worst.height} px "
+    return (
+        f"the images are {size}JPEGs of quality about {worst.quality} with {worst.subsampling} chroma (e.g. {path}): "
+        "the statistics record the compression and synthesized images will show it; collect from lossless or "
+        f"quality-{MIN_QUALITY_SMALL if small else MIN_QUALITY}+ 4:4:4 images where you have them"
+    )

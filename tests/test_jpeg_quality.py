@@ -1,0 +1,54 @@
+"""JPEG compression read from real files written by Pillow at known settings, and the note collect gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import loaded_tiny, write_image_folder
+from sowmeta.collectors import collect, collect_seeds
+from sowmeta.jpeg_quality import compression_note, jpeg_info
+
+
+def _jpeg(path: Path, quality: int, subsampling: int, side: int = 32) -> Path:
+    pixels = np.random.default_rng(quality).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, "JPEG", quality=quality, subsampling=subsampling)
+    return path
+
+
+@pytest.mark.parametrize("quality", [5, 30, 50, 75, 90, 95, 100])
+@pytest.mark.parametrize("subsampling, name", [(0, "4:4:4"), (1, "4:2:2"), (2, "4:2:0")])
+def test_quality_and_chroma_are_read_back(tmp_path: Path, quality: int, subsampling: int, name: str):
+    info = jpeg_info(_jpeg(tmp_path / "x.jpg", quality, subsampling))
+    assert info is not None and (info.quality, info.subsampling, info.width, info.height) == (quality, name, 32, 32)
+
+
+def test_other_formats_and_broken_files_have_no_jpeg_info(tmp_path: Path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8\xff not really")
+    assert jpeg_info(tmp_path / "a.png") is None and jpeg_info(tmp_path / "b.jpg") is None
+    assert compression_note([tmp_path / "a.png", tmp_path / "b.jpg"]) is None
+
+
+def test_the_note_names_heavy_compression_only(tmp_path: Path):
+    cifar_like = _jpeg(tmp_path / "q75.jpg", 75, 2)
+    note = compression_note([_jpeg(tmp_path / "q98.jpg", 98, 0), cifar_like])
+    assert note is not None and "quality about 75 with 4:2:0" in note and str(cifar_like) in note
+    assert compression_note([_jpeg(tmp_path / "small-420.jpg", 98, 2)]) is not None  # halved chroma of a 32 px image
+    assert compression_note([tmp_path / "q98.jpg"]) is None
+    assert compression_note([_jpeg(tmp_path / "big.jpg", 92, 2, side=128)]) is None  # a photograph's usual compression
+    assert compression_note([_jpeg(tmp_path / "big-low.jpg", 80, 2, side=128)]) is not None
+
+
+def test_collect_passes_the_note_on(tmp_path: Path):
+    notes: list[str] = []
+    jpegs = write_image_folder(tmp_path / "jpegs", classes=2, per_class=2, fmt="jpg")  # Pillow's default: quality 75, 4:2:0
+    collect(loaded_tiny(), jpegs, notice=notes.append)
+    assert len(notes) == 1 and "quality about 75" in notes[0]
+    collect_seeds(loaded_tiny(), jpegs, keep_rejected=True, notice=notes.append)
+    assert len(notes) == 2 and "quality about 75" in notes[1]
+    collect(loaded_tiny(), write_image_folder(tmp_path / "pngs", classes=2, per_class=2), notice=notes.append)
+    assert len(notes) == 2
