@@ -52,3 +52,28 @@ def test_collect_passes_the_note_on(tmp_path: Path):
     assert len(notes) == 2 and "quality about 75" in notes[1]
     collect(loaded_tiny(), write_image_folder(tmp_path / "pngs", classes=2, per_class=2), notice=notes.append)
     assert len(notes) == 2
+
+
+def test_the_shared_cifar_copy_and_its_lossless_head(tmp_path: Path, cifar_test_subset: Path):
+    """../shared's JPEGs read as quality 75, 4:2:0; benchmarks/lossless_seeds.py rebuilds them from the lossless head."""
+    import subprocess
+    import sys
+
+    from conftest import shared_path
+
+    npz = shared_path("data", "cifar10", "test-lossless-head.npz")
+    shipped = sorted((cifar_test_subset / "cat").iterdir())[:3]
+    info = jpeg_info(shipped[0])
+    assert info is not None and (info.quality, info.subsampling) == (75, "4:2:0") and compression_note(shipped)
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "benchmarks/lossless_seeds.py", "--out", str(tmp_path), "--npz", str(npz)], cwd=root, check=True)
+    arrays = np.load(npz)
+    cats = arrays["x"][arrays["y"] == 3]
+    assert len(list((tmp_path / "seeds-lossless" / "cat").iterdir())) == len(cats)
+    for k, path in enumerate(shipped):
+        lossless = np.asarray(Image.open(tmp_path / "seeds-lossless" / "cat" / f"{k:04d}.png")).transpose(2, 0, 1)
+        assert np.array_equal(lossless, cats[k])
+        ours = np.asarray(Image.open(tmp_path / "seeds-jpeg" / "cat" / f"{k:04d}.jpg"), dtype=np.float64)
+        assert np.abs(ours - np.asarray(Image.open(path), dtype=np.float64)).mean() < 2.0  # the same encoding, up to libjpeg builds
+    halves = [sorted(p.name for p in (tmp_path / tree / "cat").iterdir()) for tree in ("seeds-lossless-half", "ref-lossless")]
+    assert not set(halves[0]) & set(halves[1]) and len(halves[0]) + len(halves[1]) == len(cats)
