@@ -51,6 +51,8 @@ def _render_report(console: Any, report: Any, quiet: bool = False) -> None:
     r = report
     present = sum(1 for c in r.counts if c)
     console.print(f"[bold]{r.data}[/] ({r.kind}): {r.images} images of {present} classes, {r.seconds:.1f} s")
+    for note in r.notes:
+        console.print(f"[yellow]note[/]: {note}", soft_wrap=True)
     if r.accuracy:
         acc = Table(title="top-1 accuracy")
         acc.add_column("network")

@@ -29,7 +29,7 @@ from .data import folder_loader, plan_loader, raise_if_strict, read_image, scan_
 from .distributed import rank_world
 from .errors import ConfigError, DataError, SeedRejectedError, TapError
 from .fuse import fuse_bn
-from .jpeg_quality import compression_note
+from .jpeg_quality import compression_note, first_per_class
 from .logits import logits_of
 from .models import CUSTOM_ARCHITECTURE, LoadedModel, fingerprint, is_code_reference, structure_fingerprint
 from .outputs import check_output
@@ -410,7 +410,7 @@ def collect(
             for i, (folder_name, k) in enumerate(zip(index.classes, mapping.indices)):
                 labels[k] = mapping.label_of(i, folder_name)
         if rank == 0:
-            _note_compression(_first_per_class(index.samples), notice)
+            _note_compression(first_per_class(index.samples), notice)
         samples = [(p, mapping.indices[y]) for p, y in index.samples][rank::world]
         prep = model.preprocessing
         plan = plan_loader(crop, dev, batch_size=batch_size, workers=workers, resize=prep.resize, interpolation=prep.interpolation)
@@ -468,17 +468,6 @@ def collect(
     if rank == 0:
         _save(bundle, out, overwrite, dtype, shard_bytes)
     return bundle, report
-
-
-def _first_per_class(samples: Sequence[tuple[Path, int]], classes: int = 8) -> list[Path]:
-    """The first file of each of the first ``classes`` classes met: a cheap sample of how the data was stored."""
-    seen: dict[int, Path] = {}
-    for path, k in samples:
-        if k not in seen:
-            seen[k] = path
-            if len(seen) == classes:
-                break
-    return list(seen.values())
 
 
 def _note_compression(paths: Sequence[Path], notice: Callable[[str], None] | None) -> None:
@@ -552,7 +541,7 @@ def collect_seeds(
     for path, k in items:
         if not 0 <= k < outputs:
             raise DataError(f"seed {path}: class {k} is outside the model's {outputs} outputs")
-    _note_compression(_first_per_class(items), notice)
+    _note_compression(first_per_class(items), notice)
     step = plan_loader(crop, dev, batch_size=batch_size).batch_size
     transform = model.preprocessing.transform()
     report = CollectReport()

@@ -30,7 +30,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from .data import scan_image_folder
 from .errors import ConfigError, DataError
+from .jpeg_quality import REFERENCE_CONSEQUENCE, compression_note, first_per_class
 from .metrics import (
     Outputs,
     class_diversity,
@@ -158,6 +160,7 @@ class EvaluationReport:
     distances: DistanceScores | None = None
     class_distances: ClassDistances | None = None
     sheets: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one line each, e.g. that the reference images are heavily compressed
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -338,6 +341,9 @@ def evaluate(
         if not any(ref_info.per_class[k] for k in ref_keep):
             raise DataError(f"reference {ref_path} has no images of the evaluated classes; pass real images of the same classes")
         ref_subset = None if ref_keep == list(range(len(ref_info.per_class))) else ref_keep
+        note = compression_note(first_per_class(scan_image_folder(ref_path, limit_per_class=1).samples), "reference images", REFERENCE_CONSEQUENCE)
+        if note is not None:
+            report.notes.append(note)
         ref = run(feat, _view(ref_path, feat, ref_subset, labels), features=True, progress=stage(f"reference: {network_name(feat)}"))
         assert ref.features is not None
         fd = frechet_distance(ref.features, feat_out.features)

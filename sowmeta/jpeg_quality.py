@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["JpegInfo", "jpeg_info", "compression_note"]
+__all__ = ["JpegInfo", "jpeg_info", "first_per_class", "compression_note", "STATISTICS_CONSEQUENCE", "REFERENCE_CONSEQUENCE"]
 
 # The IJG (libjpeg) base luminance table in natural order, as Pillow reports tables.
 _IJG_LUMA = (
@@ -64,7 +64,28 @@ def _ijg_table(quality: int) -> list[int]:
     return [min(255, max(1, (v * scale + 50) // 100)) for v in _IJG_LUMA]
 
 
-def compression_note(paths: Sequence[str | Path]) -> str | None:
+def first_per_class(samples: Sequence[tuple[Path, int]], classes: int = 8) -> list[Path]:
+    """The first file of each of the first ``classes`` classes met: a cheap sample of how a dataset was stored."""
+    seen: dict[int, Path] = {}
+    for path, k in samples:
+        if k not in seen:
+            seen[k] = path
+            if len(seen) == classes:
+                break
+    return list(seen.values())
+
+
+STATISTICS_CONSEQUENCE = (
+    "the statistics record the compression and synthesized images will show it; collect from lossless or "
+    "high-quality 4:4:4 images where you have them"
+)
+REFERENCE_CONSEQUENCE = (
+    "FD and KID against them reward images that reproduce the compression (real lossless images of the same "
+    "classes score far from them; docs/results.md 7.5)"
+)
+
+
+def compression_note(paths: Sequence[str | Path], what: str = "images", consequence: str = STATISTICS_CONSEQUENCE) -> str | None:
     """A one-line note when the most compressed JPEG among ``paths`` is compressed enough to show, else None."""
     infos = [(p, i) for p in paths if (i := jpeg_info(p)) is not None]
     if not infos:
@@ -73,9 +94,7 @@ def compression_note(paths: Sequence[str | Path]) -> str | None:
     small = min(worst.width, worst.height) <= SMALL_SIDE
     if worst.quality >= (MIN_QUALITY_SMALL if small else MIN_QUALITY) and not (small and worst.subsampling == "4:2:0"):
         return None
-    size = f"{worst.width}x{worst.height} px "
     return (
-        f"the images are {size}JPEGs of quality about {worst.quality} with {worst.subsampling} chroma (e.g. {path}): "
-        "the statistics record the compression and synthesized images will show it; collect from lossless or "
-        f"quality-{MIN_QUALITY_SMALL if small else MIN_QUALITY}+ 4:4:4 images where you have them"
+        f"the {what} are {worst.width}x{worst.height} px JPEGs of quality about {worst.quality} with "
+        f"{worst.subsampling} chroma (e.g. {path}): {consequence}"
     )

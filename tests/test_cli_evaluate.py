@@ -119,3 +119,10 @@ def test_distill_bad_input(runner, files, tmp_path: Path, change, expect):
     r = run(runner, "distill", *[x for kv in opts.items() for x in kv], "--epochs", "1", "--workers", "0")
     one_line_error(r, expect)
     assert not (tmp_path / "kd").exists()
+
+
+def test_a_compressed_reference_gets_a_note(runner, files, tmp_path: Path):
+    synth, _ = files
+    jpegs = write_image_folder(tmp_path / "jpegs", classes=4, per_class=4, size=32, fmt="jpg")  # Pillow's default: quality 75, 4:2:0
+    r = run(runner, "evaluate", "--data", str(synth), *MODEL, "--reference", str(jpegs), "--workers", "0", "--kid-subsets", "5")
+    assert r.exit_code == 0 and "note: the reference images are 32x32 px JPEGs of quality about 75" in " ".join(r.output.split())

@@ -77,3 +77,16 @@ def test_the_shared_cifar_copy_and_its_lossless_head(tmp_path: Path, cifar_test_
         assert np.abs(ours - np.asarray(Image.open(path), dtype=np.float64)).mean() < 2.0  # the same encoding, up to libjpeg builds
     halves = [sorted(p.name for p in (tmp_path / tree / "cat").iterdir()) for tree in ("seeds-lossless-half", "ref-lossless")]
     assert not set(halves[0]) & set(halves[1]) and len(halves[0]) + len(halves[1]) == len(cats)
+
+
+def test_evaluate_notes_a_compressed_reference(tmp_path: Path):
+    from sowmeta.evaluation import evaluate
+
+    model = loaded_tiny()
+    data = write_image_folder(tmp_path / "data", classes=2, per_class=6)
+    jpeg_reference = write_image_folder(tmp_path / "jpegs", classes=2, per_class=6, seed=1, fmt="jpg")
+    report = evaluate(data, [model], reference=jpeg_reference, feature_model=model, kid_subsets=2)
+    assert len(report.notes) == 1 and "reference images are 12x12 px JPEGs of quality about 75" in report.notes[0]
+    assert report.to_dict()["notes"] == report.notes
+    lossless_reference = write_image_folder(tmp_path / "pngs", classes=2, per_class=6, seed=1)
+    assert evaluate(data, [model], reference=lossless_reference, feature_model=model, kid_subsets=2).notes == []
