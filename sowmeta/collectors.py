@@ -553,18 +553,18 @@ def collect_seeds(
             chunk = items[start : start + step]
             x = torch.stack([_read_seed(path, transform) for path, _ in chunk]).to(dev)
             y = torch.tensor([k for _, k in chunk], device=dev)
-            recorder.set_labels(None)
+            recorder.set_labels(y if keep_rejected else None)  # kept either way: record in the checking pass
             pred = logits_of(module(x)).argmax(dim=1)
             wrong = pred != y
             for i in wrong.nonzero().flatten().tolist():
                 report.rejected.append({"path": str(chunk[i][0]), "class": chunk[i][1], "predicted": int(pred[i])})
                 log.info("seed %s of class %d is predicted as %d", chunk[i][0], chunk[i][1], int(pred[i]))
-            if not keep_rejected and bool(wrong.any()):
+            if not keep_rejected:
                 x, y = x[~wrong], y[~wrong]
-            if len(y):
-                recorder.set_labels(y)
-                module(x)
-                kept += torch.bincount(y.cpu(), minlength=outputs)
+                if len(y):
+                    recorder.set_labels(y)
+                    module(x)
+            kept += torch.bincount(y.cpu(), minlength=outputs)
             if progress is not None:
                 progress(start + len(chunk), len(items))
     recorder.set_labels(None)
