@@ -39,8 +39,8 @@ def test_the_note_names_heavy_compression_only(tmp_path: Path):
     assert note is not None and "quality about 75 with 4:2:0" in note and str(cifar_like) in note
     assert compression_note([_jpeg(tmp_path / "small-420.jpg", 98, 2)]) is not None  # halved chroma of a 32 px image
     assert compression_note([tmp_path / "q98.jpg"]) is None
-    assert compression_note([_jpeg(tmp_path / "big.jpg", 92, 2, side=128)]) is None  # a photograph's usual compression
-    assert compression_note([_jpeg(tmp_path / "big-low.jpg", 80, 2, side=128)]) is not None
+    assert compression_note([_jpeg(tmp_path / "big.jpg", 75, 2, side=128)]) is None  # a photograph's usual compression
+    assert compression_note([_jpeg(tmp_path / "big-low.jpg", 60, 2, side=128)]) is not None
 
 
 def test_collect_passes_the_note_on(tmp_path: Path):
