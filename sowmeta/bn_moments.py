@@ -155,11 +155,31 @@ def available() -> bool:
     return _functions() is not None
 
 
+def _tail(bn: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What ``bn``'s forward does after the normalization, for a forward known to be BatchNorm then that; None for any other.
+
+    A stock ``nn.BatchNorm*d``: nothing. timm's ``BatchNormAct2d`` (EfficientNet, RegNet, ...): its
+    ``drop`` then its ``act``. A subclass that overrides either forward is not known.
+    """
+    if not isinstance(bn, _BatchNorm):
+        return None
+    forward = type(bn).forward
+    if forward is _BatchNorm.forward:
+        return _identity
+    if forward.__qualname__ == "BatchNormAct2d.forward" and forward.__module__.startswith("timm."):
+        return lambda y: bn.act(bn.drop(y))
+    return None
+
+
+def _identity(y: torch.Tensor) -> torch.Tensor:
+    return y
+
+
 def _eligible(bn: nn.Module, x: torch.Tensor) -> bool:
-    """A stock BatchNorm using its running statistics, on a contiguous float32 CPU map with positions."""
+    """A stock BatchNorm (or timm's BatchNormAct2d) using its running statistics, on a contiguous float32 CPU map with positions."""
     return (
-        isinstance(bn, _BatchNorm)
-        and type(bn).forward is _BatchNorm.forward
+        _tail(bn) is not None
+        and (type(bn).forward is _BatchNorm.forward or x.dim() == 4)
         and not bn.training
         and bn.running_mean is not None
         and bn.running_var is not None
@@ -199,7 +219,7 @@ def batchnorm_moments(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Row
     mean, m2 = torch.empty(n, c, dtype=torch.float64), torch.empty(n, c, dtype=torch.float64)
     ill = fns.moments(x.data_ptr(), y.data_ptr(), scale.data_ptr(), offset.data_ptr(), shift.data_ptr(), mean.data_ptr(),
                       m2.data_ptr(), n, c, p, ILL_CONDITIONED, torch.get_num_threads())
-    return y, RowMoments(shift, mean, m2, int(ill))
+    return _tail(bn)(y), RowMoments(shift, mean, m2, int(ill))  # type: ignore[misc]
 
 
 class _BatchNormSums(torch.autograd.Function):
@@ -238,7 +258,7 @@ def batchnorm_sums(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[
         return None
     scale, offset = _affine(bn)  # type: ignore[arg-type]
     y, mean, sq = _BatchNormSums.apply(x, scale, offset, fns)
-    return y, (mean, sq)
+    return _tail(bn)(y), (mean, sq)  # type: ignore[misc]
 
 
 TapRecord = Callable[..., None]
@@ -267,8 +287,7 @@ def fused_batchnorm_taps(model: nn.Module, taps: Sequence[Tap], record: TapRecor
                     tap.position != "in"
                     or tap.axis not in (None, 1)
                     or tap.prefix_tokens
-                    or not isinstance(module, _BatchNorm)
-                    or type(module).forward is not _BatchNorm.forward
+                    or _tail(module) is None
                     or "forward" in vars(module)
                 ):
                     continue

@@ -294,3 +294,71 @@ def test_a_damaged_cached_build_is_rebuilt_and_an_unusable_cache_is_a_warning(mo
     with caplog.at_level(logging.WARNING, logger="sowmeta.bn_moments"):
         assert bn_moments._Library().get() is None
     assert "unavailable" in caplog.text and "hooks" in caplog.text
+
+
+def _bn_act(c: int, seed: int = 0) -> nn.Module:
+    """timm's BatchNormAct2d (BatchNorm, then dropout and an activation in one module), eval mode, random statistics."""
+    norm_act = pytest.importorskip("timm.layers.norm_act")
+    torch.manual_seed(seed)
+    return randomize_bn(norm_act.BatchNormAct2d(c, act_layer=nn.SiLU), seed).eval()
+
+
+@needs_kernel
+def test_timm_batchnorm_act_is_fused_with_its_activation():
+    """Output equal to the module's own forward (normalization, then SiLU); moments float64-exact; a subclass's own forward is not fused."""
+    x = torch.randn(3, 4, 5, 6, generator=torch.Generator().manual_seed(2)) * 2 + 1
+    bn = _bn_act(4)
+    with torch.no_grad():
+        y, rows = bn_moments.batchnorm_moments(bn, x)
+        torch.testing.assert_close(y, bn(x), rtol=1e-5, atol=1e-6)
+        assert float((y - bn_of(4)(x)).abs().max()) > 0.1  # the activation was applied
+    mean, m2 = reference(x)
+    torch.testing.assert_close(rows.mean, mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rows.m2, m2, rtol=1e-5, atol=1e-5)
+
+    class Custom(type(bn)):
+        def forward(self, x):  # noqa: ANN001, ANN202
+            return super().forward(x) * 2
+
+    with torch.no_grad():
+        assert bn_moments.batchnorm_moments(Custom(4).eval(), x) is None
+        assert bn_moments.batchnorm_moments(bn, x[0]) is None  # BatchNormAct2d takes 4-d maps only
+
+
+@needs_kernel
+def test_timm_batchnorm_act_gradient_equals_float64_autograd():
+    g = torch.Generator().manual_seed(5)
+    bn = _bn_act(3)
+    for p in bn.parameters():
+        p.requires_grad_(False)
+    x = (torch.randn(2, 3, 5, 4, generator=g) * 2).requires_grad_(True)
+    wy, wq = torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, generator=g)
+    y, (mean, sq) = bn_moments.batchnorm_sums(bn, x)
+    ((y * wy).sum() + (sq * wq).sum()).backward()
+    x64 = x.detach().double().requires_grad_(True)
+    y64 = bn.double()(x64)
+    ((y64 * wy).sum() + (x64.flatten(2).square().mean(2) * wq).sum()).backward()
+    torch.testing.assert_close(y.detach().double(), y64.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernel
+def test_collect_fuses_timm_batchnorm_act_taps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A network built from BatchNormAct2d: the same bundle through the kernel as through the hooks, and the kernel ran."""
+    from sowmeta.models import LoadedModel
+    from sowmeta.preprocess import Preprocessing
+
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), _bn_act(6, 1), nn.Conv2d(6, 5, 3, stride=2), _bn_act(5, 2),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).eval()
+    folder = write_image_folder(tmp_path / "data", classes=3, per_class=5, size=12)
+    loaded = LoadedModel(net, "custom", None, 3, None, Preprocessing(crop=12))
+    calls = spy_on(monkeypatch, "batchnorm_moments")
+    fused, _ = collect(loaded, folder, batch_size=4, taps="bn-inputs")
+    assert len(fused.stats) == 2 and calls and all(calls)
+    monkeypatch.setenv("SOWMETA_COMPILE", "0")
+    calls.clear()
+    hooked, _ = collect(loaded, folder, batch_size=4, taps="bn-inputs")
+    assert calls == []
+    for tap, s in fused.stats.items():
+        torch.testing.assert_close(s.mean, hooked.stats[tap].mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(s.var, hooked.stats[tap].var, rtol=1e-5, atol=1e-7)
