@@ -11,9 +11,11 @@ alternated; and the loader alone (decoding only). Its collect rate is also compa
 in-memory collect rate of the same model and batch size.
 
 Run: python benchmarks/collect_overhead.py            (CPU: cifar-resnet56 @ 32 px, resnet18 @ 224 px, CIFAR JPEGs)
+     python benchmarks/collect_overhead.py --timm efficientnet_b0   (also a timm model, whose BatchNormAct2d layers the kernel takes)
      python benchmarks/collect_overhead.py --device cuda
 The last line is machine-readable: `RESULT collect_ratio_cifar=<x> collect_ratio_r18=<y>
 collect_ratio_jpeg=<collect / plain, both from JPEGs> jpeg_over_memory=<collect from JPEGs / collect in memory>`
+(and `collect_ratio_timm=` with --timm)
 (1.0 = collection costs nothing over inference; the goal is >= 0.95).
 """
 
@@ -31,7 +33,7 @@ from sowmeta.bn_moments import fused_batchnorm_taps
 from sowmeta.collectors import StatsRecorder, collect
 from sowmeta.data import folder_loader, plan_loader, scan_image_folder
 from sowmeta.models import load_model
-from sowmeta.taps import resolve_taps
+from sowmeta.taps import resolve_taps, tap_hooks
 
 CIFAR_JPEGS = Path(__file__).resolve().parent.parent / ".work" / "cifar10" / "train"
 
@@ -41,9 +43,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(module: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int, rounds: int, device: torch.device) -> tuple[float, float, float, int]:
-    """Median seconds per batch of plain inference, of inference + statistics, and of inference with the
-    BatchNorm layers through sowmeta's fused kernel (moments thrown away); and the tap count."""
+def measure(module: nn.Module, batches: list[torch.Tensor], labels: list[torch.Tensor], num_classes: int, rounds: int,
+            device: torch.device) -> tuple[float, float, float, float, int]:
+    """Median seconds per batch of plain inference, of inference + statistics, of inference with the
+    BatchNorm layers through sowmeta's fused kernel (moments thrown away), and of inference + statistics
+    recorded by hooks alone (no kernel); and the tap count."""
     module = module.to(device).eval()
     taps = resolve_taps(module)
     recorder = StatsRecorder(module, taps, num_classes)
@@ -61,7 +65,13 @@ def measure(module: nn.Module, batches: list[torch.Tensor], labels: list[torch.T
         with fused_batchnorm_taps(module, taps, lambda *_: None):
             module(x)
 
-    variants = {"plain": plain, "collect": collect, "kernel": kernel}
+    def hooked(x: torch.Tensor, y: torch.Tensor) -> None:
+        with tap_hooks(module, recorder.taps, recorder._record):  # the recorder's own callback, without the kernel
+            recorder.set_labels(y)
+            module(x)
+        recorder.set_labels(None)
+
+    variants = {"plain": plain, "collect": collect, "kernel": kernel, "hooks": hooked}
     times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.no_grad():
         for fn in variants.values():  # warm-up: allocator, kernels, moments buffers
@@ -74,7 +84,8 @@ def measure(module: nn.Module, batches: list[torch.Tensor], labels: list[torch.T
                     fn(x, y)
                     _sync(device)
                     times[name].append(time.perf_counter() - t)
-    return statistics.median(times["plain"]), statistics.median(times["collect"]), statistics.median(times["kernel"]), len(taps)
+    medians = [statistics.median(times[name]) for name in variants]
+    return medians[0], medians[1], medians[2], medians[3], len(taps)
 
 
 def case(name: str, model: str, size: int, batch: int, n_batches: int, rounds: int, device: torch.device) -> tuple[float, float]:
@@ -84,12 +95,13 @@ def case(name: str, model: str, size: int, batch: int, n_batches: int, rounds: i
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(n_batches)]
     labels = [torch.randint(0, k, (batch,), generator=g).to(device) for _ in range(n_batches)]
-    t_plain, t_collect, t_kernel, taps = measure(loaded.module, batches, labels, k, rounds, device)
+    t_plain, t_collect, t_kernel, t_hooks, taps = measure(loaded.module, batches, labels, k, rounds, device)
     ratio = t_plain / t_collect
     print(
         f"{name:<16} {model} @ {size} px, batch {batch}, {taps} taps, {k} classes: "
         f"inference {batch / t_plain:8.1f} img/s, collect {batch / t_collect:8.1f} img/s, ratio {ratio:.3f}; "
-        f"inference with the fused BatchNorm {batch / t_kernel:8.1f} img/s, collect / that {t_kernel / t_collect:.3f}"
+        f"inference with the fused BatchNorm {batch / t_kernel:8.1f} img/s, collect / that {t_kernel / t_collect:.3f}; "
+        f"collect by hooks alone {batch / t_hooks:8.1f} img/s, ratio {t_plain / t_hooks:.3f}"
     )
     return ratio, batch / t_collect
 
@@ -144,6 +156,7 @@ def main() -> None:
     ap.add_argument("--jpeg-rounds", type=int, default=2)
     ap.add_argument("--jpeg-batch", type=int, default=None, help="default: plan_loader's choice")
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: plan_loader's choice)")
+    ap.add_argument("--timm", help="also a timm model at 224 px, batch --r18-batch (e.g. efficientnet_b0: BatchNormAct2d layers)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -154,6 +167,9 @@ def main() -> None:
     cifar, cifar_rate = case("cifar", "cifar-resnet56", 32, cifar_batch, 4, args.rounds, device)
     r18, _ = case("r18", "resnet18", 224, args.r18_batch * (8 if big else 1), 3, args.rounds, device)
     result = f"RESULT collect_ratio_cifar={cifar:.3f} collect_ratio_r18={r18:.3f}"
+    if args.timm:
+        timm_ratio, _ = case("timm", f"timm:{args.timm}", 224, args.r18_batch * (8 if big else 1), 3, args.rounds, device)
+        result += f" collect_ratio_timm={timm_ratio:.3f}"
     if args.jpegs.is_dir():
         jpeg_collect, jpeg_plain, batch = jpeg_case(args.jpegs, args.jpeg_per_class, args.jpeg_batch, args.workers, args.jpeg_rounds, device)
         memory_collect = cifar_rate if batch == cifar_batch else case("cifar-memory", "cifar-resnet56", 32, batch, 4, args.rounds, device)[1]
