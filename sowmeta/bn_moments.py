@@ -175,10 +175,11 @@ def _identity(y: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _eligible(bn: nn.Module, x: torch.Tensor) -> bool:
-    """A stock BatchNorm (or timm's BatchNormAct2d) using its running statistics, on a contiguous float32 CPU map with positions."""
-    return (
-        _tail(bn) is not None
+def _eligible(bn: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``_tail(bn)`` for a stock BatchNorm (or timm's BatchNormAct2d) using its running statistics, on a contiguous float32 CPU map with positions; else None."""
+    tail = _tail(bn)
+    ok = (
+        tail is not None
         and (type(bn).forward is _BatchNorm.forward or x.dim() == 4)
         and not bn.training
         and bn.running_mean is not None
@@ -189,6 +190,7 @@ def _eligible(bn: nn.Module, x: torch.Tensor) -> bool:
         and x.numel() > 0
         and x.is_contiguous()
     )
+    return tail if ok else None
 
 
 def _affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +209,8 @@ def batchnorm_moments(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Row
     forward, autograd on, a map that is not a contiguous float32 CPU tensor with positions, or
     no kernel (``available()``). The caller then runs ``bn`` itself.
     """
-    if torch.is_grad_enabled() or not _eligible(bn, x):
+    tail = None if torch.is_grad_enabled() else _eligible(bn, x)
+    if tail is None:
         return None
     fns = _functions()
     if fns is None:
@@ -219,7 +222,7 @@ def batchnorm_moments(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Row
     mean, m2 = torch.empty(n, c, dtype=torch.float64), torch.empty(n, c, dtype=torch.float64)
     ill = fns.moments(x.data_ptr(), y.data_ptr(), scale.data_ptr(), offset.data_ptr(), shift.data_ptr(), mean.data_ptr(),
                       m2.data_ptr(), n, c, p, ILL_CONDITIONED, torch.get_num_threads())
-    return _tail(bn)(y), RowMoments(shift, mean, m2, int(ill))  # type: ignore[misc]
+    return tail(y), RowMoments(shift, mean, m2, int(ill))
 
 
 class _BatchNormSums(torch.autograd.Function):
@@ -251,14 +254,15 @@ def batchnorm_sums(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[
     For synthesis: autograd on, the BatchNorm's own parameters frozen (no gradient is computed
     for them); otherwise as ``batchnorm_moments``.
     """
-    if not torch.is_grad_enabled() or not _eligible(bn, x) or any(t.requires_grad for t in bn.parameters(recurse=False)):
+    tail = _eligible(bn, x) if torch.is_grad_enabled() else None
+    if tail is None or any(t.requires_grad for t in bn.parameters(recurse=False)):
         return None
     fns = _functions()
     if fns is None:
         return None
     scale, offset = _affine(bn)  # type: ignore[arg-type]
     y, mean, sq = _BatchNormSums.apply(x, scale, offset, fns)
-    return _tail(bn)(y), (mean, sq)  # type: ignore[misc]
+    return tail(y), (mean, sq)
 
 
 TapRecord = Callable[..., None]

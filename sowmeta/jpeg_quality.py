@@ -45,14 +45,13 @@ def jpeg_info(path: str | Path) -> JpegInfo | None:
 
     try:
         with Image.open(path) as im:
-            if im.format != "JPEG" or not getattr(im, "quantization", None):
+            tables = getattr(im, "quantization", None) or {}
+            if im.format != "JPEG" or len(tables.get(0, ())) != 64:  # no luminance table of 64 entries: not ours to judge
                 return None
-            luma = list(im.quantization[0])
+            luma = list(tables[0])
             sampling = JpegImagePlugin.get_sampling(im)
             width, height = im.size
-    except (OSError, ValueError, SyntaxError):
-        return None
-    if len(luma) != 64:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
     quality = min(range(1, 101), key=lambda q: sum(abs(a - b) for a, b in zip(luma, _ijg_table(q))))
     return JpegInfo(quality, _SUBSAMPLING.get(sampling, "other"), width, height)

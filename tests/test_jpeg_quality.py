@@ -90,3 +90,17 @@ def test_evaluate_notes_a_compressed_reference(tmp_path: Path):
     assert report.to_dict()["notes"] == report.notes
     lossless_reference = write_image_folder(tmp_path / "pngs", classes=2, per_class=6, seed=1)
     assert evaluate(data, [model], reference=lossless_reference, feature_model=model, kid_subsets=2).notes == []
+
+
+def test_a_jpeg_without_a_luminance_table_of_64_is_not_judged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from PIL import JpegImagePlugin
+
+    path = _jpeg(tmp_path / "x.jpg", 75, 2)
+    real = JpegImagePlugin.JpegImageFile._open
+
+    def odd_tables(self):  # noqa: ANN001, ANN202
+        real(self)
+        self.quantization = {1: self.quantization[1]}
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "_open", odd_tables)
+    assert jpeg_info(path) is None and compression_note([path]) is None
