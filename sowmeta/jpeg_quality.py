@@ -86,14 +86,18 @@ REFERENCE_CONSEQUENCE = (
 
 def compression_note(paths: Sequence[str | Path], what: str = "images", consequence: str = STATISTICS_CONSEQUENCE) -> str | None:
     """A one-line note when the most compressed JPEG among ``paths`` is compressed enough to show, else None."""
-    infos = [(p, i) for p in paths if (i := jpeg_info(p)) is not None]
-    if not infos:
+    notable = [(p, i) for p in paths if (i := jpeg_info(p)) is not None and _shows(i)]
+    if not notable:
         return None
-    path, worst = min(infos, key=lambda pi: (pi[1].quality, pi[1].subsampling != "4:2:0"))
-    small = min(worst.width, worst.height) <= SMALL_SIDE
-    if worst.quality >= (MIN_QUALITY_SMALL if small else MIN_QUALITY) and not (small and worst.subsampling == "4:2:0"):
-        return None
+    path, worst = min(notable, key=lambda pi: (pi[1].quality, pi[1].subsampling != "4:2:0"))
     return (
         f"the {what} are {worst.width}x{worst.height} px JPEGs of quality about {worst.quality} with "
         f"{worst.subsampling} chroma (e.g. {path}): {consequence}"
     )
+
+
+def _shows(info: JpegInfo) -> bool:
+    """Whether this much compression shows in the statistics (the thresholds above)."""
+    if min(info.width, info.height) <= SMALL_SIDE:
+        return info.quality < MIN_QUALITY_SMALL or info.subsampling == "4:2:0"
+    return info.quality < MIN_QUALITY

@@ -41,6 +41,8 @@ def test_the_note_names_heavy_compression_only(tmp_path: Path):
     assert compression_note([tmp_path / "q98.jpg"]) is None
     assert compression_note([_jpeg(tmp_path / "big.jpg", 75, 2, side=128)]) is None  # a photograph's usual compression
     assert compression_note([_jpeg(tmp_path / "big-low.jpg", 60, 2, side=128)]) is not None
+    mixed = compression_note([tmp_path / "big.jpg", tmp_path / "small-420.jpg"])  # the least quality is not what shows
+    assert mixed is not None and "small-420.jpg" in mixed and "quality about 98 with 4:2:0" in mixed
 
 
 def test_collect_passes_the_note_on(tmp_path: Path):
