@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,6 +10,8 @@ from contextlib import contextmanager
 import torch
 
 __all__ = ["launched_by_torchrun", "launch_rank", "is_main_process", "process_group", "rank_world", "device_for_rank"]
+
+log = logging.getLogger(__name__)
 
 
 def launched_by_torchrun() -> bool:
@@ -60,5 +63,12 @@ def process_group(device: str | torch.device = "cpu") -> Iterator[tuple[int, int
     dist.init_process_group(backend)
     try:
         yield rank_world()
+        # Leave together: a rank done early (rank 1 while rank 0 writes the bundle) that tears its
+        # gloo group down under a live peer could abort at exit. A rank that raised skips this, and
+        # its peers' barrier then fails: that rank's error is the one to report, so theirs is only logged.
+        try:
+            dist.barrier()
+        except RuntimeError as exc:
+            log.debug("rank %d: a peer left the process group early (%s)", dist.get_rank(), exc)
     finally:
         dist.destroy_process_group()

@@ -218,6 +218,14 @@ def test_seeds_under_torchrun_are_written_once(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("wrote ") == 1 and "2 images" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "seeds"]  # no temporary directory left behind
+    (sorted(seeds.iterdir())[0] / "broken.png").write_text("not an image")  # rank 0 fails; rank 1, waiting to leave with it, stays quiet
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", sowmeta_bin, "collect", *TINY, "--seeds", str(seeds), "--out", str(tmp_path / "d")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and out.count("error: data error: cannot decode seed image") == 1, out[-2000:]
+    assert "[rank1]" not in out and not (tmp_path / "d").exists()
 
 
 def test_heavily_compressed_jpegs_get_a_note(runner, tmp_path: Path):
