@@ -7,6 +7,7 @@ network trained on lossless images recognises about ten points less often (docs/
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,10 +58,11 @@ def jpeg_info(path: str | Path) -> JpegInfo | None:
     return JpegInfo(quality, _SUBSAMPLING.get(sampling, "other"), width, height)
 
 
-def _ijg_table(quality: int) -> list[int]:
-    """libjpeg's luminance table at ``quality`` (its ``jpeg_quality_scaling`` and baseline clamp)."""
+@functools.cache
+def _ijg_table(quality: int) -> tuple[int, ...]:
+    """libjpeg's luminance table at ``quality`` (its ``jpeg_quality_scaling`` and baseline clamp); built once per quality."""
     scale = 5000 // quality if quality < 50 else 200 - 2 * quality
-    return [min(255, max(1, (v * scale + 50) // 100)) for v in _IJG_LUMA]
+    return tuple(min(255, max(1, (v * scale + 50) // 100)) for v in _IJG_LUMA)
 
 
 def first_per_class(samples: Sequence[tuple[Path, int]], classes: int = 8) -> list[Path]:
