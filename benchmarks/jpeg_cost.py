@@ -2,7 +2,8 @@
 
 Run: python benchmarks/jpeg_cost.py [--model cifar-resnet20=../shared/models/cifar10/resnet20.safetensors ...]
 
-Prints one row per quality and chroma subsampling, and ``RESULT`` lines with the lossless
+Prints one row per quality and chroma subsampling, one for the synthesis engine's differentiable
+codec (``sowmeta.synth.jpeg_view``) at ../shared's setting, and ``RESULT`` lines with the lossless
 top-1 and the cost of ../shared's own encoding (quality 75, 4:2:0). The thresholds of
 ``sowmeta.jpeg_quality`` come from this table (docs/results.md 7.5).
 """
@@ -18,6 +19,7 @@ from PIL import Image
 
 from sowmeta import load_model
 from sowmeta.env import shared_dir
+from sowmeta.synth.jpeg_view import jpeg_view
 
 SETTINGS = [(q, s) for q in (75, 85, 90, 95, 100) for s in (0, 2)]
 NAMES = {0: "4:4:4", 2: "4:2:0"}
@@ -63,6 +65,10 @@ def main() -> None:
         print(f"| quality {quality}, {NAMES[sub]} | " + " | ".join(f"{100 * v:.1f} %" for v in scores.values()) + " |")
         if (quality, sub) == (75, 2):
             shared_cost = {name: lossless[name] - scores[name] for name in nets}
+    with torch.no_grad():  # the synthesis engine's differentiable codec (--jpeg-quality 75) at ../shared's setting
+        view = jpeg_view(torch.from_numpy(images).float() / 255, 75, "4:2:0").mul(255).round().to(torch.uint8).numpy()
+    scores = {name: top1(net, view, labels) for name, net in nets.items()}
+    print("| `jpeg_view`, quality 75, 4:2:0 | " + " | ".join(f"{100 * v:.1f} %" for v in scores.values()) + " |")
     for name in nets:
         print(f"RESULT {name}_lossless_top1={lossless[name]:.4f} {name}_q75_420_cost={shared_cost[name]:.4f}")
 

@@ -88,6 +88,9 @@ def register(group: click.Group) -> None:
     @click.option("--zoom", type=click.FloatRange(0, 1, max_open=True), help="Random-resized crop: the crop's side is in [1 - ZOOM, 1] of the image's [0: off].")
     @click.option("--color-shift", type=click.FloatRange(0, 1, max_open=True), help="Random per-channel contrast in [1 - C, 1] and offset [0: off].")
     @click.option("--param", cls=ListingOption, names=_param_names, help="How the image is optimized: pixel (the paper's) or fourier (decorrelated colour spectrum) [pixel].")
+    @click.option("--jpeg-quality", type=click.IntRange(0, 100),
+                  help="Match the statistics through a JPEG encoding of this quality (that of the data they came from; `collect` notes it) [0: off].")
+    @click.option("--jpeg-subsampling", type=click.Choice(["4:2:0", "4:2:2", "4:4:4"]), help="Chroma subsampling of that encoding [4:2:0].")
     @click.option("--init", "init", default="noise", show_default=True, help="noise, or a folder <label>/<image> of seed images or sketches.")
     @click.option("--init-noise", type=float, help="Noise std added to initial images [0.2].")
     @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True, help="Autocast on CUDA.")
@@ -102,8 +105,8 @@ def register(group: click.Group) -> None:
     @report_options
     @handle_errors
     def synthesize(bundle, registry, model, weights, model_args, classes, per_class, out, mode, mixed, preset, iterations, batch_size, lr, alpha_tv, alpha_l2, alpha_cc,
-                   first_tap_multiplier, tap_weight, tap_decay, feature_loss, jitter, flip, multires, zoom, color_shift, param, init, init_noise, amp, seed, save_every, png, grid, device,
-                   no_fingerprint_check, allow_low_confidence, overwrite, as_json, quiet) -> None:  # noqa: ANN001
+                   first_tap_multiplier, tap_weight, tap_decay, feature_loss, jitter, flip, multires, zoom, color_shift, param, jpeg_quality, jpeg_subsampling, init, init_noise, amp, seed,
+                   save_every, png, grid, device, no_fingerprint_check, allow_low_confidence, overwrite, as_json, quiet) -> None:  # noqa: ANN001
         """Synthesize images of chosen classes from a model and its class-conditional statistics."""
         from sowmeta.distributed import is_main_process
         from sowmeta.errors import ConfigError, SynthesisError
@@ -115,6 +118,8 @@ def register(group: click.Group) -> None:
 
         if bundle is None and mode != "di":
             raise ConfigError(f"mode {mode} needs --bundle (a directory or org/name); only --mode di works from the model alone")
+        if jpeg_subsampling is not None and not jpeg_quality:
+            raise ConfigError("--jpeg-subsampling describes the encoding of --jpeg-quality; pass that too (the data's JPEG quality)")
         check_distinct([("--out", out), ("--png", png), ("--grid", grid)])
         for what, path, kind in (("--png", png, "png-tree"), ("--grid", grid, "png")):
             if path is not None:
@@ -129,6 +134,7 @@ def register(group: click.Group) -> None:
             "iterations": iterations, "batch_size": batch_size, "lr": lr, "alpha_tv": alpha_tv, "alpha_l2": alpha_l2, "alpha_cc": alpha_cc,
             "first_tap_multiplier": first_tap_multiplier, "feature_loss": feature_loss, "jitter": jitter, "flip": flip, "multires": multires,
             "init_noise": init_noise, "tap_decay": tap_decay, "zoom": zoom, "color_shift": color_shift, "param": param,
+            "jpeg_quality": jpeg_quality, "jpeg_subsampling": jpeg_subsampling,
         }
         config = SynthConfig.preset(
             preset, crop=opened.crop, mode=mode, mixed=mixed, tap_weights=SynthConfig.parse_tap_weights(tap_weight),

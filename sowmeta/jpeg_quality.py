@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["JpegInfo", "jpeg_info", "first_per_class", "compression_note", "STATISTICS_CONSEQUENCE", "REFERENCE_CONSEQUENCE"]
+__all__ = [
+    "JpegInfo",
+    "jpeg_info",
+    "ijg_tables",
+    "first_per_class",
+    "compression_note",
+    "STATISTICS_CONSEQUENCE",
+    "REFERENCE_CONSEQUENCE",
+]
 
 # The IJG (libjpeg) base luminance table in natural order, as Pillow reports tables.
 _IJG_LUMA = (
@@ -20,6 +28,11 @@ _IJG_LUMA = (
     14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
     18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
+_IJG_CHROMA = (
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99,
+    24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99, 99, 99, 99,
+    *(99,) * 32,
 )  # fmt: skip
 _SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
 # Small images: measured (docs/results.md 7.5): a lossless-trained CIFAR network loses 2-5 points
@@ -59,10 +72,15 @@ def jpeg_info(path: str | Path) -> JpegInfo | None:
 
 
 @functools.cache
-def _ijg_table(quality: int) -> tuple[int, ...]:
-    """libjpeg's luminance table at ``quality`` (its ``jpeg_quality_scaling`` and baseline clamp); built once per quality."""
+def _ijg_table(quality: int, base: tuple[int, ...] = _IJG_LUMA) -> tuple[int, ...]:
+    """libjpeg's table at ``quality`` (its ``jpeg_quality_scaling`` and baseline clamp); built once per quality."""
     scale = 5000 // quality if quality < 50 else 200 - 2 * quality
-    return tuple(min(255, max(1, (v * scale + 50) // 100)) for v in _IJG_LUMA)
+    return tuple(min(255, max(1, (v * scale + 50) // 100)) for v in base)
+
+
+def ijg_tables(quality: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The luminance and chrominance quantization tables (natural order) libjpeg writes at ``quality`` (1-100)."""
+    return _ijg_table(quality), _ijg_table(quality, _IJG_CHROMA)
 
 
 def first_per_class(samples: Sequence[tuple[Path, int]], classes: int = 8) -> list[Path]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..named import Registry
+from .jpeg_view import SUBSAMPLINGS
 from .losses import get_feature_loss
 from .param import get_parameterization
 
@@ -21,7 +22,7 @@ MAX_LR = 10.0  # Adam on normalized pixels: beyond this every step saturates the
 MAX_WEIGHT = 1e6  # loss weights beyond this overflow float32 losses
 # fields added after runs were first keyed: left out of the fingerprint at these values, so the
 # run key of an unfinished run from before still matches (a resumed run never mixes settings)
-_LATER_FIELDS = {"param": "pixel", "zoom": 0.0, "color_shift": 0.0, "tap_decay": 1.0}
+_LATER_FIELDS = {"param": "pixel", "zoom": 0.0, "color_shift": 0.0, "tap_decay": 1.0, "jpeg_quality": 0, "jpeg_subsampling": "4:2:0"}
 PRESETS: Registry[Callable[..., SynthConfig]] = Registry("synthesis preset")
 
 
@@ -51,6 +52,10 @@ class SynthConfig:
             inside the pixel range before each forward pass (0: off; Plug-In Inversion's).
         param: how the image is optimized: ``pixel`` (the paper's) or ``fourier`` (a
             decorrelated-colour spectrum, as feature-visualization libraries do); see ``param.py``.
+        jpeg_quality: statistics collected from JPEG files of this quality (1-100) are matched by
+            the images encoded that way and decoded (differentiably, ``jpeg_view.py``), and the CE
+            by the images themselves; each step runs both through the model (0: off).
+        jpeg_subsampling: the chroma subsampling of that encoding (``4:2:0``, ``4:2:2``, ``4:4:4``).
         init: ``noise`` or ``images`` (seed images / sketches given to ``synthesize(init_images=)``).
         init_noise: std of the noise added to initial images when ``init="images"``.
         amp: ``none``, ``bf16`` or ``fp16`` autocast (CUDA only).
@@ -78,6 +83,8 @@ class SynthConfig:
     color_shift: float = 0.0
     tap_decay: float = 1.0
     param: str = "pixel"
+    jpeg_quality: int = 0
+    jpeg_subsampling: str = "4:2:0"
     init: str = "noise"
     init_noise: float = 0.2
     amp: str = "none"
@@ -105,6 +112,10 @@ class SynthConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value < 1):
                 raise ConfigError(f"{name} is a fraction in [0, 1) (0: off), not {value}")
+        if not (isinstance(self.jpeg_quality, int) and not isinstance(self.jpeg_quality, bool) and 0 <= self.jpeg_quality <= 100):
+            raise ConfigError(f"jpeg_quality is the data's JPEG quality, an integer in 1-100 (0: off), not {self.jpeg_quality!r}")
+        if self.jpeg_subsampling not in SUBSAMPLINGS:
+            raise ConfigError(f"jpeg_subsampling is one of {', '.join(SUBSAMPLINGS)}, not {self.jpeg_subsampling!r}")
         if not (isinstance(self.tap_decay, (int, float)) and 0 < self.tap_decay <= MAX_WEIGHT):
             raise ConfigError(f"tap_decay is the last tap's weight relative to the first, in (0, {MAX_WEIGHT:g}] (1: equal), not {self.tap_decay}")
         if self.save_every < 0 or self.jitter < 0 or self.warmup < 0:

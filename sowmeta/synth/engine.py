@@ -27,6 +27,7 @@ from ..preprocess import Preprocessing
 from ..taps import Tap
 from .augment import augment
 from .config import SynthConfig
+from .jpeg_view import jpeg_view
 from .param import make_parameterization
 from .losses import Segments, get_feature_loss, group_moments, l2_prior, per_image_moments, total_variation
 
@@ -204,6 +205,11 @@ class Inverter:
         self.tap_weight = torch.tensor([t.weight for t in targets], device=self.device)
         self.terms = objective(config, self._statistics if targets else None)
 
+    def _as_stored(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch (normalized) as the JPEG files the statistics came from would hold it (``jpeg_quality``)."""
+        pixels = jpeg_view(x * self.std + self.mean, self.config.jpeg_quality, self.config.jpeg_subsampling)
+        return (pixels - self.mean) / self.std
+
     def _record(self, tap: Tap, x: torch.Tensor, moments: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self._moments[tap.name] = moments if moments is not None else per_image_moments(x, tap.axis)
 
@@ -265,10 +271,15 @@ class Inverter:
             for it in range(cfg.iterations):
                 opt.zero_grad(set_to_none=True)
                 x = param.image()
-                x_in = augment(x, rng, jitter=cfg.jitter, flip=cfg.flip, low_res=it < low_res_until, zoom_amount=cfg.zoom,
+                # with jpeg_quality: the encoded copy's features meet the statistics, the image's own logits the CE
+                x_in = torch.cat([self._as_stored(x), x]) if cfg.jpeg_quality else x
+                x_in = augment(x_in, rng, jitter=cfg.jitter, flip=cfg.flip, low_res=it < low_res_until, zoom_amount=cfg.zoom,
                                color=cfg.color_shift, lo=self.lo, hi=self.hi)
                 with autocast:
                     logits = logits_of(module(x_in))
+                if cfg.jpeg_quality:
+                    logits = logits[len(x):]
+                    self._moments = {k: (m[: len(x)], s[: len(x)]) for k, (m, s) in self._moments.items()}
                 terms = self.term_values(x, logits, labels, groups, group_rows)
                 loss = sum(t.weight * terms[t.name] for t in self.terms)
                 finite &= torch.isfinite(loss)
