@@ -180,7 +180,7 @@ def _eligible(bn: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.
     tail = _tail(bn)
     ok = (
         tail is not None
-        and (type(bn).forward is _BatchNorm.forward or x.dim() == 4)
+        and (tail is _identity or x.dim() == 4)  # BatchNormAct2d takes 2-d maps only
         and not bn.training
         and bn.running_mean is not None
         and bn.running_var is not None

@@ -45,19 +45,21 @@ def soft_round(z: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _dct_matrix(device: str, dtype: torch.dtype) -> torch.Tensor:
-    """The orthonormal 8-point DCT-II (rows: frequencies), JPEG's FDCT in one dimension."""
+def _codec(quality: int, device: str, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The codec's constants on ``device``, built once (synthesis calls the codec every step): the orthonormal
+    8-point DCT-II (rows: frequencies, JPEG's FDCT in one dimension), the luminance and chrominance tables
+    (8 x 8), and the RGB -> YCbCr and YCbCr -> RGB matrices."""
     k = torch.arange(8, dtype=torch.float64)
-    d = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * 0.5
-    d[0] /= math.sqrt(2)
-    return d.to(device=device, dtype=dtype)
+    dct = torch.cos((2 * k[None, :] + 1) * k[:, None] * math.pi / 16) * 0.5
+    dct[0] /= math.sqrt(2)
+    luma, chroma = (torch.tensor(t, dtype=torch.float64).view(8, 8) for t in ijg_tables(quality))
+    to_ycc, from_ycc = (torch.tensor(m, dtype=torch.float64) for m in (_TO_YCC, _FROM_YCC))
+    return tuple(t.to(device=device, dtype=dtype) for t in (dct, luma, chroma, to_ycc, from_ycc))
 
 
-def _quantize(plane: torch.Tensor, table: tuple[int, ...]) -> torch.Tensor:
-    """Every 8x8 block of ``plane`` (B x C x H x W, H and W multiples of 8) through DCT, quantization and IDCT."""
+def _quantize(plane: torch.Tensor, d: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Every 8x8 block of ``plane`` (B x C x H x W, H and W multiples of 8) through DCT ``d``, quantization by table ``q`` and IDCT."""
     b, c, h, w = plane.shape
-    d = _dct_matrix(str(plane.device), plane.dtype)
-    q = torch.tensor(table, dtype=plane.dtype, device=plane.device).view(8, 8)
     blocks = plane.reshape(b, c, h // 8, 8, w // 8, 8)
     coef = torch.einsum("uy,bciyjx,vx->bcijuv", d, blocks, d)
     coef = soft_round(coef / q) * q
@@ -73,7 +75,7 @@ def jpeg_view(images: torch.Tensor, quality: int, subsampling: str = "4:2:0") ->
         raise ConfigError(f"JPEG chroma subsampling is one of {', '.join(SUBSAMPLINGS)}, not {subsampling!r}")
     if images.dim() != 4 or images.shape[1] != 3:
         raise ConfigError(f"jpeg_view takes RGB batches (B x 3 x H x W), not shape {tuple(images.shape)}")
-    luma, chroma = ijg_tables(quality)
+    dct, luma, chroma, to_ycc, from_ycc = _codec(quality, str(images.device), images.dtype)
     sy, sx = SUBSAMPLINGS[subsampling]
     h, w = images.shape[-2:]
     mh, mw = 8 * sy, 8 * sx  # libjpeg's MCU: whole chroma blocks after subsampling
@@ -81,15 +83,13 @@ def jpeg_view(images: torch.Tensor, quality: int, subsampling: str = "4:2:0") ->
     x = images * 255
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    to_ycc = torch.tensor(_TO_YCC, dtype=x.dtype, device=x.device)
     ycc = torch.einsum("oc,bchw->bohw", to_ycc, x)
-    y = _quantize(ycc[:, :1] - 128, luma)
+    y = _quantize(ycc[:, :1] - 128, dct, luma)
     c = ycc[:, 1:]  # Cb, Cr around 0 (JFIF adds 128 and the level shift takes it off again)
     if (sy, sx) != (1, 1):
         c = F.avg_pool2d(c, (sy, sx))
-    c = _quantize(c, chroma)
+    c = _quantize(c, dct, chroma)
     if (sy, sx) != (1, 1):
         c = F.interpolate(c, scale_factor=(sy, sx), mode="bilinear", align_corners=False)
-    from_ycc = torch.tensor(_FROM_YCC, dtype=x.dtype, device=x.device)
     rgb = torch.einsum("oc,bchw->bohw", from_ycc, torch.cat([y + 128, c], dim=1))
     return (rgb[..., :h, :w] / 255).clamp(0, 1)
