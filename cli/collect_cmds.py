@@ -134,11 +134,14 @@ def register(group: click.Group) -> None:
     def _render_summary(s: dict[str, Any], all_taps: bool, quiet: bool) -> None:
         from rich.table import Table
 
+        from sowmeta.jpeg_quality import describe_compression
+
         m = s["model"]
         console.print(f"[bold]{s['path']}[/]  format {s['format_version']}  scenario {s['source']['scenario']} ({s['source']['collector']})  [green]verified[/]")
         name = m["architecture"] if m["architecture"] != "custom" else f"custom ({m.get('factory')})"
         console.print(f"model {name}  weights {m['weights']}  fused {m['fused']}  {m['fingerprint'][:23]}...")
         console.print(f"{m['num_classes']} classes, {s['images']} images, {len(s['taps'])} taps, {s['size_bytes']:,} bytes in {len(s['files'])} files, {s['dtype']}")
+        console.print(f"source images: {describe_compression(s['source'].get('compression'))}")
         if s["source"]["empty_classes"]:
             console.print(f"[yellow]classes without statistics[/]: {s['source']['empty_classes'][:20]}{' ...' if len(s['source']['empty_classes']) > 20 else ''}")
         if quiet:

@@ -130,6 +130,14 @@ def register(group: click.Group) -> None:
         from sowmeta.models import parse_model_args
 
         opened = open_model(bundle, model=model, weights=weights, args=parse_model_args(model_args) if model_args else None, registry=registry)
+        from sowmeta.jpeg_quality import source_compression_note
+
+        recorded = opened.manifest.source.compression if opened.manifest is not None and mode == "cc" else None
+        note = None if jpeg_quality else source_compression_note(recorded)
+        if jpeg_quality and recorded and recorded["quality"] is not None and recorded["quality"] != jpeg_quality:
+            note = f"--jpeg-quality {jpeg_quality}, but the bundle's statistics come from JPEGs of quality about {recorded['quality']}"
+        if note is not None and not (quiet or as_json) and is_main_process():
+            err_console.print(f"[yellow]note[/]: {note}", soft_wrap=True)
         overrides = {
             "iterations": iterations, "batch_size": batch_size, "lr": lr, "alpha_tv": alpha_tv, "alpha_l2": alpha_l2, "alpha_cc": alpha_cc,
             "first_tap_multiplier": first_tap_multiplier, "feature_loss": feature_loss, "jitter": jitter, "flip": flip, "multires": multires,

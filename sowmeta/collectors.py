@@ -29,7 +29,7 @@ from .data import folder_loader, plan_loader, raise_if_strict, read_image, scan_
 from .distributed import rank_world
 from .errors import ConfigError, DataError, SeedRejectedError, TapError
 from .fuse import fuse_bn
-from .jpeg_quality import compression_note, first_per_class
+from .jpeg_quality import compression_note, compression_record, first_per_class
 from .logits import logits_of
 from .models import CUSTOM_ARCHITECTURE, LoadedModel, fingerprint, is_code_reference, structure_fingerprint
 from .outputs import check_output
@@ -401,6 +401,7 @@ def collect(
         loader: Iterable = data
         total = len(data.dataset) if hasattr(data.dataset, "__len__") else 0  # type: ignore[arg-type]
         samples = None
+        compression = None  # a DataLoader's storage is not ours to see
     else:
         index = scan_image_folder(data, limit_per_class)
         mapping = map_class_folders(index.classes, model.labels, outputs, by_position=labels_by_position)
@@ -409,8 +410,10 @@ def collect(
         if not model.labels or len(model.labels) != outputs:
             for i, (folder_name, k) in enumerate(zip(index.classes, mapping.indices)):
                 labels[k] = mapping.label_of(i, folder_name)
+        sampled = first_per_class(index.samples)
+        compression = compression_record(sampled)
         if rank == 0:
-            _note_compression(first_per_class(index.samples), notice)
+            _note_compression(sampled, notice)
         samples = [(p, mapping.indices[y]) for p, y in index.samples][rank::world]
         prep = model.preprocessing
         plan = plan_loader(crop, dev, batch_size=batch_size, workers=workers, resize=prep.resize, interpolation=prep.interpolation)
@@ -461,6 +464,7 @@ def collect(
         images=report.images,
         images_per_class_limit=limit_per_class,
         skipped_images=len(report.skipped),
+        compression=compression,
     )
     bundle = Bundle.from_moments(
         recorder.moments, tap_list, model=_record_for(model, module, fused, labels, outputs), preprocessing=model.preprocessing, source=source
@@ -541,7 +545,8 @@ def collect_seeds(
     for path, k in items:
         if not 0 <= k < outputs:
             raise DataError(f"seed {path}: class {k} is outside the model's {outputs} outputs")
-    _note_compression(first_per_class(items), notice)
+    sampled = first_per_class(items)
+    _note_compression(sampled, notice)
     step = plan_loader(crop, dev, batch_size=batch_size).batch_size
     transform = model.preprocessing.transform()
     report = CollectReport()
@@ -583,6 +588,7 @@ def collect_seeds(
         data=_data_name(dataset, seeds),
         images=report.images,
         rejected_seeds=report.rejected,
+        compression=compression_record(sampled),
     )
     bundle = Bundle.from_moments(
         recorder.moments, tap_list, model=_record_for(model, module, fused, labels, outputs), preprocessing=model.preprocessing, source=source

@@ -8,9 +8,10 @@ network trained on lossless images recognises about ten points less often (docs/
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "JpegInfo",
@@ -18,6 +19,9 @@ __all__ = [
     "ijg_tables",
     "first_per_class",
     "compression_note",
+    "compression_record",
+    "describe_compression",
+    "source_compression_note",
     "STATISTICS_CONSEQUENCE",
     "REFERENCE_CONSEQUENCE",
 ]
@@ -104,12 +108,16 @@ REFERENCE_CONSEQUENCE = (
 )
 
 
+def _most_compressed(found: Sequence[tuple[Any, JpegInfo]]) -> tuple[Any, JpegInfo]:
+    return min(found, key=lambda pi: (pi[1].quality, pi[1].subsampling != "4:2:0"))
+
+
 def compression_note(paths: Sequence[str | Path], what: str = "images", consequence: str = STATISTICS_CONSEQUENCE) -> str | None:
     """A one-line note when the most compressed JPEG among ``paths`` is compressed enough to show, else None."""
     notable = [(p, i) for p in paths if (i := jpeg_info(p)) is not None and _shows(i)]
     if not notable:
         return None
-    path, worst = min(notable, key=lambda pi: (pi[1].quality, pi[1].subsampling != "4:2:0"))
+    path, worst = _most_compressed(notable)
     return (
         f"the {what} are {worst.width}x{worst.height} px JPEGs of quality about {worst.quality} with "
         f"{worst.subsampling} chroma (e.g. {path}): {consequence}"
@@ -121,3 +129,45 @@ def _shows(info: JpegInfo) -> bool:
     if min(info.width, info.height) <= SMALL_SIDE:
         return info.quality < MIN_QUALITY_SMALL or info.subsampling == "4:2:0"
     return info.quality < MIN_QUALITY
+
+
+def compression_record(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """The manifest's ``source.compression`` (format 1.2) for data sampled by ``paths``: how many files were
+    looked at, how many were JPEGs, and the most compressed JPEG's quality, chroma subsampling and size."""
+    found = [(p, i) for p in paths if (i := jpeg_info(p)) is not None]
+    worst = _most_compressed(found)[1] if found else None
+    return {
+        "files_sampled": len(paths),
+        "jpeg_files": len(found),
+        "quality": worst.quality if worst else None,
+        "subsampling": worst.subsampling if worst else None,
+        "width": worst.width if worst else None,
+        "height": worst.height if worst else None,
+    }
+
+
+def describe_compression(record: Mapping[str, Any] | None) -> str:
+    """``source.compression`` in a few words, for ``inspect`` and the Hub card."""
+    if record is None:
+        return "not recorded"
+    sampled, jpegs = record["files_sampled"], record["jpeg_files"]
+    if not jpegs:
+        return f"no JPEG among {sampled} sampled files"
+    return (
+        f"JPEG, quality about {record['quality']} with {record['subsampling']} chroma at {record['width']}x{record['height']} px "
+        f"(the most compressed of {jpegs} JPEGs among {sampled} sampled files)"
+    )
+
+
+def source_compression_note(record: Mapping[str, Any] | None) -> str | None:
+    """A one-line note when a bundle's statistics come from JPEGs compressed enough to show in them, else None."""
+    if record is None or not record["jpeg_files"]:
+        return None
+    info = JpegInfo(record["quality"], record["subsampling"], record["width"], record["height"])
+    if not _shows(info):
+        return None
+    return (
+        f"the bundle's statistics come from {info.width}x{info.height} px JPEGs of quality about {info.quality} with "
+        f"{info.subsampling} chroma: the images will carry that compression, and networks trained on lossless images "
+        "recognise such images less often (docs/results.md 7.5)"
+    )

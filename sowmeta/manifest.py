@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "sowmeta-bundle"
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 MANIFEST_NAME = "sowmeta.json"
 MAX_MANIFEST_BYTES = 64 << 20  # a 1000-class, 300-tap manifest is well under 1 MiB
 _CODE_RE = re.compile(r"^(?!(?:timm|hf-hub):)[^:]*:")
@@ -100,6 +100,7 @@ class SourceRecord:
     images_per_class_limit: int | None = None
     skipped_images: int = 0
     rejected_seeds: list[dict[str, Any]] = field(default_factory=list)
+    compression: dict[str, Any] | None = None  # (1.2) how the sampled image files were stored; None: not recorded
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,12 @@ class Manifest:
         m = self.model
         if m.labels and len(m.labels) != m.num_classes:
             raise SchemaError(f"{where}: {len(m.labels)} labels for {m.num_classes} classes; the manifest is inconsistent", path=path)
+        c = self.source.compression
+        if c is not None and (c["jpeg_files"] > c["files_sampled"] or bool(c["jpeg_files"]) != (c["quality"] is not None)):
+            raise SchemaError(
+                f"{where}: source/compression counts {c['jpeg_files']} JPEGs of {c['files_sampled']} sampled files with quality "
+                f"{c['quality']}; the manifest is inconsistent", path=path,
+            )
         bad = [k for k in self.source.empty_classes if k >= m.num_classes]
         if bad:
             raise SchemaError(f"{where}: empty class {bad[0]} does not exist ({m.num_classes} classes)", path=path)

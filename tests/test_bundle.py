@@ -69,7 +69,7 @@ def test_round_trip_and_layout(saved: Path):
     files = sorted(p.name for p in saved.iterdir())
     assert files == ["sowmeta.json", "stats.safetensors"]
     with safe_open(str(saved / "stats.safetensors"), framework="pt") as f:
-        assert f.metadata()["format"] == "sowmeta-bundle" and f.metadata()["format_version"] == "1.1"
+        assert f.metadata()["format"] == "sowmeta-bundle" and f.metadata()["format_version"] == "1.2"
         assert f.metadata()["manifest_sha256"] == Bundle.read_manifest(saved).digest
         assert f.get_tensor("bn2/mean").shape == (K, 12) and f.get_tensor("bn2/mean").dtype == torch.float32
         assert f.get_tensor("counts").dtype == torch.int64
@@ -359,7 +359,7 @@ def test_sharded_files_are_indexed_by_the_manifest_and_identify_themselves(tmp_p
     for i, f in enumerate(manifest.files, start=1):
         with safe_open(str(p / f.name), framework="pt") as h:
             assert sorted(h.keys()) == sorted(f.tensors)
-            assert h.metadata() == {"format": "sowmeta-bundle", "format_version": "1.1", "shard": f"{i}/{n}", "manifest_sha256": manifest.digest}
+            assert h.metadata() == {"format": "sowmeta-bundle", "format_version": "1.2", "shard": f"{i}/{n}", "manifest_sha256": manifest.digest}
         assert f.name == f"stats-{i:05d}-of-{n:05d}.safetensors"
     whole = Bundle.load(p)
     for name, s in b.stats.items():

@@ -32,6 +32,16 @@ def test_reads_format_1_1_with_token_taps():
     torch.testing.assert_close(b.stats["blocks.0"].var, torch.tensor([[2.0, 0.0625], [0.25, 1.5]]))
     torch.testing.assert_close(b.stats["stem"].global_var, torch.tensor([0.9, 1.7]))
     assert [t.tap.axis for t in m.taps] == [1, -1]  # the records rebuild the taps the synthesis engine hooks
+    assert m.source.compression is None  # before 1.2: not recorded
+
+
+def test_reads_format_1_2_with_the_source_compression():
+    b = Bundle.load(GOLDEN / "bundle-v1.2", classes=[0])
+    m = b.manifest
+    assert m.format_version == "1.2" and m.source.compression == {
+        "files_sampled": 3, "jpeg_files": 2, "quality": 75, "subsampling": "4:2:0", "width": 32, "height": 32
+    }
+    torch.testing.assert_close(b.stats["blocks.0"].mean, torch.tensor([[3.0, 4.0]]))
 
 
 def test_a_1_0_bundle_reads_as_channel_axis_1():

@@ -106,3 +106,102 @@ def test_a_jpeg_without_a_luminance_table_of_64_is_not_judged(tmp_path: Path, mo
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "_open", odd_tables)
     assert jpeg_info(path) is None and compression_note([path]) is None
+
+
+def _folder(root: Path, settings: list[tuple[str, int, int] | None], per_class: int = 2, side: int = 12) -> Path:
+    """One class per setting: (quality, Pillow subsampling) JPEGs, or PNGs for None."""
+    rng = np.random.default_rng(0)
+    for k, setting in enumerate(settings):
+        d = root / f"{k}_c{k}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            image = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+            if setting is None:
+                image.save(d / f"{i}.png")
+            else:
+                image.save(d / f"{i}.jpg", "JPEG", quality=setting[0], subsampling=setting[1])
+    return root
+
+
+def test_bundles_record_how_their_images_were_stored(tmp_path: Path):
+    """format 1.2's source.compression: the most compressed JPEG among the sampled files, as Pillow wrote it."""
+    import json
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from sowmeta.bundle import Bundle
+    from sowmeta.collectors import TrainingCollector
+
+    model = loaded_tiny()
+    data = _folder(tmp_path / "mixed", [(90, 0), (40, 2), None])
+    collect(model, data, out=tmp_path / "b")
+    written = json.loads((tmp_path / "b" / "sowmeta.json").read_text())
+    assert written["format_version"] == "1.2"
+    assert written["source"]["compression"] == {
+        "files_sampled": 3, "jpeg_files": 2, "quality": 40, "subsampling": "4:2:0", "width": 12, "height": 12
+    }
+    assert Bundle.load(tmp_path / "b").manifest.source.compression == written["source"]["compression"]
+    seeds = collect_seeds(model, _folder(tmp_path / "seeds", [(85, 1), None, None]), keep_rejected=True)[0]
+    assert seeds.manifest.source.compression == {
+        "files_sampled": 3, "jpeg_files": 1, "quality": 85, "subsampling": "4:2:2", "width": 12, "height": 12
+    }
+    lossless = collect(model, _folder(tmp_path / "pngs", [None, None]))[0].manifest.source.compression
+    assert lossless == {"files_sampled": 2, "jpeg_files": 0, "quality": None, "subsampling": None, "width": None, "height": None}
+    loader = DataLoader(TensorDataset(torch.rand(4, 3, 12, 12), torch.tensor([0, 1, 0, 1])), batch_size=2)
+    assert collect(model, loader)[0].manifest.source.compression is None  # no files seen: not recorded
+    tc = TrainingCollector(model.module, num_classes=4)
+    with tc.observe(torch.tensor([0, 1])):
+        model.module(torch.rand(2, 3, 12, 12))
+    assert tc.to_bundle(architecture="tiny", preprocessing=model.preprocessing).manifest.source.compression is None
+
+
+def test_a_manifest_with_impossible_compression_is_refused(tmp_path: Path):
+    import json
+
+    from sowmeta.errors import SchemaError
+    from sowmeta.manifest import Manifest
+
+    collect(loaded_tiny(), _folder(tmp_path / "d", [(75, 2), (75, 2)]), out=tmp_path / "b")
+    good = json.loads((tmp_path / "b" / "sowmeta.json").read_text())
+    for change, expect in (({"quality": 0}, "source/compression/quality"), ({"subsampling": "4:1:1"}, "source/compression/subsampling"),
+                           ({"jpeg_files": 3}, "3 JPEGs of 2 sampled files"), ({"quality": None}, "with quality None")):
+        bad = json.loads(json.dumps(good))
+        bad["source"]["compression"].update(change)
+        with pytest.raises(SchemaError, match=expect):
+            Manifest.from_dict(bad)
+    assert Manifest.from_dict(good).source.compression["quality"] == 75
+
+
+def test_inspect_synthesize_and_the_card_tell_how_the_images_were_stored(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from sowmeta.cli.main import main
+    from sowmeta.registry.card import render_card
+
+    tiny = ["--model", "conftest:tiny_net", "--weights", "none"]
+    runner = CliRunner()
+    for name, settings in (("jpeg", [(75, 2)] * 3), ("png", [None] * 3)):
+        r = runner.invoke(main, ["collect", *tiny, "--crop", "12", "--workers", "0", "--data", str(_folder(tmp_path / name, settings)),
+                                 "--out", str(tmp_path / f"b-{name}")])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["inspect", str(tmp_path / "b-jpeg")])
+    assert "source images: JPEG, quality about 75 with 4:2:0 chroma at 12x12 px (the most compressed of 3 JPEGs among 3 sampled files)" in " ".join(r.output.split())
+    assert "source images: no JPEG among 3 sampled files" in runner.invoke(main, ["inspect", str(tmp_path / "b-png")]).output
+    assert "- **Source images**: JPEG, quality about 75" in render_card(tmp_path / "b-jpeg", "me/tiny-cc")
+    assert "compressed enough that synthesized images carry the compression" in render_card(tmp_path / "b-jpeg", "me/tiny-cc")
+    assert "carry the compression" not in render_card(tmp_path / "b-png", "me/tiny-cc")
+
+    runs: list[str] = []
+
+    def synth(bundle: str, *extra: str) -> str:
+        runs.append(bundle)
+        r = runner.invoke(main, ["synthesize", "--bundle", str(tmp_path / bundle), *tiny, "--iterations", "1", "--per-class", "1", "--classes", "0",
+                                 "--out", str(tmp_path / f"s{len(runs)}.h5"), "--allow-low-confidence", *extra])
+        assert r.exit_code == 0, r.output
+        return " ".join(r.output.split())
+
+    assert "note: the bundle's statistics come from 12x12 px JPEGs of quality about 75 with 4:2:0 chroma" in synth("b-jpeg")
+    assert "note" not in synth("b-png")
+    assert "note" not in synth("b-jpeg", "--jpeg-quality", "75")
+    assert "note: --jpeg-quality 90, but the bundle's statistics come from JPEGs of quality about 75" in synth("b-jpeg", "--jpeg-quality", "90")

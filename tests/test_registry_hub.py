@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -398,13 +399,15 @@ def test_docs_show_the_card_of_the_real_cifar_resnet56_bundle(tmp_path: Path) ->
     """docs/registry.md's card is what ``card_from_manifest`` writes for cifar-resnet56 with the ../shared weights.
 
     Model facts (fingerprint, structure, taps, channels, preprocessing, the weights' name and
-    sha256) come from the real model; only what depends on the collection run (data name,
-    images, date, tool version) is read from the documented card itself.
+    sha256) come from the real model, the source images' compression from the real training JPEGs; only
+    what depends on the collection run (data name, images, date, tool version) is read from the
+    documented card itself.
     """
     import torch
     from conftest import shared_path
 
     from sowmeta.bundle import Bundle, Manifest, ModelRecord, SourceRecord, TapRecord, TapStats
+    from sowmeta.jpeg_quality import compression_record
     from sowmeta.models import fingerprint, load_model, structure_fingerprint
     from sowmeta.registry.card import card_from_manifest
     from sowmeta.taps import probe, resolve_taps
@@ -425,7 +428,16 @@ def test_docs_show_the_card_of_the_real_cifar_resnet56_bundle(tmp_path: Path) ->
     taps = [TapRecord(t.name, t.module, t.position, t.kind, found.channels[t.name], t.axis) for t in found.taps]
     record = ModelRecord("cifar-resnet56", fingerprint(model.module), 10, CIFAR10, model.weights, False, fact(r"base_model: (\S+)"),
                          structure_fingerprint(model.module), None, {}, model.weights_sha256)
-    source = SourceRecord("A", "after-training", fact(r"data `([^`]+)`"), int(fact(r", (\d+) images")), [])
+    train = shared_path("data", "cifar10", "train.zip")
+    sampled = []  # how collect samples the storage of `--data cifar10/train`: the first file of 8 classes
+    with zipfile.ZipFile(train) as zf:
+        for name in sorted(n for n in zf.namelist() if n.endswith(".jpg")):
+            folder = tmp_path / "sampled" / name.split("/")[-2]
+            if len(sampled) < 8 and not folder.exists():
+                folder.mkdir(parents=True)
+                (folder / "first.jpg").write_bytes(zf.read(name))
+                sampled.append(folder / "first.jpg")
+    source = SourceRecord("A", "after-training", fact(r"data `([^`]+)`"), int(fact(r", (\d+) images")), [], compression=compression_record(sampled))
     manifest = Manifest(record, taps, model.preprocessing, source, "float32", [], fact(r" on (\S+Z)\n"),
                         tool_version=fact(r"written by sowmeta (\S+) on"))
     # the size line is the saved bundle's: save one of the same shapes (the values do not change the size)

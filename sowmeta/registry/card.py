@@ -12,9 +12,11 @@ import re
 import shlex
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from ..bundle import MANIFEST_NAME, Bundle, Manifest
 from ..errors import ConfigError
+from ..jpeg_quality import describe_compression, source_compression_note
 
 __all__ = ["render_card", "card_from_manifest", "model_card_section", "how_to_use", "TAGS", "DEFAULT_LICENSE", "SECTION_BEGIN", "SECTION_END"]
 
@@ -33,6 +35,13 @@ def _size(n: float) -> str:
             return f"{int(n)} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def _compression_hint(record: dict[str, Any] | None) -> str:
+    """What a card reader should know when the statistics' JPEGs are compressed enough to show in synthesized images."""
+    if source_compression_note(record) is None:
+        return ""
+    return "; compressed enough that synthesized images carry the compression (networks trained on lossless images recognise them less often)"
 
 
 def _md(text: str) -> str:
@@ -137,6 +146,7 @@ these statistics were recorded on.
 - **Stored as**: {manifest.dtype}, {len(manifest.files)} safetensors file(s), {_size(data_bytes + manifest_size)}
 - **Preprocessing**: {resize}crop {pre.crop}, mean {list(pre.mean)}, std {list(pre.std)}, {pre.interpolation}
 - **Source**: scenario {src.scenario} ({_SCENARIOS.get(src.scenario, "an unrecorded source")}), collector `{src.collector}`, data `{_md(src.data)}`, {src.images} images{empty}
+- **Source images**: {describe_compression(src.compression)}{_compression_hint(src.compression)}
 - **Format**: sowmeta bundle {manifest.format_version}, written by sowmeta {manifest.tool_version} on {manifest.created}
 
 ## Classes
