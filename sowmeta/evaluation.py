@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .data import scan_image_folder
 from .errors import ConfigError, DataError
 from .jpeg_quality import REFERENCE_CONSEQUENCE, compression_note, first_per_class
 from .metrics import (
@@ -49,7 +48,7 @@ from .metrics import (
     top1_accuracy,
 )
 from .models import LoadedModel
-from .synthdata import SynthDataset, SynthInfo, fit_square, read_info
+from .synthdata import SynthDataset, SynthInfo, fit_square
 
 __all__ = [
     "AccuracyScore",
@@ -208,10 +207,10 @@ def _model_labels(models: Sequence[LoadedModel]) -> list[str] | None:
     return next((list(m.labels) for m in models if m.labels), None)
 
 
-def _view(path: Path, model: LoadedModel, keep: list[int] | None, labels: Sequence[str] | None = None) -> Dataset:
-    """The set as uint8 images fitted to ``model``'s input size, restricted to classes ``keep``; folders matched to ``labels`` by name."""
+def _view(data: SynthDataset, model: LoadedModel, keep: list[int] | None) -> Dataset:
+    """The set as uint8 images fitted to ``model``'s input size, restricted to classes ``keep``."""
     crop, resize = model.preprocessing.crop, model.preprocessing.resize
-    ds = SynthDataset(path, transform=functools.partial(fit_square, size=crop, resize=resize), names=labels)
+    ds = data.with_transform(functools.partial(fit_square, size=crop, resize=resize))
     if keep is None:
         return ds
     mask = torch.isin(ds.labels, torch.tensor(keep, dtype=torch.long))
@@ -289,7 +288,8 @@ def evaluate(
     models = list(models)
     feat = feature_model if feature_model is not None else default_feature_model(models)
     labels = _model_labels(models)
-    info = read_info(path, names=labels)
+    dataset = SynthDataset(path, names=labels)  # folders matched to the models' labels by name
+    info = dataset.info
     names = _class_names(info, models)
     keep = _resolve_classes(classes, names, info)
     if not keep:
@@ -308,12 +308,12 @@ def evaluate(
     outputs: list[Outputs] = []
     feat_out: Outputs | None = None
     for m in models:
-        out = run(m, _view(path, m, subset, labels), features=m is feat, progress=stage(network_name(m)))
+        out = run(m, _view(dataset, m, subset), features=m is feat, progress=stage(network_name(m)))
         outputs.append(out)
         if m is feat:
             feat_out = out
     if feat_out is None:
-        feat_out = run(feat, _view(path, feat, subset, labels), features=True, progress=stage(f"features: {network_name(feat)}"))
+        feat_out = run(feat, _view(dataset, feat, subset), features=True, progress=stage(f"features: {network_name(feat)}"))
     assert feat_out.features is not None  # features=True above
 
     report = EvaluationReport(str(path), info.kind, int(feat_out.labels.numel()), names, counts, feature_network=feat_out.network)
@@ -332,7 +332,8 @@ def evaluate(
         ref_path = Path(reference)
         if not ref_path.is_dir():
             raise DataError(f"reference {ref_path} is not a directory; pass a class-per-folder folder of real images")
-        ref_info = read_info(ref_path, names=labels)
+        ref_data = SynthDataset(ref_path, names=labels)
+        ref_info = ref_data.info
         _check_names(f"reference {ref_path}", names, ref_info.classes, keep)
         ref_keep = [k for k in keep if k < len(ref_info.per_class)]
         missing = [names[k] for k in keep if k >= len(ref_info.per_class) or ref_info.per_class[k] == 0]
@@ -341,10 +342,10 @@ def evaluate(
         if not any(ref_info.per_class[k] for k in ref_keep):
             raise DataError(f"reference {ref_path} has no images of the evaluated classes; pass real images of the same classes")
         ref_subset = None if ref_keep == list(range(len(ref_info.per_class))) else ref_keep
-        note = compression_note(first_per_class(scan_image_folder(ref_path, limit_per_class=1).samples), "reference images", REFERENCE_CONSEQUENCE)
+        note = compression_note(first_per_class(ref_data.samples), "reference images", REFERENCE_CONSEQUENCE)
         if note is not None:
             report.notes.append(note)
-        ref = run(feat, _view(ref_path, feat, ref_subset, labels), features=True, progress=stage(f"reference: {network_name(feat)}"))
+        ref = run(feat, _view(ref_data, feat, ref_subset), features=True, progress=stage(f"reference: {network_name(feat)}"))
         assert ref.features is not None
         fd = frechet_distance(ref.features, feat_out.features)
         kid_mean, kid_std, kid_size = kernel_distance(
@@ -357,7 +358,7 @@ def evaluate(
         ref_diversity = class_diversity(ref.features, ref.labels, num_classes=k_all, seed=seed)
         report.class_distances, held = _class_distances(feat_out, ref, counts, kid_subsets=kid_subsets, seed=seed)
         for i, (m, out) in enumerate(zip(models, outputs)):
-            real = ref if m is feat else run(m, Subset(_view(ref_path, m, ref_subset, labels), held.tolist()), progress=stage(f"held-out real: {network_name(m)}"))
+            real = ref if m is feat else run(m, Subset(_view(ref_data, m, ref_subset), held.tolist()), progress=stage(f"held-out real: {network_name(m)}"))
             logits, labels = (real.logits[held], real.labels[held]) if m is feat else (real.logits, real.labels)
             per = [top1_accuracy(logits[labels == k], labels[labels == k]) if bool((labels == k).any()) else None for k in range(k_all)]
             report.accuracy[i] = replace(report.accuracy[i], real_top1=top1_accuracy(logits, labels), real_per_class=per)

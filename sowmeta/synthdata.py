@@ -7,6 +7,7 @@ bundle, model, class labels). This reader depends on that layout only, not on th
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -115,6 +116,11 @@ def _folder_samples(root: Path, names: Sequence[str] | None) -> tuple[list[str],
     return list(names), [(p, mapping.indices[y]) for p, y in index.samples]
 
 
+def _folder_info(root: Path, classes: list[str], samples: list[tuple[Path, int]]) -> SynthInfo:
+    per_class = np.bincount(np.asarray([y for _, y in samples], dtype=np.int64), minlength=len(classes)).tolist()
+    return SynthInfo(str(root), "folder", len(samples), classes, per_class, None, {})
+
+
 def read_info(path: str | Path, *, names: Sequence[str] | None = None) -> SynthInfo:
     """Describe an HDF5 synthesis file or a class-per-folder directory without decoding images.
 
@@ -137,9 +143,7 @@ def read_info(path: str | Path, *, names: Sequence[str] | None = None) -> SynthI
             per_class = np.bincount(y, minlength=n_classes).tolist()
             return SynthInfo(str(p), "hdf5", int(images.shape[0]), classes, per_class, (int(images.shape[1]), int(images.shape[2])), attrs)
     if p.is_dir():
-        classes, samples = _folder_samples(p, names)
-        per_class = np.bincount(np.asarray([y for _, y in samples], dtype=np.int64), minlength=len(classes)).tolist()
-        return SynthInfo(str(p), "folder", len(samples), classes, per_class, None, {})
+        return _folder_info(p, *_folder_samples(p, names))
     raise DataError(f"{p} is neither an HDF5 synthesis file nor a class-per-folder image directory")
 
 
@@ -158,20 +162,32 @@ class SynthDataset(Dataset):
     def __init__(self, path: str | Path, transform: Callable[[torch.Tensor], Any] | None = None, *, names: Sequence[str] | None = None) -> None:
         self.path = Path(path)
         self.transform = transform
-        self.info = read_info(self.path, names=names)
         self._file: Any = None
         self._pid: int | None = None
-        if self.info.kind == "hdf5":
+        self._samples: list[tuple[Path, int]] = []
+        if self.path.is_dir():
+            classes, self._samples = _folder_samples(self.path, names)  # the folder is scanned once
+            self.info = _folder_info(self.path, classes, self._samples)
+            self.labels = torch.tensor([y for _, y in self._samples], dtype=torch.long)
+        else:
+            self.info = read_info(self.path, names=names)
             with _open_h5(self.path) as f:
                 self.labels = torch.from_numpy(np.asarray(f["labels"][:], dtype=np.int64))
-            self._samples: list[tuple[Path, int]] = []
-        else:
-            self._samples = _folder_samples(self.path, names)[1]
-            self.labels = torch.tensor([y for _, y in self._samples], dtype=torch.long)
+
+    def with_transform(self, transform: Callable[[torch.Tensor], Any] | None) -> SynthDataset:
+        """The same images with another ``transform``, without scanning the folder again."""
+        other = copy.copy(self)
+        other.transform, other._file, other._pid = transform, None, None
+        return other
 
     @property
     def classes(self) -> list[str] | None:
         return self.info.classes
+
+    @property
+    def samples(self) -> list[tuple[Path, int]]:
+        """A folder's (file, class index) pairs in order; empty for an HDF5 file."""
+        return self._samples
 
     def __len__(self) -> int:
         return self.info.images

@@ -329,3 +329,22 @@ def test_class_folders_are_matched_to_the_models_labels_by_name(tmp_path: Path):
     truth = torch.tensor([2] * 4 + [3] * 4)
     assert report.accuracy[0].top1 == pytest.approx((pred == truth).double().mean().item(), abs=1e-12)
     assert report.accuracy[0].per_class[3] == pytest.approx((pred[4:] == 3).double().mean().item(), abs=1e-12)
+
+
+def test_each_folder_is_scanned_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Two networks, a folder of images and a reference folder: two directory scans, not one per network and stage."""
+    import sowmeta.synthdata as synthdata
+
+    scanned: list[str] = []
+    real_scan = synthdata.scan_image_folder
+
+    def counting(root, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        scanned.append(Path(root).name)
+        return real_scan(root, *args, **kwargs)
+
+    monkeypatch.setattr(synthdata, "scan_image_folder", counting)
+    data = write_image_folder(tmp_path / "data", classes=4, per_class=4)
+    real = write_image_folder(tmp_path / "real", classes=4, per_class=6, seed=1)
+    report = evaluate(data, [tiny(0), tiny(1, "other")], reference=real, kid_subsets=2)
+    assert sorted(scanned) == ["data", "real"]
+    assert report.images == 16 and report.accuracy[1].real_top1 is not None
