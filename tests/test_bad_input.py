@@ -360,6 +360,11 @@ def test_bad_tensor_values_are_named(bundle_copy: Path, change, expect: str, tmp
     (lambda d: d["preprocessing"].update(crop=10**9), "crop"),
     (lambda d: d["files"][0]["tensors"].remove("bn1/var"), "'bn1/var' is listed in no file"),
     (lambda d: d["preprocessing"].update(mean=[float("nan")] * 3), "not valid JSON"),
+    (lambda d: d["source"].update(compression="jpeg"), "source/compression"),
+    (lambda d: d["source"].update(compression={"files_sampled": 1, "jpeg_files": 5, "quality": 75, "subsampling": "4:2:0", "width": 32,
+                                               "height": 32}), "5 JPEGs of 1 sampled files"),
+    (lambda d: d["source"].update(compression={"files_sampled": 1, "jpeg_files": 1, "quality": 75, "subsampling": "4:2:0", "width": 10**12,
+                                               "height": 32}), "source/compression/width"),
 ])
 def test_inconsistent_or_unbounded_manifests_are_invalid(bundle_copy: Path, change, expect: str):  # noqa: ANN001
     d = json.loads((bundle_copy / "sowmeta.json").read_text())
