@@ -36,9 +36,7 @@ def reencode(images: np.ndarray, quality: int, subsampling: int) -> np.ndarray:
 
 
 def top1(model: object, images: np.ndarray, labels: torch.Tensor) -> float:
-    prep = model.preprocessing  # type: ignore[attr-defined]
-    x = torch.from_numpy(images).float() / 255
-    x = (x - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
+    x = model.preprocessing.normalize(torch.from_numpy(images).float() / 255)  # type: ignore[attr-defined]
     with torch.no_grad():
         return float((model.module(x).argmax(1) == labels).float().mean())  # type: ignore[attr-defined]
 

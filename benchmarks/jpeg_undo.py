@@ -18,6 +18,7 @@ Both need nothing but the JPEGs; results in docs/results.md 7.7.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import math
 
@@ -27,9 +28,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from jpeg_cost import top1
 from sowmeta import collect, load_model
 from sowmeta.env import shared_dir
-from sowmeta.synth.jpeg_view import _codec
+from sowmeta.synth.jpeg_view import _codec, dct_blocks, idct_blocks
 
 QUALITY = 75
 
@@ -50,14 +52,7 @@ def encode(images: np.ndarray, shift: int = 0) -> np.ndarray:
 def deblock(jpegs: np.ndarray, steps: int, step_size: float) -> np.ndarray:
     """Total-variation descent, each step projected back onto the JPEG's quantization intervals (luma and 4:2:0 chroma)."""
     dct, luma_q, chroma_q, to_ycc, from_ycc = _codec(QUALITY, "cpu", torch.float64)
-
-    def blocks(p: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = p.shape
-        return torch.einsum("uy,bciyjx,vx->bcijuv", dct, p.reshape(b, c, h // 8, 8, w // 8, 8), dct)
-
-    def unblocks(k: torch.Tensor) -> torch.Tensor:
-        b, c, i, j = k.shape[:4]
-        return torch.einsum("uy,bcijuv,vx->bciyjx", dct, k, dct).reshape(b, c, i * 8, j * 8)
+    blocks, unblocks = functools.partial(dct_blocks, d=dct), functools.partial(idct_blocks, d=dct)
 
     x = torch.from_numpy(jpegs).double()
     ycc = torch.einsum("oc,bchw->bohw", to_ycc, x)
@@ -82,20 +77,12 @@ def deblock(jpegs: np.ndarray, steps: int, step_size: float) -> np.ndarray:
     return x.round().to(torch.uint8).numpy()
 
 
-def top1(model: object, images: np.ndarray, labels: torch.Tensor) -> float:
-    prep = model.preprocessing  # type: ignore[attr-defined]
-    x = (torch.from_numpy(images).float() / 255 - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        return float((model.module.eval()(x).argmax(1) == labels).float().mean())  # type: ignore[attr-defined]
-
-
 def psnr(images: np.ndarray, truth: np.ndarray) -> float:
     return 10 * math.log10(255**2 / float(((images.astype(np.float64) - truth) ** 2).mean()))
 
 
 def statistics(model: object, images: np.ndarray, labels: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    prep = model.preprocessing  # type: ignore[attr-defined]
-    x = (torch.from_numpy(images).float() / 255 - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
+    x = model.preprocessing.normalize(torch.from_numpy(images).float() / 255)  # type: ignore[attr-defined]
     bundle, _ = collect(model, DataLoader(TensorDataset(x, labels), batch_size=128))  # type: ignore[arg-type]
     return {name: (s.mean.double(), s.var.double(), s.global_var.double()) for name, s in bundle.stats.items()}
 
@@ -110,6 +97,8 @@ def main() -> None:
     arrays = np.load(args.npz)
     lossless, labels = arrays["x"], torch.from_numpy(arrays["y"])
     nets = {n: load_model(f"cifar-{n}", weights=str(models / f"{n}.safetensors")) for n in ("resnet20", "resnet56")}
+    for net in nets.values():
+        net.module.eval()
     jpegs = encode(lossless)
 
     print("| images | " + " | ".join(f"cifar-{n} top-1" for n in nets) + " | PSNR to lossless |")

@@ -22,8 +22,7 @@ from sowmeta.synthdata import load_images
 
 
 def correct(net: object, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    prep = net.preprocessing  # type: ignore[attr-defined]
-    x = (images.float() / 255 - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
+    x = net.preprocessing.normalize(images.float() / 255)  # type: ignore[attr-defined]
     with torch.no_grad():
         return net.module.eval()(x).argmax(1) == labels  # type: ignore[attr-defined]
 

@@ -133,9 +133,7 @@ def register(group: click.Group) -> None:
         from sowmeta.jpeg_quality import source_compression_note
 
         recorded = opened.manifest.source.compression if opened.manifest is not None and mode == "cc" else None
-        note = None if jpeg_quality else source_compression_note(recorded)
-        if jpeg_quality and recorded and recorded["quality"] is not None and recorded["quality"] != jpeg_quality:
-            note = f"--jpeg-quality {jpeg_quality}, but the bundle's statistics come from JPEGs of quality about {recorded['quality']}"
+        note = source_compression_note(recorded, jpeg_quality or 0)
         if note is not None and not (quiet or as_json) and is_main_process():
             err_console.print(f"[yellow]note[/]: {note}", soft_wrap=True)
         overrides = {

@@ -159,10 +159,19 @@ def describe_compression(record: Mapping[str, Any] | None) -> str:
     )
 
 
-def source_compression_note(record: Mapping[str, Any] | None) -> str | None:
-    """A one-line note when a bundle's statistics come from JPEGs compressed enough to show in them, else None."""
+def source_compression_note(record: Mapping[str, Any] | None, jpeg_quality: int = 0) -> str | None:
+    """A one-line note when a bundle's statistics come from JPEGs compressed enough to show in them, else None.
+
+    ``jpeg_quality``: the quality synthesis matches the statistics through (``SynthConfig.jpeg_quality``;
+    0: none). When set, the compression is being dealt with, and the note is only for a quality that
+    differs from the recorded one.
+    """
     if record is None or not record["jpeg_files"]:
         return None
+    if jpeg_quality:
+        if record["quality"] == jpeg_quality:
+            return None
+        return f"--jpeg-quality {jpeg_quality}, but the bundle's statistics come from JPEGs of quality about {record['quality']}"
     info = JpegInfo(record["quality"], record["subsampling"], record["width"], record["height"])
     if not _shows(info):
         return None

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..jpeg_quality import ijg_tables
 
-__all__ = ["SUBSAMPLINGS", "jpeg_view", "soft_round"]
+__all__ = ["SUBSAMPLINGS", "jpeg_view", "soft_round", "dct_blocks", "idct_blocks"]
 
 SUBSAMPLINGS = {"4:4:4": (1, 1), "4:2:2": (1, 2), "4:2:0": (2, 2)}  # chroma (rows, columns) per sample
 _TO_YCC = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
@@ -57,14 +57,21 @@ def _codec(quality: int, device: str, dtype: torch.dtype) -> tuple[torch.Tensor,
     return tuple(t.to(device=device, dtype=dtype) for t in (dct, luma, chroma, to_ycc, from_ycc))
 
 
+def dct_blocks(plane: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """The 2-d DCT ``d`` of every 8x8 block of ``plane`` (B x C x H x W, H and W multiples of 8): B x C x H/8 x W/8 x 8 x 8."""
+    b, c, h, w = plane.shape
+    return torch.einsum("uy,bciyjx,vx->bcijuv", d, plane.reshape(b, c, h // 8, 8, w // 8, 8), d)
+
+
+def idct_blocks(coef: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``dct_blocks``: the plane B x C x H x W again."""
+    b, c, i, j = coef.shape[:4]
+    return torch.einsum("uy,bcijuv,vx->bciyjx", d, coef, d).reshape(b, c, i * 8, j * 8)
+
+
 def _quantize(plane: torch.Tensor, d: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Every 8x8 block of ``plane`` (B x C x H x W, H and W multiples of 8) through DCT ``d``, quantization by table ``q`` and IDCT."""
-    b, c, h, w = plane.shape
-    blocks = plane.reshape(b, c, h // 8, 8, w // 8, 8)
-    coef = torch.einsum("uy,bciyjx,vx->bcijuv", d, blocks, d)
-    coef = soft_round(coef / q) * q
-    blocks = torch.einsum("uy,bcijuv,vx->bciyjx", d, coef, d)
-    return blocks.reshape(b, c, h, w)
+    return idct_blocks(soft_round(dct_blocks(plane, d) / q) * q, d)
 
 
 def jpeg_view(images: torch.Tensor, quality: int, subsampling: str = "4:2:0") -> torch.Tensor:
