@@ -85,7 +85,7 @@ def register(group: click.Group) -> None:
     @click.option("--jitter", type=click.IntRange(0), help="Random shift in pixels [imagenet 30, cifar 2].")
     @click.option("--flip/--no-flip", default=None, help="Random horizontal flips [on].")
     @click.option("--multires", type=click.FloatRange(0, 1, max_open=True), help="Fraction of iterations at half resolution [0].")
-    @click.option("--zoom", type=click.FloatRange(0, 1, max_open=True), help="Random-resized crop: the crop's side is in [1 - ZOOM, 1] of the image's [0: off].")
+    @click.option("--zoom", type=click.FloatRange(0, 1, max_open=True), help="Random-resized crop: the crop's side is in [1 - ZOOM, 1] of the image's, anywhere in it (mirrored over the edge) [0: off].")
     @click.option("--color-shift", type=click.FloatRange(0, 1, max_open=True), help="Random per-channel contrast in [1 - C, 1] and offset [0: off].")
     @click.option("--param", cls=ListingOption, names=_param_names, help="How the image is optimized: pixel (the paper's) or fourier (decorrelated colour spectrum) [pixel].")
     @click.option("--jpeg-quality", type=click.IntRange(0, 100),
@@ -130,12 +130,6 @@ def register(group: click.Group) -> None:
         from sowmeta.models import parse_model_args
 
         opened = open_model(bundle, model=model, weights=weights, args=parse_model_args(model_args) if model_args else None, registry=registry)
-        from sowmeta.jpeg_quality import source_compression_note
-
-        recorded = opened.manifest.source.compression if opened.manifest is not None and mode == "cc" else None
-        note = source_compression_note(recorded, jpeg_quality or 0)
-        if note is not None and not (quiet or as_json) and is_main_process():
-            err_console.print(f"[yellow]note[/]: {note}", soft_wrap=True)
         overrides = {
             "iterations": iterations, "batch_size": batch_size, "lr": lr, "alpha_tv": alpha_tv, "alpha_l2": alpha_l2, "alpha_cc": alpha_cc,
             "first_tap_multiplier": first_tap_multiplier, "feature_loss": feature_loss, "jitter": jitter, "flip": flip, "multires": multires,
@@ -148,9 +142,14 @@ def register(group: click.Group) -> None:
             check_fingerprint=not no_fingerprint_check, **{k: v for k, v in overrides.items() if v is not None},
         )
         bar, update = _live_display(console, quiet or as_json)
+
+        def notice(line: str) -> None:  # comes before the first progress update, so before the bars
+            if not (quiet or as_json):
+                err_console.print(f"[yellow]note[/]: {line}", soft_wrap=True)
+
         with bar:
             result = run(opened.located, opened.model, classes=_classes(classes), per_class=per_class, config=config, out=out, device=device,
-                         overwrite=overwrite, init_images=init_dir, progress=update)
+                         overwrite=overwrite, init_images=init_dir, progress=update, notice=notice)
         if not is_main_process():  # under torchrun, rank 0 reports and exports
             return
         if png is not None:

@@ -205,3 +205,21 @@ def test_inspect_synthesize_and_the_card_tell_how_the_images_were_stored(tmp_pat
     assert "note" not in synth("b-png")
     assert "note" not in synth("b-jpeg", "--jpeg-quality", "75")
     assert "note: --jpeg-quality 90, but the bundle's statistics come from JPEGs of quality about 75" in synth("b-jpeg", "--jpeg-quality", "90")
+
+
+def test_the_library_gives_the_synthesize_note_too(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """``synthesize()`` passes the note to ``notice``, logs it without one, and has none for mode global."""
+    from sowmeta.synth import SynthConfig, synthesize
+
+    model = loaded_tiny()
+    collect(model, _folder(tmp_path / "d", [(75, 2)] * 3), out=tmp_path / "b")
+    cfg = SynthConfig.cifar(iterations=1, batch_size=1)
+    heard: list[str] = []
+    synthesize(tmp_path / "b", model, classes=[0], per_class=1, config=cfg, notice=heard.append)
+    assert len(heard) == 1 and "12x12 px JPEGs of quality about 75 with 4:2:0 chroma" in heard[0]
+    with caplog.at_level("WARNING", logger="sowmeta.synth.synthesize"):
+        synthesize(tmp_path / "b", model, classes=[0], per_class=1, config=cfg)
+    assert [r.getMessage() for r in caplog.records if r.name == "sowmeta.synth.synthesize"] == heard
+    synthesize(tmp_path / "b", model, classes=[0], per_class=1, config=cfg.replace(mode="global"), notice=heard.append)
+    synthesize(tmp_path / "b", model, classes=[0], per_class=1, config=cfg.replace(jpeg_quality=75), notice=heard.append)
+    assert len(heard) == 1

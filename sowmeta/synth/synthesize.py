@@ -8,6 +8,7 @@ Under torchrun, rank r takes batches r, r + world, ... and rank 0 merges the sha
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,18 +16,21 @@ from pathlib import Path
 import torch
 
 from ..bundle import Bundle
-from ..distributed import device_for_rank, process_group
+from ..distributed import device_for_rank, is_main_process, process_group
 from ..errors import ConfigError
+from ..jpeg_quality import source_compression_note
 from ..models import LoadedModel
 from ..registry import PullResult
 from .config import SynthConfig
-from .job import build_targets, resolve_classes, resolve_job
+from .job import SynthJob, build_targets, resolve_classes, resolve_job
 from .plan import plan_run
 from .results import SynthProgress, SynthResult
 from .run import run_batches
 from .sinks import HDF5Sink, MemorySink, Sink
 
 __all__ = ["synthesize", "SynthResult", "SynthProgress", "resolve_classes", "build_targets"]
+
+log = logging.getLogger(__name__)
 
 
 def synthesize(
@@ -43,6 +47,7 @@ def synthesize(
     registry: str | Path | None = None,
     sink: Sink | None = None,
     progress: Callable[[SynthProgress], None] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> SynthResult:
     """Synthesize ``per_class`` images of every class in ``classes``.
 
@@ -64,6 +69,8 @@ def synthesize(
         registry: the registry to pull a bundle name from (see ``sowmeta.registry``).
         sink: where batches go instead of ``out``/memory (any ``sinks.Sink``).
         progress: called after every reported iteration and every batch.
+        notice: called with a one-line note (that the bundle's statistics come from JPEGs
+            compressed enough to show, or that ``config.jpeg_quality`` differs from theirs); else logged.
 
     Example:
         >>> result = synthesize("org/cifar-resnet56-cc", per_class=50, config=SynthConfig.cifar(), out="synth.h5")  # doctest: +SKIP
@@ -71,6 +78,7 @@ def synthesize(
     started = time.perf_counter()
     config = config or SynthConfig()
     job = resolve_job(bundle, model, classes=classes, config=config, registry=registry, out=out, overwrite=overwrite, init_images=init_images)
+    _note_compression(job, notice)
     plan = plan_run(job, per_class, init_images)
     with process_group(device) as (rank, world):
         if world > 1 and out is None and sink is None:
@@ -78,3 +86,15 @@ def synthesize(
         chosen = sink or (HDF5Sink(out, overwrite=overwrite, rank=rank, world=world) if out is not None else MemorySink())
         resumed = run_batches(job, plan, chosen, device=device_for_rank(device, world), rank=rank, world=world, progress=progress)
         return chosen.finish(job, plan, time.perf_counter() - started, resumed)
+
+
+def _note_compression(job: SynthJob, notice: Callable[[str], None] | None) -> None:
+    """Say when the statistics carry their JPEGs' compression, which the images will then show."""
+    recorded = job.manifest.source.compression if job.manifest is not None and job.config.mode == "cc" else None
+    note = source_compression_note(recorded, job.config.jpeg_quality)
+    if note is None or not is_main_process():
+        return
+    if notice is not None:
+        notice(note)
+    else:
+        log.warning(note)
