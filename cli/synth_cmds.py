@@ -85,7 +85,7 @@ def register(group: click.Group) -> None:
     @click.option("--jitter", type=click.IntRange(0), help="Random shift in pixels [imagenet 30, cifar 2].")
     @click.option("--flip/--no-flip", default=None, help="Random horizontal flips [on].")
     @click.option("--multires", type=click.FloatRange(0, 1, max_open=True), help="Fraction of iterations at half resolution [0].")
-    @click.option("--zoom", type=click.FloatRange(0, 1, max_open=True), help="Random-resized crop: the crop's side is in [1 - ZOOM, 1] of the image's, anywhere in it (mirrored over the edge) [0: off].")
+    @click.option("--zoom", type=click.FloatRange(0, 1, max_open=True), help="Random-resized crop: the crop's side is in [1 - ZOOM, 1] of the image's [0: off].")
     @click.option("--color-shift", type=click.FloatRange(0, 1, max_open=True), help="Random per-channel contrast in [1 - C, 1] and offset [0: off].")
     @click.option("--param", cls=ListingOption, names=_param_names, help="How the image is optimized: pixel (the paper's) or fourier (decorrelated colour spectrum) [pixel].")
     @click.option("--jpeg-quality", type=click.IntRange(0, 100),

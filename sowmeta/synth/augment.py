@@ -3,7 +3,7 @@
 Random jitter and flips are DeepInversion's; the random-resized crop ("zoom") and the colour
 shift are Plug-In Inversion's (Ghiasi et al. 2022), which make an image recognisable from
 more than one exact view and so push it toward what other networks recognise too. Every
-transform maps the valid pixel range into itself (the crop samples the mirrored image bilinearly,
+transform maps the valid pixel range into itself (the crop samples the image bilinearly,
 the colour shift is an affine map of [0, 1] into [0, 1]), so the model never sees pixel values
 a real image cannot have, and every one is differentiable in the image.
 
@@ -27,10 +27,8 @@ __all__ = ["augment", "zoom", "color_shift"]
 def zoom(x: torch.Tensor, rng: random.Random, amount: float) -> torch.Tensor:
     """A random square crop of each image, its side in [1 - amount, 1] of the image's, resized back (bilinear).
 
-    The crop's centre is uniform over the whole image and the crop may hang over the edge, where
-    the image is mirrored. That covers every pixel equally often: a crop kept inside the image
-    almost never reaches the edges, so their pixels got rare, Adam-amplified steps (bright halos
-    in the corners). Every output pixel is a convex combination of input pixels of its channel.
+    The crop lies inside the image and samples clamp to the border pixels, so every output
+    pixel is a convex combination of input pixels of its channel.
     """
     if amount <= 0:
         return x
@@ -39,14 +37,15 @@ def zoom(x: torch.Tensor, rng: random.Random, amount: float) -> torch.Tensor:
     params = []
     for _ in range(b):
         side = 1.0 - amount * rng.random()
-        params.append((side, 2 * rng.random() - 1, 2 * rng.random() - 1))  # centre in normalized coordinates
+        room = 1.0 - side  # the crop's centre may move this far from the image's (normalized coordinates)
+        params.append((side, room * (2 * rng.random() - 1), room * (2 * rng.random() - 1)))
     p = torch.tensor(params, dtype=x.dtype, device=x.device)
     theta[:, 0, 0] = p[:, 0]
     theta[:, 1, 1] = p[:, 0]
     theta[:, 0, 2] = p[:, 1]
     theta[:, 1, 2] = p[:, 2]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def color_shift(x: torch.Tensor, rng: random.Random, amount: float, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,7 @@ class SynthConfig:
             (lambda_l times tap_decay^(l / (L - 1))); 1 = no decay with depth.
         multires: fraction of the iterations run at half resolution (DeepInversion's fast setting).
         zoom: random-resized crop before each forward pass: the crop's side is in
-            [1 - zoom, 1] of the image's, its centre anywhere in it (mirrored over the edge), so every
-            pixel is seen equally often (0: off; Plug-In Inversion's augmentation).
+            [1 - zoom, 1] of the image's (0: off; Plug-In Inversion's augmentation).
         color_shift: random per-image, per-channel contrast in [1 - color_shift, 1] and offset
             inside the pixel range before each forward pass (0: off; Plug-In Inversion's).
         param: how the image is optimized: ``pixel`` (the paper's) or ``fourier`` (a
@@ -211,8 +210,6 @@ class SynthConfig:
         for name, default in _LATER_FIELDS.items():
             if d[name] == default:
                 del d[name]
-        if self.zoom > 0:  # crops became mirrored ones: a zoomed run from before may not be resumed
-            d["zoom_crop"] = "mirrored"
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
