@@ -62,6 +62,7 @@ def test_weights_files_are_read_safely(tmp_path):
     fp = fingerprint(m.module)
     assert fingerprint(load_model("cifar-resnet20", weights=str(st)).module) == fp
     assert fingerprint(load_model("cifar-resnet20", weights=str(pt)).module) == fp
+    assert fingerprint(load_model("cifar-resnet20", weights=st).module) == fp  # a Path is a file too
 
     class Evil:
         def __reduce__(self):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def parse_model_args(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 def load_model(
     name: str,
     *,
-    weights: str | None = "DEFAULT",
+    weights: str | os.PathLike[str] | None = "DEFAULT",
     num_classes: int | None = None,
     preprocessing: Preprocessing | dict[str, Any] | None = None,
     args: dict[str, Any] | None = None,
@@ -64,7 +65,7 @@ def load_model(
         name: a registered name (``cifar-resnet56``), a torchvision classifier (``resnet50``),
             or ``package.module:factory`` (any name a source in ``MODEL_SOURCES`` claims).
         weights: ``"DEFAULT"``, a torchvision weights name, a file (safetensors or torch
-            checkpoint), or ``None``/``"none"`` for random initialisation.
+            checkpoint; a path or a ``Path``), or ``None``/``"none"`` for random initialisation.
         num_classes: output classes, for models built without pretrained weights.
         preprocessing: replaces the preprocessing that comes with the weights; a dict of
             ``crop``/``resize``/``mean``/``std`` changes only those (``Preprocessing.with_options``).
@@ -75,6 +76,8 @@ def load_model(
 
     ``num_classes`` of the result is counted by a forward pass at the final input size.
     """
+    if weights is not None:
+        weights = os.fspath(weights)
     if weights is not None and weights.lower() == "none":
         weights = None
     source = source_for(name, trusted=trusted)
