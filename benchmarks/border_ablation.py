@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from edge_bias import HEADER, read_set, row
+from edge_bias import HEADER, row
 from sowmeta import SynthConfig, load_model, synthesize
 from sowmeta.env import shared_dir
+from sowmeta.synthdata import load_images, read_info
 
 
 def main() -> None:
@@ -36,7 +37,12 @@ def main() -> None:
     classes = args.classes.split(",")
     teacher = load_model("cifar-resnet56", weights=shared_dir() / "models" / "cifar10" / "resnet56.safetensors")
     print(HEADER)
-    print(row(f"real {args.classes}", torch.cat([read_set(args.real / c) for c in classes])), flush=True)
+    real, labels = load_images(args.real)
+    folders = read_info(args.real).classes or []
+    if missing := [c for c in classes if c not in folders]:
+        raise SystemExit(f"{args.real} has no class folder {', '.join(missing)}; pass --classes from {', '.join(folders)}")
+    wanted = torch.tensor([folders.index(c) for c in classes])
+    print(row(f"real {args.classes}", real[torch.isin(labels, wanted)].float()), flush=True)
     for spec in args.variants:
         name, _, overrides = spec.partition(":")
         cfg = SynthConfig.cifar(iterations=args.iterations, batch_size=8, **json.loads(overrides or "{}"))

@@ -14,23 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from sowmeta.synthdata import load_images
 
 BAND = 4
-
-
-def read_set(path: Path) -> torch.Tensor:
-    """Images (N x 3 x H x W, 0-255 floats) of a synthesis file or of a folder of class folders."""
-    if path.is_file():
-        return load_images(path)[0].float()
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise SystemExit(f"{path} holds no .png or .jpg images; pass a synthesis file or a folder of class folders")
-    return torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32)).permute(2, 0, 1) for f in files])
 
 
 def edge_bias(x: torch.Tensor) -> dict[str, float]:
@@ -72,7 +60,8 @@ def main() -> None:
     args = ap.parse_args()
     print(HEADER)
     for path in ([args.real] if args.real else []) + args.sets:
-        print(row(str(path), read_set(path)))
+        print(row(str(path), load_images(path)[0].float()))
+
 
 if __name__ == "__main__":
     main()

@@ -27,7 +27,7 @@ def _preprocessing_options(fn: Any) -> Any:
 
 def register(group: click.Group) -> None:
     """Add the bundle-making commands to ``group``."""
-    from sowmeta.cli.main import console, err_console, handle_errors
+    from sowmeta.cli.main import console, err_console, handle_errors, note_printer
     from sowmeta.cli.progress import LiveProgress
 
     @group.command()
@@ -74,10 +74,7 @@ def register(group: click.Group) -> None:
         loaded.base_model = base_model
         common = {"taps": taps, "prefix_tokens": prefix_tokens, "fuse": fuse, "device": device, "dataset": dataset, "out": out, "overwrite": overwrite,
                   "dtype": dtype, "shard_bytes": shard_size}
-
-        def notice(line: str) -> None:
-            if not (quiet or as_json):
-                err_console.print(f"[yellow]note[/]: {line}", soft_wrap=True)
+        notice = note_printer(quiet or as_json)
 
         with process_group(device) as (rank, _):
             if seeds is not None:

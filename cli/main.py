@@ -58,6 +58,16 @@ ERROR_TABLE: list[tuple[type[BaseException], str]] = [
 ]
 
 
+def note_printer(quiet: bool) -> Callable[[str], None]:
+    """The ``notice`` callback of library calls: prints each one-line note to stderr unless ``quiet``."""
+
+    def notice(line: str) -> None:
+        if not quiet:
+            err_console.print(f"[yellow]note[/]: {line}", soft_wrap=True)
+
+    return notice
+
+
 def error_line(exc: BaseException) -> str:
     """The one line the CLI prints for a ``SowmetaError``."""
     for typ, prefix in ERROR_TABLE:

@@ -58,7 +58,7 @@ def _live_display(console: Any, quiet: bool) -> tuple[Any, Any]:
 
 def register(group: click.Group) -> None:
     """Add ``synthesize`` to ``group``."""
-    from sowmeta.cli.main import console, err_console, handle_errors
+    from sowmeta.cli.main import console, err_console, handle_errors, note_printer
 
     @group.command()
     @click.option("--bundle", help="Bundle directory or registry name ORG/NAME[/SUBFOLDER][@REVISION] (pulled on demand).")
@@ -142,10 +142,7 @@ def register(group: click.Group) -> None:
             check_fingerprint=not no_fingerprint_check, **{k: v for k, v in overrides.items() if v is not None},
         )
         bar, update = _live_display(console, quiet or as_json)
-
-        def notice(line: str) -> None:  # comes before the first progress update, so before the bars
-            if not (quiet or as_json):
-                err_console.print(f"[yellow]note[/]: {line}", soft_wrap=True)
+        notice = note_printer(quiet or as_json)  # the note comes before the first progress update, so before the bars
 
         with bar:
             result = run(opened.located, opened.model, classes=_classes(classes), per_class=per_class, config=config, out=out, device=device,
