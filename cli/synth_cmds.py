@@ -78,6 +78,8 @@ def register(group: click.Group) -> None:
     @click.option("--alpha-tv", type=float, help="Total-variation weight [imagenet 1e-4, cifar 5e-2].")
     @click.option("--alpha-l2", type=float, help="L2 image prior weight [imagenet 1e-5, cifar 0].")
     @click.option("--alpha-cc", type=float, help="Statistics-matching weight [imagenet 0.01, cifar 1].")
+    @click.option("--alpha-image-var", type=float,
+                  help="Weight (relative to --alpha-cc) of matching how much a class's images differ from each other (bundles of format 1.3) [0: off].")
     @click.option("--first-tap-multiplier", type=float, help="Extra weight of the first tap [imagenet 1, cifar 10].")
     @click.option("--tap-weight", multiple=True, help="Per-tap weight TAP=W (name or glob); repeatable.")
     @click.option("--tap-decay", type=float, help="Weight of the last tap relative to the first, geometric in between [1: equal].")
@@ -105,7 +107,7 @@ def register(group: click.Group) -> None:
     @report_options
     @handle_errors
     def synthesize(bundle, registry, model, weights, model_args, classes, per_class, out, mode, mixed, preset, iterations, batch_size, lr, alpha_tv, alpha_l2, alpha_cc,
-                   first_tap_multiplier, tap_weight, tap_decay, feature_loss, jitter, flip, multires, zoom, color_shift, param, jpeg_quality, jpeg_subsampling, init, init_noise, amp, seed,
+                   alpha_image_var, first_tap_multiplier, tap_weight, tap_decay, feature_loss, jitter, flip, multires, zoom, color_shift, param, jpeg_quality, jpeg_subsampling, init, init_noise, amp, seed,
                    save_every, png, grid, device, no_fingerprint_check, allow_low_confidence, overwrite, as_json, quiet) -> None:  # noqa: ANN001
         """Synthesize images of chosen classes from a model and its class-conditional statistics."""
         from sowmeta.distributed import is_main_process
@@ -132,7 +134,7 @@ def register(group: click.Group) -> None:
         opened = open_model(bundle, model=model, weights=weights, args=parse_model_args(model_args) if model_args else None, registry=registry)
         overrides = {
             "iterations": iterations, "batch_size": batch_size, "lr": lr, "alpha_tv": alpha_tv, "alpha_l2": alpha_l2, "alpha_cc": alpha_cc,
-            "first_tap_multiplier": first_tap_multiplier, "feature_loss": feature_loss, "jitter": jitter, "flip": flip, "multires": multires,
+            "alpha_image_var": alpha_image_var, "first_tap_multiplier": first_tap_multiplier, "feature_loss": feature_loss, "jitter": jitter, "flip": flip, "multires": multires,
             "init_noise": init_noise, "tap_decay": tap_decay, "zoom": zoom, "color_shift": color_shift, "param": param,
             "jpeg_quality": jpeg_quality, "jpeg_subsampling": jpeg_subsampling,
         }

@@ -95,7 +95,7 @@ class Bundle:
         for t in taps:
             m = moments[t.name]
             _, gmean, gvar = m.pooled()
-            stats[t.name] = TapStats(m.mean.float().cpu(), m.var().float().cpu(), gmean.float().cpu(), gvar.float().cpu())
+            stats[t.name] = TapStats(m.mean.float().cpu(), m.var().float().cpu(), gmean.float().cpu(), gvar.float().cpu(), m.image_var().float().cpu())
             if t.axis is None:
                 raise ConfigError(f"tap {t.name!r} has no channel axis decided; record it through a forward pass first")
             records.append(TapRecord(t.name, t.module, t.position, t.kind, m.channels, t.axis, t.prefix_tokens))
@@ -120,18 +120,25 @@ class Bundle:
             s = self.stats.get(t.name)
             if s is None or tuple(s.mean.shape) != (k, t.channels) or tuple(s.var.shape) != (k, t.channels):
                 raise ConfigError(f"tap {t.name!r}: statistics do not have shape [{k}, {t.channels}]")
-            for what, v in (("mean", s.mean), ("var", s.var), ("global mean", s.global_mean), ("global var", s.global_var)):
+            if s.image_var is not None and tuple(s.image_var.shape) != (k, t.channels):
+                raise ConfigError(f"tap {t.name!r}: image variance does not have shape [{k}, {t.channels}]")
+            for what, v in (("mean", s.mean), ("var", s.var), ("global mean", s.global_mean), ("global var", s.global_var), ("image var", s.image_var)):
+                if v is None:
+                    continue
                 if not torch.isfinite(v).all():
                     raise ConfigError(f"tap {t.name!r}: {what} holds NaN or inf; the model's features overflowed")
                 if v.abs().max() > limit:
                     raise ConfigError(f"tap {t.name!r}: {what} exceeds the {dtype} range; save with dtype float32")
-            if (s.var < 0).any() or (s.global_var < 0).any():
+            if (s.var < 0).any() or (s.global_var < 0).any() or (s.image_var is not None and (s.image_var < 0).any()):
                 raise ConfigError(f"tap {t.name!r}: negative variance")
 
     def _tensors(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         tensors = {"counts": self.counts.to(torch.int64).contiguous()}
+        # image_var only when every tap has it: a reader takes a bundle's image variances all or none
+        with_image_var = all(s.image_var is not None for s in self.stats.values())
         for name, s in self.stats.items():
-            for part, value in (("mean", s.mean), ("var", s.var), ("global_mean", s.global_mean), ("global_var", s.global_var)):
+            parts = [("mean", s.mean), ("var", s.var), ("global_mean", s.global_mean), ("global_var", s.global_var)]
+            for part, value in parts + ([("image_var", s.image_var)] if with_image_var else []):
                 tensors[f"{name}/{part}"] = value.to(dtype).contiguous()
         return tensors
 

@@ -43,6 +43,7 @@ class TapStats:
     var: torch.Tensor  # [K', C]
     global_mean: torch.Tensor  # [C]
     global_var: torch.Tensor  # [C]
+    image_var: torch.Tensor | None = None  # [K', C] (1.3): variance of the per-image means; None in older bundles
 
 
 def write_files(
@@ -313,7 +314,8 @@ def _in_range(values: torch.Tensor, low: float) -> bool:
 
 def _check_values(path: Path, tap: str, stats: TapStats, classes: Sequence[int]) -> None:
     """Finite means and variances, non-negative variances; the first bad value is named by tap and class."""
-    for what, rows in (("mean", stats.mean), ("var", stats.var)):
+    per_class = [("mean", stats.mean), ("var", stats.var)] + ([("image_var", stats.image_var)] if stats.image_var is not None else [])
+    for what, rows in per_class:
         if _in_range(rows, -math.inf if what == "mean" else 0.0):
             continue
         bad = ~torch.isfinite(rows) if what == "mean" else ~(torch.isfinite(rows) & (rows >= 0))
@@ -352,6 +354,8 @@ def read_stats(
     # block: a load's cost is the bytes it reads plus a few operations, not a few per tap.
     width = sum(channels[name] for name in taps)
     rows_of = {"mean": n, "var": n, "global_mean": 1, "global_var": 1}
+    if manifest.has_image_var:
+        rows_of["image_var"] = n
     blocks = {what: torch.empty(r * width, dtype=stored) for what, r in rows_of.items()}
     with ExitStack() as stack:
         reader = _Reader(path, manifest, stack)
@@ -364,7 +368,7 @@ def read_stats(
             c = channels[name]
             for what, r in rows_of.items():
                 span = raw[what][at * r * item : (at + c) * r * item]
-                per_class = what in ("mean", "var")
+                per_class = not what.startswith("global_")
                 reader.add(span, f"{name}/{what}", (k, c) if per_class else (c,), dt, runs if per_class else None)
             at += c
         reader.read()
@@ -382,10 +386,11 @@ def read_stats(
             pick(values["var"][at * n : (at + c) * n].view(n, c)),
             values["global_mean"][at : at + c],
             values["global_var"][at : at + c],
+            pick(values["image_var"][at * n : (at + c) * n].view(n, c)) if "image_var" in values else None,
         )
         at += c
-    lows = {"mean": -math.inf, "var": 0.0, "global_mean": -math.inf, "global_var": 0.0}
-    if not all(_in_range(values[what], low) for what, low in lows.items()):
+    lows = {"mean": -math.inf, "var": 0.0, "global_mean": -math.inf, "global_var": 0.0, "image_var": 0.0}
+    if not all(_in_range(block, lows[what]) for what, block in values.items()):
         for name in taps:  # name the first bad value
             _check_values(path, name, stats[name], classes)
     return counts, stats

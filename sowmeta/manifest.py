@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "sowmeta-bundle"
-FORMAT_VERSION = "1.2"
+FORMAT_VERSION = "1.3"
 MANIFEST_NAME = "sowmeta.json"
 MAX_MANIFEST_BYTES = 64 << 20  # a 1000-class, 300-tap manifest is well under 1 MiB
 _CODE_RE = re.compile(r"^(?!(?:timm|hf-hub):)[^:]*:")
@@ -245,6 +245,12 @@ class Manifest:
     @property
     def tap_names(self) -> list[str]:
         return [t.name for t in self.taps]
+
+    @property
+    def has_image_var(self) -> bool:
+        """Every tap holds ``<tap>/image_var`` (1.3: the variance of the per-image means of each class)."""
+        listed = {t for f in self.files for t in f.tensors}
+        return bool(self.taps) and all(f"{t.name}/image_var" in listed for t in self.taps)
 
     @property
     def digest(self) -> str:

@@ -146,18 +146,22 @@ class ClassMoments:
     """Per-class, per-channel element count, mean and M2 (sum of squared deviations).
 
     ``count`` holds elements (images x positions), ``images`` holds images per class.
+    ``image_mean`` and ``image_m2`` are the same moments of the per-image means (one sample per
+    image): how much a class's images differ from each other, apart from the spread inside each.
     """
 
     count: torch.Tensor  # float64 [K, C]
     mean: torch.Tensor  # float64 [K, C]
     m2: torch.Tensor  # float64 [K, C]
     images: torch.Tensor  # int64 [K]
+    image_mean: torch.Tensor  # float64 [K, C]
+    image_m2: torch.Tensor  # float64 [K, C]
 
     @classmethod
     def zeros(cls, num_classes: int, channels: int, device: torch.device | str = "cpu") -> ClassMoments:
         """Empty moments for ``num_classes`` classes and ``channels`` channels."""
         z = torch.zeros(num_classes, channels, dtype=torch.float64, device=device)
-        return cls(z.clone(), z.clone(), z.clone(), torch.zeros(num_classes, dtype=torch.int64, device=device))
+        return cls(z.clone(), z.clone(), z.clone(), torch.zeros(num_classes, dtype=torch.int64, device=device), z.clone(), z.clone())
 
     @property
     def num_classes(self) -> int:
@@ -188,17 +192,32 @@ class ClassMoments:
         n_b = images_b.to(torch.float64).unsqueeze(1) * p
         mean_b = _group_sum(group, img_mean, g) / images_b.unsqueeze(1)
         # Chan et al.: M2 of a union = sum of the parts' M2 + n_i * (mean_i - mean)^2.
-        spread = (img_mean - mean_b[group]).square_().mul_(p).add_(img_m2)
-        m2_b = _group_sum(group, spread, g)
+        between = (img_mean - mean_b[group]).square_()
+        m2_b = _group_sum(group, between * p + img_m2, g)
         n, mean, m2 = _chan(self.count[present], self.mean[present], self.m2[present], n_b, mean_b, m2_b)
         self.count[present], self.mean[present], self.m2[present] = n, mean, m2
+        # the same merge one level up: one sample per image (mean_b is the mean of the images' means)
+        k_a = self.images[present].to(torch.float64).unsqueeze(1).expand_as(mean_b)
+        _, self.image_mean[present], self.image_m2[present] = _chan(
+            k_a, self.image_mean[present], self.image_m2[present], images_b.to(torch.float64).unsqueeze(1).expand_as(mean_b), mean_b, _group_sum(group, between, g)
+        )
         self.images[present] += images_b
 
     def columns(self, start: int, stop: int) -> ClassMoments:
         """Channels ``start:stop`` as moments of their own: views of these, sharing the image counts."""
-        return ClassMoments(self.count[:, start:stop], self.mean[:, start:stop], self.m2[:, start:stop], self.images)
+        c = slice(start, stop)
+        return ClassMoments(self.count[:, c], self.mean[:, c], self.m2[:, c], self.images, self.image_mean[:, c], self.image_m2[:, c])
 
-    def _merge_in(self, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor, images_b: torch.Tensor) -> None:
+    def clone(self) -> ClassMoments:
+        """A copy that shares no storage with these moments."""
+        return ClassMoments(*(t.clone() for t in (self.count, self.mean, self.m2, self.images, self.image_mean, self.image_m2)))
+
+    def _merge_in(
+        self, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor, images_b: torch.Tensor, image_mean_b: torch.Tensor, image_m2_b: torch.Tensor
+    ) -> None:
+        k_a = self.images.to(torch.float64).unsqueeze(1).expand_as(self.mean)
+        k_b = images_b.to(torch.float64).unsqueeze(1).expand_as(self.mean)
+        _, self.image_mean, self.image_m2 = _chan(k_a, self.image_mean, self.image_m2, k_b, image_mean_b, image_m2_b)
         self.count, self.mean, self.m2 = _chan(self.count, self.mean, self.m2, n_b, mean_b, m2_b)
         self.images = self.images + images_b
 
@@ -206,17 +225,17 @@ class ClassMoments:
         """Fold ``other`` (same classes and channels) into these moments, in place; returns self."""
         if other.mean.shape != self.mean.shape:
             raise ValueError(f"cannot merge moments of shape {tuple(other.mean.shape)} into {tuple(self.mean.shape)}")
-        self._merge_in(
-            other.count.to(self.mean.device),
-            other.mean.to(self.mean.device),
-            other.m2.to(self.mean.device),
-            other.images.to(self.mean.device),
-        )
+        dev = self.mean.device
+        self._merge_in(*(t.to(dev) for t in (other.count, other.mean, other.m2, other.images, other.image_mean, other.image_m2)))
         return self
 
     def var(self) -> torch.Tensor:
         """Population variance per class and channel (M2 / count); 0 for empty classes."""
         return self.m2 / self.count.clamp_min(1)
+
+    def image_var(self) -> torch.Tensor:
+        """Population variance of the per-image means per class and channel; 0 for empty classes."""
+        return self.image_m2 / self.images.clamp_min(1).to(torch.float64).unsqueeze(1)
 
     def pooled(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Class-independent (count, mean, var) per channel, merged over all classes."""
@@ -231,7 +250,7 @@ class ClassMoments:
         import torch.distributed as dist
 
         world = dist.get_world_size()
-        packed = torch.stack([self.count, self.mean, self.m2]).contiguous()
+        packed = torch.stack([self.count, self.mean, self.m2, self.image_mean, self.image_m2]).contiguous()
         gathered = [torch.empty_like(packed) for _ in range(world)]
         dist.all_gather(gathered, packed)
         images = [torch.empty_like(self.images) for _ in range(world)]
@@ -239,5 +258,6 @@ class ClassMoments:
         k, c = self.mean.shape
         merged = ClassMoments.zeros(k, c, device=self.mean.device)
         for part, imgs in zip(gathered, images):
-            merged._merge_in(part[0], part[1], part[2], imgs)
+            merged._merge_in(part[0], part[1], part[2], imgs, part[3], part[4])
         self.count, self.mean, self.m2, self.images = merged.count, merged.mean, merged.m2, merged.images
+        self.image_mean, self.image_m2 = merged.image_mean, merged.image_m2

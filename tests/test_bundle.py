@@ -69,7 +69,7 @@ def test_round_trip_and_layout(saved: Path):
     files = sorted(p.name for p in saved.iterdir())
     assert files == ["sowmeta.json", "stats.safetensors"]
     with safe_open(str(saved / "stats.safetensors"), framework="pt") as f:
-        assert f.metadata()["format"] == "sowmeta-bundle" and f.metadata()["format_version"] == "1.2"
+        assert f.metadata()["format"] == "sowmeta-bundle" and f.metadata()["format_version"] == "1.3"
         assert f.metadata()["manifest_sha256"] == Bundle.read_manifest(saved).digest
         assert f.get_tensor("bn2/mean").shape == (K, 12) and f.get_tensor("bn2/mean").dtype == torch.float32
         assert f.get_tensor("counts").dtype == torch.int64
@@ -87,6 +87,38 @@ def test_float16_and_sharding(tmp_path: Path):
     assert len(names) > 2 and names[0].startswith("stats-00001-of-")
     loaded = Bundle.load(p, classes=[4, 1])
     torch.testing.assert_close(loaded.stats["bn2"].mean, b.stats["bn2"].mean[[4, 1]].half().float())
+
+
+def test_image_var_round_trips_by_rows_and_is_optional(saved: Path, tmp_path: Path):
+    b = make_bundle()
+    assert Bundle.read_manifest(saved).has_image_var
+    part = Bundle.load(saved, classes=[4, 1])
+    for name, s in b.stats.items():
+        torch.testing.assert_close(part.stats[name].image_var, s.image_var[[4, 1]], rtol=0, atol=0)
+        assert bool((s.image_var <= s.var + 1e-6).all())
+    # a bundle without image variances (as before 1.3) saves without them and loads with None
+    for s in b.stats.values():
+        s.image_var = None
+    old = Bundle.load(b.save(tmp_path / "old"))
+    assert not old.manifest.has_image_var and all(s.image_var is None for s in old.stats.values())
+    with safe_open(str(tmp_path / "old" / "stats.safetensors"), framework="pt") as f:
+        assert not any(k.endswith("/image_var") for k in f.keys())
+
+
+def test_negative_image_var_is_refused(saved: Path):
+    def negate(h: dict) -> None:
+        start, _ = h["bn2/image_var"]["data_offsets"]
+        negate.at = start
+
+    _with_header(saved / "stats.safetensors", negate)
+    raw = bytearray((saved / "stats.safetensors").read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    off = 8 + n + negate.at + 4 * 12  # class 1, channel 0
+    raw[off : off + 4] = struct.pack("<f", -1.0)
+    (saved / "stats.safetensors").write_bytes(bytes(raw))
+    Bundle.load(saved, classes=[0], verify=False)  # other rows are fine
+    with pytest.raises(CorruptBundleError, match=r"tap 'bn2', class 1, channel 0: image_var is -1.0"):
+        Bundle.load(saved, classes=[1], verify=False)
 
 
 def test_existing_output_is_refused(saved: Path):
@@ -267,7 +299,7 @@ def test_sliced_loading_requests_only_the_asked_rows(saved: Path, monkeypatch):
         row = (end - begin) // info["shape"][0]
         assert (start - begin) % row == 0 and (stop - start) % row == 0, key
         rows_read |= {(key, r) for r in range((start - begin) // row, (stop - begin) // row)}
-    per_class = [k for k in header if k == "counts" or (k.endswith(("/mean", "/var")) and "global" not in k)]
+    per_class = [k for k in header if k == "counts" or (k.endswith(("/mean", "/var", "/image_var")) and "global" not in k)]
     assert rows_read == {(k, r) for k in per_class for r in (1, 2, 4)}
     full = make_bundle()
     torch.testing.assert_close(part.stats["bn1"].var, full.stats["bn1"].var[[4, 1, 2]])
@@ -355,11 +387,11 @@ def test_sharded_files_are_indexed_by_the_manifest_and_identify_themselves(tmp_p
     n = len(manifest.files)
     listed = [t for f in manifest.files for t in f.tensors]
     assert n >= 3 and sorted(listed) == sorted(set(listed))  # every tensor in exactly one file
-    assert set(listed) == {"counts"} | {f"{t}/{s}" for t in ("bn1", "bn2", "fc:in") for s in ("mean", "var", "global_mean", "global_var")}
+    assert set(listed) == {"counts"} | {f"{t}/{s}" for t in ("bn1", "bn2", "fc:in") for s in ("mean", "var", "global_mean", "global_var", "image_var")}
     for i, f in enumerate(manifest.files, start=1):
         with safe_open(str(p / f.name), framework="pt") as h:
             assert sorted(h.keys()) == sorted(f.tensors)
-            assert h.metadata() == {"format": "sowmeta-bundle", "format_version": "1.2", "shard": f"{i}/{n}", "manifest_sha256": manifest.digest}
+            assert h.metadata() == {"format": "sowmeta-bundle", "format_version": "1.3", "shard": f"{i}/{n}", "manifest_sha256": manifest.digest}
         assert f.name == f"stats-{i:05d}-of-{n:05d}.safetensors"
     whole = Bundle.load(p)
     for name, s in b.stats.items():

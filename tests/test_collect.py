@@ -21,7 +21,8 @@ from conftest import loaded_tiny, tiny_net, write_image_folder
 
 
 def reference_stats(module, folder: Path, prep: Preprocessing, modules: dict[str, str], k: int):
-    """Features by plain hooks over torchvision's ImageFolder; per class: concatenate, var_mean in float64."""
+    """Features by plain hooks over torchvision's ImageFolder; per class: concatenate, var_mean in float64;
+    and the population variance of the images' own means over their positions."""
     ds = ImageFolder(str(folder), transform=prep.transform())
     feats: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
     named = dict(module.named_modules())
@@ -45,19 +46,22 @@ def reference_stats(module, folder: Path, prep: Preprocessing, modules: dict[str
         c = f.shape[1]
         mean = torch.zeros(k, c, dtype=torch.float64)
         var = torch.zeros(k, c, dtype=torch.float64)
+        image_var = torch.zeros(k, c, dtype=torch.float64)
         for cls in range(k):
             sel = f[y == cls]
             if len(sel):
                 v, m = torch.var_mean(sel.transpose(0, 1).reshape(c, -1), dim=1, correction=0)
                 mean[cls], var[cls] = m, v
-        out[tap] = (mean, var, torch.var_mean(f.transpose(0, 1).reshape(c, -1), dim=1, correction=0))
+                image_var[cls] = torch.var(sel.reshape(len(sel), c, -1).mean(dim=2), dim=0, correction=0)
+        out[tap] = (mean, var, torch.var_mean(f.transpose(0, 1).reshape(c, -1), dim=1, correction=0), image_var)
     return out, torch.bincount(y, minlength=k)
 
 
 def assert_matches(bundle, ref, counts):
     assert bundle.counts.tolist() == counts.tolist()
-    for tap, (mean, var, (gvar, gmean)) in ref.items():
+    for tap, (mean, var, (gvar, gmean), image_var) in ref.items():
         s = bundle.stats[tap]
+        torch.testing.assert_close(s.image_var.double(), image_var, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(s.mean.double(), mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(s.var.double(), var, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(s.global_mean.double(), gmean, rtol=1e-5, atol=1e-6)
@@ -136,6 +140,8 @@ def test_training_collector_changes_nothing_and_records_exactly():
         torch.testing.assert_close(bundle.stats["bn2"].mean[k].double(), m, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(bundle.stats["bn2"].var[k].double(), v, rtol=1e-5, atol=1e-6)
     assert bundle.manifest.source.collector == "during-training"
+    # batch statistics in training shift whole images: the spread of their means would be overstated
+    assert all(s.image_var is None for s in bundle.stats.values())
 
 
 def test_seeds_are_inference_checked(tmp_path: Path):

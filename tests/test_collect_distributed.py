@@ -44,6 +44,7 @@ def test_two_process_gloo_equals_single_process(image_folder: Path, tmp_path: Pa
         torch.testing.assert_close(merged.stats[tap].mean, single.stats[tap].mean, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(merged.stats[tap].var, single.stats[tap].var, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(merged.stats[tap].global_var, single.stats[tap].global_var, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(merged.stats[tap].image_var, single.stats[tap].image_var, rtol=1e-6, atol=1e-7)
 
 
 def test_torchrun_cli_equals_single_process(image_folder: Path, tmp_path: Path):

@@ -42,6 +42,7 @@ def test_reads_format_1_2_with_the_source_compression():
         "files_sampled": 3, "jpeg_files": 2, "quality": 75, "subsampling": "4:2:0", "width": 32, "height": 32
     }
     torch.testing.assert_close(b.stats["blocks.0"].mean, torch.tensor([[3.0, 4.0]]))
+    assert not m.has_image_var and b.stats["blocks.0"].image_var is None  # before 1.3: not recorded
 
 
 def test_a_1_0_bundle_reads_as_channel_axis_1():

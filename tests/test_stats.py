@@ -164,3 +164,48 @@ def test_many_classes_few_present_per_batch():
     assert m.images.tolist() == torch.bincount(y, minlength=k).tolist()
     absent = torch.bincount(y, minlength=k) == 0
     assert torch.all(m.count[absent] == 0) and torch.all(m.m2[absent] == 0)
+
+
+def image_spread_reference(x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """Per class: every image's mean over its positions (float64), then their population variance."""
+    per_image = x.double().reshape(x.shape[0], x.shape[1], -1).mean(dim=2)
+    out = torch.zeros(k, x.shape[1], dtype=torch.float64)
+    for cls in range(k):
+        if (y == cls).any():
+            out[cls] = torch.var(per_image[y == cls], dim=0, correction=0)
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 5, 37])
+def test_image_var_is_the_spread_of_per_image_means(data, batch):
+    x, y = data
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(batch))
+    m = feed(x, y, 4, batch=batch, order=perm)
+    torch.testing.assert_close(m.image_var(), image_spread_reference(x, y, 4), rtol=1e-6, atol=1e-9)
+    assert bool((m.image_var() < m.var()).all())  # the spread between images is part of the class's variance
+
+
+def test_image_var_merges_and_survives_column_splits(data):
+    x, y = data
+    a, b = feed(x[:20], y[:20], 4, batch=6), feed(x[20:], y[20:], 4, batch=7)
+    a.merge(b)
+    ref = image_spread_reference(x, y, 4)
+    torch.testing.assert_close(a.image_var(), ref, rtol=1e-6, atol=1e-9)
+    part = a.columns(1, 3).clone()
+    torch.testing.assert_close(part.image_var(), ref[:, 1:3], rtol=1e-6, atol=1e-9)
+    part.image_m2.zero_()
+    assert bool((a.image_m2[:, 1:3] != 0).any())  # clone shares no storage
+
+
+def test_image_var_with_images_of_different_sizes():
+    # batches of different resolutions: each image's mean counts once, whatever its positions
+    g = torch.Generator().manual_seed(3)
+    small, large = torch.randn(6, 2, 2, 2, generator=g), torch.randn(5, 2, 6, 6, generator=g) + 1
+    ys, yl = torch.tensor([0, 1, 0, 1, 0, 1]), torch.tensor([1, 0, 1, 0, 0])
+    m = ClassMoments.zeros(2, 2)
+    m.update(small, ys)
+    m.update(large, yl)
+    means = torch.cat([small.double().mean((2, 3)), large.double().mean((2, 3))])
+    labels = torch.cat([ys, yl])
+    for cls in range(2):
+        torch.testing.assert_close(m.image_var()[cls], torch.var(means[labels == cls], dim=0, correction=0), rtol=1e-6, atol=1e-9)

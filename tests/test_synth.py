@@ -267,6 +267,13 @@ def test_cli_synthesize_writes_file_grid_and_pngs(bundle_dir: Path, tmp_path: Pa
     badclass = _cli("synthesize", "--bundle", str(bundle_dir), "--model", "conftest:tiny_net", "--weights", "none", "--classes", "zebra",
                     "--out", str(tmp_path / "z.h5"))
     assert badclass.exit_code == 1 and "zebra" in badclass.output and "Traceback" not in badclass.output
+    spread = _cli("synthesize", "--bundle", str(bundle_dir), "--model", "conftest:tiny_net", "--weights", "none", "--classes", "1",
+                  "--per-class", "2", "--iterations", "2", "--alpha-image-var", "0.5", "--allow-low-confidence", "--out", str(tmp_path / "iv.h5"), "-q")
+    assert spread.exit_code == 0, spread.output
+    assert read_info(tmp_path / "iv.h5").attrs["config"]["alpha_image_var"] == 0.5
+    negative = _cli("synthesize", "--bundle", str(bundle_dir), "--model", "conftest:tiny_net", "--weights", "none",
+                    "--alpha-image-var", "-1", "--out", str(tmp_path / "neg.h5"))
+    assert negative.exit_code == 1 and "alpha_image_var" in negative.output and "Traceback" not in negative.output
 
 
 def test_torchrun_two_processes_equal_single_process(bundle_dir: Path, tmp_path: Path):
@@ -480,3 +487,53 @@ def test_sheet_places_tiles_like_make_grid_and_adds_labels():
     blank = named[:, 2 : 2 + 12, -16:-2]  # the cat row has two images: its third tile stays white
     assert torch.equal(blank, torch.full_like(blank, 255))
     assert torch.equal(named[:, 16 : 16 + 12, -16:-2], tiles[4].repeat_interleave(2, 1).repeat_interleave(2, 2))  # dog's third, 2x
+
+
+def test_image_var_term_spreads_the_images_like_the_class(bundle_dir: Path):
+    """With the spread term the per-image means of a class's images at the first tap vary about as much as
+    the bundle says; without it they vary far less (the pooled variance alone lets each image take it all)."""
+    from sowmeta.taps import resolve_taps, tap_hooks
+
+    model = loaded().module.eval()
+    b = Bundle.load(bundle_dir, classes=[2])
+    tap = resolve_taps(model, "bn-inputs")[0]
+    target = b.stats[tap.name].image_var[0].double()
+
+    def spread(x: torch.Tensor) -> torch.Tensor:
+        feats = {}
+        with torch.no_grad(), tap_hooks(model, [tap], lambda t, f: feats.__setitem__(t.name, f)):
+            model(Preprocessing(crop=CROP).normalize(x))
+        return torch.var(feats[tap.name].double().mean(dim=(2, 3)), dim=0, correction=1)
+
+    cfg = quick(iterations=150, batch_size=8, alpha_ce=0.0, jitter=0, flip=False, first_tap_multiplier=10.0)
+    off = spread(synthesize(b, loaded(), classes=[2], per_class=8, config=cfg).images())
+    on = spread(synthesize(b, loaded(), classes=[2], per_class=8, config=cfg.replace(alpha_image_var=1.0)).images())
+    err = lambda s: float((s - target).norm() / target.norm())  # noqa: E731
+    assert err(on) < 0.5 * err(off), (err(on), err(off))
+
+
+def test_a_bundle_without_image_var_is_noted_when_the_term_is_asked_for(bundle_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    old = Bundle.load(bundle_dir)
+    for s in old.stats.values():
+        s.image_var = None
+    old.save(tmp_path / "old")
+    heard: list[str] = []
+    cfg = quick(iterations=2, batch_size=1)
+    synthesize(tmp_path / "old", loaded(), classes=[0], per_class=1, config=cfg, notice=heard.append)
+    synthesize(bundle_dir, loaded(), classes=[0], per_class=1, config=cfg.replace(alpha_image_var=1.0), notice=heard.append)
+    assert heard == []
+    synthesize(tmp_path / "old", loaded(), classes=[0], per_class=1, config=cfg.replace(alpha_image_var=1.0), notice=heard.append)
+    assert len(heard) == 1 and "before format 1.3" in heard[0] and "collect it again" in heard[0]
+    with caplog.at_level("WARNING"):
+        synthesize(tmp_path / "old", loaded(), classes=[0], per_class=1, config=cfg.replace(alpha_image_var=1.0))
+    assert "before format 1.3" in caplog.text
+    from sowmeta.collectors import TrainingCollector
+
+    module = loaded().module
+    collector = TrainingCollector(module, num_classes=4)
+    with torch.no_grad(), collector.observe(torch.arange(8) % 4):
+        module(torch.rand(8, 3, CROP, CROP, generator=torch.Generator().manual_seed(0)))
+    collector.to_bundle(architecture="conftest:tiny_net", preprocessing=Preprocessing(crop=CROP)).save(tmp_path / "trained")
+    heard.clear()
+    synthesize(tmp_path / "trained", loaded(), classes=[0], per_class=1, config=cfg.replace(alpha_image_var=1.0), notice=heard.append)
+    assert len(heard) == 1 and "during training" in heard[0] and "after training" in heard[0]

@@ -219,7 +219,8 @@ def test_paper_and_cifar_defaults_and_the_docs_table():
     assert SynthConfig.preset("cifar", lr=0.3).lr == 0.3 and SynthConfig.preset("imagenet") == d
     doc = (Path(__file__).resolve().parents[1] / "docs" / "synthesis.md").read_text()
     fields = {"--iterations": "iterations", "--lr": "lr", "--alpha-tv": "alpha_tv", "--alpha-l2": "alpha_l2", "--alpha-cc": "alpha_cc",
-              "--first-tap-multiplier": "first_tap_multiplier", "--jitter": "jitter", "--multires": "multires", "--batch-size": "batch_size"}
+              "--first-tap-multiplier": "first_tap_multiplier", "--jitter": "jitter", "--multires": "multires", "--batch-size": "batch_size",
+              "--alpha-image-var": "alpha_image_var"}
     for option, name in fields.items():
         row = re.search(rf"^\| `{option}` \| ([^|]+) \| ([^|]+) \|", doc, flags=re.M)
         assert row is not None, option
@@ -322,3 +323,49 @@ def test_an_inverter_without_statistics_optimizes_the_other_terms_only():
     assert [t.name for t in inv.terms] == ["ce", "tv", "l2"]
     out = inv.run(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.rand(2, 3, 8, 8), seed=0)
     assert out.images.shape == (2, 3, 8, 8) and set(out.terms) == {"ce", "tv", "l2"}
+
+
+def test_image_var_term_through_real_hooks():
+    """The spread term equals ||unbiased variance of the group's per-image means - target|| from a plain hook, per group with 2+ images."""
+    model = tiny_net().double()
+    taps = resolve_taps(model, "bn-inputs")
+    g = torch.Generator().manual_seed(4)
+    targets = [TapTarget(t, torch.randn(3, c, generator=g, dtype=torch.float64), torch.rand(3, c, generator=g, dtype=torch.float64), w,
+                         torch.rand(3, c, generator=g, dtype=torch.float64))
+               for t, c, w in zip(taps, (6, 12), (10.0, 1.0))]
+    prep = Preprocessing(crop=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    inv = Inverter(model, targets, prep, SynthConfig(alpha_tv=0, alpha_l2=0, alpha_cc=2.0, alpha_image_var=0.5))
+    assert [t.name for t in inv.terms][-1] == "image_var" and inv.terms[-1].weight == 1.0
+    x = torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([2, 0, 2, 2, 0, 1])  # row 1 has one image: left out
+    captured = {}
+    hooks = [model.bn1.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn1", a[0].detach())),
+             model.bn2.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn2", a[0].detach()))]
+    with tap_hooks(model, taps, inv._record):
+        logits = model(x)
+    for h in hooks:
+        h.remove()
+    group_rows, groups = torch.unique(rows, return_inverse=True)
+    terms = inv.term_values(x, logits, rows, groups, group_rows)
+    expected = 0.0
+    for t, name in zip(targets, ("bn1", "bn2")):
+        means = captured[name].mean(dim=(2, 3))
+        dist = [float((torch.var(means[rows == r], dim=0, correction=1) - t.image_var[r]).norm()) for r in (0, 2)]
+        expected += t.weight * np.mean(dist)
+    assert abs(float(terms["image_var"].detach()) - expected) < 1e-9
+    terms["image_var"].backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_image_var_term_needs_every_tap_and_a_weight():
+    model = tiny_net()
+    taps = resolve_taps(model, "bn-inputs")
+    full = [TapTarget(t, torch.zeros(1, c), torch.ones(1, c), 1.0, torch.ones(1, c)) for t, c in zip(taps, (6, 12))]
+    prep = Preprocessing(crop=8)
+    names = lambda targets, **kw: [t.name for t in Inverter(model, targets, prep, SynthConfig(**kw)).terms]  # noqa: E731
+    assert "image_var" in names(full, alpha_image_var=1.0)
+    assert "image_var" not in names(full)  # off by default
+    assert "image_var" not in names(full, alpha_image_var=1.0, alpha_cc=0.0)
+    assert "image_var" not in names([full[0], TapTarget(full[1].tap, full[1].mean, full[1].var)], alpha_image_var=1.0)
+    with pytest.raises(ConfigError, match="alpha_image_var"):
+        SynthConfig(alpha_image_var=-1.0)

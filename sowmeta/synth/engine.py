@@ -29,7 +29,7 @@ from .augment import augment
 from .config import SynthConfig
 from .jpeg_view import jpeg_view
 from .param import make_parameterization
-from .losses import Segments, get_feature_loss, group_moments, l2_prior, per_image_moments, total_variation
+from .losses import Segments, get_feature_loss, group_moments, l2_prior, per_image_moments, spread_distance, total_variation
 
 __all__ = ["TapTarget", "BatchResult", "IterationInfo", "Step", "Term", "objective", "Inverter", "tap_weights", "warmup_cosine"]
 
@@ -40,12 +40,16 @@ _CHECK_EVERY = 25  # iterations between finiteness checks (each one synchronizes
 
 @dataclass
 class TapTarget:
-    """Target statistics of one tap: row r of ``mean``/``var`` (R x C) belongs to target row r."""
+    """Target statistics of one tap: row r of ``mean``/``var`` (R x C) belongs to target row r.
+
+    ``image_var``: the variance of the per-image means (R x C), when the bundle has it (format 1.3).
+    """
 
     tap: Tap
     mean: torch.Tensor
     var: torch.Tensor
     weight: float = 1.0
+    image_var: torch.Tensor | None = None
 
 
 @dataclass
@@ -107,8 +111,11 @@ def _l2(step: Step) -> torch.Tensor:
     return l2_prior(step.x)
 
 
-def objective(config: SynthConfig, statistics: Callable[[Step], torch.Tensor] | None) -> list[Term]:
-    """The paper's Eq. 1-7 as terms: CE (alpha_ce), R_TV (alpha_tv), R_l2 (alpha_l2), statistics (alpha_cc).
+def objective(
+    config: SynthConfig, statistics: Callable[[Step], torch.Tensor] | None, image_var: Callable[[Step], torch.Tensor] | None = None
+) -> list[Term]:
+    """The paper's Eq. 1-7 as terms: CE (alpha_ce), R_TV (alpha_tv), R_l2 (alpha_l2), statistics (alpha_cc),
+    and the spread of the images' means (alpha_cc * alpha_image_var, where the targets have it).
 
     CE is always computed (its value is what the display shows first); the others only with a weight.
     """
@@ -116,6 +123,8 @@ def objective(config: SynthConfig, statistics: Callable[[Step], torch.Tensor] | 
     terms += [Term(n, w, f) for n, w, f in (("tv", config.alpha_tv, _tv), ("l2", config.alpha_l2, _l2)) if w]
     if config.alpha_cc and statistics is not None:
         terms.append(Term("stats", config.alpha_cc, statistics))
+    if config.alpha_cc and config.alpha_image_var and image_var is not None:
+        terms.append(Term("image_var", config.alpha_cc * config.alpha_image_var, image_var))
     return terms
 
 
@@ -203,7 +212,9 @@ class Inverter:
         self.target_mean = torch.cat([t.mean for t in targets], dim=1).to(self.device) if targets else None
         self.target_var = torch.cat([t.var for t in targets], dim=1).to(self.device) if targets else None
         self.tap_weight = torch.tensor([t.weight for t in targets], device=self.device)
-        self.terms = objective(config, self._statistics if targets else None)
+        spread = bool(targets) and all(t.image_var is not None for t in targets)
+        self.target_image_var = torch.cat([t.image_var for t in targets], dim=1).to(self.device) if spread else None  # type: ignore[misc]
+        self.terms = objective(config, self._statistics if targets else None, self._image_var if spread else None)
 
     def _as_stored(self, x: torch.Tensor) -> torch.Tensor:
         """The batch (normalized) as the JPEG files the statistics came from would hold it (``jpeg_quality``)."""
@@ -228,6 +239,22 @@ class Inverter:
         mean, var = group_moments(mean_i, sq_i, step.groups, len(step.group_rows))
         per_tap = self.feature_loss(mean, var, self.target_mean[step.group_rows], self.target_var[step.group_rows], self.segments)
         return (self.tap_weight * per_tap).sum()
+
+    def _image_var(self, step: Step) -> torch.Tensor:
+        """The spread term: sum over taps of lambda_l ||Var over a class group's images of their means - image_var||_2.
+
+        Matching only the pooled variance lets every image take the whole class's spread: each image
+        gets the contrast of the class and all images the same tone. This term asks the images of a
+        group to differ from each other as much as the class's real images do. Groups of one image are left out.
+        """
+        mean_i = torch.cat([step.moments[t.tap.name][0] for t in self.targets], dim=1)
+        g = len(step.group_rows)
+        _, spread = group_moments(mean_i, mean_i * mean_i, step.groups, g)
+        n = torch.bincount(step.groups, minlength=g).to(spread.dtype)[:, None]
+        spread = spread * n / (n - 1).clamp_min(1)  # n images see (n - 1) / n of the spread of their class
+        dist = spread_distance(spread, self.target_image_var[step.group_rows], self.segments)  # type: ignore[index]
+        keep = (n > 1).to(dist.dtype)
+        return (self.tap_weight * (dist * keep).sum(dim=0) / keep.sum().clamp_min(1)).sum()
 
     def run(
         self,

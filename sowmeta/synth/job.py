@@ -202,7 +202,7 @@ def build_targets(
     for t, w in zip(taps, weights):
         s = bundle.stats[t.name]
         if mode == "cc":
-            targets.append(TapTarget(t, s.mean, s.var, w))
+            targets.append(TapTarget(t, s.mean, s.var, w, s.image_var))
         else:
             targets.append(TapTarget(t, s.global_mean[None], s.global_var[None], w))
     if mode == "cc":

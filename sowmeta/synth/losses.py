@@ -25,6 +25,7 @@ __all__ = [
     "get_feature_loss",
     "group_moments",
     "eq7_distance",
+    "spread_distance",
     "gaussian_kl",
     "total_variation",
     "l2_prior",
@@ -159,6 +160,11 @@ def _norm(squares: torch.Tensor) -> torch.Tensor:
 def eq7_distance(mean: torch.Tensor, var: torch.Tensor, target_mean: torch.Tensor, target_var: torch.Tensor, segments: Segments) -> torch.Tensor:
     """Paper Eq. 7 per tap: ||Mean - mu||_2 + ||Var - sigma^2||_2 per group, averaged over the groups."""
     return (_norm(segments.sum((mean - target_mean).square())) + _norm(segments.sum((var - target_var).square()))).mean(dim=0)
+
+
+def spread_distance(spread: torch.Tensor, target: torch.Tensor, segments: Segments) -> torch.Tensor:
+    """||Var of the images' means - the class's||_2 per group and tap (G x taps): Eq. 7's variance part, one level up."""
+    return _norm(segments.sum((spread - target).square()))
 
 
 @register_feature_loss("kl")

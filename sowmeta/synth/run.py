@@ -30,7 +30,7 @@ def run_batches(
 ) -> int:
     """Optimize batches ``rank, rank + world, ...`` that the sink does not hold yet; returns how many it held (resumed)."""
     module = job.model.module.to(device)
-    targets = [TapTarget(t.tap, t.mean.to(device), t.var.to(device), t.weight) for t in job.targets]
+    targets = [TapTarget(t.tap, t.mean.to(device), t.var.to(device), t.weight, None if t.image_var is None else t.image_var.to(device)) for t in job.targets]
     inverter = Inverter(module, targets, job.preprocessing, job.config, device)
     batches = plan.plan.batches
     mine = [b for b in range(len(batches)) if b % world == rank]

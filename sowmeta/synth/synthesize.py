@@ -78,7 +78,7 @@ def synthesize(
     started = time.perf_counter()
     config = config or SynthConfig()
     job = resolve_job(bundle, model, classes=classes, config=config, registry=registry, out=out, overwrite=overwrite, init_images=init_images)
-    _note_compression(job, notice)
+    _note(job, notice)
     plan = plan_run(job, per_class, init_images)
     with process_group(device) as (rank, world):
         if world > 1 and out is None and sink is None:
@@ -88,13 +88,25 @@ def synthesize(
         return chosen.finish(job, plan, time.perf_counter() - started, resumed)
 
 
-def _note_compression(job: SynthJob, notice: Callable[[str], None] | None) -> None:
-    """Say when the statistics carry their JPEGs' compression, which the images will then show."""
-    recorded = job.manifest.source.compression if job.manifest is not None and job.config.mode == "cc" else None
-    note = source_compression_note(recorded, job.config.jpeg_quality)
-    if note is None or not is_main_process():
+def _note(job: SynthJob, notice: Callable[[str], None] | None) -> None:
+    """Say when the statistics carry their JPEGs' compression (the images will show it), and when the
+    spread term was asked for but the bundle predates it."""
+    cc = job.manifest is not None and job.config.mode == "cc"
+    notes = [source_compression_note(job.manifest.source.compression if cc else None, job.config.jpeg_quality)]  # type: ignore[union-attr]
+    if cc and job.config.alpha_cc and job.config.alpha_image_var and not job.manifest.has_image_var:  # type: ignore[union-attr]
+        why, fix = (
+            ("recorded during training, where batch statistics shift whole images", "collect one after training (`sowmeta collect`)")
+            if job.manifest.source.collector == "during-training"  # type: ignore[union-attr]
+            else ("written before format 1.3", "collect it again with this sowmeta")
+        )
+        notes.append(
+            f"this bundle holds no spread of its images' means ({why}), so the images of a class will vary less "
+            f"in tone than real ones; {fix} to use --alpha-image-var"
+        )
+    if not is_main_process():
         return
-    if notice is not None:
-        notice(note)
-    else:
-        log.warning(note)
+    for note in filter(None, notes):
+        if notice is not None:
+            notice(note)
+        else:
+            log.warning(note)
