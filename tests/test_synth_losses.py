@@ -89,6 +89,19 @@ def test_eq7_gradient_is_finite_at_an_exact_match():
     assert torch.isfinite(m.grad).all()
 
 
+def _terms_of_one_step(model, taps, inv: Inverter, x: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor):  # noqa: ANN001, ANN202
+    """One forward of ``x`` through the engine's hooks: its term values, the BN inputs a plain hook saw, and the logits."""
+    captured = {}
+    hooks = [model.bn1.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn1", a[0].detach())),
+             model.bn2.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn2", a[0].detach()))]
+    with tap_hooks(model, taps, inv._record):
+        logits = model(x)
+    for h in hooks:
+        h.remove()
+    group_rows, groups = torch.unique(rows, return_inverse=True)
+    return inv.term_values(x, logits, labels, groups, group_rows), captured, logits
+
+
 def test_statistics_term_through_real_hooks():
     """The engine's statistics term equals Eq. 7 recomputed from features captured by a plain hook, per class group."""
     model = tiny_net().double()
@@ -101,15 +114,7 @@ def test_statistics_term_through_real_hooks():
     x = torch.randn(5, 3, 8, 8, generator=g, dtype=torch.float64)
     labels = torch.tensor([3, 1, 3, 3, 1])
     rows = torch.tensor([1, 0, 1, 1, 0])
-    captured = {}
-    hooks = [model.bn1.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn1", a[0].detach())),
-             model.bn2.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn2", a[0].detach()))]
-    with tap_hooks(model, taps, inv._record):
-        logits = model(x)
-    for h in hooks:
-        h.remove()
-    group_rows, groups = torch.unique(rows, return_inverse=True)
-    terms = inv.term_values(x, logits, labels, groups, group_rows)
+    terms, captured, logits = _terms_of_one_step(model, taps, inv, x, labels, rows)
     expected = 0.0
     for t, name in zip(targets, ("bn1", "bn2")):
         f = captured[name]
@@ -338,15 +343,7 @@ def test_image_var_term_through_real_hooks():
     assert [t.name for t in inv.terms][-1] == "image_var" and inv.terms[-1].weight == 1.0
     x = torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64, requires_grad=True)
     rows = torch.tensor([2, 0, 2, 2, 0, 1])  # row 1 has one image: left out
-    captured = {}
-    hooks = [model.bn1.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn1", a[0].detach())),
-             model.bn2.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn2", a[0].detach()))]
-    with tap_hooks(model, taps, inv._record):
-        logits = model(x)
-    for h in hooks:
-        h.remove()
-    group_rows, groups = torch.unique(rows, return_inverse=True)
-    terms = inv.term_values(x, logits, rows, groups, group_rows)
+    terms, captured, _ = _terms_of_one_step(model, taps, inv, x, rows, rows)
     expected = 0.0
     for t, name in zip(targets, ("bn1", "bn2")):
         means = captured[name].mean(dim=(2, 3))
