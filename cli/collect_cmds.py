@@ -139,6 +139,7 @@ def register(group: click.Group) -> None:
         console.print(f"model {name}  weights {m['weights']}  fused {m['fused']}  {m['fingerprint'][:23]}...")
         console.print(f"{m['num_classes']} classes, {s['images']} images, {len(s['taps'])} taps, {s['size_bytes']:,} bytes in {len(s['files'])} files, {s['dtype']}")
         console.print(f"source images: {describe_compression(s['source'].get('compression'))}")
+        console.print("image spread (image_var): " + ("recorded" if s["image_var"] else "not recorded, so synthesis runs without the spread term"))
         if s["source"]["empty_classes"]:
             console.print(f"[yellow]classes without statistics[/]: {s['source']['empty_classes'][:20]}{' ...' if len(s['source']['empty_classes']) > 20 else ''}")
         if quiet:

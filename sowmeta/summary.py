@@ -26,6 +26,7 @@ def summarize(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
         "source": d["source"],
         "preprocessing": d["preprocessing"],
         "dtype": manifest.dtype,
+        "image_var": manifest.has_image_var,
         "images": int(sum(counts)),
         "classes": [
             {"index": i, "label": labels[i] if i < len(labels) else str(i), "images": int(c)} for i, c in enumerate(counts)

@@ -34,8 +34,9 @@ def test_collect_inspect_validate(runner, image_folder: Path, tmp_path: Path):
     assert [c["images"] for c in s["classes"]] == [5, 5, 5, 0]
     assert [t["name"] for t in s["taps"]] == ["bn1", "bn2"] and (s["model"]["architecture"], s["model"]["factory"]) == ("custom", "conftest:tiny_net")
     assert (s["preprocessing"]["crop"], s["preprocessing"]["resize"]) == (12, 14)  # --crop keeps the 256/224 ratio
+    assert s["image_var"] is True
     r = run(runner, "inspect", str(out))
-    assert r.exit_code == 0 and "bn-input" in r.output and "c2" in r.output
+    assert r.exit_code == 0 and "bn-input" in r.output and "c2" in r.output and "image spread (image_var): recorded" in r.output
     r = run(runner, "validate", str(out), "--model", "conftest:tiny_net", "--weights", "none")
     assert r.exit_code == 0 and "matches" in r.output
 
