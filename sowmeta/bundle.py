@@ -84,8 +84,9 @@ class Bundle:
         model: ModelRecord,
         preprocessing: Preprocessing,
         source: SourceRecord,
+        image_var: bool = True,
     ) -> Bundle:
-        """Build an in-memory bundle (all classes) from collected moments."""
+        """Build an in-memory bundle (all classes) from collected moments; ``image_var=False`` leaves the image spread out."""
         missing = [t.name for t in taps if t.name not in moments]
         if missing:
             raise ConfigError(f"no features were recorded at tap {missing[0]!r}; did the model run a forward pass?")
@@ -95,7 +96,8 @@ class Bundle:
         for t in taps:
             m = moments[t.name]
             _, gmean, gvar = m.pooled()
-            stats[t.name] = TapStats(m.mean.float().cpu(), m.var().float().cpu(), gmean.float().cpu(), gvar.float().cpu(), m.image_var().float().cpu())
+            spread = m.image_var().float().cpu() if image_var else None
+            stats[t.name] = TapStats(m.mean.float().cpu(), m.var().float().cpu(), gmean.float().cpu(), gvar.float().cpu(), spread)
             if t.axis is None:
                 raise ConfigError(f"tap {t.name!r} has no channel axis decided; record it through a forward pass first")
             records.append(TapRecord(t.name, t.module, t.position, t.kind, m.channels, t.axis, t.prefix_tokens))

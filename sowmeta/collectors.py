@@ -251,12 +251,11 @@ class TrainingCollector:
         self.recorder.reduce()
         record = _model_record(architecture, self.model, k, list(labels or [str(i) for i in range(k)]), weights=weights)
         source = SourceRecord("A", "during-training", data, 0)
-        bundle = Bundle.from_moments(self.recorder.moments, self.recorder.taps, model=record, preprocessing=preprocessing, source=source)
         # In training, each batch's normalization (and dropout, and the moving weights) shifts whole images'
         # features, which inflates how much the images' means differ (twice as much at the demo's last tap).
-        for s in bundle.stats.values():
-            s.image_var = None
-        return bundle
+        return Bundle.from_moments(
+            self.recorder.moments, self.recorder.taps, model=record, preprocessing=preprocessing, source=source, image_var=False
+        )
 
 
 @dataclass

@@ -353,6 +353,7 @@ def _with_header(path: Path, change) -> None:
         (lambda f: _with_header(f, lambda h: h["counts"].update(data_offsets=[0, 10**9])), "truncated or corrupt"),
         (lambda f: _with_header(f, lambda h: h.pop("bn1/var")), "has no tensor 'bn1/var'"),
         (lambda f: _with_header(f, lambda h: h["bn1/mean"].update(dtype="F16")), "'bn1/mean' is F16"),
+        (lambda f: _with_header(f, lambda h: h["bn2/image_var"].update(shape=[6, 11])), "'bn2/image_var' is F32 \\[6, 11\\]"),
     ],
 )
 def test_damaged_files_are_refused_without_verification(saved: Path, damage, message):

@@ -83,6 +83,7 @@ class Step:
     groups: torch.Tensor  # every image's class group (0..G-1)
     group_rows: torch.Tensor  # each group's row in the target statistics
     moments: dict[str, tuple[torch.Tensor, torch.Tensor]]  # per tap: per-image mean and mean of squares
+    joint: tuple[torch.Tensor, torch.Tensor] | None = None  # the targets' taps side by side (B x C_total), once per step
 
 
 @dataclass(frozen=True)
@@ -232,10 +233,18 @@ class Inverter:
         self._moments = {}
         return {t.name: t.value(step) for t in self.terms}
 
+    def _joint(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image means and means of squares of every target tap side by side (B x C_total), built once per step."""
+        if step.joint is None:
+            step.joint = (
+                torch.cat([step.moments[t.tap.name][0] for t in self.targets], dim=1),
+                torch.cat([step.moments[t.tap.name][1] for t in self.targets], dim=1),
+            )
+        return step.joint
+
     def _statistics(self, step: Step) -> torch.Tensor:
         """alpha_CC's term: sum over taps of lambda_l F_l(class-group statistics of the batch, their targets)."""
-        mean_i = torch.cat([step.moments[t.tap.name][0] for t in self.targets], dim=1)
-        sq_i = torch.cat([step.moments[t.tap.name][1] for t in self.targets], dim=1)
+        mean_i, sq_i = self._joint(step)
         mean, var = group_moments(mean_i, sq_i, step.groups, len(step.group_rows))
         per_tap = self.feature_loss(mean, var, self.target_mean[step.group_rows], self.target_var[step.group_rows], self.segments)
         return (self.tap_weight * per_tap).sum()
@@ -247,7 +256,7 @@ class Inverter:
         gets the contrast of the class and all images the same tone. This term asks the images of a
         group to differ from each other as much as the class's real images do. Groups of one image are left out.
         """
-        mean_i = torch.cat([step.moments[t.tap.name][0] for t in self.targets], dim=1)
+        mean_i = self._joint(step)[0]
         g = len(step.group_rows)
         _, spread = group_moments(mean_i, mean_i * mean_i, step.groups, g)
         n = torch.bincount(step.groups, minlength=g).to(spread.dtype)[:, None]
