@@ -248,7 +248,8 @@ def _sketch_stage(
     steps = -(-cfg.iterations // 4)  # three intermediate images and the result
     sc = SynthConfig.cifar(
         mode="cc", iterations=cfg.iterations, alpha_tv=cfg.alpha_tv, first_tap_multiplier=cfg.first_tap_multiplier, seed=cfg.seed,
-        alpha_image_var=0.0, batch_size=cfg.sketch_per_class, init="images", init_noise=0.0, save_every=steps,
+        batch_size=cfg.sketch_per_class, init="images", init_noise=0.0, save_every=steps,
+        alpha_image_var=0.0,  # statistics recorded during training hold no image spread
     )
 
     def progress(p: SynthProgress) -> None:

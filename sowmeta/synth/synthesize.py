@@ -90,7 +90,7 @@ def synthesize(
 
 def _note(job: SynthJob, notice: Callable[[str], None] | None) -> None:
     """Say when the statistics carry their JPEGs' compression (the images will show it), and when the
-    spread term was asked for but the bundle predates it."""
+    spread term was asked for but the bundle holds no image spread (older format, or recorded in training)."""
     cc = job.manifest is not None and job.config.mode == "cc"
     notes = [source_compression_note(job.manifest.source.compression if cc else None, job.config.jpeg_quality)]  # type: ignore[union-attr]
     if cc and job.config.alpha_cc and job.config.alpha_image_var and not job.manifest.has_image_var:  # type: ignore[union-attr]
