@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from paired_judges import correct
 from sowmeta import load_model
 from sowmeta.env import shared_dir
 from sowmeta.synth.jpeg_view import jpeg_view
@@ -36,9 +37,7 @@ def reencode(images: np.ndarray, quality: int, subsampling: int) -> np.ndarray:
 
 
 def top1(model: object, images: np.ndarray, labels: torch.Tensor) -> float:
-    x = model.preprocessing.normalize(torch.from_numpy(images).float() / 255)  # type: ignore[attr-defined]
-    with torch.no_grad():
-        return float((model.module(x).argmax(1) == labels).float().mean())  # type: ignore[attr-defined]
+    return float(correct(model, torch.from_numpy(images), labels).float().mean())
 
 
 def main() -> None:

@@ -58,7 +58,20 @@ class JpegInfo:
 
 
 def jpeg_info(path: str | Path) -> JpegInfo | None:
-    """The file's JPEG compression, or None for another format or an unreadable file (the loader reports those)."""
+    """The file's JPEG compression, or None for another format or an unreadable file (the loader reports those).
+
+    Remembered per file state (path, size, modification time), so a collection's note and its
+    manifest record read each sampled header once.
+    """
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return _jpeg_info(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _jpeg_info(path: str, size: int, mtime_ns: int) -> JpegInfo | None:
     from PIL import Image, JpegImagePlugin
 
     try:

@@ -26,6 +26,26 @@ def test_quality_and_chroma_are_read_back(tmp_path: Path, quality: int, subsampl
     assert info is not None and (info.quality, info.subsampling, info.width, info.height) == (quality, name, 32, 32)
 
 
+def test_a_header_is_read_once_per_file_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """collect's note and its manifest record both ask for the sampled headers; the file is opened once,
+    and again only when it changes."""
+    import os
+
+    from PIL import Image as PILImage
+
+    opened: list[str] = []
+    real_open = PILImage.open
+    monkeypatch.setattr(PILImage, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
+    path = _jpeg(tmp_path / "x.jpg", 75, 2)
+    assert jpeg_info(path) == jpeg_info(str(path)) and jpeg_info(path).quality == 75  # type: ignore[union-attr]
+    assert opened == [str(path)]
+    before = path.stat().st_mtime_ns
+    _jpeg(path, 40, 0)
+    os.utime(path, ns=(before + 10**9, before + 10**9))  # a coarse clock must still see the rewrite
+    info = jpeg_info(path)
+    assert info is not None and (info.quality, info.subsampling) == (40, "4:4:4") and len(opened) == 2
+
+
 def test_other_formats_and_broken_files_have_no_jpeg_info(tmp_path: Path):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     (tmp_path / "b.jpg").write_bytes(b"\xff\xd8\xff not really")
