@@ -85,6 +85,8 @@ def register(group: click.Group) -> None:
     @click.option("--tap-decay", type=float, help="Weight of the last tap relative to the first, geometric in between [1: equal].")
     @click.option("--feature-loss", cls=ListingOption, names=_feature_loss_names, help="F_l, the distance of feature statistics [eq7: paper Eq. 7].")
     @click.option("--jitter", type=click.IntRange(0), help="Random shift in pixels [imagenet 30, cifar 2].")
+    @click.option("--jitter-wrap/--no-jitter-wrap", default=None,
+                  help="The shift rolls the image around (DeepInversion's); --no-jitter-wrap shifts a window over a canvas JITTER px larger instead [imagenet wrap, cifar no wrap].")
     @click.option("--flip/--no-flip", default=None, help="Random horizontal flips [on].")
     @click.option("--multires", type=click.FloatRange(0, 1, max_open=True), help="Fraction of iterations at half resolution [0].")
     @click.option("--zoom", type=click.FloatRange(0, 1, max_open=True), help="Random-resized crop: the crop's side is in [1 - ZOOM, 1] of the image's [0: off].")
@@ -107,7 +109,7 @@ def register(group: click.Group) -> None:
     @report_options
     @handle_errors
     def synthesize(bundle, registry, model, weights, model_args, classes, per_class, out, mode, mixed, preset, iterations, batch_size, lr, alpha_tv, alpha_l2, alpha_cc,
-                   alpha_image_var, first_tap_multiplier, tap_weight, tap_decay, feature_loss, jitter, flip, multires, zoom, color_shift, param, jpeg_quality, jpeg_subsampling, init, init_noise, amp, seed,
+                   alpha_image_var, first_tap_multiplier, tap_weight, tap_decay, feature_loss, jitter, jitter_wrap, flip, multires, zoom, color_shift, param, jpeg_quality, jpeg_subsampling, init, init_noise, amp, seed,
                    save_every, png, grid, device, no_fingerprint_check, allow_low_confidence, overwrite, as_json, quiet) -> None:  # noqa: ANN001
         """Synthesize images of chosen classes from a model and its class-conditional statistics."""
         from sowmeta.distributed import is_main_process
@@ -134,7 +136,7 @@ def register(group: click.Group) -> None:
         opened = open_model(bundle, model=model, weights=weights, args=parse_model_args(model_args) if model_args else None, registry=registry)
         overrides = {
             "iterations": iterations, "batch_size": batch_size, "lr": lr, "alpha_tv": alpha_tv, "alpha_l2": alpha_l2, "alpha_cc": alpha_cc,
-            "alpha_image_var": alpha_image_var, "first_tap_multiplier": first_tap_multiplier, "feature_loss": feature_loss, "jitter": jitter, "flip": flip, "multires": multires,
+            "alpha_image_var": alpha_image_var, "first_tap_multiplier": first_tap_multiplier, "feature_loss": feature_loss, "jitter": jitter, "jitter_wrap": jitter_wrap, "flip": flip, "multires": multires,
             "init_noise": init_noise, "tap_decay": tap_decay, "zoom": zoom, "color_shift": color_shift, "param": param,
             "jpeg_quality": jpeg_quality, "jpeg_subsampling": jpeg_subsampling,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 
 import numpy as np
 import pytest
@@ -110,9 +111,12 @@ def test_the_cli_rejects_a_bad_encoding(tmp_path, args: list[str]):
     assert r.exit_code != 0 and "--jpeg-quality" in r.output and not (tmp_path / "s.h5").exists()
 
 
-def test_the_engine_matches_statistics_on_the_encoded_images_and_ce_on_the_images():
+@pytest.mark.parametrize("wrap", [True, False])
+def test_the_engine_matches_statistics_on_the_encoded_images_and_ce_on_the_images(wrap: bool):
     """With jpeg_quality, each step's forward holds the encoded batch (whose moments meet the statistics) and then the
-    batch itself (whose logits meet the CE); the result is the image, not its encoding."""
+    batch itself (whose logits meet the CE); the result is the image, not its encoding. Without jitter wrap-around
+    both are the same window of the canvas, the encoded one with the encoded image at its centre (the codec's
+    8 x 8 blocks stay on the image's own grid)."""
     model = tiny_net()
     prep = Preprocessing(crop=16)
     mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
@@ -123,6 +127,17 @@ def test_the_engine_matches_statistics_on_the_encoded_images_and_ce_on_the_image
     labels = torch.tensor([0, 1])
     view = jpeg_view(init, 40, "4:2:0")
     assert (view - init).abs().mean() > 0.01  # the two inputs differ
+    jitter = 0 if wrap else 3
+    if not wrap:  # the first step's window, drawn as the engine draws it from the run's seed
+        draw = random.Random(0)
+        dy, dx = draw.randint(0, 6), draw.randint(0, 6)
+        assert (dy, dx) != (3, 3)
+        canvas = torch.from_numpy(np.pad(init.numpy(), ((0, 0), (0, 0), (3, 3), (3, 3)), mode="reflect"))
+        coded = canvas.clone()
+        coded[..., 3:19, 3:19] = view
+        view, image_view = coded[..., dy : dy + 16, dx : dx + 16], canvas[..., dy : dy + 16, dx : dx + 16]
+    else:
+        image_view = init
     # targets: the encoded batch's own first-tap moments, so the statistics term is 0 exactly when it reads the encoded half
     with torch.no_grad():
         inner: dict[str, torch.Tensor] = {}
@@ -132,16 +147,17 @@ def test_the_engine_matches_statistics_on_the_encoded_images_and_ce_on_the_image
         for h in hooks:
             h.remove()
     targets = [TapTarget(t, inner[t.name].mean(dim=(0, 2, 3))[None], inner[t.name].var(dim=(0, 2, 3), unbiased=False)[None]) for t in taps]
-    cfg = SynthConfig(batch_size=2, iterations=1, lr=1e-9, jitter=0, flip=False, alpha_tv=0, init="images", init_noise=0.0, jpeg_quality=40)
+    cfg = SynthConfig(batch_size=2, iterations=1, lr=1e-9, jitter=jitter, jitter_wrap=wrap, flip=False, alpha_tv=0, init="images", init_noise=0.0,
+                      jpeg_quality=40)
     seen.clear()
     inv = Inverter(model, targets, prep, cfg)
     result = inv.run(labels, torch.tensor([0, 0]), init, seed=0)
     first = seen[0] * std + mean
     torch.testing.assert_close(first[:2], view, atol=1e-5, rtol=0)
-    torch.testing.assert_close(first[2:], init, atol=1e-5, rtol=0)
+    torch.testing.assert_close(first[2:], image_view, atol=1e-5, rtol=0)
     assert result.terms["stats"] < 1e-6  # moments of the encoded half, and of it alone
     with torch.no_grad():
-        ce_image = F.cross_entropy(model((init - mean) / std), labels)
+        ce_image = F.cross_entropy(model((image_view - mean) / std), labels)
     assert abs(result.terms["ce"] - float(ce_image)) < 1e-5  # CE of the image itself
     torch.testing.assert_close(result.images, init, atol=1e-5, rtol=0)
     handle.remove()

@@ -132,8 +132,8 @@ def test_edge_overlap_matches_numpy_and_its_ends():
         edge_overlap(sketches, images[:1])
 
 
-@pytest.mark.parametrize("param", ["pixel", "fourier"])
-def test_synthesis_from_sketches_starts_exactly_from_the_sketch(image_folder: Path, tmp_path: Path, param: str):
+@pytest.mark.parametrize("param, wrap", [("pixel", True), ("fourier", True), ("pixel", False), ("fourier", False)])
+def test_synthesis_from_sketches_starts_exactly_from_the_sketch(image_folder: Path, tmp_path: Path, param: str, wrap: bool):
     """With no added noise, one step of a vanishing learning rate leaves each image equal to its sketch, pixel for pixel."""
     bundle, _ = collect(loaded(), image_folder, batch_size=5)
     bundle_dir = bundle.save(tmp_path / "bundle") or tmp_path / "bundle"
@@ -147,7 +147,7 @@ def test_synthesis_from_sketches_starts_exactly_from_the_sketch(image_folder: Pa
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
         files.setdefault(k, []).append(path)
-    cfg = SynthConfig(iterations=1, batch_size=2, lr=1e-9, alpha_cc=1.0, jitter=1, init="images", init_noise=0.0, param=param)
+    cfg = SynthConfig(iterations=1, batch_size=2, lr=1e-9, alpha_cc=1.0, jitter=1, jitter_wrap=wrap, init="images", init_noise=0.0, param=param)
     out = tmp_path / "s.h5"
     synthesize(bundle_dir, loaded(), classes=[0, 1, 2], per_class=2, config=cfg, out=out, init_images=folder)
     with h5py.File(out, "r") as f:

@@ -274,6 +274,14 @@ def test_cli_synthesize_writes_file_grid_and_pngs(bundle_dir: Path, tmp_path: Pa
     negative = _cli("synthesize", "--bundle", str(bundle_dir), "--model", "conftest:tiny_net", "--weights", "none",
                     "--alpha-image-var", "-1", "--out", str(tmp_path / "neg.h5"))
     assert negative.exit_code == 1 and "alpha_image_var" in negative.output and "Traceback" not in negative.output
+    nowrap = _cli("synthesize", "--bundle", str(bundle_dir), "--model", "conftest:tiny_net", "--weights", "none", "--classes", "1",
+                  "--per-class", "2", "--iterations", "2", "--jitter", "3", "--no-jitter-wrap", "--allow-low-confidence", "--out", str(tmp_path / "nw.h5"), "-q")
+    assert nowrap.exit_code == 0, nowrap.output
+    assert read_info(tmp_path / "nw.h5").attrs["config"]["jitter_wrap"] is False
+    wide = _cli("synthesize", "--bundle", str(bundle_dir), "--model", "conftest:tiny_net", "--weights", "none", "--classes", "1",
+                "--jitter", "500", "--no-jitter-wrap", "--out", str(tmp_path / "wide.h5"))
+    assert wide.exit_code == 1 and "--jitter-wrap" in wide.output and "Traceback" not in wide.output
+    assert not any(tmp_path.glob("wide.h5*"))  # nothing half-written
 
 
 def test_torchrun_two_processes_equal_single_process(bundle_dir: Path, tmp_path: Path):

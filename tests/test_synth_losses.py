@@ -231,6 +231,8 @@ def test_paper_and_cifar_defaults_and_the_docs_table():
         assert row is not None, option
         imagenet, cifar = (float(v.split()[0]) for v in row.groups())
         assert (imagenet, cifar) == (getattr(d, name), getattr(c, name)), option
+    row = re.search(r"^\| `--jitter-wrap/--no-jitter-wrap` \| ([^|]+) \| ([^|]+) \|", doc, flags=re.M)
+    assert row is not None and tuple(v.strip() for v in row.groups()) == tuple("wrap" if w else "no wrap" for w in (d.jitter_wrap, c.jitter_wrap))
 
 
 def test_bad_config_values_are_clear_errors():

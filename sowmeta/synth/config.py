@@ -22,7 +22,7 @@ MAX_LR = 10.0  # Adam on normalized pixels: beyond this every step saturates the
 MAX_WEIGHT = 1e6  # loss weights beyond this overflow float32 losses
 # fields added after runs were first keyed: left out of the fingerprint at these values, so the
 # run key of an unfinished run from before still matches (a resumed run never mixes settings)
-_LATER_FIELDS = {"alpha_image_var": 0.0, "param": "pixel", "zoom": 0.0, "color_shift": 0.0, "tap_decay": 1.0, "jpeg_quality": 0, "jpeg_subsampling": "4:2:0"}
+_LATER_FIELDS = {"alpha_image_var": 0.0, "param": "pixel", "zoom": 0.0, "color_shift": 0.0, "tap_decay": 1.0, "jpeg_quality": 0, "jpeg_subsampling": "4:2:0", "jitter_wrap": True}
 PRESETS: Registry[Callable[..., SynthConfig]] = Registry("synthesis preset")
 
 
@@ -49,6 +49,11 @@ class SynthConfig:
             1 = the paper's equal lambda_l).
         tap_decay: lambda_l of the last tap relative to the first, geometric in between
             (lambda_l times tap_decay^(l / (L - 1))); 1 = no decay with depth.
+        jitter: the random shift of the image before each forward pass, in pixels.
+        jitter_wrap: the shift rolls the image cyclically (DeepInversion's), so each edge is seen next
+            to the opposite one; False: the image is the centre of a canvas ``jitter`` px larger on every
+            side, each step shows the model a window of the image's size from it, and the margin is
+            dropped at the end (``canvas.py``).
         multires: fraction of the iterations run at half resolution (DeepInversion's fast setting).
         zoom: random-resized crop before each forward pass: the crop's side is in
             [1 - zoom, 1] of the image's (0: off; Plug-In Inversion's augmentation).
@@ -82,6 +87,7 @@ class SynthConfig:
     first_tap_multiplier: float = 1.0
     tap_weights: dict[str, float] = field(default_factory=dict)
     jitter: int = 30
+    jitter_wrap: bool = True
     flip: bool = True
     multires: float = 0.0
     zoom: float = 0.0
@@ -123,6 +129,8 @@ class SynthConfig:
             raise ConfigError(f"jpeg_subsampling is one of {', '.join(SUBSAMPLINGS)}, not {self.jpeg_subsampling!r}")
         if not (isinstance(self.tap_decay, (int, float)) and 0 < self.tap_decay <= MAX_WEIGHT):
             raise ConfigError(f"tap_decay is the last tap's weight relative to the first, in (0, {MAX_WEIGHT:g}] (1: equal), not {self.tap_decay}")
+        if not isinstance(self.jitter_wrap, bool):
+            raise ConfigError(f"jitter_wrap is true (roll the image, DeepInversion's) or false (a window over a larger canvas), not {self.jitter_wrap!r}")
         if self.save_every < 0 or self.jitter < 0 or self.warmup < 0:
             raise ConfigError("save_every, jitter and warmup must not be negative")
         weights = {
@@ -154,9 +162,11 @@ class SynthConfig:
         Frechet distance to real test images and the images' total variation against real ones
         (docs/results.md): alpha_TV 1e-4 leaves high-frequency noise at 32 px (twice the real
         images' total variation); 5e-2 at batch 50-64 matches it. The spread term (alpha_image_var 1)
-        brought the images closer to real ones in both judges' features (results 7.11).
+        brought the images closer to real ones in both judges' features (results 7.11); jitter without
+        wrap-around took away most of the bright frame the statistics term drew (results 7.12).
         """
-        base = dict(lr=0.1, alpha_tv=5e-2, alpha_l2=0.0, alpha_cc=1.0, alpha_image_var=1.0, first_tap_multiplier=10.0, jitter=2, batch_size=64)
+        base = dict(lr=0.1, alpha_tv=5e-2, alpha_l2=0.0, alpha_cc=1.0, alpha_image_var=1.0, first_tap_multiplier=10.0, jitter=2, jitter_wrap=False,
+                    batch_size=64)
         return cls(**{**base, **overrides})
 
     @classmethod
@@ -187,6 +197,11 @@ class SynthConfig:
             if not sep or not name:
                 raise ConfigError(f"--tap-weight takes TAP=WEIGHT (a name or glob, then a number), not {item!r}")
         return out
+
+    @property
+    def canvas_margin(self) -> int:
+        """Pixels of canvas around the image on every side: the jitter when it does not wrap, else 0."""
+        return 0 if self.jitter_wrap else self.jitter
 
     @property
     def mixed_batches(self) -> bool:

@@ -26,6 +26,7 @@ from ..logits import logits_of
 from ..preprocess import Preprocessing
 from ..taps import Tap
 from .augment import augment
+from .canvas import Canvas
 from .config import SynthConfig
 from .jpeg_view import jpeg_view
 from .param import make_parameterization
@@ -288,8 +289,9 @@ class Inverter:
         dev = self.device
         labels, rows = labels.to(dev), rows.to(dev)
         group_rows, groups = torch.unique(rows, return_inverse=True)
+        canvas = Canvas.around(init, cfg.canvas_margin)
         param = make_parameterization(
-            cfg.param, init.to(dev), self.mean, self.std, from_noise=cfg.init == "noise", channels_last=self.channels_last
+            cfg.param, canvas.pad(init.to(dev)), self.mean, self.std, from_noise=cfg.init == "noise", channels_last=self.channels_last
         )
         opt = torch.optim.Adam(param.tensors(), lr=cfg.lr, betas=cfg.betas)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: warmup_cosine(it, cfg.warmup, cfg.iterations))
@@ -306,10 +308,12 @@ class Inverter:
         with _frozen(module), recording_taps(module, [t.tap for t in self.targets], self._record, differentiable=True):
             for it in range(cfg.iterations):
                 opt.zero_grad(set_to_none=True)
-                x = param.image()
+                full = param.image()
                 # with jpeg_quality: the encoded copy's features meet the statistics, the image's own logits the CE
-                x_in = torch.cat([self._as_stored(x), x]) if cfg.jpeg_quality else x
-                x_in = augment(x_in, rng, jitter=cfg.jitter, flip=cfg.flip, low_res=it < low_res_until, zoom_amount=cfg.zoom,
+                x_in = torch.cat([canvas.with_image(full, self._as_stored(canvas.image(full))), full]) if cfg.jpeg_quality else full
+                x_in = canvas.window(x_in, rng)
+                x = x_in[-len(full):]  # the images as the model sees them before augmentation: what R_TV and R_l2 judge
+                x_in = augment(x_in, rng, jitter=cfg.jitter if cfg.jitter_wrap else 0, flip=cfg.flip, low_res=it < low_res_until, zoom_amount=cfg.zoom,
                                color=cfg.color_shift, lo=self.lo, hi=self.hi)
                 with autocast:
                     logits = logits_of(module(x_in))
@@ -338,11 +342,11 @@ class Inverter:
                         )
                 if cfg.save_every and done % cfg.save_every == 0 and done != cfg.iterations:
                     with torch.no_grad():
-                        snapshots.append((done, _to_uint8(param.image() * self.std + self.mean)))
+                        snapshots.append((done, _to_uint8(canvas.image(param.image()) * self.std + self.mean)))
                 if progress is not None and (done % report_every == 0 or done == cfg.iterations):
                     progress(IterationInfo(done, cfg.iterations, {k: float(v.detach()) for k, v in terms.items()} | {"total": float(loss.detach())}))
             with torch.no_grad():
-                x = param.image().detach()
+                x = canvas.image(param.image()).detach()
             with torch.no_grad(), autocast:
                 logits = logits_of(module(x)).float()
             self._moments.clear()

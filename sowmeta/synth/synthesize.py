@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..jpeg_quality import source_compression_note
 from ..models import LoadedModel
 from ..registry import PullResult
+from .canvas import Canvas
 from .config import SynthConfig
 from .job import SynthJob, build_targets, resolve_classes, resolve_job
 from .plan import plan_run
@@ -78,6 +79,7 @@ def synthesize(
     started = time.perf_counter()
     config = config or SynthConfig()
     job = resolve_job(bundle, model, classes=classes, config=config, registry=registry, out=out, overwrite=overwrite, init_images=init_images)
+    Canvas.of_size(job.preprocessing.crop, job.preprocessing.crop, config.canvas_margin)  # fails before anything is written
     _note(job, notice)
     plan = plan_run(job, per_class, init_images)
     with process_group(device) as (rank, world):
