@@ -7,6 +7,7 @@ FileNotFoundError`` keeps working.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -51,8 +52,37 @@ def first_line(text: str | None) -> str:
     return lines[0].rstrip(".") if lines else ""
 
 
+# torch re-raises an exception from a DataLoader worker as the same type, made from this text
+_WORKER_WRAP = re.compile(r"\ACaught \w+ (in .+?)\.\nOriginal (Traceback .*)\Z", re.DOTALL)
+
+
+def _unwrap_worker(cls: type, message: str) -> tuple[str, str | None]:
+    """The original one-line message of an error torch re-raised from a worker, and the worker's traceback.
+
+    Messages that did not come through a worker come back unchanged, with no traceback.
+    """
+    wrapped = _WORKER_WRAP.match(message)
+    if wrapped is None:
+        return message, None
+    where, trace = wrapped.groups()
+    head = f"{cls.__module__}.{cls.__qualname__}: "
+    at = trace.rfind("\n" + head)
+    if at < 0:
+        return message, None
+    return trace[at + 1 + len(head):].strip(), f"raised {where}:\n{trace.rstrip()}"
+
+
 class SowmetaError(Exception):
     """Base of every error sowmeta raises on purpose."""
+
+    def __init__(self, *args: object) -> None:
+        worker_trace = None
+        if len(args) == 1 and isinstance(args[0], str):
+            message, worker_trace = _unwrap_worker(type(self), args[0])
+            args = (message,)
+        super().__init__(*args)
+        if worker_trace is not None and hasattr(self, "add_note"):  # the worker's traceback, for SOWMETA_DEBUG=1
+            self.add_note(worker_trace)
 
 
 class ConfigError(SowmetaError, ValueError):

@@ -621,3 +621,36 @@ def test_data_that_is_a_file_is_called_a_file_not_missing(tmp_path: Path):
         scan_image_folder(f)
     with pytest.raises(DataError, match="nowhere does not exist"):
         scan_image_folder(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_corrupt_image_read_by_a_loader_worker_is_one_line(tmp_path: Path, workers: str):
+    """torch re-raises a worker's error with the worker's whole traceback as its message; the user still gets one line."""
+    data = write_image_folder(tmp_path / "data", classes=2, per_class=3, size=32)
+    (data / "1_c1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    r = cli("evaluate", "--data", data, "--model", "demo-cnn", "--weights", "none", "--workers", workers, "--batch-size", "2", "-q")
+    one_line_failure(r, "corrupt image: cannot decode image ")
+    assert "broken.png" in r.output and r.output.strip().endswith("; remove or replace it"), r.output
+
+
+class _FailingItems(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> int:
+        if i == 2:
+            raise E.ModelMismatchError("tap 'x': 3 channels in the bundle, 4 in the model; collect again", tap="x")
+        return i
+
+
+def test_errors_from_loader_workers_keep_their_type_and_message():
+    """The same error raised in a real worker process: its type, its own message, and the worker's traceback as a note."""
+    loader = torch.utils.data.DataLoader(_FailingItems(), batch_size=1, num_workers=1)
+    with pytest.raises(E.ModelMismatchError) as caught:
+        list(loader)
+    assert str(caught.value) == "tap 'x': 3 channels in the bundle, 4 in the model; collect again"
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "in DataLoader worker process 0" in notes and "in __getitem__" in notes and "raise E.ModelMismatchError" in notes
+    # a message that only looks like torch's is left as it is
+    text = "Caught ConfigError in my code.\nOriginal Traceback (most recent call last): nothing"
+    assert str(E.ConfigError(text)) == text
