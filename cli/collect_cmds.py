@@ -169,23 +169,39 @@ def register(group: click.Group) -> None:
     @report_options
     @handle_errors
     def validate(bundle: str, model: str | None, weights: str | None, model_args: tuple[str, ...], registry: str | None, as_json: bool, quiet: bool) -> None:
-        """Check a bundle's schema, checksums and values, and optionally that it matches a model."""
+        """Check a bundle against every rule of its format (docs/format.md), and optionally that it matches a model.
+
+        Every file is read in full (no remembered check is trusted). A refusal names the rule
+        broken; with --json it is {"ok": false, "rule": ..., "error": ...} and exit code 1.
+        """
         from sowmeta.bundle import Bundle
+        from sowmeta.bundle_files import verify_files
+        from sowmeta.errors import BundleError
         from sowmeta.models import load_model_for, parse_model_args
         from sowmeta.registry import resolve_bundle
 
         path = resolve_bundle(bundle, registry=registry)
-        b = Bundle.load(path, verify=True)
-        checked = ["schema", "checksums", "values"]
+        try:
+            manifest = Bundle.read_manifest(path)
+            verify_files(path, manifest)
+            b = Bundle.load(path, verify=False)
+        except BundleError as exc:
+            if not as_json:
+                raise
+            emit_json({"path": path, "ok": False, "rule": exc.rule, "error": str(exc)})
+            raise SystemExit(1) from None
+        checked = ["rules"]
         if model is not None or weights is not None:
             b.check(load_model_for(b.manifest, model=model, weights=weights, args=parse_model_args(model_args) if model_args else None).module)
             checked += ["taps", "channels", "classes", "structure", "fingerprint"]
         if as_json:
-            emit_json({"path": path, "ok": True, "checked": checked})
+            emit_json({"path": path, "ok": True, "format_version": b.manifest.format_version, "checked": checked})
             return
-        console.print(f"[green]ok[/] {path}: schema, {len(b.manifest.files)} file checksums, values of {len(b.manifest.taps)} taps")
-        if len(checked) > 3:
-            console.print(f"[green]ok[/] matches {model or b.manifest.model.architecture}: taps, channels, classes, structure and fingerprint")
+        m = b.manifest
+        files = f"{len(m.files)} file{'s' if len(m.files) != 1 else ''}"
+        console.print(f"[green]ok[/] {path}: format {m.format_version}, every rule of docs/format.md, {files} read in full, {len(m.taps)} taps")
+        if len(checked) > 1:
+            console.print(f"[green]ok[/] matches {model or m.model.architecture}: taps, channels, classes, structure and fingerprint")
 
     @group.command("models")
     @click.argument("pattern", default="*")

@@ -20,6 +20,7 @@ from torch import nn
 
 from .atomic import atomic_dir
 from .bundle_files import STORED_DTYPES, TapStats, read_stats, verify_files
+from .bundle_rules import RuleBroken, check_counts, check_pooling, check_rows
 from .errors import ConfigError
 from .manifest import (
     FORMAT_NAME,
@@ -133,6 +134,24 @@ class Bundle:
                     raise ConfigError(f"tap {t.name!r}: {what} exceeds the {dtype} range; save with dtype float32")
             if (s.var < 0).any() or (s.global_var < 0).any() or (s.image_var is not None and (s.image_var < 0).any()):
                 raise ConfigError(f"tap {t.name!r}: negative variance")
+        self._check_rules(dtype)
+
+    def _check_rules(self, dtype: str) -> None:
+        """Refuse statistics a reader would refuse (docs/format.md, "Rules"), as they would be stored in ``dtype``."""
+        stored = STORED_DTYPES[dtype]
+        src = self.manifest.source
+        every = list(range(self.manifest.model.num_classes))
+        with_image_var = all(s.image_var is not None for s in self.stats.values())
+        try:
+            check_counts(self.counts.to(torch.int64), src.empty_classes, src.images)
+            for t in self.manifest.taps:
+                s = self.stats[t.name]
+                mean, var, gmean, gvar = (v.to(stored).float() for v in (s.mean, s.var, s.global_mean, s.global_var))
+                spread = s.image_var.to(stored).float() if with_image_var and s.image_var is not None else None
+                check_rows(t.name, every, self.counts, mean, var, spread, dtype)
+                check_pooling(t.name, self.counts, mean, var, gmean, gvar, dtype)
+        except RuleBroken as exc:
+            raise ConfigError(f"these statistics break the format's rule {exc.rule} ({exc}), so no reader would accept them; nothing was written") from None
 
     def _tensors(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         tensors = {"counts": self.counts.to(torch.int64).contiguous()}

@@ -3,31 +3,33 @@
 Reading opens each file once (handles closed on return), checks every tensor's dtype and shape
 against the manifest *before* reading it, reads only the rows asked for (``pread`` of their byte
 ranges, docs/format.md: memory and time grow with the classes read), and checks the values
-it read (finite means, non-negative variances and counts). Every failure is a ``BundleError``
-naming the file, the tap and the class.
+it read (finite means, non-negative variances and counts). Verifying (``verify_files``) hashes
+the files and checks the rules that need every row (``bundle_rules``). Every failure is a
+``BundleError`` naming the file, the tap, the class and the rule broken.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
 import stat
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+
 import torch
 
 from .atomic import sha256_file
+from .bundle_rules import RuleBroken, check_counts, check_pooling, check_rows, finite_globals
 from .errors import ChecksumError, CorruptBundleError
 from .manifest import FORMAT_NAME, FileRecord, Manifest
+from .safetensors_header import Entry, LayoutError, read_at, read_header
 from .verified import CheckedFile, recall_file, remember_file
 
-__all__ = ["TapStats", "write_files", "verify_files", "check_contained", "read_stats", "STORED_DTYPES"]
+__all__ = ["TapStats", "write_files", "verify_files", "check_contained", "check_values", "read_stats", "STORED_DTYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,10 @@ def write_files(
 
 
 def check_contained(path: Path, manifest: Manifest) -> None:
-    """Refuse a bundle whose manifest or files are symbolic links leading out of its directory."""
+    """Refuse to publish a bundle whose manifest or files are symbolic links leading out of its directory.
+
+    Not a rule of the format (the Hugging Face cache links every file to a blob elsewhere): a push
+    must not upload a file the bundle only points at."""
     root = path.resolve()
     for name in ("sowmeta.json", *(f.name for f in manifest.files)):
         target = (path / name).resolve()
@@ -78,63 +83,121 @@ def check_contained(path: Path, manifest: Manifest) -> None:
             )
 
 
-def _digest_of(path: Path) -> str | None:
-    """The manifest digest a safetensors file carries in its metadata (None when absent: format 1.0); ``ValueError`` when malformed."""
-    with open(path, "rb", buffering=0) as f:
-        _, meta = _read_header(f, os.fstat(f.fileno()).st_size)
-    digest = meta.get("manifest_sha256")
-    return digest if isinstance(digest, str) else None
-
-
 def verify_files(path: Path, manifest: Manifest, *, cached: bool = False) -> None:
-    """Check every file's size and sha256, and (format 1.1+) that the files belong to this very manifest.
+    """Check every file (size, sha256, header, tensors) and that it belongs to this very manifest (format 1.1+),
+    then the rules that need every row (``check_values``).
 
-    Every file is hashed in full, and a file that passes is remembered (``sowmeta.verified``).
-    With ``cached``, a file whose identity (device, inode, size, mtime, ctime) is unchanged since
-    it last passed is not hashed again: its remembered sha256 and manifest digest are compared.
+    Every file is hashed in full, and files that pass are remembered (``sowmeta.verified``) once
+    the whole bundle passed. With ``cached``, a file whose identity (device, inode, size, mtime,
+    ctime) is unchanged since it last passed is not read again: its remembered sha256 and
+    manifest digest are compared, and a bundle none of whose files was read is not checked again.
     """
     expected = None if manifest.format_version == "1.0" else manifest.digest
+    fresh: list[tuple[os.stat_result, os.stat_result, CheckedFile]] = []
     for f in manifest.files:
         fp = path / f.name
         try:
             before = fp.stat()
         except FileNotFoundError:
-            raise CorruptBundleError(f"{fp} is missing; the bundle is incomplete, fetch or collect it again", path=str(fp)) from None
+            raise CorruptBundleError(f"{fp} is missing; the bundle is incomplete, fetch or collect it again", path=str(fp), rule="file-present") from None
         except OSError as exc:
             raise CorruptBundleError(f"cannot read {fp} ({exc.strerror or exc}); check its permissions", path=str(fp)) from exc
         if not stat.S_ISREG(before.st_mode):
-            raise CorruptBundleError(f"{fp} is missing; the bundle is incomplete, fetch or collect it again", path=str(fp))
+            raise CorruptBundleError(f"{fp} is missing; the bundle is incomplete, fetch or collect it again", path=str(fp), rule="file-present")
         if before.st_size != f.size:
-            raise ChecksumError(f"{fp} has {before.st_size} bytes, the manifest says {f.size}: truncated or replaced", path=str(fp))
-        known = recall_file(before) if cached else None
+            raise ChecksumError(f"{fp} has {before.st_size} bytes, the manifest says {f.size}: truncated or replaced", path=str(fp), rule="file-checksum")
+        # a 1.0 file carries no manifest digest, so its record cannot vouch for the manifest beside it
+        known = recall_file(before) if cached and expected is not None else None
         if known is None:
-            known = _check_file(fp, f, before)
+            known, after = _check_file(fp, f, before, manifest, expected)
+            fresh.append((before, after, known))
         elif known.sha256 != f.sha256:
-            raise ChecksumError(f"{fp} sha256 {known.sha256[:12]}... differs from the manifest's {f.sha256[:12]}...: corrupt", path=str(fp))
-        if expected is not None and known.manifest_sha256 != expected:
-            raise ChecksumError(
-                f"{path / 'sowmeta.json'} was changed after the bundle was written (its content no longer matches "
-                f"{f.name}); fetch or collect the bundle again",
-                path=str(path),
-            )
+            raise ChecksumError(f"{fp} sha256 {known.sha256[:12]}... differs from the manifest's {f.sha256[:12]}...: corrupt", path=str(fp), rule="file-checksum")
+        elif known.manifest_sha256 != expected:
+            raise _changed(path, f.name)
+    if fresh:
+        check_values(path, manifest)
+        for before, after, known in fresh:
+            remember_file(before, after, known)
 
 
-def _check_file(fp: Path, record: FileRecord, before: os.stat_result) -> CheckedFile:
-    """Hash a file in full and read the manifest digest it carries; remember it when it matches the manifest."""
+def _changed(path: Path, fname: str) -> ChecksumError:
+    return ChecksumError(
+        f"{path / 'sowmeta.json'} was changed after the bundle was written (its content no longer matches {fname}); "
+        "fetch or collect the bundle again",
+        path=str(path), rule="file-digest",
+    )
+
+
+def _check_file(fp: Path, record: FileRecord, before: os.stat_result, manifest: Manifest, expected: str | None) -> tuple[CheckedFile, os.stat_result]:
+    """Hash a file in full and check its header against the manifest; what a record of it holds, and its ``stat`` after."""
     try:
         digest = sha256_file(fp)
         after = fp.stat()
     except OSError as exc:
         raise CorruptBundleError(f"cannot read {fp} ({exc.strerror or exc}); check its permissions", path=str(fp)) from exc
     if digest != record.sha256:
-        raise ChecksumError(f"{fp} sha256 {digest[:12]}... differs from the manifest's {record.sha256[:12]}...: corrupt", path=str(fp))
+        raise ChecksumError(f"{fp} sha256 {digest[:12]}... differs from the manifest's {record.sha256[:12]}...: corrupt", path=str(fp), rule="file-checksum")
+    with open(fp, "rb", buffering=0) as f:
+        _, meta = _open_table(f, fp, record, manifest, expected)
+    return CheckedFile(digest, meta.get("manifest_sha256")), after
+
+
+def _open_table(f: io.FileIO, fp: Path, record: FileRecord, manifest: Manifest, expected: str | None = None) -> tuple[dict[str, Entry], dict[str, str]]:
+    """The header of an open bundle file, checked: safetensors layout, metadata, (with ``expected``) the manifest
+    digest, and exactly the tensors ``record`` lists, each of the dtype and shape the manifest implies."""
     try:
-        found = _digest_of(fp)
-    except (OSError, ValueError, KeyError, TypeError) as exc:  # a malformed header: bad JSON, missing or mistyped fields
-        raise CorruptBundleError(f"{fp} is not a readable safetensors file ({type(exc).__name__})", path=str(fp)) from exc
-    checked = CheckedFile(digest, found)
-    remember_file(before, after, checked)
-    return checked
+        table, meta = read_header(f, os.fstat(f.fileno()).st_size)
+    except LayoutError as exc:
+        raise CorruptBundleError(f"{fp} is not valid safetensors: {exc}; fetch or collect the bundle again", path=str(fp), rule="safetensors") from None
+    except (OSError, ValueError) as exc:
+        raise CorruptBundleError(f"cannot read {fp} ({type(exc).__name__}); fetch or collect the bundle again", path=str(fp)) from exc
+    if meta.get("format") != FORMAT_NAME or meta.get("format_version") != manifest.format_version:
+        raise CorruptBundleError(
+            f"{fp}: its metadata says format {meta.get('format')!r} version {meta.get('format_version')!r}, "
+            f"the manifest {FORMAT_NAME!r} {manifest.format_version!r}; the file belongs to another bundle",
+            path=str(fp), rule="file-metadata",
+        )
+    if expected is not None and meta.get("manifest_sha256") != expected:
+        raise _changed(fp.parent, fp.name)
+    listed = set(record.tensors)
+    extra = sorted(set(table) - listed)
+    missing = sorted(listed - set(table))
+    if extra or missing:
+        what = f"holds {extra[0]!r}, which the manifest does not list there" if extra else f"has no tensor {missing[0]!r}, which the manifest lists there"
+        raise CorruptBundleError(f"{fp} {what}; the file is corrupt", path=str(fp), rule="file-tensors")
+    k = manifest.model.num_classes
+    channels = {t.name: t.channels for t in manifest.taps}
+    for key, entry in table.items():
+        tap, _, part = key.rpartition("/")
+        dtype, shape = ("I64", (k,)) if key == "counts" else (_HEADER_DTYPES[manifest.dtype], (channels[tap],) if part.startswith("global_") else (k, channels[tap]))
+        if entry.shape != shape or entry.dtype != dtype:
+            raise CorruptBundleError(
+                f"{fp}: {key!r} is {entry.dtype} {list(entry.shape)}, the manifest says {dtype} {list(shape)}; the file is corrupt",
+                path=str(fp), rule="tensor-shape",
+            )
+    return table, meta
+
+
+def check_values(path: Path, manifest: Manifest) -> None:
+    """The rules on every row of the bundle (``counts``, ``finite``, ``empty-rows``, ``image-var-bound``,
+    ``global-pooling``): one tap at a time, so memory stays at one tap's rows."""
+    everything = list(range(manifest.model.num_classes))
+    for tap in manifest.tap_names:
+        counts, stats = read_stats(path, manifest, everything, [tap])
+        s = stats[tap]
+        with _refused(path):
+            check_rows(tap, everything, counts, s.mean, s.var, s.image_var, manifest.dtype)
+            check_pooling(tap, counts, s.mean, s.var, s.global_mean, s.global_var, manifest.dtype)
+
+
+@contextmanager
+def _refused(path: Path) -> Iterator[None]:
+    """A broken rule on the values becomes a ``CorruptBundleError`` naming the bundle and the rule."""
+    try:
+        yield
+    except RuleBroken as exc:
+        raise CorruptBundleError(f"{path}: {exc}; the bundle is damaged, collect it again", path=str(path), rule=exc.rule) from None
 
 
 def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
@@ -148,64 +211,9 @@ def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
-# A safetensors file: 8 bytes (little-endian header length n), n bytes of JSON, then the tensors' bytes.
 _ELEMENT = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "I64": (torch.int64, 8)}
-_MAX_HEADER = 100_000_000  # safetensors' own limit
-
-
-class _Entry(NamedTuple):
-    """Where one tensor lies in its file, as its header says (absolute byte offsets)."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-
-def _read_at(f: io.FileIO, offset: int, into: memoryview) -> None:
-    """Fill ``into`` with the file's bytes from ``offset`` on (``pread``: one call, no seek); ``ValueError`` when the file ends first."""
-    done = 0
-    while done < len(into):
-        got = os.preadv(f.fileno(), [into[done:]], offset + done) if _PREADV else _seek_read(f, offset + done, into[done:])
-        if not got:
-            raise ValueError(f"the file ends before byte {offset + len(into)}")
-        done += got
-
-
 _PREADV = hasattr(os, "preadv")
 _MAX_BUFFERS = 512  # buffers per preadv call (the system's limit, IOV_MAX, is 1024 on Linux)
-
-
-def _seek_read(f: io.FileIO, offset: int, into: memoryview) -> int:
-    f.seek(offset)
-    return f.readinto(into) or 0
-
-
-def _read_header(f: io.FileIO, size: int) -> tuple[dict[str, _Entry], dict[str, object]]:
-    """The tensor table and the metadata of an open safetensors file; ``ValueError`` when it does not fit the file."""
-    head = bytearray(8)
-    _read_at(f, 0, memoryview(head))
-    n = int.from_bytes(head, "little")
-    if n > min(size - 8, _MAX_HEADER):
-        raise ValueError(f"header of {n} bytes in a file of {size}")
-    text = bytearray(n)
-    _read_at(f, 8, memoryview(text))
-    table = json.loads(text)
-    if not isinstance(table, dict):
-        raise ValueError("the header is not a JSON object")
-    meta = table.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise ValueError("the header's metadata is not a JSON object")
-    entries = {}
-    base = 8 + n
-    for key, info in table.items():
-        if key == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        if type(start) is not int or type(end) is not int or not 0 <= start <= end or base + end > size:
-            raise ValueError(f"{key!r} lies outside the file")
-        entries[key] = _Entry(str(info["dtype"]), tuple(map(int, info["shape"])), base + start, base + end)
-    return entries, meta
 
 
 class _Reader:
@@ -219,29 +227,22 @@ class _Reader:
 
     def __init__(self, path: Path, manifest: Manifest, stack: ExitStack) -> None:
         self.path = path
+        self.manifest = manifest
         self.stack = stack
-        self.where = {t: f.name for f in manifest.files for t in f.tensors}
-        self.files: dict[str, tuple[io.FileIO, dict[str, _Entry]]] = {}
+        self.where = {t: f for f in manifest.files for t in f.tensors}
+        self.files: dict[str, tuple[io.FileIO, dict[str, Entry]]] = {}
         self.pending: dict[io.FileIO, list[tuple[int, memoryview, str]]] = {}
 
-    def _entry(self, key: str, shape: tuple[int, ...], dtype: str) -> tuple[io.FileIO, _Entry]:
-        fname = self.where[key]
-        if fname not in self.files:
-            f = self.stack.enter_context(open(self.path / fname, "rb", buffering=0))
-            self.files[fname] = (f, _read_header(f, os.fstat(f.fileno()).st_size)[0])
-        f, table = self.files[fname]
-        entry = table.get(key)
-        if entry is None:
-            fp = self.path / fname
-            raise CorruptBundleError(f"{fp} has no tensor {key!r}, the manifest lists it there; the file is corrupt", path=str(fp))
+    def _entry(self, key: str, shape: tuple[int, ...], dtype: str) -> tuple[io.FileIO, Entry]:
+        record = self.where[key]
+        if record.name not in self.files:
+            fp = self.path / record.name
+            f = self.stack.enter_context(open(fp, "rb", buffering=0))
+            self.files[record.name] = (f, _open_table(f, fp, record, self.manifest)[0])
+        f, table = self.files[record.name]
+        entry = table[key]  # _open_table checked that the file holds exactly its listed tensors, shaped as the manifest says
         if entry.shape != shape or entry.dtype != dtype:
-            fp = self.path / fname
-            raise CorruptBundleError(
-                f"{fp}: {key!r} is {entry.dtype} {list(entry.shape)}, the manifest says {dtype} {list(shape)}; the file is corrupt",
-                path=str(fp),
-            )
-        if entry.end - entry.start != math.prod(shape) * _ELEMENT[dtype][1]:
-            raise ValueError(f"{key!r} holds {entry.end - entry.start} bytes, not {list(shape)} x {dtype}")
+            raise ValueError(f"{key!r} is {entry.dtype} {list(entry.shape)}, not {dtype} {list(shape)}")
         return f, entry
 
     def add(self, into: memoryview, key: str, shape: tuple[int, ...], dtype: str, runs: list[tuple[int, int]] | None) -> None:
@@ -290,10 +291,10 @@ class _Reader:
             skip = min(max(got, 0), len(view))
             got -= skip
             if skip < len(view):
-                _read_at(f, offset + skip, view[skip:])
+                read_at(f, offset + skip, view[skip:])
 
     def _damaged(self, key: str, exc: BaseException) -> CorruptBundleError:
-        fp = self.path / self.where[key]
+        fp = self.path / self.where[key].name
         return CorruptBundleError(
             f"{fp}: cannot read {key!r} ({type(exc).__name__}); the file is truncated or corrupt, fetch it again", path=str(fp)
         )
@@ -312,30 +313,14 @@ def _in_range(values: torch.Tensor, low: float) -> bool:
     return bool(lo >= low) and bool(hi < math.inf)
 
 
-def _check_values(path: Path, tap: str, stats: TapStats, classes: Sequence[int]) -> None:
-    """Finite means and variances, non-negative variances; the first bad value is named by tap and class."""
-    per_class = [("mean", stats.mean), ("var", stats.var)] + ([("image_var", stats.image_var)] if stats.image_var is not None else [])
-    for what, rows in per_class:
-        if _in_range(rows, -math.inf if what == "mean" else 0.0):
-            continue
-        bad = ~torch.isfinite(rows) if what == "mean" else ~(torch.isfinite(rows) & (rows >= 0))
-        r, c = (int(v) for v in torch.nonzero(bad)[0])
-        raise CorruptBundleError(
-            f"{path}: tap {tap!r}, class {classes[r]}, channel {c}: {what} is {float(rows[r, c])}; "
-            "the bundle is damaged, collect it again",
-            path=str(path),
-        )
-    for what, row in (("global_mean", stats.global_mean), ("global_var", stats.global_var)):
-        ok = torch.isfinite(row) & ((row >= 0) if what == "global_var" else True)
-        if not bool(ok.all()):
-            c = int(torch.nonzero(~ok)[0])
-            raise CorruptBundleError(f"{path}: tap {tap!r}, channel {c}: {what} is {float(row[c])}; the bundle is damaged", path=str(path))
-
-
 def read_stats(
     path: Path, manifest: Manifest, classes: Sequence[int], taps: Sequence[str]
 ) -> tuple[torch.Tensor, dict[str, TapStats]]:
-    """Counts and statistics of ``classes`` (in that order) and ``taps``, checked; every file handle closed on return."""
+    """Counts and statistics of ``classes`` (in that order) and ``taps``; every file handle closed on return.
+
+    Checked: the whole ``counts`` tensor (rule ``counts``, it is small) and the rows read (rule
+    ``finite``); the rules that need every row are ``check_values``'.
+    """
     k = manifest.model.num_classes
     order = sorted(set(classes))
     runs = _runs(order)
@@ -359,8 +344,8 @@ def read_stats(
     blocks = {what: torch.empty(r * width, dtype=stored) for what, r in rows_of.items()}
     with ExitStack() as stack:
         reader = _Reader(path, manifest, stack)
-        counts = torch.empty(n, dtype=torch.int64)
-        reader.add(_bytes_of(counts), "counts", (k,), "I64", runs)
+        all_counts = torch.empty(k, dtype=torch.int64)
+        reader.add(_bytes_of(all_counts), "counts", (k,), "I64", None)
         raw = {what: _bytes_of(block) for what, block in blocks.items()}
         item = stored.itemsize
         at = 0
@@ -372,10 +357,9 @@ def read_stats(
                 reader.add(span, f"{name}/{what}", (k, c) if per_class else (c,), dt, runs if per_class else None)
             at += c
         reader.read()
-    counts = pick(counts)
-    if bool((counts < 0).any()):
-        r = int(torch.nonzero(counts < 0)[0])
-        raise CorruptBundleError(f"{path}: class {classes[r]} has a negative image count; the bundle is damaged", path=str(path))
+    with _refused(path):
+        check_counts(all_counts, manifest.source.empty_classes, manifest.source.images)
+    counts = pick(all_counts[order] if n != k else all_counts)
     values = {what: block.float() for what, block in blocks.items()}
     stats: dict[str, TapStats] = {}
     at = 0
@@ -391,6 +375,9 @@ def read_stats(
         at += c
     lows = {"mean": -math.inf, "var": 0.0, "global_mean": -math.inf, "global_var": 0.0, "image_var": 0.0}
     if not all(_in_range(block, lows[what]) for what, block in values.items()):
-        for name in taps:  # name the first bad value
-            _check_values(path, name, stats[name], classes)
+        with _refused(path):
+            for name in taps:  # name the first bad value
+                s = stats[name]
+                check_rows(name, list(classes), torch.ones(len(classes)), s.mean, s.var, s.image_var, manifest.dtype, whole=False)
+                finite_globals(name, s.global_mean, s.global_var)
     return counts, stats

@@ -118,11 +118,17 @@ class SeedRejectedError(DataError):
 
 
 class BundleError(SowmetaError):
-    """A bundle is missing, malformed, or does not belong to the given model."""
+    """A bundle is missing, malformed, or does not belong to the given model.
 
-    def __init__(self, message: str, *, path: str | None = None) -> None:
-        super().__init__(message)
+    ``rule`` names the rule of docs/format.md ("Rules") the bundle breaks, when one does; the
+    message then ends with ``[rule NAME]``, so that every reader can be compared on it.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, rule: str | None = None) -> None:
+        super().__init__(f"{message} [rule {rule}]" if rule else message)
+        self.detail = message  # the message without the rule
         self.path = path
+        self.rule = rule
 
 
 class BundleNotFoundError(BundleError, FileNotFoundError):
@@ -144,8 +150,8 @@ class CorruptBundleError(BundleError):
 class ModelMismatchError(BundleError):
     """The bundle was recorded on a different model (taps, channels, classes or weights)."""
 
-    def __init__(self, message: str, *, tap: str | None = None, path: str | None = None) -> None:
-        super().__init__(message, path=path)
+    def __init__(self, message: str, *, tap: str | None = None, path: str | None = None, rule: str | None = None) -> None:
+        super().__init__(message, path=path, rule=rule)
         self.tap = tap
 
 
@@ -153,7 +159,7 @@ class UnsupportedVersionError(BundleError):
     """The bundle's format major version is newer than this sowmeta can read."""
 
     def __init__(self, message: str, *, version: str | None = None, path: str | None = None) -> None:
-        super().__init__(message, path=path)
+        super().__init__(message, path=path, rule="format-version")
         self.version = version
 
 

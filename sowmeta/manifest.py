@@ -1,8 +1,9 @@
 """``sowmeta.json``: the records a bundle's manifest holds, and reading them without trusting them.
 
-A manifest is parsed, checked against ``schemas/bundle-v1.schema.json`` (which bounds every
-size), then checked for consistency (one label per class, unique taps and files, every tensor
-listed once, no Python code named as the model). docs/format.md is the specification.
+A manifest is parsed as strict I-JSON, checked against ``schemas/bundle-v1.schema.json`` (which
+bounds every size), then checked for consistency (one label per class, unique taps and files,
+every tensor listed once, no Python code named as the model). docs/format.md is the
+specification; every refusal names the rule of its "Rules" section that the manifest breaks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .canonical_json import StrictJSONError, canonical_json, parse_strict
 from .errors import BundleNotFoundError, SchemaError, UnsupportedVersionError
 from .preprocess import Preprocessing
 from .schema import validate_manifest
@@ -33,11 +35,12 @@ __all__ = [
     "Manifest",
     "read_manifest",
     "content_digest",
+    "required_tensors",
     "now",
 ]
 
 FORMAT_NAME = "sowmeta-bundle"
-FORMAT_VERSION = "1.3"
+FORMAT_VERSION = "1.4"
 MANIFEST_NAME = "sowmeta.json"
 MAX_MANIFEST_BYTES = 64 << 20  # a 1000-class, 300-tap manifest is well under 1 MiB
 _CODE_RE = re.compile(r"^(?!(?:timm|hf-hub):)[^:]*:")
@@ -118,19 +121,32 @@ def _pick(record: type, data: dict[str, Any]) -> Any:
     return record(**{k: v for k, v in data.items() if k in names})
 
 
-def content_digest(d: dict[str, Any]) -> str:
-    """sha256 of a manifest's content except ``files`` (canonical JSON): stored inside every data file.
+def content_digest(d: dict[str, Any], version: str = FORMAT_VERSION) -> str:
+    """sha256 of a manifest's content except ``files``, in the canonical form of format ``version``: stored inside every data file.
 
     ``files`` records each data file's sha256, and each data file records this digest of the
-    rest, so no byte of the manifest can change unnoticed (docs/format.md, "Integrity").
+    rest, so no byte of the manifest can change unnoticed (docs/format.md, "Integrity"). From
+    1.4 the form is RFC 8785 (JSON Canonicalization Scheme), the same in every language; 1.1 to
+    1.3 used Python's ``json.dumps`` with sorted keys, which is kept for them.
     """
     rest = {k: v for k, v in d.items() if k != "files"}
+    if _minor(version) >= 4:
+        return hashlib.sha256(canonical_json(rest)).hexdigest()
     return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+
+
+def _minor(version: str) -> int:
+    major, _, minor = version.partition(".")
+    return int(minor) if major == "1" and minor.isdigit() else 0
+
+
+TENSOR_PARTS = ("mean", "var", "global_mean", "global_var")
+OPTIONAL_PARTS = ("image_var",)
 
 
 def required_tensors(taps: list[str]) -> list[str]:
     """Every tensor name a bundle with these taps must hold."""
-    return ["counts", *(f"{t}/{part}" for t in taps for part in ("mean", "var", "global_mean", "global_var"))]
+    return ["counts", *(f"{t}/{part}" for t in taps for part in TENSOR_PARTS)]
 
 
 @dataclass(frozen=True)
@@ -176,11 +192,11 @@ class Manifest:
         """
         where = path or "manifest"
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
-            raise SchemaError(f"{where} is not a sowmeta bundle manifest (format != {FORMAT_NAME!r})", path=path)
+            raise SchemaError(f"{where} is not a sowmeta bundle manifest (format != {FORMAT_NAME!r})", path=path, rule="format-version")
         version = str(d.get("format_version", ""))
         major, _, minor = version.partition(".")
         if not (major.isdigit() and minor.isdigit()):
-            raise SchemaError(f"{where}: format_version {version!r} is not MAJOR.MINOR", path=path)
+            raise SchemaError(f"{where}: format_version {version!r} is not MAJOR.MINOR", path=path, rule="format-version")
         if int(major) > 1:
             raise UnsupportedVersionError(
                 f"bundle format {version} is newer than this sowmeta reads (1.x); upgrade with `pip install -U sowmeta`",
@@ -192,7 +208,7 @@ class Manifest:
             raise SchemaError(
                 f"{where} invalid at model/architecture: {arch!r} names Python code, which a manifest may never do; "
                 f'set it to "custom" and pass --model {arch} yourself',
-                path=path,
+                path=path, rule="schema",
             )
         validate_manifest(d, path=path, source_sha256=source_sha256)
         known = {"format", "format_version", "model", "taps", "preprocessing", "source", "dtype", "files", "created", "tool"}
@@ -214,33 +230,46 @@ class Manifest:
         return manifest
 
     def check_consistency(self, *, path: str | None = None) -> None:
-        """Raise ``SchemaError`` for what the schema cannot say: counts and names that disagree."""
+        """Raise ``SchemaError`` for what the schema cannot say: counts and names that disagree (each names its rule)."""
         where = path or "manifest"
+
+        def fail(message: str, rule: str) -> SchemaError:
+            return SchemaError(f"{where}: {message}; the manifest is inconsistent", path=path, rule=rule)
+
         m = self.model
         if m.labels and len(m.labels) != m.num_classes:
-            raise SchemaError(f"{where}: {len(m.labels)} labels for {m.num_classes} classes; the manifest is inconsistent", path=path)
-        c = self.source.compression
-        if c is not None and (c["jpeg_files"] > c["files_sampled"] or bool(c["jpeg_files"]) != (c["quality"] is not None)):
-            raise SchemaError(
-                f"{where}: source/compression counts {c['jpeg_files']} JPEGs of {c['files_sampled']} sampled files with quality "
-                f"{c['quality']}; the manifest is inconsistent", path=path,
-            )
-        bad = [k for k in self.source.empty_classes if k >= m.num_classes]
-        if bad:
-            raise SchemaError(f"{where}: empty class {bad[0]} does not exist ({m.num_classes} classes)", path=path)
+            raise fail(f"{len(m.labels)} labels for {m.num_classes} classes", "labels")
         for what, names in (("tap", [t.name for t in self.taps]), ("file", [f.name for f in self.files])):
-            dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+            dup = _first_repeat(names)
             if dup is not None:
-                raise SchemaError(f"{where}: {what} {dup!r} is listed twice; the manifest is inconsistent", path=path)
+                raise fail(f"{what} {dup!r} is listed twice", "unique-names")
+        taps = set(self.tap_names)
         listed: dict[str, str] = {}
         for f in self.files:
             for t in f.tensors:
                 if t in listed:
-                    raise SchemaError(f"{where}: tensor {t!r} is listed in {listed[t]} and {f.name}", path=path)
+                    raise fail(f"tensor {t!r} is listed in {listed[t]} and {f.name}", "tensor-list")
+                tap, _, part = t.rpartition("/")
+                if t != "counts" and (tap not in taps or part not in TENSOR_PARTS + OPTIONAL_PARTS):
+                    raise fail(f"{f.name} lists tensor {t!r}, which is neither counts nor a listed tap's mean, var, global_mean, global_var or image_var", "tensor-list")
                 listed[t] = f.name
         missing = [t for t in required_tensors(self.tap_names) if t not in listed]
         if missing:
-            raise SchemaError(f"{where}: tensor {missing[0]!r} is listed in no file; the manifest is incomplete", path=path)
+            raise SchemaError(f"{where}: tensor {missing[0]!r} is listed in no file; the manifest is incomplete", path=path, rule="tensor-list")
+        spread = [t.name for t in self.taps if f"{t.name}/image_var" in listed]
+        if spread and len(spread) != len(self.taps):
+            without = next(t.name for t in self.taps if f"{t.name}/image_var" not in listed)
+            raise fail(f"tap {spread[0]!r} has an image_var and tap {without!r} none (all taps or none)", "image-var-every-tap")
+        empty = self.source.empty_classes
+        bad = [k for k in empty if k >= m.num_classes]
+        if bad:
+            raise fail(f"empty class {bad[0]} does not exist ({m.num_classes} classes)", "empty-classes")
+        if any(b <= a for a, b in zip(empty, empty[1:])):
+            raise fail("source.empty_classes is not strictly ascending (each class once, in order)", "empty-classes")
+        c = self.source.compression
+        if c is not None and (c["jpeg_files"] > c["files_sampled"] or bool(c["jpeg_files"]) != (c["quality"] is not None)):
+            raise fail(f"source/compression counts {c['jpeg_files']} JPEGs of {c['files_sampled']} sampled files with quality {c['quality']}",
+                       "compression")
 
     @property
     def tap_names(self) -> list[str]:
@@ -248,7 +277,7 @@ class Manifest:
 
     @property
     def has_image_var(self) -> bool:
-        """Every tap holds ``<tap>/image_var`` (1.3: the variance of the per-image means of each class)."""
+        """Every tap holds ``<tap>/image_var`` (1.3: the variance of the per-image means of each class; all taps or none)."""
         listed = {t for f in self.files for t in f.tensors}
         return bool(self.taps) and all(f"{t.name}/image_var" in listed for t in self.taps)
 
@@ -258,18 +287,23 @@ class Manifest:
         included), or, for a manifest made here, of what ``to_dict`` writes. A manifest read from a file
         seen before takes it from the cache (``sowmeta.verified``) instead of re-encoding the JSON."""
         if self.raw is None or self.source_sha256 is None:
-            return content_digest(self.raw if self.raw is not None else self.to_dict())
+            return content_digest(self.raw if self.raw is not None else self.to_dict(), self.format_version)
         from . import verified
 
         digest = verified.recall_digest(self.source_sha256)
         if digest is None:
-            digest = content_digest(self.raw)
+            digest = content_digest(self.raw, self.format_version)
             verified.remember_digest(self.source_sha256, digest)
         return digest
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+def _first_repeat(names: list[str]) -> str | None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            return n
+        seen.add(n)
+    return None
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -281,11 +315,15 @@ def read_manifest(path: str | Path) -> Manifest:
     try:
         size = mpath.stat().st_size
         if size > MAX_MANIFEST_BYTES:
-            raise SchemaError(f"{mpath} is {size:,} bytes, more than any manifest; the bundle is corrupt", path=str(mpath))
+            raise SchemaError(f"{mpath} is {size:,} bytes, more than any manifest; the bundle is corrupt", path=str(mpath), rule="manifest-json")
         raw = mpath.read_bytes()
-        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        raise SchemaError(f"{mpath} is not valid JSON ({type(exc).__name__}); the bundle is corrupt, fetch or collect it again", path=str(mpath)) from exc
+        data = parse_strict(raw)
+        if not isinstance(data, dict):
+            kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(data), "number")
+            raise StrictJSONError(f"it is a JSON {kind}, not an object")
+    except StrictJSONError as exc:
+        raise SchemaError(f"{mpath} is not valid JSON ({exc}); the bundle is corrupt, fetch or collect it again", path=str(mpath),
+                          rule="manifest-json") from None
     except OSError as exc:
         raise BundleNotFoundError(f"cannot read {mpath} ({exc.strerror or exc}); check its permissions", path=str(mpath)) from exc
     return Manifest.from_dict(data, path=str(mpath), source_sha256=hashlib.sha256(raw).hexdigest())

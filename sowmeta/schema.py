@@ -57,7 +57,7 @@ def validate_manifest(manifest: dict[str, Any], *, path: str | None = None, reme
     if errors:
         err = errors[0]
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise SchemaError(f"manifest {path or ''} invalid at {where}: {err.message}".replace("  ", " "), path=path)
+        raise SchemaError(f"manifest {path or ''} invalid at {where}: {err.message}".replace("  ", " "), path=path, rule="schema")
     if remember:
         verified.remember_schema_checked(manifest, text)
         if source_sha256 is not None:

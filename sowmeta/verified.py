@@ -63,7 +63,7 @@ def _root() -> Path:
 
 def _file_entry(st: os.stat_result) -> Path:
     key = hashlib.sha256(f"{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:40]
-    return _root() / "files" / f"{key}.json"
+    return _root() / "checked-files" / f"{key}.json"  # "files" held records made before every rule was checked
 
 
 def _usable() -> bool:

@@ -355,7 +355,8 @@ def test_bad_tensor_values_are_named(bundle_copy: Path, change, expect: str, tmp
 @pytest.mark.parametrize(("change", "expect"), [
     (lambda d: d["model"].update(labels=["a", "b"]), "2 labels for 4 classes"),
     (lambda d: d["taps"].append(dict(d["taps"][0])), "tap 'bn1' is listed twice"),
-    (lambda d: d["model"].update(num_classes=10**18), "num_classes"),
+    (lambda d: d["model"].update(num_classes=10**7), "num_classes"),
+    (lambda d: d["model"].update(num_classes=10**18), "the integer 1000000000000000000 is beyond ±(2^53-1)"),
     (lambda d: d["taps"][0].update(channels=2**40), "channels"),
     (lambda d: d["preprocessing"].update(crop=10**9), "crop"),
     (lambda d: d["files"][0]["tensors"].remove("bn1/var"), "'bn1/var' is listed in no file"),

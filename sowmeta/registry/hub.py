@@ -255,15 +255,15 @@ def pull(
         manifest = _verified(folder)
     except (SchemaError, ChecksumError, CorruptBundleError) as exc:
         if offline:
-            raise type(exc)(f"{exc}; the cached copy is damaged: unset HF_HUB_OFFLINE and pull again", path=exc.path) from None
+            raise type(exc)(f"{exc.detail}; the cached copy is damaged: unset HF_HUB_OFFLINE and pull again", path=exc.path, rule=exc.rule) from None
         log.warning("cached copy of %s@%s failed verification (%s); downloading it again", name, rev, exc)
         try:
             folder, commit = fetch(commit, True)
             manifest = _verified(folder)
         except (SchemaError, ChecksumError, CorruptBundleError) as again:
             raise type(again)(
-                f"{again}; downloaded twice from {url}: the published revision is damaged, ask its publisher to push it again",
-                path=again.path,
+                f"{again.detail}; downloaded twice from {url}: the published revision is damaged, ask its publisher to push it again",
+                path=again.path, rule=again.rule,
             ) from None
     path = export_bundle(folder, manifest, to) if to is not None else folder
     log.info("pulled %s@%s (commit %s) -> %s", name, rev, commit, path)

@@ -126,7 +126,7 @@ def _sweep_stale(tmp_root: Path) -> None:
 
 
 def _stage(src: Path, manifest_bytes: bytes, manifest: Manifest, root: Path) -> Path:
-    """Copy a bundle into ``root/.tmp``, verifying every file; the copy is read-only."""
+    """Copy a bundle into ``root/.tmp`` and check it against every rule of the format; the copy is read-only."""
     tmp_root = root / ".tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     _sweep_stale(tmp_root)
@@ -137,6 +137,7 @@ def _stage(src: Path, manifest_bytes: bytes, manifest: Manifest, root: Path) -> 
                 raise CorruptBundleError(f"{src / f.name} is missing; the bundle is incomplete, collect it again", path=str(src))
             _copy_file(src / f.name, staged / f.name, f)
         (staged / MANIFEST_NAME).write_bytes(manifest_bytes)
+        verify_files(staged, manifest)  # every rule of the format, on the very bytes stored
         publish_modes(staged)  # mkdtemp made it private; a registry may be shared by a team
         for p in staged.iterdir():
             p.chmod(p.stat().st_mode & ~0o222)  # stored revisions are read-only
