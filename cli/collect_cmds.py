@@ -192,7 +192,8 @@ def register(group: click.Group) -> None:
             raise SystemExit(1) from None
         checked = ["rules"]
         if model is not None or weights is not None:
-            b.check(load_model_for(b.manifest, model=model, weights=weights, args=parse_model_args(model_args) if model_args else None).module)
+            b.check(load_model_for(b.manifest, model=model, weights=weights, args=parse_model_args(model_args) if model_args else None,
+                                   notice=note_printer(quiet or as_json)).module)
             checked += ["taps", "channels", "classes", "structure", "fingerprint"]
         if as_json:
             emit_json({"path": path, "ok": True, "format_version": b.manifest.format_version, "checked": checked})

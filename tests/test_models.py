@@ -190,3 +190,15 @@ def test_factory_must_return_a_module(tmp_path, monkeypatch):
         load_model("fake_factories:not_a_model", weights="none")
     with pytest.raises(WeightsError, match="no DEFAULT weights"):
         load_model("conftest:tiny_net", weights="DEFAULT")
+
+
+def test_weights_a_manifest_makes_sowmeta_fetch_are_named_first():
+    """fetch_note: the line before a download the manifest decides, and no line where nothing is fetched."""
+    from sowmeta.models import fetch_note
+
+    assert "torchvision's download site" in fetch_note("resnet18", "DEFAULT")
+    assert "torchvision's download site" in fetch_note("resnet18", "IMAGENET1K_V1")
+    assert "the Hugging Face Hub" in fetch_note("cifar-resnet20", "hf://org/net@abc/model.safetensors")
+    assert "the Hugging Face Hub" in fetch_note("timm:vit_tiny_patch16_224", "DEFAULT")
+    for arch, weights in (("cifar-resnet20", "DEFAULT"), ("cifar-resnet20", "resnet20.safetensors"), ("resnet18", None), ("resnet18", "none")):
+        assert fetch_note(arch, weights) is None, (arch, weights)

@@ -116,6 +116,23 @@ def test_weights_by_hub_id_are_found_and_checked(model_repo, fake_hub: HubServer
     assert model.weights == f"hf://{REPO}@{commit}/demo-net.safetensors"
 
 
+def test_weights_the_bundle_names_are_announced_before_they_are_downloaded(model_repo, fake_hub: HubServer):  # noqa: F811
+    """One line naming the weights and where they come from, while the file is not yet in the Hugging Face cache."""
+    from sowmeta.env import hf_hub_cache
+    from sowmeta.synth.job import open_model
+
+    bundle, _ = model_repo
+    registry.push(bundle, f"{REPO}/sowmeta", registry="hub")
+    notes: list[tuple[str, bool]] = []
+    opened = open_model(f"{REPO}/sowmeta", registry="hub", notice=lambda line: notes.append((line, any(hf_hub_cache().rglob("demo-net.safetensors")))))
+    assert len(notes) == 1 and notes[0][1] is False, notes  # said before the download
+    assert "demo-net.safetensors" in notes[0][0] and f"from its repository {REPO}" in notes[0][0] and "--weights FILE" in notes[0][0]
+    assert opened.model.weights.startswith(f"hf://{REPO}@") and any(hf_hub_cache().rglob("demo-net.safetensors"))
+    quiet: list[str] = []
+    open_model(f"{REPO}/sowmeta", registry="hub", weights="none", notice=quiet.append)
+    assert quiet == []  # the user's own --weights: nothing fetched, nothing said
+
+
 def test_the_cards_commands_run_as_written(model_repo, fake_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
     bundle, _ = model_repo
     registry.push(bundle, f"{REPO}/sowmeta", registry="hub", license="mit")

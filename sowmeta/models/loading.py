@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,30 @@ from .sources import MODEL_SOURCES, source_for
 from .torchvision_source import torchvision_weights_names
 from .weights_ref import HF_PREFIX, resolve_weights
 
-__all__ = ["CUSTOM_ARCHITECTURE", "list_models", "load_model", "load_model_from_record", "load_model_for", "manifest_weights", "parse_model_args"]
+__all__ = ["CUSTOM_ARCHITECTURE", "list_models", "load_model", "load_model_from_record", "load_model_for", "manifest_weights", "parse_model_args",
+           "fetch_note"]
+
+log = logging.getLogger(__name__)
 
 CUSTOM_ARCHITECTURE = "custom"
+
+
+def fetch_note(architecture: str, weights: str | None) -> str | None:
+    """The line a user sees before sowmeta downloads weights a bundle names (None when nothing would be fetched).
+
+    What a manifest may make sowmeta download (docs/format.md, "Trust"): torchvision's own weights
+    by enum name, and Hub files (``hf://``, ``hf-hub:`` and ``timm:`` models with DEFAULT), each
+    checked against the bundle's fingerprint and, where recorded, the file's sha256.
+    """
+    w = weights or ""
+    if w.startswith(HF_PREFIX) or (architecture.startswith(("hf-hub:", "timm:")) and w.upper() == "DEFAULT"):
+        where = "the Hugging Face Hub"
+    elif w and (w.upper() == "DEFAULT" or w in torchvision_weights_names(architecture)) and torchvision_weights_names(architecture):
+        where = "torchvision's download site"
+    else:
+        return None
+    return (f"the bundle names the model {architecture} with weights {weights}: fetching them from {where} unless cached, "
+            "then checking them against the bundle's fingerprint (pass --weights FILE to use your own)")
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -167,18 +190,22 @@ def _known_prefix(name: str) -> bool:
 
 def load_model_for(
     manifest: Manifest, *, model: str | None = None, weights: str | None = None, args: dict[str, Any] | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", notice: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """The model a bundle was recorded on, ready to check or synthesize with.
 
     ``model``/``weights``/``args`` are the user's (``--model``/``--weights``/``--model-arg``) and are used as given;
     what the manifest names is used only through ``load_model_from_record`` (no code, no
     arbitrary files). The bundle's preprocessing and class count apply; a fused bundle gets the
-    model fused the same way.
+    model fused the same way. Before weights the manifest names are downloaded, ``notice`` gets
+    one line saying so (default: a warning on this module's logger).
     """
     m = manifest.model
     # weights found for the bundle (hf:// beside it) must be the recorded ones; a file the user names is theirs to vouch for
     expect = m.weights_sha256 if weights is None or weights.startswith(HF_PREFIX) else None
+    note = fetch_note(model or m.architecture, m.weights) if weights is None else None
+    if note is not None:
+        (notice or log.warning)(note)
     if model is not None:
         loaded = load_model(model, weights=weights if weights is not None else manifest_weights(model, m.weights or "none"),
                             num_classes=m.num_classes, preprocessing=manifest.preprocessing, args=args if args is not None else m.args,

@@ -8,6 +8,7 @@ of the mode are built.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from .config import SynthConfig
 from .engine import TapTarget, tap_weights
 
 __all__ = ["SynthJob", "ModelAndBundle", "open_model", "resolve_job", "resolve_classes", "build_targets"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,10 +64,12 @@ class ModelAndBundle:
 
 def open_model(
     bundle: PullResult | str | Path | None, *, model: str | None = None, weights: str | None = None,
-    args: dict[str, Any] | None = None, registry: str | Path | None = None,
+    args: dict[str, Any] | None = None, registry: str | Path | None = None, notice: Callable[[str], None] | None = None,
 ) -> ModelAndBundle:
     """The bundle (pulled if a registry name, files verified) and its model: ``model``/``weights`` as the user gave
-    them, else the model the manifest names (``models.load_model_for``: never code, never a file it names)."""
+    them, else the model the manifest names (``models.load_model_for``: never code, never a file it names).
+
+    ``notice`` gets one line before weights the bundle names are downloaded (default: a logged warning)."""
     if bundle is None:
         if model is None:
             raise ConfigError("pass --bundle, or --model with --mode di")
@@ -73,11 +78,11 @@ def open_model(
     manifest = Bundle.read_manifest(located.path)
     verify_files(located.path, manifest)
     if model is None and weights is None:
-        weights = weights_beside(located, manifest)
-    return ModelAndBundle(located, manifest, load_model_for(manifest, model=model, weights=weights, args=args))
+        weights = weights_beside(located, manifest, notice)
+    return ModelAndBundle(located, manifest, load_model_for(manifest, model=model, weights=weights, args=args, notice=notice))
 
 
-def weights_beside(located: PullResult, manifest: Manifest) -> str | None:
+def weights_beside(located: PullResult, manifest: Manifest, notice: Callable[[str], None] | None = None) -> str | None:
     """The weights file a manifest names by file name, found in the bundle's own Hub repository (root, then the
     bundle's folder) as an ``hf://`` reference pinned to the pulled commit; None when it is not there.
 
@@ -91,6 +96,10 @@ def weights_beside(located: PullResult, manifest: Manifest) -> str | None:
     from ..registry.records import repo_and_subfolder
 
     repo, sub = repo_and_subfolder(located.name)
+    (notice or log.warning)(
+        f"the bundle names the weights {m.weights} (sha256 {m.weights_sha256[:12]}...): fetching them from its repository {repo} "
+        "on the Hugging Face Hub unless cached (pass --weights FILE to use your own)"
+    )
     for path in [m.weights, *([f"{sub}/{m.weights}"] if sub else [])]:
         try:
             fetch_file(repo, path, revision=located.commit)
