@@ -224,6 +224,57 @@ def test_unknown_architecture_in_manifest_is_refused():
         load_model_from_record("totally-unknown", recorded_weights=None)
 
 
+def reseal(path: Path) -> None:
+    """Seal an edited manifest as its author could (digest in every file, sha256s): a stranger's bundle that is valid."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from sowmeta.manifest import content_digest
+
+    d = json.loads((path / "sowmeta.json").read_text())
+    digest = content_digest(d, d["format_version"])
+    for entry in d["files"]:
+        f = path / entry["name"]
+        with safe_open(str(f), framework="pt") as h:
+            meta = h.metadata()
+        save_file(load_file(str(f)), str(f), metadata={**meta, "manifest_sha256": digest})
+        entry.update(sha256=hashlib.sha256(f.read_bytes()).hexdigest(), size=f.stat().st_size)
+    (path / "sowmeta.json").write_text(json.dumps(d))
+
+
+def test_a_manifest_sets_only_shape_arguments_of_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """model.args from a stranger: img_size and the like rebuild the model; checkpoint_path, pretrained, ... are refused."""
+    import dataclasses
+
+    pytest.importorskip("timm")
+    from sowmeta.models import load_model_for
+
+    shape = {"img_size": 32, "patch_size": 8, "depth": 2}
+    model = load_model("timm:vit_tiny_patch16_224", weights="none", args=shape)
+    collect(model, write_image_folder(tmp_path / "data", classes=3, per_class=2, size=32), batch_size=6, out=tmp_path / "b")
+    manifest = Bundle.read_manifest(tmp_path / "b")
+    rebuilt = load_model_for(manifest, weights="none")
+    assert rebuilt.preprocessing.crop == 32 and rebuilt.args == shape and rebuilt.module.patch_embed.patch_size == (8, 8)
+    trap = tmp_path / "trap.pth"
+    torch.save({"pos_embed": torch.zeros(1)}, trap)
+    edit_manifest(tmp_path / "b", lambda d: d["model"]["args"].update(checkpoint_path=str(trap)))
+    reseal(tmp_path / "b")
+    assert cli("validate", tmp_path / "b").exit_code == 0  # a valid bundle: the format leaves args to the model
+    opened: list[object] = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a))
+    r = cli("synthesize", "--bundle", tmp_path / "b", "--weights", "none", "--out", tmp_path / "s.h5", "--iterations", "1", "-q")
+    one_line_failure(r, "the bundle's model.args sets 'checkpoint_path', which a bundle may not choose")
+    assert opened == [] and not (tmp_path / "s.h5").exists()
+    for args, expect in (({"pretrained": True}, "'pretrained'"), ({"pretrained_cfg_overlay": {"file": str(trap)}}, "'pretrained_cfg_overlay'"),
+                         ({"img_size": "32"}, "img_size='32', which is not a number"), ({"depth": True}, "depth=True")):
+        changed = dataclasses.replace(manifest, model=dataclasses.replace(manifest.model, args=args))
+        with pytest.raises(E.ModelError, match=expect):
+            load_model_for(changed, weights="none")
+    assert load_model_for(manifest, weights="none", args={**shape, "drop_rate": 0.0}).args["drop_rate"] == 0.0  # the user's own args pass
+
+
 # --- 3. class folders are matched by name, never silently by position -------------------------------------
 
 

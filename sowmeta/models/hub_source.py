@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import ModelError, WeightsError
 from ..preprocess import Preprocessing
 from .loaded import LoadedModel
+from .loading import manifest_args
 from .sources import MODEL_SOURCES, refuse_args
 from .timm_source import require_timm, timm_labels, timm_preprocessing
 from .weights import load_state, load_weights_file, short_error
@@ -122,7 +123,8 @@ class HubModelSource:
         arch = config["architecture"]
         if not timm.is_model(arch):
             raise ModelError(f"timm has no architecture {arch!r}; upgrade timm or check the repository")
-        args = {k: v for k, v in (config.get("model_args") or {}).items() if k != "pretrained"}
+        # the repository's file may not choose files or code paths either
+        args = manifest_args(dict(config.get("model_args") or {}), what=f"the model_args of {name}'s config.json", drop=True)
         args.setdefault("num_classes", config.get("num_classes"))
         try:
             module = timm.create_model(arch, pretrained=False, **{k: v for k, v in args.items() if v is not None})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +23,52 @@ from .torchvision_source import torchvision_weights_names
 from .weights_ref import HF_PREFIX, resolve_weights
 
 __all__ = ["CUSTOM_ARCHITECTURE", "list_models", "load_model", "load_model_from_record", "load_model_for", "manifest_weights", "parse_model_args",
-           "fetch_note"]
+           "fetch_note", "MANIFEST_MODEL_ARGS", "manifest_args"]
 
 log = logging.getLogger(__name__)
 
 CUSTOM_ARCHITECTURE = "custom"
+
+# The model arguments a manifest may set (docs/format.md, "Trust"): shapes, never a file, a download or a code path.
+MANIFEST_MODEL_ARGS = (
+    "img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "mlp_ratio", "window_size", "reg_tokens",
+    "drop_rate", "drop_path_rate",
+)
+
+
+def _shape_value(value: object) -> bool:
+    """An integer, a finite number, or a short list of integers (bools excluded: they switch code paths)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return True
+    return isinstance(value, list) and 0 < len(value) <= 4 and all(type(v) is int for v in value)
+
+
+def manifest_args(args: dict[str, Any], *, what: str = "the bundle's model.args", drop: bool = False) -> dict[str, Any]:
+    """The model arguments a stranger's file may set: the shape arguments of ``MANIFEST_MODEL_ARGS``.
+
+    With ``drop``, any other argument is left out with a logged warning (a repository's
+    ``config.json``: the structure check then tells whether the model is right).
+
+    Raises:
+        ModelError: an argument that could choose a file, a download or a code path (timm's
+            ``checkpoint_path``, ``pretrained``, ``pretrained_cfg_overlay``, ...), or a value that is not a shape.
+    """
+    kept: dict[str, Any] = {}
+    for key, value in args.items():
+        if key in MANIFEST_MODEL_ARGS and _shape_value(value):
+            kept[key] = value
+        elif drop:
+            log.warning("left out %s=%r of %s: only shape arguments are taken from it", key, value, what)
+        elif key not in MANIFEST_MODEL_ARGS:
+            raise ModelError(
+                f"{what} sets {key!r}, which a bundle may not choose (only shape arguments: {', '.join(MANIFEST_MODEL_ARGS)}); "
+                f"pass --model-arg {key}=VALUE yourself if you trust it"
+            )
+        else:
+            raise ModelError(f"{what} sets {key}={value!r}, which is not a number or a list of integers; the bundle is not usable as it is")
+    return kept
 
 
 def fetch_note(architecture: str, weights: str | None) -> str | None:
@@ -196,7 +238,7 @@ def load_model_for(
 
     ``model``/``weights``/``args`` are the user's (``--model``/``--weights``/``--model-arg``) and are used as given;
     what the manifest names is used only through ``load_model_from_record`` (no code, no
-    arbitrary files). The bundle's preprocessing and class count apply; a fused bundle gets the
+    arbitrary files), and its ``model.args`` only when they are shape arguments (``manifest_args``). The bundle's preprocessing and class count apply; a fused bundle gets the
     model fused the same way. Before weights the manifest names are downloaded, ``notice`` gets
     one line saying so (default: a warning on this module's logger).
     """
@@ -208,11 +250,12 @@ def load_model_for(
         (notice or log.warning)(note)
     if model is not None:
         loaded = load_model(model, weights=weights if weights is not None else manifest_weights(model, m.weights or "none"),
-                            num_classes=m.num_classes, preprocessing=manifest.preprocessing, args=args if args is not None else m.args,
-                            expect_sha256=expect)
+                            num_classes=m.num_classes, preprocessing=manifest.preprocessing,
+                            args=args if args is not None else manifest_args(m.args), expect_sha256=expect)
     else:
         loaded = load_model_from_record(m.architecture, recorded_weights=m.weights, weights=weights, num_classes=m.num_classes,
-                                        preprocessing=manifest.preprocessing, factory=m.factory, args=m.args, expect_sha256=expect)
+                                        preprocessing=manifest.preprocessing, factory=m.factory,
+                                        args=args if args is not None else manifest_args(m.args), expect_sha256=expect)
     if m.fused:
         from ..fuse import fuse_bn
 
