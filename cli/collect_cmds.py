@@ -57,6 +57,7 @@ def register(group: click.Group) -> None:
     def collect(model, weights, model_args, data, seeds, out, dataset, taps, prefix_tokens, fuse, keep_rejected, batch_size, workers, device, limit_per_class,
                 labels_by_position, dtype, shard_size, crop, resize, mean, std, strict, overwrite, base_model, as_json, quiet) -> None:  # noqa: ANN001
         """Record per-class feature statistics of a model into a bundle."""
+        from sowmeta.cli.safe_text import shown
         from sowmeta.collectors import collect as collect_data
         from sowmeta.collectors import collect_seeds
         from sowmeta.distributed import process_group
@@ -102,14 +103,14 @@ def register(group: click.Group) -> None:
         if not quiet:
             what = "misclassified seed (kept)" if keep_rejected else "rejected seed"
             for r in report.rejected[:_LISTED]:
-                err_console.print(f"[yellow]{what}[/] {r['path']}: class {r['class']}, predicted {r['predicted']}", soft_wrap=True)
+                err_console.print(f"[yellow]{what}[/] {shown(r['path'])}: class {r['class']}, predicted {r['predicted']}", soft_wrap=True)
             if len(report.rejected) > _LISTED:
                 err_console.print(f"[yellow]... and {len(report.rejected) - _LISTED} more[/] (all in `sowmeta inspect {out} --json`)", soft_wrap=True)
             if report.skipped:
-                err_console.print(f"[yellow]skipped {len(report.skipped)} undecodable images[/] (first: {report.skipped[0]})", soft_wrap=True)
+                err_console.print(f"[yellow]skipped {len(report.skipped)} undecodable images[/] (first: {shown(report.skipped[0])})", soft_wrap=True)
             if source.empty_classes:
                 err_console.print(f"[yellow]{len(source.empty_classes)} classes have no images[/] (first: {source.empty_classes[0]}); their rows are zeros")
-        console.print(f"wrote [bold]{out}[/]: {report.images} images, {len(bundle.manifest.taps)} taps, scenario {source.scenario}")
+        console.print(f"wrote [bold]{shown(out)}[/]: {report.images} images, {len(bundle.manifest.taps)} taps, scenario {source.scenario}")
 
     @group.command()
     @click.argument("bundle")
@@ -131,14 +132,16 @@ def register(group: click.Group) -> None:
     def _render_summary(s: dict[str, Any], all_taps: bool, quiet: bool) -> None:
         from rich.table import Table
 
+        from sowmeta.cli.safe_text import shown
         from sowmeta.jpeg_quality import describe_compression
 
-        m = s["model"]
-        console.print(f"[bold]{s['path']}[/]  format {s['format_version']}  scenario {s['source']['scenario']} ({s['source']['collector']})  [green]verified[/]")
+        m = s["model"]  # every string below comes from a file and is shown escaped
+        console.print(f"[bold]{shown(s['path'])}[/]  format {shown(s['format_version'])}  scenario {shown(s['source']['scenario'])} "
+                      f"({shown(s['source']['collector'])})  [green]verified[/]")
         name = m["architecture"] if m["architecture"] != "custom" else f"custom ({m.get('factory')})"
-        console.print(f"model {name}  weights {m['weights']}  fused {m['fused']}  {m['fingerprint'][:23]}...")
+        console.print(f"model {shown(name)}  weights {shown(m['weights'])}  fused {m['fused']}  {shown(m['fingerprint'][:23])}...")
         console.print(f"{m['num_classes']} classes, {s['images']} images, {len(s['taps'])} taps, {s['size_bytes']:,} bytes in {len(s['files'])} files, {s['dtype']}")
-        console.print(f"source images: {describe_compression(s['source'].get('compression'))}")
+        console.print(f"source images: {shown(describe_compression(s['source'].get('compression')))}")
         console.print("image spread (image_var): " + ("recorded" if s["image_var"] else "not recorded, so synthesis runs without the spread term"))
         if s["source"]["empty_classes"]:
             console.print(f"[yellow]classes without statistics[/]: {s['source']['empty_classes'][:20]}{' ...' if len(s['source']['empty_classes']) > 20 else ''}")
@@ -148,18 +151,18 @@ def register(group: click.Group) -> None:
         for col in ("index", "label", "images"):
             classes.add_column(col)
         for row in s["classes"][:20]:
-            classes.add_row(str(row["index"]), row["label"], str(row["images"]))
+            classes.add_row(str(row["index"]), shown(row["label"]), str(row["images"]))
         if len(s["classes"]) > 20:
             classes.add_row("...", f"{len(s['classes']) - 20} more", "")
         console.print(classes)
         taps_t = Table(title="taps")
         for col in ("name", "kind", "axis", "channels"):
             taps_t.add_column(col)
-        shown = s["taps"] if all_taps else s["taps"][:12]
-        for t in shown:
-            taps_t.add_row(t["name"], t["kind"], str(t["axis"]), str(t["channels"]))
-        if len(shown) < len(s["taps"]):
-            taps_t.add_row("...", f"{len(s['taps']) - len(shown)} more (--all-taps)", "", "")
+        shown_taps = s["taps"] if all_taps else s["taps"][:12]
+        for t in shown_taps:
+            taps_t.add_row(shown(t["name"]), shown(t["kind"]), str(t["axis"]), str(t["channels"]))
+        if len(shown_taps) < len(s["taps"]):
+            taps_t.add_row("...", f"{len(s['taps']) - len(shown_taps)} more (--all-taps)", "", "")
         console.print(taps_t)
 
     @group.command()

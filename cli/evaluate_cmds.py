@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from sowmeta.cli.options import device_option, emit_json, model_options, report_options
+from sowmeta.cli.safe_text import shown
 
 __all__ = ["register", "pair_models"]
 
@@ -50,9 +51,9 @@ def _render_report(console: Any, report: Any, quiet: bool = False) -> None:
 
     r = report
     present = sum(1 for c in r.counts if c)
-    console.print(f"[bold]{r.data}[/] ({r.kind}): {r.images} images of {present} classes, {r.seconds:.1f} s")
+    console.print(f"[bold]{shown(r.data)}[/] ({r.kind}): {r.images} images of {present} classes, {r.seconds:.1f} s")
     for note in r.notes:
-        console.print(f"[yellow]note[/]: {note}", soft_wrap=True)
+        console.print(f"[yellow]note[/]: {shown(note)}", soft_wrap=True)
     if r.accuracy:
         acc = Table(title="top-1 accuracy")
         acc.add_column("network")
@@ -96,7 +97,7 @@ def _render_report(console: Any, report: Any, quiet: bool = False) -> None:
     for k, name in enumerate(r.classes):
         if not r.counts[k]:
             continue
-        row = [f"{k} {name}", str(r.counts[k])]
+        row = [f"{k} {shown(name)}", str(r.counts[k])]
         row += [_fmt(a.per_class[k], ".1%") for a in r.accuracy]
         if r.distances is not None:
             row.append(_fmt(r.distances.per_class_frechet[k], ".4g"))
@@ -113,7 +114,7 @@ def _render_report(console: Any, report: Any, quiet: bool = False) -> None:
             floor.add_column(h, justify="left" if h == "class" else "right")
         for k, name in enumerate(r.classes):
             if c.images[k]:
-                floor.add_row(f"{k} {name}", str(c.images[k]), *(_fmt(v[k], ".3g") for v in (c.kid, c.kid_real, c.frechet, c.frechet_real)))
+                floor.add_row(f"{k} {shown(name)}", str(c.images[k]), *(_fmt(v[k], ".3g") for v in (c.kid, c.kid_real, c.frechet, c.frechet_real)))
         console.print(floor)
     if r.sheets:
         console.print(f"wrote {len(r.sheets)} contact sheets to {Path(r.sheets[0]).parent}")

@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 
 from sowmeta import errors as E
+from sowmeta.cli.safe_text import shown
 from sowmeta.env import debug_enabled
 from sowmeta.version import __version__
 
@@ -63,7 +64,7 @@ def note_printer(quiet: bool) -> Callable[[str], None]:
 
     def notice(line: str) -> None:
         if not quiet:
-            err_console.print(f"[yellow]note[/]: {line}", soft_wrap=True)
+            err_console.print(f"[yellow]note[/]: {shown(line)}", soft_wrap=True)
 
     return notice
 
@@ -77,9 +78,7 @@ def error_line(exc: BaseException) -> str:
 
 
 def _fail(line: str, code: int) -> None:
-    from rich.markup import escape
-
-    err_console.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error[/]: {shown(line)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -81,6 +81,8 @@ def _table(entries: list[Any]) -> Any:
     """A rich table of ``BundleEntry`` rows: Hub repositories, or local revisions and cached pulls."""
     from rich.table import Column, Table
 
+    from sowmeta.cli.safe_text import shown
+
     hub = entries[0].backend == "hub"
     roots = {"local": "local registry", "hub-cache": "Hub cache"}
     where = {}
@@ -95,7 +97,7 @@ def _table(entries: list[Any]) -> Any:
     else:
         table.add_column("source")
     for e in entries:
-        row = [e.name, ", ".join(e.refs), (e.commit or "")[:12], e.updated or ""]
+        row = [shown(e.name), shown(", ".join(e.refs)), (e.commit or "")[:12], e.updated or ""]
         extra = ["yes" if e.private else "no", e.url or ""] if hub else [roots.get(e.backend, e.backend)]
         table.add_row(*row, *extra)
     return table

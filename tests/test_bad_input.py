@@ -275,6 +275,18 @@ def test_a_manifest_sets_only_shape_arguments_of_the_model(tmp_path: Path, monke
     assert load_model_for(manifest, weights="none", args={**shape, "drop_rate": 0.0}).args["drop_rate"] == 0.0  # the user's own args pass
 
 
+def test_labels_from_a_manifest_are_shown_as_text(bundle_copy: Path):
+    """Escape bytes, bidirectional overrides and rich markup in a (validly sealed) stranger's labels reach the terminal as text."""
+    evil = ["\x1b]0;pwned\x07\x1b[2J", "[red]x[/red]", "\u202eevil", "tab\there"]
+    edit_manifest(bundle_copy, lambda d: d["model"].update(labels=evil))
+    reseal(bundle_copy)
+    r = cli("inspect", bundle_copy)
+    assert r.exit_code == 0, r.output
+    assert not any(ch in r.output for ch in "\x1b\x07\u202e\t"), repr(r.output)
+    for text in ("\\x1b]0;pwned\\x07\\x1b[2J", "[red]x[/red]", "\\u202eevil", "tab\\x09here"):
+        assert text in r.output, (text, r.output)
+
+
 # --- 3. class folders are matched by name, never silently by position -------------------------------------
 
 
