@@ -21,6 +21,7 @@ from torch import nn
 from .atomic import atomic_dir
 from .bundle_files import STORED_DTYPES, TapStats, read_stats, verify_files
 from .bundle_rules import RuleBroken, check_counts, check_pooling, check_rows
+from .class_names import resolve_classes
 from .errors import ConfigError
 from .manifest import (
     FORMAT_NAME,
@@ -240,7 +241,8 @@ class Bundle:
 
         Args:
             path: the bundle directory.
-            classes: class indices to load, in the order wanted; default all.
+            classes: classes to load, in the order wanted: indices, or labels (a label several classes
+                share is refused; pass their index); default all.
             taps: tap names to load; default all.
             verify: check file sizes and sha256 first (streams the files; constant memory). A file
                 that passed before and whose size, mtime, ctime and inode are unchanged since is
@@ -262,12 +264,9 @@ class Bundle:
         if verify:
             verify_files(path, manifest, cached=True)
         k = manifest.model.num_classes
-        wanted = list(range(k)) if classes is None else [int(c) for c in classes]
+        wanted = resolve_classes(classes, manifest.model.labels, k, unique=False, where="this bundle")
         if not wanted:
             raise ConfigError("classes=[] selects no class; pass at least one class index, or None for all")
-        bad = [c for c in wanted if not 0 <= c < k]
-        if bad:
-            raise ConfigError(f"class {bad[0]} does not exist in this bundle (classes 0..{k - 1})")
         names = manifest.tap_names if taps is None else list(taps)
         known = set(manifest.tap_names)
         unknown = [t for t in names if t not in known]

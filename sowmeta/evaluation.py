@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from .class_names import resolve_classes
 from .errors import ConfigError, DataError
 from .jpeg_quality import REFERENCE_CONSEQUENCE, compression_note, first_per_class
 from .metrics import (
@@ -186,19 +187,10 @@ def _resolve_classes(chosen: Sequence[int | str] | None, names: list[str], info:
     """Class indices to evaluate: those asked for (indices or names), else every class the set holds."""
     if chosen is None:
         return [k for k, n in enumerate(info.per_class) if n > 0]
-    out: list[int] = []
-    for c in chosen:
-        if isinstance(c, int) or (isinstance(c, str) and c.strip().isdigit()):
-            k = int(c)
-            if not 0 <= k < len(names):
-                raise ConfigError(f"class index {k} is out of range; {info.path} has classes 0..{len(names) - 1}")
-        elif c in names:
-            k = names.index(c)
-        else:
-            raise ConfigError(f"no class {c!r} in {info.path}; its classes are {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}")
+    out = resolve_classes(chosen, names, len(names), unique=False, where=str(info.path))
+    for k in out:
         if info.per_class[k] == 0:
             raise ConfigError(f"class {names[k]!r} ({k}) has no images in {info.path}; drop it from the classes")
-        out.append(k)
     return sorted(set(out))
 
 

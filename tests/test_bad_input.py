@@ -287,6 +287,32 @@ def test_labels_from_a_manifest_are_shown_as_text(bundle_copy: Path):
         assert text in r.output, (text, r.output)
 
 
+def test_classes_are_indices_or_unambiguous_labels(bundle_copy: Path, tmp_path: Path):
+    """Bundle.load and --classes: a bad class is a one-line ConfigError; a label two classes share is refused with both indices."""
+    import numpy as np
+
+    from sowmeta.class_names import resolve_classes
+
+    for bad, expect in (("c", "'c' is neither a class index nor a label"), (3.0, "3.0 is not a class index"), (True, "True is not a class index"),
+                        (None, "NoneType"), (7, "class 7 does not exist")):
+        with pytest.raises(E.ConfigError, match=expect):
+            Bundle.load(bundle_copy, classes=[bad])
+    assert Bundle.load(bundle_copy, classes=[np.int64(2), "1"]).classes == [2, 1]
+    edit_manifest(bundle_copy, lambda d: d["model"].update(labels=["crane", "crane", "bird", "cat"]))
+    reseal(bundle_copy)
+    assert Bundle.load(bundle_copy, classes=["bird", 1]).classes == [2, 1]
+    with pytest.raises(E.ConfigError, match="'crane' is ambiguous: classes 0 and 1 of this bundle are all labelled 'crane'"):
+        Bundle.load(bundle_copy, classes=["crane"])
+    r = cli("synthesize", "--bundle", bundle_copy, *SYNTH, "--classes", "crane", "--out", tmp_path / "s.h5")
+    one_line_failure(r, "'crane' is ambiguous: classes 0 and 1 of the model are all labelled 'crane'; pass the index")
+    timm_data = pytest.importorskip("timm.data")
+    imagenet = [timm_data.ImageNetInfo().index_to_description(i) for i in range(1000)]  # ImageNet-1k's own class names
+    assert [i for i, name in enumerate(imagenet) if name == "crane"] == [134, 517]
+    with pytest.raises(E.ConfigError, match="classes 134 and 517"):
+        resolve_classes(["crane"], imagenet, 1000)
+    assert resolve_classes(["517", 134, "goldfish, Carassius auratus"], imagenet, 1000) == [517, 134, 1]
+
+
 # --- 3. class folders are matched by name, never silently by position -------------------------------------
 
 

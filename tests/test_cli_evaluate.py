@@ -74,7 +74,7 @@ def test_evaluate_json_and_table(runner, files, tmp_path: Path):
         (["--data", "{synth}", "--model", "no-such-model", "--weights", "none"], "unknown model 'no-such-model'"),
         (["--data", "{synth}", "--model", "demo-cn", "--weights", "none"], "did you mean 'demo-cnn'?"),
         (["--data", "{synth}"], "at least one --model"),
-        (["--data", "{synth}", *MODEL, "--classes", "dog"], "no class 'dog'"),
+        (["--data", "{synth}", *MODEL, "--classes", "dog"], "class 'dog' is neither a class index nor a label"),
     ],
 )
 def test_evaluate_bad_input(runner, files, tmp_path: Path, args, expect):

@@ -234,9 +234,9 @@ def test_class_filter_restricts_data_and_reference(tmp_path: Path):
     assert report.accuracy[0].per_class[0] is None and report.accuracy[0].per_class[1] is not None
     assert report.distances is not None and report.distances.reference_images == 10
     assert report.distances.per_class_frechet[0] is None and report.distances.per_class_frechet[3] is not None
-    with pytest.raises(ConfigError, match="no class 'dog'"):
+    with pytest.raises(ConfigError, match="class 'dog' is neither a class index nor a label"):
         evaluate(h5, [tiny()], classes=["dog"])
-    with pytest.raises(ConfigError, match="out of range"):
+    with pytest.raises(ConfigError, match="class 7 does not exist"):
         evaluate(h5, [tiny()], classes=[7])
 
 

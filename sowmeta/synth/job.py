@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from .. import class_names
 from ..bundle import Bundle, Manifest
 from ..errors import ConfigError, SynthesisError, TapError
 from ..bundle_files import verify_files
@@ -161,28 +162,8 @@ def resolve_job(
 
 
 def resolve_classes(classes: Sequence[int | str] | None, labels: Sequence[str], num_classes: int) -> list[int]:
-    """Class indices from indices, label names or ``None`` (all)."""
-    if classes is None:
-        return list(range(num_classes))
-    names = {n: i for i, n in enumerate(labels)}
-    out: list[int] = []
-    for c in classes:
-        if isinstance(c, str) and c in names:
-            out.append(names[c])
-        elif isinstance(c, int) or (isinstance(c, str) and c.strip().lstrip("-").isdigit()):
-            k = int(c)
-            if not 0 <= k < num_classes:
-                raise ConfigError(f"class {k} does not exist (the model has classes 0..{num_classes - 1})")
-            out.append(k)
-        else:
-            import difflib
-
-            close = difflib.get_close_matches(str(c), list(labels), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"e.g. {labels[0]!r}"
-            raise ConfigError(f"class {c!r} is neither a class index nor a label of the model ({hint})")
-    if len(set(out)) != len(out):
-        raise ConfigError("a class is listed twice; list every class once")
-    return out
+    """Class indices from indices, label names or ``None`` (all); an ambiguous label is refused (``sowmeta.class_names``)."""
+    return class_names.resolve_classes(classes, labels, num_classes)
 
 
 def build_targets(
