@@ -24,6 +24,21 @@ def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> nn.Conv2d:
     return fused
 
 
+def _after_norm(name: str, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """What stands in for ``bn`` once its normalization is folded: nothing for a stock BatchNorm, the
+    activation (and dropout) of timm's ``BatchNormAct2d`` (EfficientNet, RegNet, ...); a subclass whose
+    forward is not known is refused rather than guessed."""
+    forward = type(bn).forward
+    if forward is nn.modules.batchnorm._BatchNorm.forward:
+        return nn.Identity()
+    if forward.__qualname__ == "BatchNormAct2d.forward" and forward.__module__.startswith("timm."):
+        return nn.Sequential(bn.drop, bn.act)  # type: ignore[arg-type]
+    raise ModelError(
+        f"cannot fuse {name}: {type(bn).__name__} does more than normalize and its forward is not known to sowmeta; "
+        "collect and synthesize with the unfused model"
+    )
+
+
 def _set(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -35,7 +50,8 @@ def fuse_bn(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.M
 
     Which convolution feeds which BatchNorm is observed, not guessed: one forward pass of
     ``example_input`` (default: a random 1x3x64x64 image) pairs each BatchNorm with the
-    Conv2d whose output tensor it receives. The BatchNorm becomes ``nn.Identity``.
+    Conv2d whose output tensor it receives. The BatchNorm becomes ``nn.Identity`` (timm's
+    ``BatchNormAct2d``: its activation).
 
     Raises:
         ModelError: a BatchNorm's input is not the output of a Conv2d (e.g. DenseNet's
@@ -76,6 +92,7 @@ def fuse_bn(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.M
         for h in handles:
             h.remove()
     for bn_name, bn in bns.items():
+        tail = _after_norm(bn_name, bn)
         if bn_name not in fed:
             raise ModelError(f"cannot fuse {bn_name}: it did not run in a forward pass of the example input")
         conv_name = produced.get(fed[bn_name])
@@ -87,5 +104,5 @@ def fuse_bn(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.M
         if uses.get(fed[bn_name], 0) > 1:
             raise ModelError(f"cannot fuse {bn_name}: the output of {conv_name} also feeds another layer")
         _set(fused, conv_name, _fold(convs[conv_name], bn))
-        _set(fused, bn_name, nn.Identity())
+        _set(fused, bn_name, tail)
     return fused

@@ -75,3 +75,28 @@ def test_conv_output_feeding_two_layers_is_refused():
 
     with pytest.raises(ModelError, match="also feeds another layer"):
         fuse_bn(Fork(), torch.rand(1, 3, 8, 8))
+
+
+def test_timm_batchnorm_act_keeps_its_activation():
+    """timm's BatchNormAct2d normalizes, then applies its activation: folding must keep the activation."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = randomize_bn(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10)).eval()
+    assert any(type(m).__name__ == "BatchNormAct2d" for m in model.modules())
+    fused = fuse_bn(model, torch.rand(1, 3, 64, 64))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.double()(x.double())
+        out = fused.double()(x.double())
+    assert (out - ref).norm() / ref.norm() < 1e-5  # the folded weights are computed in float32
+    assert sum(isinstance(m, nn.ReLU6) for m in fused.modules()) == sum(isinstance(m, nn.ReLU6) for m in model.modules())
+
+
+def test_batchnorm_with_an_unknown_forward_is_refused():
+    class Scaled(nn.BatchNorm2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Scaled(4)).eval()
+    with pytest.raises(ModelError, match="does more than normalize"):
+        fuse_bn(model, torch.rand(1, 3, 8, 8))
