@@ -93,7 +93,7 @@ def make_bundle(directory: Path, classes: int, taps: int | None = None, name: st
         count = torch.full((classes, c), 50.0 * 49, dtype=torch.float64)
         mean = torch.randn(classes, c, generator=g, dtype=torch.float64)
         m2 = torch.rand(classes, c, generator=g, dtype=torch.float64) * count
-        image_m2 = torch.rand(classes, c, generator=g, dtype=torch.float64) * 50
+        image_m2 = torch.rand(classes, c, generator=g, dtype=torch.float64) * m2 / count * 50  # a part of var, as the format requires
         moments[t.name] = ClassMoments(count, mean, m2, images.clone(), mean.clone(), image_m2)
     record = ModelRecord("resnet50", fingerprint(module), classes, [f"class {i}" for i in range(classes)])
     source = SourceRecord("A", "after-training", "random", 0)

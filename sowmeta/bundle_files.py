@@ -181,14 +181,32 @@ def _open_table(f: io.FileIO, fp: Path, record: FileRecord, manifest: Manifest, 
 
 def check_values(path: Path, manifest: Manifest) -> None:
     """The rules on every row of the bundle (``counts``, ``finite``, ``empty-rows``, ``image-var-bound``,
-    ``global-pooling``): one tap at a time, so memory stays at one tap's rows."""
+    ``global-pooling``), a group of taps at a time so that memory stays near ``_GROUP_BYTES``."""
     everything = list(range(manifest.model.num_classes))
-    for tap in manifest.tap_names:
-        counts, stats = read_stats(path, manifest, everything, [tap])
-        s = stats[tap]
+    for taps in _tap_groups(manifest):
+        counts, stats = read_stats(path, manifest, everything, taps)
         with _refused(path):
-            check_rows(tap, everything, counts, s.mean, s.var, s.image_var, manifest.dtype)
-            check_pooling(tap, counts, s.mean, s.var, s.global_mean, s.global_var, manifest.dtype)
+            for tap in taps:
+                s = stats[tap]
+                check_rows(tap, everything, counts, s.mean, s.var, s.image_var, manifest.dtype, finite=False)  # read_stats checked that
+                check_pooling(tap, counts, s.mean, s.var, s.global_mean, s.global_var, manifest.dtype)
+
+
+_GROUP_BYTES = 64 << 20  # the rows check_values holds at once
+
+
+def _tap_groups(manifest: Manifest) -> list[list[str]]:
+    """The taps in order, in groups whose rows take about ``_GROUP_BYTES`` (at least one tap each)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    per_channel = manifest.model.num_classes * (3 if manifest.has_image_var else 2) * 4
+    for t in manifest.taps:
+        if groups[-1] and size + t.channels * per_channel > _GROUP_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(t.name)
+        size += t.channels * per_channel
+    return groups
 
 
 @contextmanager

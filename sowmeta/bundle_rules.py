@@ -71,16 +71,17 @@ def check_counts(counts: torch.Tensor, empty_classes: Sequence[int], images: int
 
 def check_rows(
     tap: str, classes: Sequence[int], counts: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, image_var: torch.Tensor | None,
-    dtype: str, *, whole: bool = True,
+    dtype: str, *, finite: bool = True, whole: bool = True,
 ) -> None:
-    """Rule ``finite`` on the rows of ``classes`` of one tap (float32 [n, C]); with ``whole``, also ``empty-rows`` and ``image-var-bound``."""
-    for what, rows in (("mean", mean), ("var", var), ("image_var", image_var)):
-        if rows is None:
-            continue
-        ok = torch.isfinite(rows) if what == "mean" else torch.isfinite(rows) & (rows >= 0)
-        if not bool(ok.all()):
-            r, c = (int(v) for v in torch.nonzero(~ok)[0])
-            raise RuleBroken(f"tap {tap!r}, class {classes[r]}, channel {c}: {what} is {float(rows[r, c])}", "finite")
+    """Rules on the rows of ``classes`` of one tap (float32 [n, C]): ``finite``, and with ``whole`` ``empty-rows`` and ``image-var-bound``."""
+    if finite:
+        for what, rows in (("mean", mean), ("var", var), ("image_var", image_var)):
+            if rows is None:
+                continue
+            ok = torch.isfinite(rows) if what == "mean" else torch.isfinite(rows) & (rows >= 0)
+            if not bool(ok.all()):
+                r, c = (int(v) for v in torch.nonzero(~ok)[0])
+                raise RuleBroken(f"tap {tap!r}, class {classes[r]}, channel {c}: {what} is {float(rows[r, c])}", "finite")
     if not whole:
         return
     empty = counts == 0
@@ -90,12 +91,15 @@ def check_rows(
                 r = int(torch.nonzero(empty & (rows != 0).any(dim=1))[0])
                 raise RuleBroken(f"tap {tap!r}: class {classes[r]} has no images but its {what} row is not zero", "empty-rows")
     if image_var is not None:
+        eps = max(UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF["float32"])
+        # in float32 with half the slack first: passing it implies passing the exact float64 test below
+        if not bool((image_var - var - (SLACK / 2 * eps) * (var + mean * mean) > 0).any()):
+            return
         over = image_var.double() - var.double() - bound_image_var(mean, var, dtype)
         if bool((over > 0).any()):
             r, c = (int(v) for v in torch.nonzero(over > 0)[0])
             raise RuleBroken(f"tap {tap!r}, class {classes[r]}, channel {c}: image_var {float(image_var[r, c])} exceeds var {float(var[r, c])}",
-                "image-var-bound",
-            )
+                             "image-var-bound")
 
 
 def bound_image_var(mean: torch.Tensor, var: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -108,30 +112,33 @@ def check_pooling(
     tap: str, counts: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, global_mean: torch.Tensor, global_var: torch.Tensor, dtype: str
 ) -> None:
     """Rule ``global-pooling`` for one tap: every class's rows [K, C] against the globals [C], in float64."""
-    n = counts.to(torch.float64)
+    present = counts > 0
+    n = counts[present].to(torch.float64)
     total = float(n.sum())
     g_mean, g_var = global_mean.double(), global_var.double()
     if total == 0:
         pooled_mean = pooled_var = torch.zeros_like(g_mean)
         tol_mean = tol_var = torch.zeros_like(g_mean)
     else:
-        w = (n / total).unsqueeze(1)
-        m, v = mean.double(), var.double()
-        pooled_mean = (w * m).sum(dim=0)
+        w = n / total
+        m, v = mean[present].double(), var[present].double()
+        pooled_mean = w @ m
         spread = m - pooled_mean
-        pooled_var = (w * (v + spread.square())).sum(dim=0)
+        abs_m, abs_spread = m.abs(), spread.abs()
+        weighted_var = w @ v
+        pooled_var = weighted_var + w @ spread.square()
+        abs_mean = w @ abs_m
         eps = SLACK * UNIT_ROUNDOFF[dtype]
         tiny = SLACK * _SMALLEST[dtype]
-        abs_mean = (w * m.abs()).sum(dim=0)
         tol_mean = eps * (abs_mean + g_mean.abs()) + tiny
-        tol_var = eps * ((w * v).sum(dim=0) + 2 * (w * spread.abs() * (m.abs() + abs_mean)).sum(dim=0) + g_var.abs()) + tiny
+        # sum_k w_k |m_k - P_m| (|m_k| + A) = w @ (|spread| |m|) + A (w @ |spread|)
+        tol_var = eps * (weighted_var + 2 * (w @ (abs_spread * abs_m) + abs_mean * (w @ abs_spread)) + g_var.abs()) + tiny
     for what, stored, pooled, tol in (("global_mean", g_mean, pooled_mean, tol_mean), ("global_var", g_var, pooled_var, tol_var)):
         off = (stored - pooled).abs() > tol
         if bool(off.any()):
             c = int(torch.nonzero(off)[0])
             raise RuleBroken(f"tap {tap!r}, channel {c}: {what} is {float(stored[c])}, the count-weighted pooling of the rows gives {float(pooled[c]):.9g}",
-                "global-pooling",
-            )
+                             "global-pooling")
 
 
 def finite_globals(tap: str, global_mean: torch.Tensor, global_var: torch.Tensor) -> None:
