@@ -1,7 +1,8 @@
 """Which model class a class folder holds: by name, never silently by position.
 
 A folder maps to a class by, first match wins for the whole dataset: plain indices (``3``),
-an index prefix (``003_cat``, ``3-cat``), an ImageNet-1k WordNet id (``n01440764``, for
+an index prefix (``003_cat``, ``3-cat``; refused when the name after it is another class's
+label, as ``0_cat`` is for CIFAR-10), an ImageNet-1k WordNet id (``n01440764``, for
 1000-class models), or the model's own label (``cat``; case, ``_``, ``-`` and spaces ignored).
 When no folder names a class, sorted order (the ImageFolder convention) is accepted only if
 there are exactly as many folders as classes, and said in one line; otherwise the user must
@@ -57,6 +58,21 @@ def _by_labels(folders: Sequence[str], labels: Sequence[str]) -> tuple[list[int 
     return [table[_norm(f)][0] if _norm(f) in table else None for f in folders], table
 
 
+def _refuse_contradictions(folders: Sequence[str], indices: list[int], names: list[str], labels: Sequence[str], what: str) -> None:
+    """Refuse ``0_cat`` for a model whose class 0 is not cat but whose class 3 is: the prefix and the name disagree."""
+    table: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        table.setdefault(_norm(label), []).append(i)
+    for f, k, name in zip(folders, indices, names):
+        named = table.get(_norm(name), [])
+        if named and k not in named:
+            by_prefix = f" ({labels[k]!r})" if 0 <= k < len(labels) else ""
+            raise DataError(
+                f"{what} {f!r} says class {k}{by_prefix} by its index prefix but class {named[0]} ({labels[named[0]]!r}) by its name; "
+                f"rename it {named[0]:03d}_{name} or {k:03d}_{labels[k] if 0 <= k < len(labels) else name}"
+            )
+
+
 def map_class_folders(
     folders: Sequence[str],
     labels: Sequence[str] | None,
@@ -88,6 +104,8 @@ def map_class_folders(
         matches = [_PREFIX_RE.match(f) for f in folders]
         indices, how = [int(m.group(1)) for m in matches], "index prefixes"  # type: ignore[union-attr]
         names = [m.group(2) for m in matches]  # type: ignore[union-attr]
+        if labels:
+            _refuse_contradictions(folders, indices, names, labels, what)  # type: ignore[arg-type]
     elif num_classes == 1000 and all(_WNID_RE.match(f) for f in folders):
         position = {w: i for i, w in enumerate(imagenet_wnids())}
         indices, how = [position.get(f) for f in folders], "WordNet ids"

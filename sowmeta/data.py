@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .errors import CorruptImageError, DataError
+from .errors import CorruptImageError, DataError, first_line
 from .preprocess import Preprocessing
 
 __all__ = [
@@ -81,8 +81,8 @@ def scan_image_folder(root: str | Path, limit_per_class: int | None = None) -> I
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise DataError(f"data folder {root} {what}; pass a folder with one subfolder per class")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not _stray(p.name))
+    loose = [p for p in root.iterdir() if p.is_file() and not _stray(p.name) and p.suffix.lower() in IMAGE_EXTENSIONS]
     if not subdirs:
         hint = f" ({len(loose)} images lie directly in it)" if loose else ""
         raise DataError(f"{root} is not class-per-folder{hint}: put each class's images in root/<class>/")
@@ -99,9 +99,16 @@ def scan_image_folder(root: str | Path, limit_per_class: int | None = None) -> I
     return ImageFolderIndex(root, [d.name for d in subdirs], samples, per_class)
 
 
+def _stray(name: str) -> bool:
+    """Hidden files and folders (macOS's ``._cat.jpg`` resource forks, ``.DS_Store``, ``.ipynb_checkpoints``) and
+    ``__MACOSX``, which zip archives made on macOS hold: never images of the dataset."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def _image_files(folder: Path, limit: int | None = None) -> list[Path]:
     """Image files anywhere under ``folder``, sorted by their path's parts (``sorted(folder.rglob(...))``'s order); the first ``limit``.
 
+    Hidden files and folders are left out (``_stray``).
     One ``scandir`` per directory, whose entries know their type without a ``stat`` (only
     symbolic links are followed, to see whether they lead to a file); symbolic links to
     directories are not descended into. On CIFAR-10's 5,000 files per class this took half of rglob's time.
@@ -112,6 +119,8 @@ def _image_files(folder: Path, limit: int | None = None) -> list[Path]:
         path, rel = pending.pop()
         with os.scandir(path) as entries:
             for e in entries:
+                if _stray(e.name):
+                    continue
                 if e.is_dir(follow_symlinks=False):
                     pending.append((e.path, (*rel, e.name)))
                 elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file():
@@ -121,12 +130,53 @@ def _image_files(folder: Path, limit: int | None = None) -> list[Path]:
 
 
 def read_image(path: str | Path) -> Any:
-    """Open an image as RGB with PIL, decoding it fully (so truncation shows here)."""
+    """Open an image as RGB with PIL, decoding it fully (so truncation shows here).
+
+    Raises ``ValueError`` (as for any undecodable file) for an image with more pixels than PIL
+    decodes safely: a decompression bomb, a few KB that would take gigabytes.
+    """
     from PIL import Image
 
-    with Image.open(path) as img:
-        img.load()
-        return img.convert("RGB")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{first_line(str(exc))}: too large to decode (a decompression bomb?)") from exc
+
+
+def max_pixels() -> int | None:
+    """The most pixels an image may have to be decoded: PIL's limit for its DecompressionBombError (None: no limit)."""
+    from PIL import Image
+
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * int(Image.MAX_IMAGE_PIXELS)
+
+
+def jpeg_pixels(data: bytes) -> int | None:
+    """Width x height from a JPEG's frame header (SOFn), read without decoding; None when no frame header is found."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # the end of the image, and no frame header before it
+            return None
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            i += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[i + 5 : i + 7], "big") * int.from_bytes(data[i + 7 : i + 9], "big")
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
+def _refuse_bomb(data: bytes, path: str | Path) -> None:
+    limit, pixels = max_pixels(), jpeg_pixels(data)
+    if limit is not None and pixels is not None and pixels > limit:
+        raise ValueError(f"{path} has {pixels:,} pixels, more than the {limit:,} decoded safely (a decompression bomb?)")
 
 
 class ImageFiles(Dataset):
@@ -178,6 +228,7 @@ def decode_file(path: str | Path) -> torch.Tensor:
     if data[:3] == _JPEG_MAGIC:
         from torchvision.io import ImageReadMode, decode_jpeg
 
+        _refuse_bomb(data, path)
         return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     return _pil_to_uint8(read_image(path))
 
@@ -343,6 +394,7 @@ class EncodedImages(DecodedImages):
             with open(path, "rb") as f:
                 data = f.read()
             if data[:3] == _JPEG_MAGIC:
+                _refuse_bomb(data, path)
                 return torch.frombuffer(bytearray(data), dtype=torch.uint8), label, i
             return self._prepare(_pil_to_uint8(read_image(path))), label, i
         except (OSError, ValueError, SyntaxError, RuntimeError) as exc:

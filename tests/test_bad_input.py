@@ -367,6 +367,71 @@ def test_unnamed_folders(tmp_path: Path):
     one_line_failure(r, "--labels-by-position")
 
 
+def test_an_index_prefix_that_contradicts_the_name_is_refused(tmp_path: Path):
+    """0_cat for CIFAR-10: the prefix says airplane, the name says cat; both readings are named, nothing is collected."""
+    data = _cifar_folder(tmp_path / "d", ["0_cat", "1_dog"], per_class=1)
+    model = load_model("cifar-resnet20", weights=None)
+    with pytest.raises(E.DataError, match="'0_cat' says class 0 \\('airplane'\\) by its index prefix but class 3 \\('cat'\\) by its name"):
+        collect(model, data, batch_size=2)
+    r = cli("collect", "--model", "cifar-resnet20", "--weights", "none", "--data", data, "--out", tmp_path / "b", "--workers", "0")
+    one_line_failure(r, "rename it 003_cat or 000_airplane")
+    assert not (tmp_path / "b").exists()
+    agreeing, _ = collect(model, _cifar_folder(tmp_path / "ok", ["003_cat", "5_dog", "9_lorry"], per_class=1), batch_size=3)
+    assert agreeing.counts.tolist() == [0, 0, 0, 1, 0, 1, 0, 0, 0, 1]  # a name that is no label is not a contradiction
+
+
+def _bomb_png(path: Path, side: int = 20_000) -> Path:
+    """A PNG whose header promises side x side pixels (400 Mpx at the default): a decompression bomb of a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
+    return path
+
+
+def _bomb_jpeg(path: Path, side: int = 20_000) -> Path:
+    """A real JPEG whose frame header is changed to side x side pixels."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (12, 12), (9, 99, 199)).save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    at = data.index(b"\xff\xc0")
+    data[at + 5 : at + 9] = side.to_bytes(2, "big") * 2
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_stray_files_and_decompression_bombs(tmp_path: Path):
+    """macOS's ._ files, hidden folders and __MACOSX are not images; a bomb is an undecodable image (skipped, or one line)."""
+    from sowmeta.data import jpeg_pixels
+
+    data = write_image_folder(tmp_path / "data", classes=3, per_class=2)
+    (data / "0_c0" / "._img000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    (data / "1_c1" / ".DS_Store").write_bytes(b"\0" * 64)
+    (data / "1_c1" / ".ipynb_checkpoints").mkdir()
+    (data / "1_c1" / ".ipynb_checkpoints" / "img000-checkpoint.png").write_bytes((data / "1_c1" / "img000.png").read_bytes())
+    (data / "__MACOSX" / "0_c0").mkdir(parents=True)
+    (data / "__MACOSX" / "0_c0" / "._img001.png").write_bytes(b"\x00\x05\x16\x07")
+    bundle, report = collect(loaded_tiny(weights="none"), data, batch_size=4)
+    assert report.skipped == [] and bundle.counts.tolist()[:3] == [2, 2, 2]
+    _bomb_png(data / "2_c2" / "bomb.png")
+    jpeg = _bomb_jpeg(data / "2_c2" / "bomb.jpg")
+    assert jpeg_pixels(jpeg.read_bytes()) == 400_000_000
+    bundle, report = collect(loaded_tiny(weights="none"), data, batch_size=4)
+    assert sorted(Path(p).name for p in report.skipped) == ["bomb.jpg", "bomb.png"] and bundle.counts.tolist()[:3] == [2, 2, 2]
+    r = cli("collect", *TINY, "--data", data, "--out", tmp_path / "b", "--strict")
+    one_line_failure(r, "corrupt image: cannot decode image")
+    r = cli("evaluate", "--data", data, "--model", "conftest:tiny_net", "--weights", "none", "--workers", "0", "-q")
+    one_line_failure(r, "too large to decode (a decompression bomb?)")
+
+
 def test_imagenet_wordnet_ids_need_no_flag(tmp_path: Path):
     from sowmeta.class_folders import imagenet_wnids, map_class_folders
 

@@ -107,7 +107,7 @@ def test_folder_loader_with_a_worker_gives_the_transforms_tensors(tmp_path: Path
 def test_folder_scan_finds_what_rglob_finds_in_the_same_order(tmp_path):
     """Nested folders, names that sort differently as strings and as path parts, upper-case and hidden
     files, symbolic links to a file, to a folder (not followed) and to nothing: the scan lists exactly
-    ``sorted(p for p in rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)``."""
+    ``sorted(p for p in rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)``, less hidden files and folders."""
     import os
 
     from sowmeta.data import IMAGE_EXTENSIONS, scan_image_folder
@@ -120,7 +120,9 @@ def test_folder_scan_finds_what_rglob_finds_in_the_same_order(tmp_path):
     os.symlink(cls / "x", cls / "dirlink")
     os.symlink(cls / "missing.png", cls / "broken.png")
     index = scan_image_folder(tmp_path / "root")
-    want = sorted(p for p in cls.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    want = sorted(p for p in cls.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(cls).parts))
+    assert len(want) == 7  # the two hidden images (.hidden.jpg, a0/.jpg) are left out
     assert [p for p, _ in index.samples] == want
     names = [p.relative_to(cls).as_posix() for p in want]
     assert names.index("a/b.png") < names.index("a-c.png")  # parts order, not string order ('-' < '/')
