@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
-__all__ = ["shared_dir", "cache_dir", "registry_dir", "registry_choice", "hf_endpoint", "hf_offline", "hf_hub_cache", "hub_timeout", "debug_enabled", "compile_enabled"]
+from .errors import ConfigError
+
+__all__ = ["shared_dir", "cache_dir", "registry_dir", "registry_choice", "hf_endpoint", "hf_offline", "hf_hub_cache", "hub_timeout", "hub_deadline",
+           "debug_enabled", "compile_enabled"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,14 +61,28 @@ def hf_hub_cache() -> Path:
     return (Path(home).expanduser() if home else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface") / "hub"
 
 
+def _seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment variable ``name`` (``default`` when unset or empty)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < 1e6:
+        raise ConfigError(f"{name}={value!r} is not a number of seconds; set it to a plain number such as {default:g}, or unset it")
+    return seconds
+
+
 def hub_timeout() -> float:
     """``SOWMETA_HUB_TIMEOUT``: seconds a Hub request may wait for an answer (default 30; connecting waits at most 10)."""
-    value = os.environ.get("SOWMETA_HUB_TIMEOUT", "").strip()
-    try:
-        seconds = float(value) if value else 30.0
-    except ValueError:
-        seconds = 30.0
-    return seconds if 0 < seconds < 1e6 else 30.0
+    return _seconds("SOWMETA_HUB_TIMEOUT", 30.0)
+
+
+def hub_deadline() -> float:
+    """``SOWMETA_HUB_DEADLINE``: seconds a whole pull from the Hub may take (default 3600)."""
+    return _seconds("SOWMETA_HUB_DEADLINE", 3600.0)
 
 
 def debug_enabled() -> bool:

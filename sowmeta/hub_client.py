@@ -49,7 +49,12 @@ def offline() -> bool:
 
 
 def api(token: str | None = None) -> HfApi:
-    """An ``HfApi`` for the endpoint in use, over the bounded HTTP client (``token``: else HF_TOKEN or the saved login)."""
+    """An ``HfApi`` for the endpoint in use, over the bounded HTTP client (``token``: else HF_TOKEN or the saved login).
+
+    The timeouts are read here first, so that a mistyped ``SOWMETA_HUB_TIMEOUT`` or ``SOWMETA_HUB_DEADLINE`` is one
+    line before any request, not an error deep inside huggingface_hub."""
+    env.hub_timeout()
+    env.hub_deadline()
     hub_http.install()
     return HfApi(endpoint=endpoint(), token=token, library_name="sowmeta", library_version=__version__)
 
@@ -98,7 +103,11 @@ def _translate(exc: BaseException, what: str, repo: str, url: str, *, offline: b
                 f"{what}: the connection to {url} broke ({type(exc).__name__}); a Hub commit is all or nothing, "
                 "so the repository keeps its previous revision unless the commit completed: push again"
             )
+        if not isinstance(exc, httpx2.ConnectError):  # connected, then the answer broke off (a body shorter than announced)
+            return NetworkError(f"{what}: the connection to {url} broke during the answer ({type(exc).__name__}: {first_line(str(exc))}); retry")
         return NetworkError(f"{what}: cannot reach {url} ({type(exc).__name__}); check the connection or HF_ENDPOINT and retry")
+    if isinstance(exc, OSError) and "consistency check failed" in str(exc).lower():  # huggingface_hub: a file shorter than announced
+        return NetworkError(f"{what}: the connection to {url} gave a file of another size than announced ({first_line(str(exc))}); retry")
     if isinstance(exc, hf.HFValidationError):
         return ConfigError(f"{what}: {first_line(str(exc))}")
     return None

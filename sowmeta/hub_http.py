@@ -1,11 +1,15 @@
-"""huggingface_hub's HTTP client with timeouts on every request, and no waiting on a dead endpoint.
+"""huggingface_hub's HTTP client with timeouts on every request, and no waiting on a dead or slow endpoint.
 
 huggingface_hub builds its ``httpx2.Client`` with ``timeout=None`` and many of its calls pass no
 timeout, so an endpoint that accepts a connection and never answers hangs the client forever.
 ``install()`` gives the shared client a transport that bounds connect and read times
 (``SOWMETA_HUB_TIMEOUT`` seconds, default 30) and, once a host has failed to answer, fails
 further requests to it at once for a minute (``EndpointDown``, an ``httpx2.ConnectError``, so
-huggingface_hub still falls back to its cache where it would on a refused connection).
+huggingface_hub still falls back to its cache where it would on a refused connection). A read
+timeout alone does not stop an answer that drips a byte at a time, so a body must also arrive at
+``MIN_BYTES_PER_S`` on average once its first ``SOWMETA_HUB_TIMEOUT`` seconds have passed, and
+within ``deadline(seconds)`` (a pull's, ``SOWMETA_HUB_DEADLINE``) every request must be done. A
+``200`` HTML page where the Hub answers JSON or files (a proxy's sign-in page) is refused too.
 """
 
 from __future__ import annotations
@@ -13,21 +17,52 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx2
 
 from . import env
 
-__all__ = ["EndpointDown", "install", "forget_failures"]
+__all__ = ["EndpointDown", "TooSlow", "NotTheHub", "install", "forget_failures", "deadline", "MIN_BYTES_PER_S"]
 
 DOWN_FOR_S = 60.0
+MIN_BYTES_PER_S = 16 * 1024  # 128 kbit/s: below it, a body is taken for a stalled or hostile answer
 _lock = threading.Lock()
 _down: dict[str, tuple[float, str]] = {}  # host -> (until, why)
+_deadlines: list[tuple[float, float]] = []  # (monotonic end, seconds) of every deadline() in force, any thread
 _installed = False
 
 
 class EndpointDown(httpx2.ConnectError):
     """The host did not answer within the timeout (or refused), now or a moment ago."""
+
+
+class TooSlow(EndpointDown):
+    """The answer came too slowly: below ``MIN_BYTES_PER_S``, or past the deadline in force."""
+
+
+class NotTheHub(EndpointDown):
+    """A 200 answer that is an HTML page: something between the client and the Hub (a proxy) answered."""
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Every request started inside the block, from any thread, must be answered in full within ``seconds`` of entering it."""
+    entry = (time.monotonic() + seconds, seconds)
+    with _lock:
+        _deadlines.append(entry)
+    try:
+        yield
+    finally:
+        with _lock:
+            _deadlines.remove(entry)
+
+
+def _deadline_passed() -> float | None:
+    """The seconds of a deadline in force that has passed, else None."""
+    with _lock:
+        passed = [s for end, s in _deadlines if time.monotonic() > end]
+    return min(passed) if passed else None
 
 
 def forget_failures() -> None:
@@ -42,7 +77,9 @@ def _limits() -> dict[str, float]:
 
 
 def _fail(host: str, exc: Exception) -> EndpointDown:
-    if isinstance(exc, httpx2.TimeoutException):
+    if isinstance(exc, EndpointDown):
+        why = str(exc)
+    elif isinstance(exc, httpx2.TimeoutException):
         why = f"it did not answer within {env.hub_timeout():g} s"
     elif isinstance(exc, httpx2.ConnectError):
         why = "it refused the connection"
@@ -50,18 +87,28 @@ def _fail(host: str, exc: Exception) -> EndpointDown:
         why = f"the connection broke ({type(exc).__name__})"
     with _lock:
         _down[host] = (time.monotonic() + DOWN_FOR_S, why)
-    return EndpointDown(why)
+    return exc if isinstance(exc, EndpointDown) else EndpointDown(why)
 
 
 class _Stream(httpx2.SyncByteStream):
-    """A response body whose read errors also mark the host as down."""
+    """A response body whose read errors mark the host as down, and that must keep to the rate floor and the deadline."""
 
     def __init__(self, inner: httpx2.SyncByteStream, host: str) -> None:
         self.inner, self.host = inner, host
 
     def __iter__(self) -> Iterator[bytes]:
+        start, got, grace = time.monotonic(), 0, env.hub_timeout()
         try:
-            yield from self.inner
+            for chunk in self.inner:
+                got += len(chunk)
+                elapsed = time.monotonic() - start
+                if elapsed > grace and got < (elapsed - grace) * MIN_BYTES_PER_S:
+                    raise TooSlow(f"its answer was sent too slowly ({got:,} bytes in {elapsed:.1f} s; "
+                                  f"after the first {grace:g} s at least {MIN_BYTES_PER_S // 1024} KiB/s are needed)")
+                passed = _deadline_passed()
+                if passed is not None:
+                    raise TooSlow(f"the transfer did not finish within SOWMETA_HUB_DEADLINE={passed:g} s")
+                yield chunk
         except (httpx2.TimeoutException, httpx2.NetworkError) as exc:
             raise _fail(self.host, exc) from exc
 
@@ -76,6 +123,9 @@ class _BoundedTransport(httpx2.HTTPTransport):
             until, why = _down.get(host, (0.0, ""))
         if time.monotonic() < until:
             raise EndpointDown(f"{why}, a moment ago")
+        passed = _deadline_passed()
+        if passed is not None:
+            raise TooSlow(f"the transfer did not finish within SOWMETA_HUB_DEADLINE={passed:g} s")
         limits = _limits()
         asked = dict(request.extensions.get("timeout") or {})
         request.extensions = {**request.extensions, "timeout": {k: asked.get(k) or v for k, v in limits.items()}}
@@ -83,6 +133,11 @@ class _BoundedTransport(httpx2.HTTPTransport):
             response = super().handle_request(request)
         except (httpx2.TimeoutException, httpx2.NetworkError) as exc:
             raise _fail(host, exc) from exc
+        kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if response.status_code == 200 and kind == "text/html" and not request.url.path.endswith((".html", ".htm")):
+            response.close()
+            raise _fail(host, NotTheHub("it answered with an HTML page instead of the Hub's answer (a proxy's or network's sign-in page?); "
+                                        "sign in to the network, or check HF_ENDPOINT"))
         response.stream = _Stream(response.stream, host)  # type: ignore[arg-type]
         return response
 

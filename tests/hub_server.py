@@ -40,7 +40,12 @@ Fault injection: ``abort_next_commits = n`` drops the connection halfway through
 ``n`` commit bodies without applying them; ``die_on_commit = True`` also stops the whole server
 (``restart()`` brings it back on the same port with the same repositories). A commit whose body
 ends before its ``Content-Length`` (or last chunk), e.g. because the client was killed, is never
-applied either (``incomplete_commits`` counts them).
+applied either (``incomplete_commits`` counts them). For downloads (``GET .../resolve/...``):
+``drip_seconds = s`` sends a file's body one byte every ``s`` seconds; ``short_bodies = "cut"``
+announces a file's full ``Content-Length`` but sends half of it and closes the connection, and
+``short_bodies = "length"`` announces (and sends) half the file, so the answer looks complete.
+``proxy_page = True`` answers every request with ``200 OK`` and an HTML login page, as a
+captive portal or a company proxy does.
 """
 
 from __future__ import annotations
@@ -56,10 +61,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-__all__ = ["HubServer", "HubState", "Repo", "Commit", "HF_HUB_VERSION_CHECKED"]
+__all__ = ["HubServer", "HubState", "Repo", "Commit", "HF_HUB_VERSION_CHECKED", "PROXY_PAGE"]
 
 HF_HUB_VERSION_CHECKED = "2.4.0"
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
+
+
+PROXY_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body><form action=/login>Please sign in to continue.</form></body></html>\n"
 
 
 def _now() -> str:
@@ -238,6 +246,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         self._raw: bytes | None = None
         self._complete = True
+        if self.hub.proxy_page:
+            self._body()
+            return self._send(200, PROXY_PAGE, ctype="text/html; charset=utf-8")
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.split("/")[1:]]
         query = parse_qs(url.query)
@@ -453,7 +464,38 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "GET" and rng.startswith("bytes="):
             start = int(rng[6:].split("-")[0] or 0)
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        if self.command == "GET" and (self.hub.drip_seconds or self.hub.short_bodies):
+            return self._send_faulty(206 if start else 200, data[start:], headers)
         self._send(206 if start else 200, data[start:], headers, "application/octet-stream")
+
+    def _send_faulty(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        """The announced body, dripped a byte at a time, or cut in half and the connection closed."""
+        import time
+
+        if self.hub.short_bodies == "length":
+            body = body[: len(body) // 2]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.close_connection = True
+        try:
+            if self.hub.short_bodies == "length":
+                self.wfile.write(body)
+                return
+            if self.hub.short_bodies == "cut":
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                time.sleep(self.hub.drip_seconds)
+        except OSError:  # the client gave up
+            pass
 
 
 class _ReplyWith(_Reply):
@@ -533,6 +575,9 @@ class HubServer:
         self.state = HubState(tokens=dict(tokens or {}), orgs={k: set(v) for k, v in (orgs or {}).items()})
         self.abort_next_commits = 0
         self.die_on_commit = False
+        self.drip_seconds = 0.0
+        self.short_bodies: str | None = None
+        self.proxy_page = False
         self.aborted_commits = 0
         self.incomplete_commits = 0  # commit bodies that ended early (client gone): never applied
         self.port = 0

@@ -614,6 +614,37 @@ def test_hub_calls_time_out_with_one_line(silent_endpoint: socket.socket, make_b
         assert took < 8, (args, took)
 
 
+def test_a_hub_answer_cut_short_dripping_or_from_a_proxy_is_one_line(fake_hub, make_bundle, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN001
+    """Bodies shorter than their Content-Length, bodies at a byte every 0.2 s, HTML 200 pages: one line each, within seconds."""
+    from sowmeta import hub_http as http
+    from sowmeta import registry
+
+    registry.push(make_bundle(), "alice/b", registry="hub")
+    monkeypatch.setenv("SOWMETA_HUB_TIMEOUT", "1")
+
+    def pull_fails(expect: str, within: float) -> None:
+        http.forget_failures()
+        start = time.monotonic()
+        one_line_failure(cli("pull", "alice/b", "--registry", "hub"), expect)
+        assert time.monotonic() - start < within
+
+    for short in ("cut", "length"):
+        fake_hub.short_bodies = short
+        pull_fails("network error: pulling alice/b@main: the connection to", 10)
+    fake_hub.short_bodies = None
+    fake_hub.drip_seconds = 0.2
+    pull_fails("sent too slowly", 12)  # 5 bytes/s: below the floor once the first second has passed
+    monkeypatch.setattr(http, "MIN_BYTES_PER_S", 1)  # the floor met: the whole pull's deadline ends it
+    monkeypatch.setenv("SOWMETA_HUB_DEADLINE", "3")
+    pull_fails("did not finish within SOWMETA_HUB_DEADLINE=3 s", 12)
+    fake_hub.drip_seconds = 0
+    fake_hub.proxy_page = True
+    pull_fails("answered with an HTML page", 10)
+    fake_hub.proxy_page = False
+    http.forget_failures()
+    assert cli("pull", "alice/b", "--registry", "hub").exit_code == 0  # and the Hub itself still works
+
+
 def test_hub_list_against_a_closed_port_is_quick(registry_env: Path, monkeypatch: pytest.MonkeyPatch):
     from sowmeta import hub_http as http
 
@@ -622,6 +653,22 @@ def test_hub_list_against_a_closed_port_is_quick(registry_env: Path, monkeypatch
     r = cli("list", "--registry", "hub")  # registry_env points HF_ENDPOINT at a closed port
     one_line_failure(r, "network error")
     assert time.monotonic() - start < 5
+
+
+def test_environment_typos_are_one_line_errors(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """SOWMETA_REGISTRY=Hub no longer pushes into a new ./Hub folder; SOWMETA_HUB_TIMEOUT=3s is no longer 30 s."""
+    monkeypatch.chdir(tmp_path)
+    for value, expect in (("Hub", "did you mean 'hub'?"), ("hbu", "did you mean 'hub'?"), ("LOCAL", "did you mean 'local'?")):
+        one_line_failure(cli("push", bundle_dir, "me/b", env={"SOWMETA_REGISTRY": value}), f"registry {value!r} (SOWMETA_REGISTRY) names no backend")
+        one_line_failure(cli("list", "--registry", value), "for a new local registry folder here write ./")
+    assert list(tmp_path.iterdir()) == []
+    assert cli("push", bundle_dir, "me/b", env={"SOWMETA_REGISTRY": "./Hub"}).exit_code == 0 and (tmp_path / "Hub" / "me" / "b").is_dir()
+    for var, value in (("SOWMETA_HUB_TIMEOUT", "3s"), ("SOWMETA_HUB_TIMEOUT", "0"), ("SOWMETA_HUB_DEADLINE", "1h"), ("SOWMETA_HUB_DEADLINE", "nan")):
+        one_line_failure(cli("pull", "me/b", "--registry", "hub", env={var: value}), f"{var}={value!r} is not a number of seconds")
+    from sowmeta import env
+
+    monkeypatch.setenv("SOWMETA_HUB_TIMEOUT", " 2.5 ")
+    assert env.hub_timeout() == 2.5
 
 
 # --- 9. a damaged stored copy is repaired by pushing again ------------------------------------------------

@@ -3,7 +3,8 @@
 The rule, first match wins:
 
 1. the ``registry=`` argument (CLI ``--registry``): a registered backend name (``hub``,
-   ``local``) or a directory (a local registry there);
+   ``local``) or a directory (a local registry there; a new one is written as a path, ``./reg``,
+   because a bare word that is no backend's name is taken for a mistyped one);
 2. the ``SOWMETA_REGISTRY`` environment variable, with the same forms;
 3. the local registry in ``<SOWMETA_CACHE>/registry``.
 
@@ -14,6 +15,7 @@ A new backend is a class with the four methods, registered in ``BACKENDS`` under
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -68,13 +70,20 @@ BACKENDS.register("local", _local)
 
 def _parse(value: str | Path, why: str) -> Backend:
     text = str(value).strip()
+    names = ", ".join(repr(n) for n in BACKENDS.names())
     if not text:
-        raise ConfigError(f"empty registry ({why}); use {', '.join(repr(n) for n in BACKENDS.names())} or a directory")
+        raise ConfigError(f"empty registry ({why}); use {names} or a directory")
     if text in BACKENDS:
         return BACKENDS.get(text)(why)
     root = Path(text).expanduser()
     if root.exists() and not root.is_dir():
         raise ConfigError(f"registry {text!r} ({why}) is a file; pass 'hub', 'local' or a directory for the local registry")
+    if isinstance(value, str) and not root.exists() and "/" not in text and not text.startswith("~"):
+        # a bare word is a backend's name mistyped far more often than a new folder in the current directory
+        close = [n for n in BACKENDS.names() if n.casefold() == text.casefold()] or difflib.get_close_matches(text, BACKENDS.names(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"registry {text!r} ({why}) names no backend ({names}) and no existing directory; {hint}"
+                          f"for a new local registry folder here write ./{text}")
     from .local import LocalRegistry
 
     return LocalRegistry(root, why=why)

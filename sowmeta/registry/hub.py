@@ -6,7 +6,7 @@ lists. The Hub applies a commit whole or not at all, so an interrupted push leav
 revision in place (and a branch the push created for it is deleted again). A pull is ``snapshot_download`` of ``sowmeta.json``, ``*.safetensors`` and
 ``README.md`` at one revision into ``<SOWMETA_CACHE>/hub`` (a Hugging Face cache), then a check of
 the manifest (schema) and of every file's sha256; a damaged cached copy is downloaded once more
-before the pull fails. ``list_cached`` lists the bundles that cache holds.
+before the pull fails. A whole pull must finish within ``SOWMETA_HUB_DEADLINE`` seconds (default 3600). ``list_cached`` lists the bundles that cache holds.
 
 Environment: ``HF_TOKEN`` (read by huggingface_hub), ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` (re-read
 per call through ``sowmeta.env``; offline, a pull is served from the cache or fails with
@@ -18,13 +18,14 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, scan_cache_dir
 from huggingface_hub import errors as hf
 
-from .. import env
+from .. import env, hub_http
 from ..hub_client import api as _api
 from ..hub_client import endpoint, mapped as _mapped, offline as _offline, refuse_offline as _refuse_offline
 from ..bundle import MANIFEST_NAME, Bundle, Manifest, verify_files
@@ -249,6 +250,15 @@ def pull(
         download([prefix + f.name for f in Bundle.read_manifest(folder).files], root.name, force)
         return folder, root.name  # the Hugging Face cache keeps each revision under snapshots/<commit hash>
 
+    with hub_http.deadline(env.hub_deadline()):
+        folder, commit, manifest = _fetch_verified(fetch, rev, name, url, offline)
+    path = export_bundle(folder, manifest, to) if to is not None else folder
+    log.info("pulled %s@%s (commit %s) -> %s", name, rev, commit, path)
+    return PullResult(name=name, revision=rev, commit=commit, path=path, backend="hub")
+
+
+def _fetch_verified(fetch: Callable[[str, bool], tuple[Path, str]], rev: str, name: str, url: str, offline: bool) -> tuple[Path, str, Manifest]:
+    """Fetch and verify; a damaged cached copy is downloaded once more before the pull fails."""
     commit = rev
     try:
         folder, commit = fetch(rev, False)
@@ -265,9 +275,7 @@ def pull(
                 f"{again.detail}; downloaded twice from {url}: the published revision is damaged, ask its publisher to push it again",
                 path=again.path, rule=again.rule,
             ) from None
-    path = export_bundle(folder, manifest, to) if to is not None else folder
-    log.info("pulled %s@%s (commit %s) -> %s", name, rev, commit, path)
-    return PullResult(name=name, revision=rev, commit=commit, path=path, backend="hub")
+    return folder, commit, manifest
 
 
 def _verified(folder: Path) -> Manifest:
