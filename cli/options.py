@@ -40,8 +40,20 @@ def registry_option(fn: F) -> F:
     )(fn)
 
 
+def _checked_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from sowmeta.devices import check_device
+    from sowmeta.errors import ConfigError
+
+    try:
+        check_device(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def device_option(fn: F) -> F:
-    return click.option("--device", default="cpu", show_default=True, help="Where to run: cpu, cuda, cuda:1, ...")(fn)
+    return click.option("--device", default="cpu", show_default=True, callback=_checked_device,
+                        help="Where to run: cpu, cuda, cuda:1, ...")(fn)
 
 
 def report_options(fn: F) -> F:

@@ -27,6 +27,7 @@ from .bundle import Bundle, ModelRecord, SourceRecord
 from .class_folders import map_class_folders
 from .data import folder_loader, plan_loader, raise_if_strict, read_image, scan_image_folder
 from .distributed import rank_world
+from .devices import check_device
 from .errors import ConfigError, DataError, SeedRejectedError, TapError
 from .fuse import fuse_bn
 from .jpeg_quality import compression_note, compression_record, first_per_class
@@ -388,7 +389,7 @@ def collect(
     _check_base_model(model)
     if out is not None:
         check_output(out, "bundle", overwrite=overwrite, inputs=[("--data", folder)])
-    dev = torch.device(device)
+    dev = check_device(device)
     module, fused = _prepare(model, fuse, dev)
     crop = model.preprocessing.crop
     found = probe(module, resolve_taps(module, taps, prefix_tokens=prefix_tokens), crop, device=dev)
@@ -537,7 +538,7 @@ def collect_seeds(
     _check_base_model(model)
     if out is not None:
         check_output(out, "bundle", overwrite=overwrite, inputs=[("--seeds", None if isinstance(seeds, Mapping) else seeds)])
-    dev = torch.device(device)
+    dev = check_device(device)
     module, fused = _prepare(model, fuse, dev)
     crop = model.preprocessing.crop
     found = probe(module, resolve_taps(module, taps, prefix_tokens=prefix_tokens), crop, device=dev)

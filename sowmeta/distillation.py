@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .atomic import atomic_file
 from .distill_config import DistillConfig
+from .devices import check_device
 from .errors import ConfigError, DataError, DivergenceError, OutputExistsError, storage_errors
 from .outputs import RUN_FILES, check_output
 from .logits import logits_of
@@ -260,7 +261,7 @@ def distill(
         raise ConfigError("pass either resume (continue the run in out) or overwrite (start over), not both")
     _check_out(out, data, test, resume=resume, overwrite=overwrite)
 
-    dev = torch.device(device)
+    dev = check_device(device)
     prep = teacher.preprocessing
     run = {
         "data": str(data.resolve()),

@@ -33,8 +33,10 @@ def is_main_process() -> bool:
 
 
 def device_for_rank(device: str | torch.device, world: int) -> torch.device:
-    """``device``; under torchrun a bare ``cuda`` means this rank's GPU (``LOCAL_RANK``)."""
-    dev = torch.device(device)
+    """``device`` (checked: ``devices.check_device``); under torchrun a bare ``cuda`` means this rank's GPU (``LOCAL_RANK``)."""
+    from .devices import check_device
+
+    dev = check_device(device)
     if dev.type == "cuda" and dev.index is None and world > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return dev

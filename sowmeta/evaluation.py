@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .class_names import resolve_classes
+from .devices import check_device
 from .errors import ConfigError, DataError
 from .jpeg_quality import REFERENCE_CONSEQUENCE, compression_note, first_per_class
 from .metrics import (
@@ -296,7 +297,7 @@ def evaluate(
     def stage(what: str) -> Callable[[int, int], None] | None:
         return None if progress is None else (lambda done, total: progress(what, done, total))
 
-    run = functools.partial(run_model, batch_size=batch_size, device=device, workers=workers)
+    run = functools.partial(run_model, batch_size=batch_size, device=check_device(device), workers=workers)
     outputs: list[Outputs] = []
     feat_out: Outputs | None = None
     for m in models:

@@ -545,6 +545,25 @@ def test_absurd_weights_are_refused_up_front(bundle_dir: Path, tmp_path: Path, o
     one_line_failure(cli("synthesize", "--bundle", bundle_dir, *SYNTH, "--out", tmp_path / "s.h5", option, value), "must be a number in [0, 1e+06]")
 
 
+def test_a_device_this_machine_lacks_is_one_line(image_folder: Path, bundle_dir: Path, tmp_path: Path):
+    """--device cuda without CUDA (or past the last GPU): one line before any work, from every command and the API."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device, expect = (f"cuda:{count}", f"this machine has {count} CUDA device(s)") if count else ("cuda", "this machine has no CUDA device")
+    commands = [
+        ["collect", *TINY, "--data", image_folder, "--out", tmp_path / "b"],
+        ["synthesize", "--bundle", bundle_dir, *SYNTH, "--out", tmp_path / "s.h5"],
+        ["evaluate", "--data", image_folder, "--model", "conftest:tiny_net", "--weights", "none", "-q"],
+        ["distill", "--data", image_folder, "--model", "conftest:tiny_net", "--weights", "none", "--student", "conftest:tiny_net",
+         "--test", image_folder, "--out", tmp_path / "run", "--epochs", "1"],
+    ]
+    for args in commands:
+        one_line_failure(cli(*args, "--device", device), expect)
+    one_line_failure(cli(*commands[0], "--device", "gpu0"), "is not one torch knows")
+    assert not any((tmp_path / name).exists() for name in ("b", "s.h5", "s.h5.partial", "run"))
+    with pytest.raises(E.ConfigError, match=expect.replace("(", "\\(").replace(")", "\\)")):
+        collect(loaded_tiny(weights="none"), image_folder, device=device)
+
+
 def test_a_run_at_chance_fails_loudly_unless_allowed(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import sowmeta.synth as synth
     from sowmeta.synth import SynthConfig, SynthResult
