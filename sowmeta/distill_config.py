@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["DistillConfig"]
+__all__ = ["DistillConfig", "MAX_LR"]
+
+
+MAX_LR = 10.0  # beyond it SGD only diverges: the student's weights become inf/NaN in the first steps
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,12 @@ class DistillConfig:
             raise ConfigError(f"epochs must be at least 1, not {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, not {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, not {self.lr}")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be positive, not {self.temperature}")
-        if self.momentum < 0 or self.weight_decay < 0 or self.pad < 0:
-            raise ConfigError("momentum, weight_decay and pad must not be negative")
+        if not 0 < self.lr <= MAX_LR:  # also refuses NaN, whose comparisons are all false
+            raise ConfigError(f"learning rate must be a number in (0, {MAX_LR:g}], not {self.lr}; SGD for distillation uses about 0.1")
+        if not 0 < self.temperature < math.inf:
+            raise ConfigError(f"temperature must be a positive number, not {self.temperature}")
+        if not (0 <= self.momentum < math.inf and 0 <= self.weight_decay < math.inf) or self.pad < 0:
+            raise ConfigError("momentum and weight_decay must be finite numbers >= 0, and pad >= 0")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ConfigError(f"amp must be none, bf16 or fp16, not {self.amp!r}")
 

@@ -89,6 +89,12 @@ def _open_h5(path: Path) -> Any:
     if "images" not in f or "labels" not in f:
         f.close()
         raise DataError(f"{path} has no 'images' and 'labels' datasets; pass a file written by `sowmeta synthesize`")
+    if "batch_done" not in f and _decode_attr(f.attrs.get("format")) == "sowmeta-synth":
+        f.close()
+        raise DataError(
+            f"{path} is a sowmeta synthesis file without its batch bookkeeping ('batch_done'), so whether every batch finished "
+            "is unknown; run the `sowmeta synthesize` command that wrote it again"
+        )
     if "batch_done" in f:
         done = np.asarray(f["batch_done"][:])
         if not done.all():

@@ -18,7 +18,7 @@ def write_synth_h5(
     seed: int = 0,
     names: list[str] | None = None,
 ) -> Path:
-    """``images`` uint8 [N, size, size, 3] with a class-dependent colour cast, ``labels`` int64, a ``labels`` attribute.
+    """``images`` uint8 [N, size, size, 3] with a class-dependent colour cast, ``labels`` int64, ``batch_done``, a ``labels`` attribute.
 
     The datasets and attributes are a subset of what ``sowmeta.synth`` writes, with the same
     dtypes (checked by ``test_synth.py::test_test_fixture_has_the_writers_layout``).
@@ -35,6 +35,7 @@ def write_synth_h5(
         f.create_dataset("confidence", data=np.ones(len(labels), dtype=np.float32))
         f.create_dataset("loss", data=np.zeros(len(labels), dtype=np.float32))
         f.create_dataset("prediction", data=labels.copy())
+        f.create_dataset("batch_done", data=np.ones(1, dtype=np.uint8))  # the writer's bookkeeping: one batch, finished
         f.attrs["format"] = "sowmeta-synth"
         f.attrs["config"] = json.dumps({"mode": "cc", "seed": seed})
         f.attrs["mode"] = "cc"

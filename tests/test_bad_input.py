@@ -469,6 +469,20 @@ def test_unfinished_synthesis_file_is_refused(tmp_path: Path, image_folder: Path
     assert not (tmp_path / "run").exists()
 
 
+def test_a_synthesis_file_without_its_batch_bookkeeping_is_refused(tmp_path: Path, image_folder: Path):
+    """A sowmeta-synth file whose batch_done is missing could be unfinished: neither evaluated nor distilled."""
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", data=np.zeros((8, 12, 12, 3), np.uint8))
+        f.create_dataset("labels", data=np.arange(8, dtype=np.int64) % 4)
+        f.attrs["format"] = "sowmeta-synth"
+    expect = "without its batch bookkeeping ('batch_done')"
+    one_line_failure(cli("evaluate", "--data", path, "--model", "conftest:tiny_net", "--weights", "none", "-q"), expect)
+    one_line_failure(cli("distill", "--data", path, "--model", "conftest:tiny_net", "--weights", "none", "--student", "conftest:tiny_net",
+                         "--test", image_folder, "--out", tmp_path / "run", "--epochs", "1", "-q"), expect)
+    assert not (tmp_path / "run").exists()
+
+
 # --- 5. tensor values and manifest sizes are checked -------------------------------------------------------
 
 
@@ -543,6 +557,14 @@ def test_absurd_learning_rates_are_refused_up_front(bundle_dir: Path, tmp_path: 
 @pytest.mark.parametrize(("option", "value"), [("--alpha-cc", "inf"), ("--alpha-tv", "nan"), ("--init-noise", "-1"), ("--first-tap-multiplier", "1e300")])
 def test_absurd_weights_are_refused_up_front(bundle_dir: Path, tmp_path: Path, option: str, value: str):
     one_line_failure(cli("synthesize", "--bundle", bundle_dir, *SYNTH, "--out", tmp_path / "s.h5", option, value), "must be a number in [0, 1e+06]")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e30", "-1", "0"])
+def test_absurd_distillation_learning_rates_are_refused_up_front(image_folder: Path, tmp_path: Path, value: str):
+    r = cli("distill", "--data", image_folder, "--model", "conftest:tiny_net", "--weights", "none", "--student", "conftest:tiny_net",
+            "--test", image_folder, "--out", tmp_path / "run", "--epochs", "1", "--lr", value)
+    one_line_failure(r, "learning rate must be a number in (0, 10]")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_device_this_machine_lacks_is_one_line(image_folder: Path, bundle_dir: Path, tmp_path: Path):
