@@ -733,6 +733,26 @@ def test_push_repairs_a_damaged_local_revision(bundle_dir: Path, tmp_path: Path)
     assert stored.read_bytes() == (bundle_dir / "stats.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize("damage", ["manifest", "tag", "ref"])
+def test_push_again_repairs_a_damaged_manifest_tag_or_ref(bundle_dir: Path, tmp_path: Path, damage: str):
+    """The advice a damaged local registry gives (push again, with the tag or revision named) works: it does not loop."""
+    from sowmeta import registry
+
+    reg = tmp_path / "reg"
+    first = registry.push(bundle_dir, "me/b", registry=reg, tag="v1")
+    broken = {"manifest": first.path / "sowmeta.json", "tag": reg / "me" / "b" / "tags" / "v1", "ref": reg / "me" / "b" / "refs" / "main"}[damage]
+    broken.chmod(0o644)
+    broken.write_text("{damaged")
+    ref, again, expect = {"manifest": ("me/b", [], "push the bundle again to repair it"),
+                          "tag": ("me/b@v1", ["--tag", "v1"], "push the bundle again with --tag v1"),
+                          "ref": ("me/b", [], "push the bundle again with --revision main")}[damage]
+    one_line_failure(cli("pull", ref, "--registry", reg), expect)
+    assert cli("push", bundle_dir, "me/b", "--registry", reg, *again).exit_code == 0
+    pulled = registry.pull(ref, registry=reg)
+    assert pulled.commit == first.commit
+    assert (pulled.path / "sowmeta.json").read_bytes() == (bundle_dir / "sowmeta.json").read_bytes()
+
+
 # --- 10. one line instead of a traceback -------------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ from ..env import registry_dir
 from ..outputs import check_output
 from ..errors import (
     BundleError,
+    BundleNotFoundError,
     ChecksumError,
     ConfigError,
     CorruptBundleError,
@@ -50,6 +51,7 @@ from ..errors import (
     OutputExistsError,
     RegistryError,
     RevisionNotFoundError,
+    SchemaError,
 )
 from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_name, check_ref, repo_and_subfolder
 
@@ -147,13 +149,15 @@ def _stage(src: Path, manifest_bytes: bytes, manifest: Manifest, root: Path) -> 
     return staged
 
 
-def _intact(target: Path, manifest: Manifest) -> bool:
-    """True when a stored revision exists and every file still matches the manifest (a damaged copy is re-stored)."""
+def _intact(target: Path, manifest: Manifest, manifest_bytes: bytes) -> bool:
+    """True when a stored revision exists with exactly these manifest bytes and every file still matches (a damaged copy is re-stored)."""
     if not target.is_dir():
         return False
     try:
+        if (target / MANIFEST_NAME).read_bytes() != manifest_bytes:
+            return False
         verify_files(target, manifest)
-    except BundleError:
+    except (BundleError, OSError):
         return False
     return True
 
@@ -184,9 +188,13 @@ def _read_ref(repo: Path, ref: str, kind: str = "refs") -> str | None:
     p = repo / kind / ref
     if not p.is_file():
         return None
-    rid = p.read_text(encoding="utf-8").strip()
+    try:
+        rid = p.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        rid = ""
     if not _ID_RE.match(rid):
-        raise RegistryError(f"ref file {p} does not hold a revision id; the local registry is damaged, push the bundle again")
+        again = f"--tag {ref}" if kind == "tags" else f"--revision {ref}"
+        raise RegistryError(f"{kind[:-1]} file {p} does not hold a revision id; the local registry is damaged: push the bundle again with {again}")
     return rid
 
 
@@ -225,10 +233,10 @@ def push(
     rid = revision_id(manifest_bytes, manifest.files)
     repo = _repo_dir(base, name)
     target = repo / "revisions" / rid
-    staged = None if _intact(target, manifest) else _stage(src, manifest_bytes, manifest, base)
+    staged = None if _intact(target, manifest, manifest_bytes) else _stage(src, manifest_bytes, manifest, base)
     try:
         with _locked(repo, name):
-            if not _intact(target, manifest):
+            if not _intact(target, manifest, manifest_bytes):
                 if staged is None:  # removed or damaged meanwhile: copy again, still under the lock
                     staged = _stage(src, manifest_bytes, manifest, base)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +246,9 @@ def push(
                 os.replace(staged, target)
                 staged = None
             if tag is not None:
-                tagged = _read_ref(repo, tag, "tags")
+                tagged = _read_ref_safe(repo, tag, "tags")
+                if tagged is None and (repo / "tags" / tag).exists():
+                    log.warning("tag %s of %s was damaged (it held no revision id); it now names the pushed revision %s", tag, name, rid[:12])
                 if tagged is not None and tagged != rid:
                     raise RegistryError(f"{name} already has a tag {tag!r} (revision {tagged[:12]}...); tags never move: choose another tag")
                 if tagged is None:
@@ -325,8 +335,12 @@ def pull(
     rev = DEFAULT_REF if revision is None else check_ref(revision)
     rid = _resolve(repo, name, rev, base)
     path = repo / "revisions" / rid
-    manifest = Bundle.read_manifest(path)
-    verify_files(path, manifest)
+    try:
+        manifest = Bundle.read_manifest(path)
+        verify_files(path, manifest)
+    except (SchemaError, ChecksumError, CorruptBundleError, BundleNotFoundError) as exc:
+        raise type(exc)(f"{exc.detail}; the local registry's copy of {name}@{rev} is damaged: push the bundle again to repair it",
+                        path=exc.path, rule=exc.rule) from None
     if to is not None:
         path = export_bundle(path, manifest, to)
     log.info("pulled %s@%s (%s) from the local registry -> %s", name, rev, rid[:12], path)
