@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import os
+import re
 import stat
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -64,9 +65,21 @@ def write_files(
     records = []
     for i, (name, keys) in enumerate(split.filename_to_tensors.items()):
         meta = {"format": FORMAT_NAME, "format_version": format_version, "shard": f"{i + 1}/{len(split.filename_to_tensors)}", "manifest_sha256": digest}
-        save_file({k: tensors[k] for k in keys}, str(directory / name), metadata=meta)
+        try:
+            save_file({k: tensors[k] for k in keys}, str(directory / name), metadata=meta)
+        except Exception as exc:  # safetensors reports a failed write (a full disk) as its own error type: make it an OSError
+            raise _as_os_error(exc, directory / name) from exc
         records.append(FileRecord(name, sha256_file(directory / name), (directory / name).stat().st_size, sorted(keys)))
     return records
+
+
+def _as_os_error(exc: Exception, path: Path) -> Exception:
+    """safetensors' ``I/O error: File too large (os error 27)`` as the ``OSError`` it reports; any other error as it is."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found is None:
+        return exc
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def check_contained(path: Path, manifest: Manifest) -> None:

@@ -7,6 +7,7 @@ FileNotFoundError`` keeps working.
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,7 +181,11 @@ def storage_errors(what: str, path: object) -> Iterator[None]:
         raise
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise StorageError(f"cannot {what} {path}: {reason}; check the path and its permissions, or choose another place") from exc
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            fix = "free some space (or raise the file size limit), or choose another place"
+        else:
+            fix = "check the path and its permissions, or choose another place"
+        raise StorageError(f"cannot {what} {path}: {reason}; {fix}") from exc
 
 
 class RegistryError(SowmetaError):

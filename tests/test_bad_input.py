@@ -7,6 +7,8 @@ import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -601,6 +603,29 @@ def test_a_run_at_chance_fails_loudly_unless_allowed(bundle_dir: Path, tmp_path:
     assert r.exit_code == 1 and "the teacher recognises only 0.0% of the images (chance is 25.0%): the run failed" in r.output
     assert "--allow-low-confidence" in r.output and (tmp_path / "s.h5").exists()  # the file is kept for inspection
     assert cli(*args, "--overwrite", "--allow-low-confidence").exit_code == 0
+
+
+def _with_file_size_limit(limit: int, *args: object, cwd: Path) -> subprocess.CompletedProcess:
+    """``sowmeta ARGS`` in a process whose files cannot grow past ``limit`` bytes: writes fail as on a full disk (EFBIG)."""
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+              "from sowmeta.cli.main import main; sys.argv = ['sowmeta', *sys.argv[1:]]; main()")
+    env = {**os.environ, "SOWMETA_COMPILE": "0", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_a_full_disk_during_collect_and_synthesize_is_one_line(image_folder: Path, bundle_dir: Path, tmp_path: Path):
+    """Real write failures (a file size limit): one line naming the file and the fix; no bundle half-written, the .partial kept."""
+    r = _with_file_size_limit(1500, "collect", *TINY, "--data", image_folder, "--out", tmp_path / "b", "-q", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"cannot write {tmp_path / 'b'}: File too large; free some space" in r.stderr
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.tmp-*"))
+    out = tmp_path / "s.h5"
+    r = _with_file_size_limit(12000, "synthesize", "--bundle", bundle_dir, *SYNTH, "--per-class", "3", "--classes", "0,1,2", "--out", out,
+                              "--allow-low-confidence", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"cannot write {out}.partial: File too large; free some space and run the same command again" in r.stderr
+    assert (tmp_path / "s.h5.partial").exists() and not out.exists()
 
 
 # --- 7. skipping the weights check never skips the architecture check -----------------------------------------

@@ -17,9 +17,15 @@ optional ``snapshots`` uint8 [S, N, H, W, 3] with attribute ``iterations``, and 
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
 import logging
 import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,7 @@ import numpy as np
 
 from ..atomic import atomic_file, publish_modes
 from ..manifest import now
-from ..errors import ConfigError, DataError, OutputExistsError, storage_errors
+from ..errors import ConfigError, DataError, OutputExistsError, StorageError, first_line, storage_errors
 from .plan import Plan
 from ..outputs import require_replaceable
 from ..version import __version__
@@ -38,6 +44,46 @@ log = logging.getLogger(__name__)
 
 FORMAT = "sowmeta-synth"
 FORMAT_VERSION = "1.0"
+
+
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A failed HDF5 write as one line: h5py raises ``OSError`` or ``RuntimeError`` with the errno (a full disk) in its text.
+
+    A full disk can leave the partial file damaged beyond its last finished batch; the message says how to go on either way.
+    """
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        found = _HDF5_ERRNO.search(str(exc))
+        code = int(found.group(1)) if found else getattr(exc, "errno", None)
+        _quiet_failed_writes()
+        if code:
+            fix = "free some space" if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else "check the path and its permissions"
+            raise StorageError(f"cannot write {path}: {os.strerror(code)}; {fix} and run the same command again to continue from the "
+                               "finished batches (add --overwrite to start over if it says the file is damaged)") from exc
+        raise StorageError(f"cannot write {path}: {first_line(str(exc))}; the file is damaged (by an earlier failed write?): "
+                           "run the same command with --overwrite to start over") from exc
+
+
+def _quiet_failed_writes() -> None:
+    """After a failed write, HDF5 writes again whenever an object of the file is freed, and Python prints each failure as
+    an "Exception ignored" traceback; the one line already raised says it all, so those are dropped (others are not)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "sowmeta_hdf5", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, (OSError, RuntimeError)) and "write failed" in str(exc):
+            return
+        previous(unraisable)
+
+    hook.sowmeta_hdf5 = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def partial_path(out: Path, rank: int = 0, world: int = 1) -> Path:
@@ -93,26 +139,31 @@ class SynthWriter:
         with storage_errors("write", path):
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = h5py.File(path, "w")
-        n, (h, w) = len(plan), size
-        chunk = max(1, min(n, max(b - a for a, b in plan.batches)))
-        f = self.file
-        f.create_dataset("images", (n, h, w, 3), dtype="uint8", chunks=(chunk, h, w, 3))
-        f.create_dataset("labels", data=np.asarray(plan.labels, dtype=np.int64))
-        f.create_dataset("confidence", (n,), dtype="float32", fillvalue=np.nan)
-        f.create_dataset("loss", (n,), dtype="float32", fillvalue=np.nan)
-        f.create_dataset("prediction", (n,), dtype="int64", fillvalue=-1)
-        f.create_dataset("batch_done", (len(plan.batches),), dtype="uint8")
-        f.create_dataset("batches", data=np.asarray(plan.batches, dtype=np.int64).reshape(-1, 2))
-        if snapshots:
-            f.create_dataset("snapshots", (snapshots, n, h, w, 3), dtype="uint8", chunks=(1, chunk, h, w, 3))
-        f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["run_key"] = run_key
-        f.attrs["tool_version"] = __version__
-        f.attrs["created"] = now()
-        for k, v in attrs.items():
-            f.attrs[k] = v if isinstance(v, (str, int, float, bool)) else json.dumps(v)
-        f.flush()
+        try:
+            with _writing(path):
+                n, (h, w) = len(plan), size
+                chunk = max(1, min(n, max(b - a for a, b in plan.batches)))
+                f = self.file
+                f.create_dataset("images", (n, h, w, 3), dtype="uint8", chunks=(chunk, h, w, 3))
+                f.create_dataset("labels", data=np.asarray(plan.labels, dtype=np.int64))
+                f.create_dataset("confidence", (n,), dtype="float32", fillvalue=np.nan)
+                f.create_dataset("loss", (n,), dtype="float32", fillvalue=np.nan)
+                f.create_dataset("prediction", (n,), dtype="int64", fillvalue=-1)
+                f.create_dataset("batch_done", (len(plan.batches),), dtype="uint8")
+                f.create_dataset("batches", data=np.asarray(plan.batches, dtype=np.int64).reshape(-1, 2))
+                if snapshots:
+                    f.create_dataset("snapshots", (snapshots, n, h, w, 3), dtype="uint8", chunks=(1, chunk, h, w, 3))
+                f.attrs["format"] = FORMAT
+                f.attrs["format_version"] = FORMAT_VERSION
+                f.attrs["run_key"] = run_key
+                f.attrs["tool_version"] = __version__
+                f.attrs["created"] = now()
+                for k, v in attrs.items():
+                    f.attrs[k] = v if isinstance(v, (str, int, float, bool)) else json.dumps(v)
+                f.flush()
+        except StorageError:
+            self.close()
+            raise
 
     @property
     def done_count(self) -> int:
@@ -134,20 +185,27 @@ class SynthWriter:
         """Store batch ``index`` (images uint8 B x H x W x 3), then mark it done and flush."""
         a, b = self.plan.batches[index]
         f = self.file
-        f["images"][a:b] = images
-        f["confidence"][a:b] = confidence
-        f["loss"][a:b] = loss
-        f["prediction"][a:b] = prediction
-        if snapshots and "snapshots" in f:
-            for s, (it, snap) in enumerate(snapshots):
-                f["snapshots"][s, a:b] = snap
-            f["snapshots"].attrs["iterations"] = [it for it, _ in snapshots]
-        f["batch_done"][index] = 1
-        f.flush()
+        with _writing(self.path):
+            f["images"][a:b] = images
+            f["confidence"][a:b] = confidence
+            f["loss"][a:b] = loss
+            f["prediction"][a:b] = prediction
+            if snapshots and "snapshots" in f:
+                for s, (it, snap) in enumerate(snapshots):
+                    f["snapshots"][s, a:b] = snap
+                f["snapshots"].attrs["iterations"] = [it for it, _ in snapshots]
+            f["batch_done"][index] = 1
+            f.flush()
 
     def close(self) -> None:
+        """Close the file; after a failed write (a full disk) its last flush fails too, which changes nothing then."""
         if self.file.id.valid:
-            self.file.close()
+            try:
+                self.file.close()
+            except (OSError, RuntimeError):
+                log.debug("closing %s after a failed write", self.path, exc_info=True)
+                self.file = None  # type: ignore[assignment]  # freed now, while the failed writes are quieted, not at exit
+                gc.collect()
 
     def complete(self) -> bool:
         return self.done_count == len(self.plan.batches)
