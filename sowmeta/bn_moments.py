@@ -8,21 +8,21 @@ output and the shifted per-row moments (as ``feature_moments.shifted_moments``) 
 synthesis it is an autograd Function: forward y, E[x], E[x^2]; backward dx in one pass over dy and x.
 
 It is compiled on first use with the system C compiler (``CC``, else ``cc``) against torch's own
-OpenMP runtime and kept under ``<cache>/native``; without a compiler, with ``SOWMETA_COMPILE=0``,
-or where the build fails, ``available()`` is False and the hooks record as before.
+OpenMP runtime and kept under ``<cache>/native``, and loaded from there only when this user built
+it (``native_build``: owner, permissions and the sha256 recorded at the build); without a
+compiler, with ``SOWMETA_COMPILE=0``, or where the build fails, ``available()`` is False and the
+hooks record as before.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .env import cache_dir, compile_enabled
+from .native_build import load_library
 from .stats import ILL_CONDITIONED, RowMoments
 from .taps import Tap, tap_hooks
 
@@ -79,12 +80,7 @@ class _Library:
         if compiler is None or runtime is None:
             log.info("no C compiler or no OpenMP runtime beside torch: the fused BatchNorm kernel is off")
             return None
-        path = _built(compiler, runtime)
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError:  # a damaged file in the cache (a full disk, a copy cut short): build it afresh, once
-            log.info("%s does not load; rebuilding it", path)
-            lib = ctypes.CDLL(str(_built(compiler, runtime, rebuild=True)))
+        lib = load_library(cache_dir() / "native", _SOURCE, compiler, _FLAGS, runtime)
         p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         lib.bn_moments.argtypes = [p, p, p, p, p, p, p, i64, i64, i64, ctypes.c_double, i32]
         lib.bn_moments.restype = i64
@@ -103,38 +99,6 @@ def _torch_openmp() -> Path | None:
         if found:
             return found[0]
     return None
-
-
-def _cpu_signature() -> str:
-    """What ``-march=native`` depends on: the CPU's model and feature flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
-    except OSError:
-        return platform.processor()
-    keep = [line for line in lines if line.startswith(("model name", "flags", "Features", "CPU part"))]
-    return "\n".join(dict.fromkeys(keep))
-
-
-def _built(compiler: str, runtime: Path, *, rebuild: bool = False) -> Path:
-    """The shared library for this source, compiler, flags and CPU: from the cache, else (or with ``rebuild``) compiled into it, atomically."""
-    source = _SOURCE.read_bytes()
-    version = subprocess.run([compiler, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
-    parts = (source, compiler.encode(), version.encode(), " ".join(_FLAGS).encode(), str(runtime).encode(), _cpu_signature().encode())
-    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    folder = cache_dir() / "native"
-    target = folder / f"bn_moments-{key}.so"
-    if target.is_file() and not rebuild:
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
-        out = Path(tmp) / target.name
-        cmd = [compiler, *_FLAGS, str(_SOURCE), "-o", str(out), str(runtime), f"-Wl,-rpath,{runtime.parent}"]
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise OSError(f"{Path(compiler).name} exited with {done.returncode}: {(done.stderr.strip().splitlines() or [''])[0]}")
-        os.replace(out, target)
-    log.info("built the fused BatchNorm kernel: %s", target)
-    return target
 
 
 _LIBRARY = _Library()

@@ -648,6 +648,53 @@ def test_no_fingerprint_check_still_refuses_another_architecture(tmp_path: Path)
     one_line_failure(r, "architecture differs")
 
 
+_PLANTED = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE *f = fopen(getenv("PLANTED_MARKER"), "w");
+    if (f) { fputs("the planted library ran\n", f); fclose(f); }
+}
+"""
+
+
+@pytest.mark.skipif(not __import__("shutil").which(os.environ.get("CC") or "cc"), reason="needs a C compiler to build the kernel")
+def test_a_planted_native_library_never_runs(tmp_path: Path):
+    """A library planted at the kernel's cache path (writable folder, another owner, or just other bytes) is never loaded."""
+    import shutil
+
+    from sowmeta import bn_moments
+    from sowmeta.native_build import library_path
+
+    cache, marker = tmp_path / "cache", tmp_path / "planted-ran"
+    env = {**os.environ, "SOWMETA_CACHE": str(cache), "PLANTED_MARKER": str(marker)}
+    probe = [sys.executable, "-c", "from sowmeta import bn_moments; print(bn_moments.available())"]
+
+    def available() -> bool:
+        return subprocess.run(probe, env=env, capture_output=True, text=True, check=True, timeout=300).stdout.strip() == "True"
+
+    assert available()  # builds the real kernel into the cache
+    runtime = bn_moments._torch_openmp()
+    target = library_path(cache / "native", bn_moments._SOURCE, shutil.which(os.environ.get("CC") or "cc"), bn_moments._FLAGS, runtime)
+    assert target.is_file() and target.with_name(target.name + ".sha256").is_file()
+    (tmp_path / "planted.c").write_text(_PLANTED)
+    subprocess.run([shutil.which(os.environ.get("CC") or "cc"), "-shared", "-fPIC", str(tmp_path / "planted.c"), "-o", str(tmp_path / "planted.so")],
+                   check=True, timeout=120)
+    plants = [("a world-writable cache folder", 0o777, 0o666), ("another owner's file", 0o700, 0o644), ("other bytes", 0o700, 0o644)]
+    for what, folder_mode, file_mode in plants:
+        shutil.copyfile(tmp_path / "planted.so", target)
+        target.chmod(file_mode)
+        (cache / "native").chmod(folder_mode)
+        if what == "another owner's file":
+            if os.geteuid() != 0:
+                continue  # only root can give a file to another user
+            os.chown(target, 65534, 65534)
+        assert available(), what  # the kernel still works: built again, or for this process alone
+        assert not marker.exists(), f"{what}: the planted library ran"
+        (cache / "native").chmod(0o700)
+    assert target.read_bytes() != (tmp_path / "planted.so").read_bytes()  # built over, with its own record
+
+
 # --- 8. the Hub client never hangs ----------------------------------------------------------------------
 
 
