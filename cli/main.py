@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -154,6 +155,10 @@ def main(verbose: int, plugins: tuple[str, ...]) -> None:
     """sowmeta: release class-conditional statistics with a classifier and synthesize images from it."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # huggingface_hub logs each retry of a failed download on its own handler; sowmeta reports the failure in one line
+    # (-v shows them). It reads HF_HUB_VERBOSITY when first imported, which happens later, inside a command.
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error" if verbose == 0 else "warning")
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR if verbose == 0 else level)
     _load_plugins(plugins)
 
 

@@ -91,10 +91,14 @@ def _translate(exc: BaseException, what: str, repo: str, url: str, *, offline: b
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, hf.HfHubHTTPError):  # the Hub answered with an error and nothing was cached
             return _translate(cause, what, repo, url, offline=offline)
+        if isinstance(cause, (hub_http.TooSlow, hub_http.NotTheHub)):  # their text says what to do
+            return NetworkError(f"{what}: {url}: {first_line(str(cause))}")
         if isinstance(cause, hub_http.EndpointDown):
             return NetworkError(f"{what}: cannot reach {url}: {first_line(str(cause))}, and nothing is cached; check the connection or HF_ENDPOINT")
         reason = f" ({type(cause).__name__})" if cause is not None else ""
         return NetworkError(f"{what}: cannot reach {url}{reason} and nothing is cached; check the connection or HF_ENDPOINT")
+    if isinstance(exc, (hub_http.TooSlow, hub_http.NotTheHub)):
+        return NetworkError(f"{what}: {url}: {first_line(str(exc))}")
     if isinstance(exc, hub_http.EndpointDown):
         return NetworkError(f"{what}: cannot reach {url}: {first_line(str(exc))}; check the connection or HF_ENDPOINT, or raise SOWMETA_HUB_TIMEOUT")
     if isinstance(exc, httpx2.TransportError):

@@ -28,7 +28,7 @@ __all__ = ["EndpointDown", "TooSlow", "NotTheHub", "install", "forget_failures",
 DOWN_FOR_S = 60.0
 MIN_BYTES_PER_S = 16 * 1024  # 128 kbit/s: below it, a body is taken for a stalled or hostile answer
 _lock = threading.Lock()
-_down: dict[str, tuple[float, str]] = {}  # host -> (until, why)
+_down: dict[str, tuple[float, EndpointDown]] = {}  # host -> (until, the failure)
 _deadlines: list[tuple[float, float]] = []  # (monotonic end, seconds) of every deadline() in force, any thread
 _installed = False
 
@@ -85,9 +85,10 @@ def _fail(host: str, exc: Exception) -> EndpointDown:
         why = "it refused the connection"
     else:
         why = f"the connection broke ({type(exc).__name__})"
+    failure = exc if isinstance(exc, EndpointDown) else EndpointDown(why)
     with _lock:
-        _down[host] = (time.monotonic() + DOWN_FOR_S, why)
-    return exc if isinstance(exc, EndpointDown) else EndpointDown(why)
+        _down[host] = (time.monotonic() + DOWN_FOR_S, failure)
+    return failure
 
 
 class _Stream(httpx2.SyncByteStream):
@@ -103,11 +104,11 @@ class _Stream(httpx2.SyncByteStream):
                 got += len(chunk)
                 elapsed = time.monotonic() - start
                 if elapsed > grace and got < (elapsed - grace) * MIN_BYTES_PER_S:
-                    raise TooSlow(f"its answer was sent too slowly ({got:,} bytes in {elapsed:.1f} s; "
-                                  f"after the first {grace:g} s at least {MIN_BYTES_PER_S // 1024} KiB/s are needed)")
+                    raise TooSlow(f"its answer was sent too slowly ({got:,} bytes in {elapsed:.1f} s; after the first {grace:g} s "
+                                  f"at least {MIN_BYTES_PER_S // 1024} KiB/s are needed); check the connection, or raise SOWMETA_HUB_TIMEOUT")
                 passed = _deadline_passed()
                 if passed is not None:
-                    raise TooSlow(f"the transfer did not finish within SOWMETA_HUB_DEADLINE={passed:g} s")
+                    raise TooSlow(f"the transfer did not finish within SOWMETA_HUB_DEADLINE={passed:g} s; check the connection, or raise it")
                 yield chunk
         except (httpx2.TimeoutException, httpx2.NetworkError) as exc:
             raise _fail(self.host, exc) from exc
@@ -120,12 +121,14 @@ class _BoundedTransport(httpx2.HTTPTransport):
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         host = f"{request.url.host}:{request.url.port}" if request.url.port else str(request.url.host)
         with _lock:
-            until, why = _down.get(host, (0.0, ""))
-        if time.monotonic() < until:
-            raise EndpointDown(f"{why}, a moment ago")
+            until, failure = _down.get(host, (0.0, None))
+        if failure is not None and time.monotonic() < until:
+            if type(failure) is EndpointDown:
+                raise EndpointDown(f"{failure}, a moment ago")
+            raise type(failure)(str(failure))  # too slow, or not the Hub: the same failure, said the same way
         passed = _deadline_passed()
         if passed is not None:
-            raise TooSlow(f"the transfer did not finish within SOWMETA_HUB_DEADLINE={passed:g} s")
+            raise TooSlow(f"the transfer did not finish within SOWMETA_HUB_DEADLINE={passed:g} s; check the connection, or raise it")
         limits = _limits()
         asked = dict(request.extensions.get("timeout") or {})
         request.extensions = {**request.extensions, "timeout": {k: asked.get(k) or v for k, v in limits.items()}}
@@ -136,7 +139,7 @@ class _BoundedTransport(httpx2.HTTPTransport):
         kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if response.status_code == 200 and kind == "text/html" and not request.url.path.endswith((".html", ".htm")):
             response.close()
-            raise _fail(host, NotTheHub("it answered with an HTML page instead of the Hub's answer (a proxy's or network's sign-in page?); "
+            raise _fail(host, NotTheHub("it answered with an HTML page, not as the Hub does (a proxy's or network's sign-in page?); "
                                         "sign in to the network, or check HF_ENDPOINT"))
         response.stream = _Stream(response.stream, host)  # type: ignore[arg-type]
         return response

@@ -551,6 +551,14 @@ class _Server(ThreadingHTTPServer):
         self.connections: set[socket.socket] = set()
         self.conn_lock = threading.Lock()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (it gave up on a dripping or proxied answer) is no error of the server's; print the rest."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def drop_connections(self) -> None:
         """Cut every open (keep-alive) connection, as a dying server would."""
         with self.conn_lock:
