@@ -522,6 +522,34 @@ def test_bad_tensor_values_are_named(bundle_copy: Path, change, expect: str, tmp
     assert not (tmp_path / "s.h5").exists()
 
 
+CONFORMANCE = Path(__file__).parent / "conformance"
+
+
+@pytest.mark.parametrize(("case", "rule"), [
+    ("counts--zero-not-listed", "counts"), ("counts--listed-not-zero", "counts"), ("counts--sum", "counts"),
+    ("image-var-every-tap--one-tap", "image-var-every-tap"), ("file-tensors--extra", "file-tensors"),
+    ("manifest-json--duplicate-key", "manifest-json"), ("safetensors--overlap", "safetensors"), ("safetensors--trailing-bytes", "safetensors"),
+    ("global-pooling--var", "global-pooling"), ("global-pooling--mean", "global-pooling"),
+])
+def test_what_validate_used_to_accept_is_refused_by_rule(case: str, rule: str, tmp_path: Path):
+    """The crafted bundles validate accepted although the format forbids them (tests/conformance has every rule): refused, naming the rule."""
+    import shutil
+
+    copy = Path(shutil.copytree(CONFORMANCE / "invalid" / case, tmp_path / case))
+    one_line_failure(cli("validate", copy), f"[rule {rule}]")
+    one_line_failure(cli("synthesize", "--bundle", copy, "--out", tmp_path / "s.h5", "-q"), f"[rule {rule}]")
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_repeated_labels_are_valid_and_named_by_index(tmp_path: Path):
+    """Two classes may share a label (ImageNet's cranes): the bundle is valid; naming the label alone is refused."""
+    bundle = CONFORMANCE / "valid" / "1.4-repeated-labels"
+    assert cli("validate", bundle).exit_code == 0
+    with pytest.raises(E.ConfigError, match="'crane' is ambiguous: classes 0 and 1"):
+        Bundle.load(bundle, classes=["crane"])
+    assert Bundle.load(bundle, classes=[1, "bird"]).classes == [1, 2]
+
+
 @pytest.mark.parametrize(("change", "expect"), [
     (lambda d: d["model"].update(labels=["a", "b"]), "2 labels for 4 classes"),
     (lambda d: d["taps"].append(dict(d["taps"][0])), "tap 'bn1' is listed twice"),
@@ -752,7 +780,7 @@ def test_a_hub_answer_cut_short_dripping_or_from_a_proxy_is_one_line(fake_hub, m
     pull_fails("did not finish within SOWMETA_HUB_DEADLINE=3 s", 12)
     fake_hub.drip_seconds = 0
     fake_hub.proxy_page = True
-    pull_fails("answered with an HTML page", 10)
+    pull_fails("answered with an HTML page, not as the Hub does", 10)
     fake_hub.proxy_page = False
     http.forget_failures()
     assert cli("pull", "alice/b", "--registry", "hub").exit_code == 0  # and the Hub itself still works
