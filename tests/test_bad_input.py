@@ -308,7 +308,8 @@ def test_classes_are_indices_or_unambiguous_labels(bundle_copy: Path, tmp_path: 
     r = cli("synthesize", "--bundle", bundle_copy, *SYNTH, "--classes", "crane", "--out", tmp_path / "s.h5")
     one_line_failure(r, "'crane' is ambiguous: classes 0 and 1 of the model are all labelled 'crane'; pass the index")
     timm_data = pytest.importorskip("timm.data")
-    imagenet = [timm_data.ImageNetInfo().index_to_description(i) for i in range(1000)]  # ImageNet-1k's own class names
+    info = timm_data.ImageNetInfo()
+    imagenet = [info.index_to_description(i) for i in range(1000)]  # ImageNet-1k's own class names
     assert [i for i, name in enumerate(imagenet) if name == "crane"] == [134, 517]
     with pytest.raises(E.ConfigError, match="classes 134 and 517"):
         resolve_classes(["crane"], imagenet, 1000)
