@@ -19,7 +19,7 @@ import torch
 from edge_bias import HEADER, row
 from sowmeta import SynthConfig, load_model, synthesize
 from sowmeta.env import shared_dir
-from sowmeta.synthdata import load_images, read_info
+from sowmeta.data.image_sets import load_images, read_info
 
 
 def main() -> None:

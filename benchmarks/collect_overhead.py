@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sowmeta.bn_moments import fused_batchnorm_taps
+from sowmeta.moments.native import fused_batchnorm_taps
 from sowmeta.collectors import StatsRecorder, collect
-from sowmeta.data import folder_loader, plan_loader, scan_image_folder
+from sowmeta.data.folders import folder_loader, plan_loader, scan_image_folder
 from sowmeta.models import load_model
-from sowmeta.taps import resolve_taps, tap_hooks
+from sowmeta.models.taps import resolve_taps, tap_hooks
 
 CIFAR_JPEGS = Path(__file__).resolve().parent.parent / ".work" / "cifar10" / "train"
 

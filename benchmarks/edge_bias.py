@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from sowmeta.synthdata import load_images
+from sowmeta.data.image_sets import load_images
 
 BAND = 4
 

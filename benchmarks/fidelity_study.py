@@ -27,8 +27,8 @@ from sowmeta import SynthConfig, load_model, synthesize
 from sowmeta.env import shared_dir
 from sowmeta.evaluation import evaluate
 from sowmeta.models import CIFAR10_LABELS
-from sowmeta.synth.export import contact_sheet, readable_scale, save_png
-from sowmeta.synthdata import load_images
+from sowmeta.data.export import contact_sheet, readable_scale, save_png
+from sowmeta.data.image_sets import load_images
 
 JUDGES = {  # name -> weights (relative to the shared models folder, or a path)
     "cifar-resnet20": "resnet20.safetensors",

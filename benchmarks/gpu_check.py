@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import collect_overhead  # noqa: E402
 import synth_speed  # noqa: E402
 
-from sowmeta.feature_moments import mean_and_square  # noqa: E402
+from sowmeta.moments.reduce import mean_and_square  # noqa: E402
 from sowmeta.models import load_model  # noqa: E402
-from sowmeta.preprocess import Preprocessing  # noqa: E402
+from sowmeta.models.preprocess import Preprocessing  # noqa: E402
 from sowmeta.synth import SynthConfig  # noqa: E402
 from sowmeta.synth.engine import Inverter, TapTarget  # noqa: E402
 

@@ -19,8 +19,8 @@ import torch
 
 from sowmeta import load_model
 from sowmeta.env import shared_dir
-from sowmeta.synthdata import load_images
-from sowmeta.taps import resolve_taps, tap_hooks
+from sowmeta.data.image_sets import load_images
+from sowmeta.models.taps import resolve_taps, tap_hooks
 
 
 def within_share(f: torch.Tensor, y: torch.Tensor) -> float:

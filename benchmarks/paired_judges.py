@@ -18,7 +18,7 @@ import torch
 
 from fidelity_study import judge
 from sowmeta.env import shared_dir
-from sowmeta.synthdata import load_images
+from sowmeta.data.image_sets import load_images
 
 
 def correct(net: object, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -30,11 +30,11 @@ import torch
 from sowmeta import SynthConfig, load_model, synthesize
 from sowmeta.collectors import collect_seeds
 from sowmeta.env import shared_dir
-from sowmeta.metrics import run_model, top1_accuracy
+from sowmeta.evaluation.metrics import run_model, top1_accuracy
 from sowmeta.models import CIFAR10_LABELS
-from sowmeta.sketch import edge_overlap, edge_sketch
-from sowmeta.synth.export import readable_scale, save_png, sheet
-from sowmeta.synthdata import load_images
+from sowmeta.synth.sketch import edge_overlap, edge_sketch
+from sowmeta.data.export import readable_scale, save_png, sheet
+from sowmeta.data.image_sets import load_images
 
 VARIANTS = {  # name -> (bundle, init)
     "photo-stats, sketch init": ("b-photos", "sketch"),

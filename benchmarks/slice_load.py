@@ -78,8 +78,8 @@ def make_bundle(directory: Path, classes: int, taps: int | None = None, name: st
 
     from sowmeta.bundle import Bundle, ModelRecord, SourceRecord
     from sowmeta.models import fingerprint, load_model
-    from sowmeta.stats import ClassMoments
-    from sowmeta.taps import resolve_taps
+    from sowmeta.moments.class_moments import ClassMoments
+    from sowmeta.models.taps import resolve_taps
 
     loaded = load_model("resnet50", weights="none")
     module = loaded.module
@@ -114,8 +114,8 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="where to write the bundle (default: a temporary directory)")
     args = ap.parse_args()
     from sowmeta.bundle import Bundle
-    from sowmeta.bundle_files import verify_files
-    from sowmeta.verified import RACY_SECONDS
+    from sowmeta.bundle.files import verify_files
+    from sowmeta.bundle.verified import RACY_SECONDS
 
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         os.environ["SOWMETA_CACHE"] = str(Path(tmp) / "cache")  # the record of verified files, here and in the children

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from sowmeta.env import shared_dir
-from sowmeta.metrics import per_class_frechet, run_model, top1_accuracy
+from sowmeta.evaluation.metrics import per_class_frechet, run_model, top1_accuracy
 from sowmeta.models import load_model
-from sowmeta.synthdata import load_images
+from sowmeta.data.image_sets import load_images
 
 
 def roughness(x: torch.Tensor) -> float:
@@ -68,8 +68,8 @@ def main() -> None:
 def side_by_side(sets: list[Path], path: Path, per_row: int) -> None:
     """The sets side by side (columns labelled with their file names), one labelled row per class."""
     from sowmeta.models import CIFAR10_LABELS
-    from sowmeta.synth.export import readable_scale, save_png, sheet
-    from sowmeta.synthdata import load_images
+    from sowmeta.data.export import readable_scale, save_png, sheet
+    from sowmeta.data.image_sets import load_images
 
     loaded = [load_images(s) for s in sets]
     classes = sorted({int(c) for _, labels in loaded for c in labels.tolist()})

@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sowmeta.bn_moments import fused_batchnorm_taps
+from sowmeta.moments.native import fused_batchnorm_taps
 from sowmeta.models import load_model
-from sowmeta.preprocess import Preprocessing
+from sowmeta.models.preprocess import Preprocessing
 from sowmeta.synth import SynthConfig
 from sowmeta.synth.engine import Inverter, TapTarget
-from sowmeta.taps import resolve_taps
+from sowmeta.models.taps import resolve_taps
 
 
 @dataclass

@@ -21,8 +21,8 @@ from torch.utils.data import TensorDataset
 
 from sowmeta import SynthConfig, load_model, synthesize
 from sowmeta.env import shared_dir
-from sowmeta.metrics import per_class_frechet, run_model, top1_accuracy
-from sowmeta.synthdata import load_images
+from sowmeta.evaluation.metrics import per_class_frechet, run_model, top1_accuracy
+from sowmeta.data.image_sets import load_images
 from synth_quality import roughness  # benchmarks/ is on sys.path when a script here runs
 
 CLASSES = [1, 3, 8]  # automobile, cat, ship

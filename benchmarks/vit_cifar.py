@@ -237,7 +237,7 @@ class Scorer:
     """
 
     def __init__(self, judge: LoadedModel, data: Data, cache: Path, draws: int = 10) -> None:
-        from sowmeta.metrics import run_model
+        from sowmeta.evaluation.metrics import run_model
 
         self.judge, self.draws = judge, draws
         if cache.exists():
@@ -255,7 +255,7 @@ class Scorer:
 
     def score(self, images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0) -> dict[str, Any]:
         """Top-1 of the judge on ``images`` (uint8) and per-class FD/KID against real images, with the real floor."""
-        from sowmeta.metrics import frechet_distance, kernel_distance, run_model
+        from sowmeta.evaluation.metrics import frechet_distance, kernel_distance, run_model
 
         out = run_model(self.judge, torch.utils.data.TensorDataset(images, labels), features=True)
         g = torch.Generator().manual_seed(seed)
@@ -379,7 +379,7 @@ def synth(args: argparse.Namespace, modes: list[str]) -> None:
 
 def save_grid(path: Path, sets: list[tuple[str, torch.Tensor, torch.Tensor]], classes: list[int], per_row: int) -> None:
     """The sets side by side (labelled columns), one labelled row per class, enlarged twice; a sowmeta PNG."""
-    from sowmeta.synth.export import save_png, sheet
+    from sowmeta.data.export import save_png, sheet
 
     rows = []
     for k in classes:
@@ -395,7 +395,7 @@ def save_grid(path: Path, sets: list[tuple[str, torch.Tensor, torch.Tensor]], cl
 
 def evaluate(args: argparse.Namespace, data: Data) -> dict[str, Any]:
     """The ViT's test accuracy; both sets scored by every judge; eval.json, eval.md and grid.png."""
-    from sowmeta.synthdata import load_images
+    from sowmeta.data.image_sets import load_images
 
     model = vit(args)
     norm = Normalize(model)

@@ -72,7 +72,7 @@ def tiny_net(num_classes: int = 4, seed: int = 0) -> TinyNet:
 def loaded_tiny(crop: int = 12, classes: int = 4, weights: str | None = None) -> LoadedModel:
     """``tiny_net`` as ``load_model`` would give it: the model the collector and CLI tests use."""
     from sowmeta.models import LoadedModel
-    from sowmeta.preprocess import Preprocessing
+    from sowmeta.models.preprocess import Preprocessing
 
     return LoadedModel(tiny_net(classes), "conftest:tiny_net", weights, classes, None, Preprocessing(crop=crop))
 

@@ -38,9 +38,9 @@ def make_tiny_bundle(path: Path, *, seed: int = 0, num_classes: int = 3, base_mo
     """Build and save a real bundle through the public API: a Conv-BN model, bn-input taps, random data."""
     from sowmeta.bundle import Bundle, ModelRecord, SourceRecord
     from sowmeta.models import fingerprint
-    from sowmeta.preprocess import Preprocessing
-    from sowmeta.stats import ClassMoments
-    from sowmeta.taps import probe_channels, resolve_taps, tap_hooks
+    from sowmeta.models.preprocess import Preprocessing
+    from sowmeta.moments.class_moments import ClassMoments
+    from sowmeta.models.taps import probe_channels, resolve_taps, tap_hooks
 
     torch.manual_seed(seed)
     model = nn.Sequential(

@@ -15,7 +15,7 @@ from sowmeta import errors as E
 from sowmeta.cli.main import main
 from sowmeta.collectors import collect
 from sowmeta.models import LoadedModel
-from sowmeta.preprocess import Preprocessing
+from sowmeta.models.preprocess import Preprocessing
 from sowmeta.synth import SynthConfig, synthesize
 
 

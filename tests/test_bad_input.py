@@ -233,7 +233,7 @@ def reseal(path: Path) -> None:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from sowmeta.manifest import content_digest
+    from sowmeta.bundle.manifest import content_digest
 
     d = json.loads((path / "sowmeta.json").read_text())
     digest = content_digest(d, d["format_version"])
@@ -251,7 +251,7 @@ def test_a_manifest_sets_only_shape_arguments_of_the_model(tmp_path: Path, monke
     import dataclasses
 
     pytest.importorskip("timm")
-    from sowmeta.models import load_model_for
+    from sowmeta.bundle import load_model_for
 
     shape = {"img_size": 32, "patch_size": 8, "depth": 2}
     model = load_model("timm:vit_tiny_patch16_224", weights="none", args=shape)
@@ -293,7 +293,7 @@ def test_classes_are_indices_or_unambiguous_labels(bundle_copy: Path, tmp_path: 
     """Bundle.load and --classes: a bad class is a one-line ConfigError; a label two classes share is refused with both indices."""
     import numpy as np
 
-    from sowmeta.class_names import resolve_classes
+    from sowmeta.data.class_names import resolve_classes
 
     for bad, expect in (("c", "'c' is neither a class index nor a label"), (3.0, "3.0 is not a class index"), (True, "True is not a class index"),
                         (None, "NoneType"), (7, "class 7 does not exist")):
@@ -413,7 +413,7 @@ def _bomb_jpeg(path: Path, side: int = 20_000) -> Path:
 
 def test_stray_files_and_decompression_bombs(tmp_path: Path):
     """macOS's ._ files, hidden folders and __MACOSX are not images; a bomb is an undecodable image (skipped, or one line)."""
-    from sowmeta.data import jpeg_pixels
+    from sowmeta.data.folders import jpeg_pixels
 
     data = write_image_folder(tmp_path / "data", classes=3, per_class=2)
     (data / "0_c0" / "._img000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
@@ -436,7 +436,7 @@ def test_stray_files_and_decompression_bombs(tmp_path: Path):
 
 
 def test_imagenet_wordnet_ids_need_no_flag(tmp_path: Path):
-    from sowmeta.class_folders import imagenet_wnids, map_class_folders
+    from sowmeta.data.class_folders import imagenet_wnids, map_class_folders
 
     wnids = imagenet_wnids()
     assert len(wnids) == 1000 and wnids[0] == "n01440764" and list(wnids) == sorted(wnids)
@@ -692,12 +692,12 @@ def test_a_planted_native_library_never_runs(tmp_path: Path):
     """A library planted at the kernel's cache path (writable folder, another owner, or just other bytes) is never loaded."""
     import shutil
 
-    from sowmeta import bn_moments
-    from sowmeta.native_build import library_path
+    from sowmeta.moments import native as bn_moments
+    from sowmeta.moments.native_build import library_path
 
     cache, marker = tmp_path / "cache", tmp_path / "planted-ran"
     env = {**os.environ, "SOWMETA_CACHE": str(cache), "PLANTED_MARKER": str(marker)}
-    probe = [sys.executable, "-c", "from sowmeta import bn_moments; print(bn_moments.available())"]
+    probe = [sys.executable, "-c", "from sowmeta.moments import native; print(native.available())"]
 
     def available() -> bool:
         return subprocess.run(probe, env=env, capture_output=True, text=True, check=True, timeout=300).stdout.strip() == "True"
@@ -730,7 +730,7 @@ def test_a_planted_native_library_never_runs(tmp_path: Path):
 @pytest.fixture
 def silent_endpoint(registry_env: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     """A port that accepts connections (the kernel's backlog) and never answers a byte."""
-    from sowmeta import hub_http as http
+    from sowmeta.hub import http
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -746,7 +746,7 @@ def silent_endpoint(registry_env: Path, monkeypatch: pytest.MonkeyPatch):  # noq
 def test_hub_calls_time_out_with_one_line(silent_endpoint: socket.socket, make_bundle, tmp_path: Path):  # noqa: ANN001
     src = make_bundle()
     for args in (["pull", "me/x", "--registry", "hub"], ["push", src, "me/x", "--registry", "hub"], ["list", "--registry", "hub"]):
-        from sowmeta import hub_http as http
+        from sowmeta.hub import http
 
         http.forget_failures()
         start = time.monotonic()
@@ -758,7 +758,7 @@ def test_hub_calls_time_out_with_one_line(silent_endpoint: socket.socket, make_b
 
 def test_a_hub_answer_cut_short_dripping_or_from_a_proxy_is_one_line(fake_hub, make_bundle, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN001
     """Bodies shorter than their Content-Length, bodies at a byte every 0.2 s, HTML 200 pages: one line each, within seconds."""
-    from sowmeta import hub_http as http
+    from sowmeta.hub import http
     from sowmeta import registry
 
     registry.push(make_bundle(), "alice/b", registry="hub")
@@ -788,7 +788,7 @@ def test_a_hub_answer_cut_short_dripping_or_from_a_proxy_is_one_line(fake_hub, m
 
 
 def test_hub_list_against_a_closed_port_is_quick(registry_env: Path, monkeypatch: pytest.MonkeyPatch):
-    from sowmeta import hub_http as http
+    from sowmeta.hub import http
 
     http.forget_failures()
     start = time.monotonic()
@@ -976,7 +976,7 @@ def test_a_model_passed_where_the_bundle_goes_is_named(tmp_path: Path):
 
 def test_data_that_is_a_file_is_called_a_file_not_missing(tmp_path: Path):
     """--data /dev/null (or any file): 'is not a directory', not 'does not exist'."""
-    from sowmeta.data import scan_image_folder
+    from sowmeta.data.folders import scan_image_folder
     from sowmeta.errors import DataError
 
     f = tmp_path / "train.zip"

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from sowmeta import bn_moments
+from sowmeta.moments import native as bn_moments
 from sowmeta.collectors import StatsRecorder, collect
-from sowmeta.stats import ILL_CONDITIONED, per_image_moments
-from sowmeta.taps import resolve_taps
+from sowmeta.moments.class_moments import ILL_CONDITIONED, per_image_moments
+from sowmeta.models.taps import resolve_taps
 
 from conftest import randomize_bn, tiny_net, write_image_folder
 
@@ -131,7 +131,7 @@ def test_what_is_not_fused():
 def test_collect_takes_the_fused_route_and_matches_the_hooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The same bundle through the kernel and through the hooks (SOWMETA_COMPILE=0), and the kernel really ran."""
     from sowmeta.models import LoadedModel
-    from sowmeta.preprocess import Preprocessing
+    from sowmeta.models.preprocess import Preprocessing
 
     folder = write_image_folder(tmp_path / "data", classes=4, per_class=6, size=12)
     loaded = LoadedModel(tiny_net(4), "conftest:tiny_net", None, 4, None, Preprocessing(crop=12))
@@ -173,7 +173,7 @@ def test_no_compiler_means_the_hooks(monkeypatch: pytest.MonkeyPatch, caplog: py
     monkeypatch.setenv("CC", "/nonexistent/cc")
     assert bn_moments._Library().get() is None
     monkeypatch.setenv("CC", "false")
-    with caplog.at_level(logging.WARNING, logger="sowmeta.bn_moments"):
+    with caplog.at_level(logging.WARNING, logger="sowmeta.moments.native"):
         assert bn_moments._Library().get() is None
     assert "unavailable" in caplog.text
     broken = bn_moments._Library()
@@ -251,7 +251,7 @@ def test_synthesis_sums_need_a_frozen_layer_and_autograd():
 @needs_kernel
 def test_engine_takes_the_fused_route_and_matches_the_hooks(monkeypatch: pytest.MonkeyPatch):
     """A few iterations of the engine through the kernel and through the hooks (SOWMETA_COMPILE=0): the same images."""
-    from sowmeta.preprocess import Preprocessing
+    from sowmeta.models.preprocess import Preprocessing
     from sowmeta.synth.config import SynthConfig
     from sowmeta.synth.engine import Inverter, TapTarget
 
@@ -283,7 +283,7 @@ def test_a_damaged_cached_build_is_rebuilt_and_an_unusable_cache_is_a_warning(mo
     import sys
 
     env = {**os.environ, "SOWMETA_CACHE": str(tmp_path / "cache")}
-    probe = [sys.executable, "-c", "from sowmeta import bn_moments; print(bn_moments.available())"]
+    probe = [sys.executable, "-c", "from sowmeta.moments import native; print(native.available())"]
     assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "True"
     (built,) = (tmp_path / "cache" / "native").glob("bn_moments-*.so")
     built.write_bytes(b"not a shared library")  # as a copy cut short would leave it
@@ -291,7 +291,7 @@ def test_a_damaged_cached_build_is_rebuilt_and_an_unusable_cache_is_a_warning(mo
     assert built.read_bytes()[:4] == b"\x7fELF"
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("SOWMETA_CACHE", str(tmp_path / "file"))  # the cache is a file: nothing can be built there
-    with caplog.at_level(logging.WARNING, logger="sowmeta.bn_moments"):
+    with caplog.at_level(logging.WARNING, logger="sowmeta.moments.native"):
         assert bn_moments._Library().get() is None
     assert "unavailable" in caplog.text and "hooks" in caplog.text
 
@@ -346,7 +346,7 @@ def test_timm_batchnorm_act_gradient_equals_float64_autograd():
 def test_collect_fuses_timm_batchnorm_act_taps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A network built from BatchNormAct2d: the same bundle through the kernel as through the hooks, and the kernel ran."""
     from sowmeta.models import LoadedModel
-    from sowmeta.preprocess import Preprocessing
+    from sowmeta.models.preprocess import Preprocessing
 
     net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), _bn_act(6, 1), nn.Conv2d(6, 5, 3, stride=2), _bn_act(5, 2),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).eval()

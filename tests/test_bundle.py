@@ -22,10 +22,10 @@ from sowmeta.errors import (
     UnsupportedVersionError,
 )
 from sowmeta.models import fingerprint
-from sowmeta.preprocess import Preprocessing
-from sowmeta.schema import validate_manifest
-from sowmeta.stats import ClassMoments
-from sowmeta.taps import resolve_taps, tap_hooks
+from sowmeta.models.preprocess import Preprocessing
+from sowmeta.bundle.schema import validate_manifest
+from sowmeta.moments.class_moments import ClassMoments
+from sowmeta.models.taps import resolve_taps, tap_hooks
 
 from conftest import tiny_net
 
@@ -195,7 +195,7 @@ def _rewrite_as_writer(saved: Path, d: dict) -> None:
 
     from safetensors.torch import load_file, save_file
 
-    from sowmeta.manifest import content_digest
+    from sowmeta.bundle.manifest import content_digest
 
     f = saved / "stats.safetensors"
     save_file(load_file(str(f)), str(f), metadata={"format": "sowmeta-bundle", "format_version": d["format_version"], "shard": "1/1",
@@ -262,7 +262,7 @@ def test_sliced_loading_requests_only_the_asked_rows(saved: Path, monkeypatch):
     import json
     import struct
 
-    from sowmeta import bundle_files
+    from sowmeta.bundle import files as bundle_files
 
     f = saved / "stats.safetensors"
     raw = f.read_bytes()
@@ -311,7 +311,7 @@ def test_sliced_loading_requests_only_the_asked_rows(saved: Path, monkeypatch):
 @pytest.mark.parametrize("most", [1, 7, 1000])
 def test_short_reads_are_finished_piece_by_piece(saved: Path, monkeypatch, most: int):
     """A read that returns fewer bytes than asked (allowed by POSIX) still fills every buffer exactly."""
-    from sowmeta import bundle_files
+    from sowmeta.bundle import files as bundle_files
 
     real = os.preadv
 

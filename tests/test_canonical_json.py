@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from sowmeta.canonical_json import StrictJSONError, canonical_json, parse_strict
-from sowmeta.manifest import content_digest
+from sowmeta.bundle.canonical_json import StrictJSONError, canonical_json, parse_strict
+from sowmeta.bundle.manifest import content_digest
 
 # RFC 8785, Appendix B: IEEE 754 doubles (hex) and the text ECMAScript writes for them
 NUMBERS = {

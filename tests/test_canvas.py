@@ -11,7 +11,7 @@ import torch
 
 from conftest import tiny_net
 from sowmeta.errors import ConfigError
-from sowmeta.preprocess import Preprocessing
+from sowmeta.models.preprocess import Preprocessing
 from sowmeta.synth import Inverter, SynthConfig
 from sowmeta.synth.canvas import Canvas
 

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from sowmeta.collectors import TrainingCollector
 from sowmeta.models import BUILTIN_MODELS, load_model
-from sowmeta.preprocess import Preprocessing
-from sowmeta.taps import probe, resolve_taps
+from sowmeta.models.preprocess import Preprocessing
+from sowmeta.models.taps import probe, resolve_taps
 
 LN_TAPS = [f"blocks.{i}.norm{j}" for i in range(6) for j in (1, 2)] + ["norm"]
 

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torchvision.datasets import ImageFolder
 
 from sowmeta.collectors import TrainingCollector, collect, collect_seeds
-from sowmeta.data import read_image
+from sowmeta.data.folders import read_image
 from sowmeta.errors import CorruptImageError, DataError, SeedRejectedError
 from sowmeta.models import load_model
-from sowmeta.preprocess import Preprocessing
-from sowmeta.taps import resolve_taps
+from sowmeta.models.preprocess import Preprocessing
+from sowmeta.models.taps import resolve_taps
 
 from conftest import loaded_tiny, tiny_net, write_image_folder
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from sowmeta.bundle import Bundle
-from sowmeta.bundle_rules import RULES
+from sowmeta.bundle.rules import RULES
 from sowmeta.cli.main import main
 from sowmeta.errors import BundleError
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sowmeta.data import DecodedImages, NormalizeBatch, decode_file, folder_loader, plan_loader, read_image, scan_image_folder
-from sowmeta.preprocess import Preprocessing
+from sowmeta.data.folders import DecodedImages, NormalizeBatch, decode_file, folder_loader, plan_loader, read_image, scan_image_folder
+from sowmeta.models.preprocess import Preprocessing
 
 from conftest import write_image_folder
 
@@ -73,7 +73,7 @@ def test_plan_fits_the_machine():
 @pytest.mark.parametrize("prep", [Preprocessing(crop=12), Preprocessing(crop=10, resize=14, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))])
 def test_decoding_in_the_main_process_matches_the_workers(tmp_path: Path, prep: Preprocessing):
     """The GPU route (run here on the CPU): exact without resizing; within two levels of PIL's resize with it."""
-    from sowmeta.data import DecodeOnDevice, LoaderPlan
+    from sowmeta.data.folders import DecodeOnDevice, LoaderPlan
 
     root = _mixed_folder(tmp_path / "data")
     (root / "0_c0" / "img001.jpg").write_bytes((root / "0_c0" / "img000.jpg").read_bytes()[:300])  # truncated
@@ -110,7 +110,7 @@ def test_folder_scan_finds_what_rglob_finds_in_the_same_order(tmp_path):
     ``sorted(p for p in rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)``, less hidden files and folders."""
     import os
 
-    from sowmeta.data import IMAGE_EXTENSIONS, scan_image_folder
+    from sowmeta.data.folders import IMAGE_EXTENSIONS, scan_image_folder
 
     cls = tmp_path / "root" / "cat"
     for rel in ("a/b.png", "a-c.png", "a.png", "B.JPG", ".hidden.jpg", "x/y/z.jpeg", "notes.txt", "x/y/w.gif", "a0/.jpg"):
@@ -134,7 +134,7 @@ def test_folder_scan_finds_what_rglob_finds_in_the_same_order(tmp_path):
 
 
 def test_folder_scan_limit_below_one_is_refused(tmp_path):
-    from sowmeta.data import scan_image_folder
+    from sowmeta.data.folders import scan_image_folder
     from sowmeta.errors import DataError
 
     (tmp_path / "a").mkdir()

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from sowmeta.demo_data import DEMO_CLASSES, border_stats, make_demo_images, make_demo_outlines
+from sowmeta.demo.data import DEMO_CLASSES, border_stats, make_demo_images, make_demo_outlines
 
 STAGES = {"dataset", "train", "registry", "synthesize cc", "synthesize di", "synthesize sketch", "grid+report"}
 

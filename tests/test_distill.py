@@ -11,9 +11,9 @@ import torch
 
 from sowmeta.distillation import CHECKPOINT, METRICS, STUDENT, DistillConfig, augment, distill, kd_loss
 from sowmeta.errors import ConfigError, DataError, OutputExistsError
-from sowmeta.metrics import accuracy
+from sowmeta.evaluation.metrics import accuracy
 from sowmeta.models import LoadedModel, load_model
-from sowmeta.preprocess import Preprocessing
+from sowmeta.models.preprocess import Preprocessing
 
 from conftest import tiny_net, write_image_folder
 from synth_files import write_synth_h5
@@ -190,7 +190,7 @@ def test_bad_input(tmp_path: Path, data):
 def test_image_folder_data_and_worker_processes_give_the_same_run(tmp_path: Path, data, monkeypatch):
     """Any class-per-folder directory can be the data (the real-data baseline); decoding once into memory
     or streaming through worker processes changes nothing."""
-    distill_module = importlib.import_module("sowmeta.distillation")  # the package's `distill` is the function
+    distill_module = importlib.import_module("sowmeta.distillation.training")
 
     _, test = data
     folder = write_image_folder(tmp_path / "real-train", classes=4, per_class=4)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from sowmeta.errors import ConfigError, DataError
 from sowmeta.evaluation import EvaluationReport, evaluate
-from sowmeta.metrics import (
+from sowmeta.evaluation.metrics import (
     class_diversity,
     frechet_distance,
     inception_score,
@@ -23,7 +23,7 @@ from sowmeta.metrics import (
     per_class_frechet,
 )
 from sowmeta.models import LoadedModel, load_model
-from sowmeta.preprocess import Preprocessing
+from sowmeta.models.preprocess import Preprocessing
 
 from conftest import shared_path, tiny_net, write_image_folder
 from synth_files import write_synth_h5
@@ -187,7 +187,7 @@ def test_cached_inception_v3_computes_the_feature_scores(tmp_path: Path):
     """With Inception-V3 weights in the torch hub cache (here: random ones, planted; nothing downloads), it is the feature network."""
     from torchvision.models import Inception_V3_Weights, inception_v3
 
-    from sowmeta.metrics import inception_weights_cached
+    from sowmeta.evaluation.metrics import inception_weights_cached
 
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(Inception_V3_Weights.IMAGENET1K_V1.url).name
     assert not inception_weights_cached()
@@ -333,7 +333,7 @@ def test_class_folders_are_matched_to_the_models_labels_by_name(tmp_path: Path):
 
 def test_each_folder_is_scanned_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Two networks, a folder of images and a reference folder: two directory scans, not one per network and stage."""
-    import sowmeta.synthdata as synthdata
+    import sowmeta.data.image_sets as synthdata
 
     scanned: list[str] = []
     real_scan = synthdata.scan_image_folder

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from sowmeta.errors import DataError
 from sowmeta.evaluation import evaluate
-from sowmeta.metrics import per_class_kernel_distance, split_per_class
+from sowmeta.evaluation.metrics import per_class_kernel_distance, split_per_class
 
 from conftest import write_image_folder
 from synth_files import write_synth_h5

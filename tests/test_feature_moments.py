@@ -12,9 +12,9 @@ import logging
 import pytest
 import torch
 
-from sowmeta import feature_moments
-from sowmeta.feature_moments import compiled_kernels, mean_and_square
-from sowmeta.stats import ClassMoments
+from sowmeta.moments import reduce as feature_moments
+from sowmeta.moments.reduce import compiled_kernels, mean_and_square
+from sowmeta.moments.class_moments import ClassMoments
 from sowmeta.synth.losses import per_image_moments
 
 # (shape, channel axis): NCHW maps, token sequences [N, L, D], and a map with its channels on axis 2
@@ -86,7 +86,7 @@ def test_a_failing_compiler_falls_back_to_the_eager_reduction(monkeypatch, caplo
     monkeypatch.setattr(feature_moments, "COMPILE_MIN_ELEMENTS", {"cpu": 0, "cuda": 0})
     monkeypatch.delenv("SOWMETA_COMPILE", raising=False)
     x = torch.randn(2, 3, 10, generator=torch.Generator().manual_seed(3))
-    with caplog.at_level(logging.WARNING, logger="sowmeta.feature_moments"):
+    with caplog.at_level(logging.WARNING, logger="sowmeta.moments.reduce"):
         check_values_and_gradients(x, 1)
     assert "using the eager reduction" in caplog.text
     assert compiled_kernels() is False

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from sowmeta.errors import ModelError
-from sowmeta.fuse import fuse_bn
+from sowmeta.models.fuse import fuse_bn
 from sowmeta.models import CifarResNet
 
 from conftest import randomize_bn, tiny_net

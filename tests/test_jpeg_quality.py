@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import loaded_tiny, write_image_folder
 from sowmeta.collectors import collect, collect_seeds
-from sowmeta.jpeg_quality import compression_note, jpeg_info
+from sowmeta.data.jpeg_quality import compression_note, jpeg_info
 
 
 def _jpeg(path: Path, quality: int, subsampling: int, side: int = 32) -> Path:
@@ -180,7 +180,7 @@ def test_a_manifest_with_impossible_compression_is_refused(tmp_path: Path):
     import json
 
     from sowmeta.errors import SchemaError
-    from sowmeta.manifest import Manifest
+    from sowmeta.bundle.manifest import Manifest
 
     collect(loaded_tiny(), _folder(tmp_path / "d", [(75, 2), (75, 2)]), out=tmp_path / "b")
     good = json.loads((tmp_path / "b" / "sowmeta.json").read_text())

@@ -15,12 +15,12 @@ from PIL import Image
 
 from sowmeta.cli.main import main
 from sowmeta.errors import ConfigError
-from sowmeta.jpeg_quality import ijg_tables
-from sowmeta.preprocess import Preprocessing
+from sowmeta.data.jpeg_quality import ijg_tables
+from sowmeta.models.preprocess import Preprocessing
 from sowmeta.synth.config import SynthConfig
 from sowmeta.synth.engine import Inverter, TapTarget
 from sowmeta.synth.jpeg_view import jpeg_view, soft_round
-from sowmeta.taps import resolve_taps
+from sowmeta.models.taps import resolve_taps
 
 _PIL_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 

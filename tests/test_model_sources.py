@@ -101,7 +101,7 @@ def test_timm_by_name_with_arguments_and_pretrained_weights_from_the_hub(fake_hu
 
 def test_dict_and_tuple_outputs_work_through_collect_and_synthesize(tmp_path: Path):
     from sowmeta.models import LoadedModel
-    from sowmeta.preprocess import Preprocessing
+    from sowmeta.models.preprocess import Preprocessing
 
     class DictNet(nn.Module):
         def __init__(self) -> None:

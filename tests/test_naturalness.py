@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sowmeta.errors import DataError
-from sowmeta.naturalness import compare_naturalness, hf_fraction, naturalness, tv_per_pixel
+from sowmeta.evaluation.naturalness import compare_naturalness, hf_fraction, naturalness, tv_per_pixel
 
 
 def _gray(pattern: np.ndarray) -> torch.Tensor:

@@ -407,10 +407,10 @@ def test_docs_show_the_card_of_the_real_cifar_resnet56_bundle(tmp_path: Path) ->
     from conftest import shared_path
 
     from sowmeta.bundle import Bundle, Manifest, ModelRecord, SourceRecord, TapRecord, TapStats
-    from sowmeta.jpeg_quality import compression_record
+    from sowmeta.data.jpeg_quality import compression_record
     from sowmeta.models import fingerprint, load_model, structure_fingerprint
     from sowmeta.registry.card import card_from_manifest
-    from sowmeta.taps import probe, resolve_taps
+    from sowmeta.models.taps import probe, resolve_taps
 
     weights = shared_path("models", "cifar10", "resnet56.safetensors")
     doc = (Path(__file__).parent.parent / "docs" / "registry.md").read_text(encoding="utf-8")

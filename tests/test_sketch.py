@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from sowmeta.collectors import collect
-from sowmeta.demo_data import DEMO_CLASSES, make_demo_outlines
+from sowmeta.demo.data import DEMO_CLASSES, make_demo_outlines
 from sowmeta.errors import DataError
-from sowmeta.sketch import edge_overlap, edge_sketch, outline, shade_enclosed, sobel_magnitude
+from sowmeta.synth.sketch import edge_overlap, edge_sketch, outline, shade_enclosed, sobel_magnitude
 from sowmeta.synth import SynthConfig, synthesize
 
 from test_synth import CROP, loaded
@@ -92,7 +92,7 @@ def test_shading_fills_exactly_what_the_lines_enclose():
         line = sketches[i, 0].numpy() == 0
         assert np.all(ground[:, inside] == 255) and np.all(ground[:, line] == 0) and np.all(ground[:, ~inside & ~line] == 51)
     # an open line encloses nothing, nor do lines that close a region only with the image's border
-    from sowmeta.sketch import to_sketch
+    from sowmeta.synth.sketch import to_sketch
 
     open_line = torch.zeros(1, 12, 12, dtype=torch.bool)
     open_line[0, 2:9, 5] = True

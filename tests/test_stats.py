@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sowmeta.stats import ClassMoments
+from sowmeta.moments.class_moments import ClassMoments
 
 
 def reference(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +128,7 @@ def test_float32_route_and_exact_rows_match_reference(offset, positions):
 def test_rows_far_from_their_sampled_shift_are_recomputed_exactly(monkeypatch):
     """A row whose sampled positions miss its mass (zeros there, 1000 elsewhere) is ill-conditioned about its
     shift; float32 would give its variance to ~5e-5, the exact float64 path to ~1e-12."""
-    from sowmeta import feature_moments, stats
+    from sowmeta.moments import reduce as feature_moments, class_moments as stats
 
     g = torch.Generator().manual_seed(8)
     x = torch.randn(6, 3, 1024, generator=g) * 0.01 + 1000.0

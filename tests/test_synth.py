@@ -20,10 +20,10 @@ import sowmeta
 from sowmeta import errors as E
 from sowmeta.collectors import collect
 from sowmeta.models import LoadedModel
-from sowmeta.preprocess import Preprocessing
+from sowmeta.models.preprocess import Preprocessing
 from sowmeta.bundle import Bundle
 from sowmeta.synth import SynthConfig, losses, plan_batches, synthesize
-from sowmeta.synthdata import read_info
+from sowmeta.data.image_sets import read_info
 
 CROP = 12
 
@@ -147,7 +147,7 @@ def test_class_conditional_statistics_are_approached(bundle_dir: Path):
     """After optimization the synthesized class's BN-input statistics are closer to that class's targets than at the start."""
     from sowmeta.bundle import Bundle
     from sowmeta.synth.losses import Segments, eq7_distance
-    from sowmeta.taps import resolve_taps, tap_hooks
+    from sowmeta.models.taps import resolve_taps, tap_hooks
 
     model = loaded().module.eval()
     b = Bundle.load(bundle_dir, classes=[2])
@@ -320,7 +320,7 @@ def test_mixed_class_batches_match_each_class_group(bundle_dir: Path):
     """One batch holding two classes: each class's images approach that class's statistics (per-group matching end to end)."""
     from sowmeta.bundle import Bundle
     from sowmeta.synth.losses import Segments, eq7_distance
-    from sowmeta.taps import resolve_taps, tap_hooks
+    from sowmeta.models.taps import resolve_taps, tap_hooks
 
     model = loaded().module.eval()
     b = Bundle.load(bundle_dir, classes=[0, 2])
@@ -424,7 +424,7 @@ def test_model_comes_from_the_bundle_but_never_code_it_names(image_folder: Path,
     collect(demo, image_folder, batch_size=5, out=tmp_path / "d")
     with pytest.raises(E.WeightsError, match="does not fetch from a manifest; pass --weights FILE"):
         synthesize(tmp_path / "d", None, classes=[1], per_class=2, config=quick())
-    from sowmeta.models import load_model_for
+    from sowmeta.bundle import load_model_for
 
     by_record = synthesize(tmp_path / "d", load_model_for(Bundle.read_manifest(tmp_path / "d"), weights=str(demo_w)), classes=[1], per_class=2, config=quick())
     by_hand = synthesize(tmp_path / "d", demo, classes=[1], per_class=2, config=quick())
@@ -482,7 +482,7 @@ def test_test_fixture_has_the_writers_layout(bundle_dir: Path, tmp_path: Path):
 def test_sheet_places_tiles_like_make_grid_and_adds_labels():
     from torchvision.utils import make_grid
 
-    from sowmeta.synth.export import contact_sheet, sheet
+    from sowmeta.data.export import contact_sheet, sheet
 
     g = torch.Generator().manual_seed(0)
     tiles = torch.randint(0, 256, (5, 3, 6, 7), generator=g, dtype=torch.uint8)
@@ -500,7 +500,7 @@ def test_sheet_places_tiles_like_make_grid_and_adds_labels():
 def test_image_var_term_spreads_the_images_like_the_class(bundle_dir: Path):
     """With the spread term the per-image means of a class's images at the first tap vary about as much as
     the bundle says; without it they vary far less (the pooled variance alone lets each image take it all)."""
-    from sowmeta.taps import resolve_taps, tap_hooks
+    from sowmeta.models.taps import resolve_taps, tap_hooks
 
     model = loaded().module.eval()
     b = Bundle.load(bundle_dir, classes=[2])

@@ -17,8 +17,8 @@ from sowmeta.synth.augment import augment
 from sowmeta.synth.config import SynthConfig
 from sowmeta.synth.engine import Inverter, TapTarget, tap_weights
 from sowmeta.synth.losses import Segments, eq7_distance, gaussian_kl, group_moments, l2_prior, per_image_moments, total_variation
-from sowmeta.preprocess import Preprocessing
-from sowmeta.taps import Tap, resolve_taps, tap_hooks
+from sowmeta.models.preprocess import Preprocessing
+from sowmeta.models.taps import Tap, resolve_taps, tap_hooks
 
 
 def test_total_variation_matches_loops():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sowmeta.errors import TapError
-from sowmeta.taps import probe_channels, resolve_taps, tap_hooks
+from sowmeta.models.taps import probe_channels, resolve_taps, tap_hooks
 
 from conftest import tiny_net
 

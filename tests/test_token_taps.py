@@ -12,9 +12,9 @@ from torch import nn
 from sowmeta import errors as E
 from sowmeta.collectors import TrainingCollector, collect
 from sowmeta.models import LoadedModel
-from sowmeta.preprocess import Preprocessing
+from sowmeta.models.preprocess import Preprocessing
 from sowmeta.synth import SynthConfig, synthesize
-from sowmeta.taps import resolve_taps
+from sowmeta.models.taps import resolve_taps
 
 
 class TinyViT(nn.Module):
@@ -89,7 +89,7 @@ def features_by_hand(model: nn.Module, module_name: str, x: torch.Tensor) -> tor
 
 
 def images_of(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    from sowmeta.data import read_image
+    from sowmeta.data.folders import read_image
 
     prep = Preprocessing(crop=12).transform()
     files = sorted(p for p in folder.rglob("*.png"))
@@ -132,7 +132,7 @@ def test_channels_last_layernorm_inputs_record_channels(tmp_path: Path):
 
 def test_block_outputs_decide_their_axis_from_the_shape(tmp_path: Path):
     vit, convnext = TinyViT(), TinyConvNeXt()
-    from sowmeta.taps import probe
+    from sowmeta.models.taps import probe
 
     found = probe(vit, resolve_taps(vit, "block-outputs"), 12)
     assert [(t.name, t.axis, found.channels[t.name]) for t in found.taps] == [("blocks.0", -1, 12), ("blocks.1", -1, 12)]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sowmeta import bundle_files, schema, verified
+from sowmeta.bundle import files as bundle_files, schema, verified
 from sowmeta.bundle import Bundle
-from sowmeta.bundle_files import verify_files
+from sowmeta.bundle.files import verify_files
 from sowmeta.errors import ChecksumError, SchemaError
 
 from test_bundle import make_bundle
@@ -156,7 +156,7 @@ def test_an_unchanged_manifest_is_not_re_encoded_and_an_edited_one_is_caught(age
     manifest does not re-encode it; an edit (new bytes) is digested afresh and refused."""
     import json
 
-    from sowmeta import manifest as manifest_module
+    from sowmeta.bundle import manifest as manifest_module
 
     Bundle.load(aged)  # digests the manifest once and remembers it
 

@@ -8,7 +8,7 @@ from . import timm_source as _timm  # noqa: F401
 from . import torchvision_source as _torchvision  # noqa: F401
 from .builtin import BUILTIN_MODELS, register_model
 from .loaded import LoadedModel
-from .loading import CUSTOM_ARCHITECTURE, fetch_note, list_models, load_model, load_model_for, load_model_from_record, manifest_weights, parse_model_args
+from .loading import CUSTOM_ARCHITECTURE, fetch_note, list_models, load_model, load_model_from_record, manifest_weights, parse_model_args
 from .networks import CIFAR10_LABELS, CifarResNet, CifarVGG, DemoCNN
 from .python_source import is_code_reference
 from .sources import MODEL_SOURCES, ModelSource, source_for
@@ -28,7 +28,6 @@ __all__ = [
     "list_models",
     "load_model",
     "load_model_from_record",
-    "load_model_for",
     "manifest_weights",
     "parse_model_args",
     "fetch_note",

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ..errors import WeightsError
 from ..named import Registry
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .loaded import LoadedModel
 from .networks import CIFAR10_LABELS, CifarResNet, CifarVGG, CifarViT, DemoCNN
 from .sources import MODEL_SOURCES, refuse_args

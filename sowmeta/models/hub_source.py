@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ModelError, WeightsError
-from ..preprocess import Preprocessing
+from .preprocess import Preprocessing
 from .loaded import LoadedModel
 from .loading import manifest_args
 from .sources import MODEL_SOURCES, refuse_args
@@ -95,7 +95,7 @@ class HubModelSource:
         return []
 
     def build(self, name: str, weights: str | None, num_classes: int | None, args: dict[str, Any]) -> LoadedModel:
-        from ..hub_client import commit_of, fetch_snapshot
+        from ..hub.client import commit_of, fetch_snapshot
 
         refuse_args(name, args)
         repo, rev = parse_hub_model(name)

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..preprocess import Preprocessing
+from .preprocess import Preprocessing
 
 __all__ = ["LoadedModel"]
 

@@ -1,4 +1,4 @@
-"""``load_model``: a model by name from the sources; and the model a bundle names, trusting nothing in its manifest."""
+"""``load_model``: a model by name from the sources; and the model a manifest's record names, trusting nothing in it."""
 
 from __future__ import annotations
 
@@ -6,23 +6,20 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from ..errors import ConfigError, ModelError, WeightsError, first_line
-from ..taps import count_outputs
-from ..manifest import Manifest
-from ..preprocess import Preprocessing
+from .taps import count_outputs
+from .preprocess import Preprocessing
 from .loaded import LoadedModel
 from .python_source import is_code_reference
 from .sources import MODEL_SOURCES, source_for
 from .torchvision_source import torchvision_weights_names
 from .weights_ref import HF_PREFIX, resolve_weights
 
-__all__ = ["CUSTOM_ARCHITECTURE", "list_models", "load_model", "load_model_from_record", "load_model_for", "manifest_weights", "parse_model_args",
+__all__ = ["CUSTOM_ARCHITECTURE", "list_models", "load_model", "load_model_from_record", "manifest_weights", "parse_model_args",
            "fetch_note", "MANIFEST_MODEL_ARGS", "manifest_args"]
 
 log = logging.getLogger(__name__)
@@ -228,38 +225,3 @@ def load_model_from_record(
 def _known_prefix(name: str) -> bool:
     """A ``source:NAME`` a code-free source claims (e.g. ``timm:``, ``hf-hub:``)."""
     return any(not s.runs_code and s.claims(name) for _, s in MODEL_SOURCES.items())
-
-
-def load_model_for(
-    manifest: Manifest, *, model: str | None = None, weights: str | None = None, args: dict[str, Any] | None = None,
-    device: torch.device | str = "cpu", notice: Callable[[str], None] | None = None,
-) -> LoadedModel:
-    """The model a bundle was recorded on, ready to check or synthesize with.
-
-    ``model``/``weights``/``args`` are the user's (``--model``/``--weights``/``--model-arg``) and are used as given;
-    what the manifest names is used only through ``load_model_from_record`` (no code, no
-    arbitrary files), and its ``model.args`` only when they are shape arguments (``manifest_args``). The bundle's preprocessing and class count apply; a fused bundle gets the
-    model fused the same way. Before weights the manifest names are downloaded, ``notice`` gets
-    one line saying so (default: a warning on this module's logger).
-    """
-    m = manifest.model
-    # weights found for the bundle (hf:// beside it) must be the recorded ones; a file the user names is theirs to vouch for
-    expect = m.weights_sha256 if weights is None or weights.startswith(HF_PREFIX) else None
-    note = fetch_note(model or m.architecture, m.weights) if weights is None else None
-    if note is not None:
-        (notice or log.warning)(note)
-    if model is not None:
-        loaded = load_model(model, weights=weights if weights is not None else manifest_weights(model, m.weights or "none"),
-                            num_classes=m.num_classes, preprocessing=manifest.preprocessing,
-                            args=args if args is not None else manifest_args(m.args), expect_sha256=expect)
-    else:
-        loaded = load_model_from_record(m.architecture, recorded_weights=m.weights, weights=weights, num_classes=m.num_classes,
-                                        preprocessing=manifest.preprocessing, factory=m.factory,
-                                        args=args if args is not None else manifest_args(m.args), expect_sha256=expect)
-    if m.fused:
-        from ..fuse import fuse_bn
-
-        crop = manifest.preprocessing.crop
-        loaded.module = fuse_bn(loaded.module, torch.rand(1, 3, crop, crop))
-    loaded.module.to(device)
-    return loaded

@@ -10,7 +10,7 @@ import re
 from torch import nn
 
 from ..errors import ModelError, WeightsError
-from ..preprocess import Preprocessing
+from .preprocess import Preprocessing
 from .loaded import LoadedModel
 from .sources import MODEL_SOURCES
 from .weights import load_into, short_error

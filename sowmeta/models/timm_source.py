@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from ..errors import ModelError, WeightsError
-from ..preprocess import Preprocessing
+from .preprocess import Preprocessing
 from .loaded import LoadedModel
 from .sources import MODEL_SOURCES
 from .weights import load_state, load_weights_file, short_error

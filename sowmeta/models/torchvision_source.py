@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, WeightsError
-from ..taps import count_outputs
-from ..preprocess import Preprocessing
+from .taps import count_outputs
+from .preprocess import Preprocessing
 from .loaded import LoadedModel
 from .sources import MODEL_SOURCES, refuse_args
 from .weights import load_state, load_weights_file, short_error

@@ -40,7 +40,7 @@ class WeightsRef:
 def resolve_weights(weights: str, *, expect_sha256: str | None = None) -> WeightsRef:
     """A local file for ``weights`` (a path or an ``hf://`` reference), checked against ``expect_sha256`` if given."""
     if weights.startswith(HF_PREFIX):
-        from ..hub_client import commit_of, fetch_file
+        from ..hub.client import commit_of, fetch_file
 
         repo, rev, filename = parse_hf_ref(weights)
         path = fetch_file(repo, filename, revision=rev)

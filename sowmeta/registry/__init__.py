@@ -9,12 +9,15 @@ Example:
     >>> from sowmeta.registry import push, pull
     >>> push("bundles/resnet56", "me/resnet56-sowmeta", registry="hub", license="mit")
     >>> pull("me/resnet56-sowmeta@v1", registry="hub").path
+    >>> from_pretrained("me/resnet56-sowmeta@v1", classes=[3, 5])  # a Bundle of those classes
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
+from ..bundle import Bundle
 from .backend import BACKENDS, Backend, choose_backend
 from .card import DEFAULT_LICENSE, render_card
 from .records import BundleEntry, PullResult, PushResult, split_ref
@@ -23,6 +26,7 @@ from .resolve import locate_bundle, resolve_bundle
 __all__ = [
     "push",
     "pull",
+    "from_pretrained",
     "list_bundles",
     "resolve_bundle",
     "locate_bundle",
@@ -84,3 +88,20 @@ def list_bundles(*, registry: str | Path | None = None, author: str | None = Non
     ``BundleEntry.backend`` tells ``local``, ``hub-cache`` and ``hub`` apart.
     """
     return choose_backend(registry).list(author=author)
+
+
+def from_pretrained(
+    name: str,
+    *,
+    classes: Iterable[int | str] | None = None,
+    taps: Iterable[str] | None = None,
+    registry: str | Path | None = "hub",
+    token: str | None = None,
+) -> Bundle:
+    """A bundle by registry name ``ORG/NAME[/SUBFOLDER][@REV]``, pulled and verified (from the Hub by default),
+    with only the ``classes`` and ``taps`` asked for read (``Bundle.load``). ``Bundle.from_pretrained`` is this function.
+
+    Example:
+        >>> bundle = from_pretrained("me/cifar-resnet56/sowmeta", classes=[3, 5])
+    """
+    return Bundle.load(pull(name, registry=registry, token=token).path, classes=classes, taps=taps, verify=False)

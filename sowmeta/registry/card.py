@@ -16,7 +16,7 @@ from typing import Any
 
 from ..bundle import MANIFEST_NAME, Bundle, Manifest
 from ..errors import ConfigError
-from ..jpeg_quality import describe_compression, source_compression_note
+from ..data.jpeg_quality import describe_compression, source_compression_note
 
 __all__ = ["render_card", "card_from_manifest", "model_card_section", "how_to_use", "TAGS", "DEFAULT_LICENSE", "SECTION_BEGIN", "SECTION_END"]
 

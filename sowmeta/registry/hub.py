@@ -15,21 +15,21 @@ per call through ``sowmeta.env``; offline, a pull is served from the cache or fa
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, scan_cache_dir
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub import errors as hf
 
-from .. import env, hub_http
-from ..hub_client import api as _api
-from ..hub_client import endpoint, mapped as _mapped, offline as _offline, refuse_offline as _refuse_offline
+from .. import env
+from ..hub import http as hub_http
+from ..hub.client import api as _api
+from ..hub.client import endpoint, mapped as _mapped, offline as _offline, refuse_offline as _refuse_offline
 from ..bundle import MANIFEST_NAME, Bundle, Manifest, verify_files
-from ..bundle_files import check_contained
+from ..bundle.files import check_contained
 from ..errors import (
     BundleNotFoundError,
     ChecksumError,
@@ -39,7 +39,8 @@ from ..errors import (
     SchemaError,
 )
 from .card import DEFAULT_LICENSE, card_from_manifest, model_card_section
-from .local import CARD_NAME, export_bundle
+from .export import CARD_NAME, export_bundle
+from .hub_cache import list_cached
 from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_ref, repo_and_subfolder
 
 __all__ = ["HubRegistry", "push", "pull", "list_bundles", "list_cached", "endpoint"]
@@ -283,32 +284,6 @@ def _verified(folder: Path) -> Manifest:
     manifest = Bundle.read_manifest(folder)
     verify_files(folder, manifest)
     return manifest
-
-
-def list_cached() -> list[BundleEntry]:
-    """The bundle revisions pulled from the Hub into the standard Hugging Face cache, subfolders included; no network."""
-    cache = env.hf_hub_cache()
-    if not cache.is_dir():
-        return []
-    try:
-        info = scan_cache_dir(cache)
-    except hf.CacheNotFound:
-        return []
-    entries = []
-    for repo in info.repos:
-        if repo.repo_type != "model":
-            continue
-        for r in repo.revisions:
-            when = _dt.datetime.fromtimestamp(r.last_modified, _dt.timezone.utc).replace(microsecond=0)
-            for manifest in sorted(r.snapshot_path.glob("**/" + MANIFEST_NAME)):
-                sub = manifest.parent.relative_to(r.snapshot_path).as_posix()
-                entries.append(BundleEntry(
-                    name=repo.repo_id if sub == "." else f"{repo.repo_id}/{sub}", commit=r.commit_hash, backend="hub-cache",
-                    refs=tuple(sorted(r.refs, key=lambda x: (x != DEFAULT_REF, x))), path=manifest.parent,
-                    updated=when.isoformat().replace("+00:00", "Z"),
-                ))
-    entries.sort(key=lambda e: e.updated or "", reverse=True)
-    return sorted(entries, key=lambda e: e.name)  # stable: by name, newest first within a name
 
 
 def list_bundles(*, author: str | None = None) -> list[BundleEntry]:

@@ -35,12 +35,11 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ..atomic import atomic_dir, atomic_file, publish_modes
+from ..atomic import atomic_file, publish_modes
 from ..bundle import MANIFEST_NAME, Bundle, FileRecord, Manifest, verify_files
-from ..manifest import now
-from ..bundle_files import check_contained
+from ..bundle.manifest import now
+from ..bundle.files import check_contained
 from ..env import registry_dir
-from ..outputs import check_output
 from ..errors import (
     BundleError,
     BundleNotFoundError,
@@ -48,20 +47,20 @@ from ..errors import (
     ConfigError,
     CorruptBundleError,
     NotFoundError,
-    OutputExistsError,
     RegistryError,
     RevisionNotFoundError,
     SchemaError,
 )
+from .export import export_bundle
+from .hub_cache import list_cached
 from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_name, check_ref, repo_and_subfolder
 
-__all__ = ["LocalRegistry", "push", "pull", "list_bundles", "revision_id", "export_bundle", "LOCK_TIMEOUT_S"]
+__all__ = ["LocalRegistry", "push", "pull", "list_bundles", "revision_id", "LOCK_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 120.0
 STALE_TMP_S = 24 * 3600.0  # a staged copy this old belongs to a push that was killed
-CARD_NAME = "README.md"
 _HEX_RE = re.compile(r"^[0-9a-f]{7,64}$")
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -295,21 +294,6 @@ def _read_ref_safe(repo: Path, rev: str, kind: str = "refs") -> str | None:
         return None
 
 
-def export_bundle(src: Path, manifest: Manifest, to: str | Path) -> Path:
-    """Copy a verified bundle (manifest, files, and README.md if present) to a new or empty directory ``to``."""
-    to = Path(to)
-    if to.exists() and (not to.is_dir() or any(to.iterdir())):
-        raise OutputExistsError(f"{to} exists and is not an empty directory; choose another --to or remove it")
-    check_output(to, "bundle", overwrite=True, what="--to")
-    names = [MANIFEST_NAME, *(f.name for f in manifest.files)]
-    if (src / CARD_NAME).is_file():
-        names.append(CARD_NAME)
-    with atomic_dir(to, overwrite=True) as tmp:
-        for n in names:
-            shutil.copyfile(src / n, tmp / n)
-    return to
-
-
 def pull(
     name: str,
     *,
@@ -408,8 +392,6 @@ class LocalRegistry:
         return pull(name, revision=revision, to=to, root=self.root)
 
     def list(self, *, author: str | None = None) -> list[BundleEntry]:
-        from .hub import list_cached
-
         entries = [*list_bundles(root=self.root), *list_cached()]
         return [e for e in entries if author is None or e.name.split("/")[0] == author]
 

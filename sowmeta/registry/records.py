@@ -7,16 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..hub.names import PART, check_repo_id
 
 __all__ = ["PushResult", "PullResult", "BundleEntry", "check_name", "check_repo_id", "check_ref", "split_ref", "repo_and_subfolder", "DEFAULT_REF"]
 
 DEFAULT_REF = "main"
 
-# The Hub's repo-id rule (namespace/name: letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 characters).
-_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_REPO_RE = re.compile(rf"^{_PART}/{_PART}$")
 # A bundle name: a repository id, then optionally a subfolder of it (up to four path segments).
-_NAME_RE = re.compile(rf"^{_PART}/{_PART}(?:/{_PART}){{0,4}}$")
+_NAME_RE = re.compile(rf"^{PART}/{PART}(?:/{PART}){{0,4}}$")
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -63,13 +61,6 @@ def check_name(name: str) -> str:
         raise ConfigError(
             f"{name!r} is not a bundle name; use ORG/NAME or ORG/NAME/SUBFOLDER (letters, digits, '-', '_', '.'; no '--' or '..')"
         )
-    return name
-
-
-def check_repo_id(name: str) -> str:
-    """Return ``name`` if it is a Hub repository id ``ORG/NAME``, else raise ``ConfigError``."""
-    if not isinstance(name, str) or not _REPO_RE.match(name) or "--" in name or ".." in name:
-        raise ConfigError(f"{name!r} is not a Hub repository id; use ORG/NAME")
     return name
 
 

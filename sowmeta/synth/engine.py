@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bn_moments import recording_taps
+from ..moments.native import recording_taps
 from ..errors import ConfigError, DivergenceError
 from ..logits import logits_of
-from ..preprocess import Preprocessing
-from ..taps import Tap
+from ..models.preprocess import Preprocessing
+from ..models.taps import Tap
 from .augment import augment
 from .canvas import Canvas
 from .config import SynthConfig

@@ -16,15 +16,16 @@ from typing import Any
 
 from torch import nn
 
-from .. import class_names
+from ..data import class_names
 from ..bundle import Bundle, Manifest
 from ..errors import ConfigError, SynthesisError, TapError
-from ..bundle_files import verify_files
-from ..models import LoadedModel, load_model, load_model_for
+from ..bundle.files import verify_files
+from ..bundle.model import load_model_for
+from ..models import LoadedModel, load_model
 from ..outputs import check_output
-from ..preprocess import Preprocessing
+from ..models.preprocess import Preprocessing
 from ..registry import PullResult, locate_bundle
-from ..taps import resolve_taps
+from ..models.taps import resolve_taps
 from .config import SynthConfig
 from .engine import TapTarget, tap_weights
 
@@ -68,7 +69,7 @@ def open_model(
     args: dict[str, Any] | None = None, registry: str | Path | None = None, notice: Callable[[str], None] | None = None,
 ) -> ModelAndBundle:
     """The bundle (pulled if a registry name, files verified) and its model: ``model``/``weights`` as the user gave
-    them, else the model the manifest names (``models.load_model_for``: never code, never a file it names).
+    them, else the model the manifest names (``bundle.load_model_for``: never code, never a file it names).
 
     ``notice`` gets one line before weights the bundle names are downloaded (default: a logged warning)."""
     if bundle is None:
@@ -93,7 +94,7 @@ def weights_beside(located: PullResult, manifest: Manifest, notice: Callable[[st
     if located.backend != "hub" or not m.weights or not m.weights_sha256 or "/" in m.weights or m.weights.startswith("hf://"):
         return None
     from ..errors import RegistryError
-    from ..hub_client import fetch_file
+    from ..hub.client import fetch_file
     from ..registry.records import repo_and_subfolder
 
     repo, sub = repo_and_subfolder(located.name)
@@ -162,7 +163,7 @@ def resolve_job(
 
 
 def resolve_classes(classes: Sequence[int | str] | None, labels: Sequence[str], num_classes: int) -> list[int]:
-    """Class indices from indices, label names or ``None`` (all); an ambiguous label is refused (``sowmeta.class_names``)."""
+    """Class indices from indices, label names or ``None`` (all); an ambiguous label is refused (``sowmeta.data.class_names``)."""
     return class_names.resolve_classes(classes, labels, num_classes)
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..jpeg_quality import ijg_tables
+from ..data.jpeg_quality import ijg_tables
 
 __all__ = ["SUBSAMPLINGS", "jpeg_view", "soft_round", "dct_blocks", "idct_blocks"]
 

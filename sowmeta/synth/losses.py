@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..feature_moments import kernel_wanted, mean_and_square, moments_backward, rows_view
+from ..moments.reduce import kernel_wanted, mean_and_square, moments_backward, rows_view
 from ..named import Registry
 
 __all__ = [
@@ -89,7 +89,7 @@ class _PendingGrad:
 class _Moments(torch.autograd.Function):
     """Per-image, per-channel E[x] and E[x^2] over positions, in float32: one pass forward, one pass backward.
 
-    Both passes are ``sowmeta.feature_moments``' (a compiled kernel for large maps, eager ops
+    Both passes are ``sowmeta.moments.reduce``' (a compiled kernel for large maps, eager ops
     otherwise). The backward is d/dx = (g_mean + 2 x g_sq) / n, one multiply-add per element;
     with ``pending`` (compiled kernels) it is not returned but added, by a hook on ``x``, to the
     gradient that reaches ``x`` through its layer, so the map is read once more instead of its

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..collectors import seed_files
-from ..data import read_image
+from ..data.folders import read_image, seed_files
 from ..errors import ConfigError
 from ..models import fingerprint
-from ..manifest import Manifest
+from ..bundle.manifest import Manifest
 from .config import SynthConfig
 from .job import SynthJob
 
@@ -114,7 +113,7 @@ def _init_images(
     """
     from torchvision.transforms.functional import pil_to_tensor
 
-    from ..synthdata import fit_square
+    from ..data.image_sets import fit_square
 
     per_class: dict[int, list[torch.Tensor]] = {}
     digest = hashlib.sha256()

@@ -18,7 +18,7 @@ import torch
 from ..bundle import Bundle
 from ..distributed import device_for_rank, is_main_process, process_group
 from ..errors import ConfigError
-from ..jpeg_quality import source_compression_note
+from ..data.jpeg_quality import source_compression_note
 from ..models import LoadedModel
 from ..registry import PullResult
 from .canvas import Canvas
@@ -57,7 +57,7 @@ def synthesize(
             (pulled on demand) or what ``registry.locate_bundle`` returned; may be None in mode
             ``di``, which needs only the model. The file records its name, revision and commit.
         model: the classifier; default the one the bundle's manifest names (never code, see
-            ``models.load_model_for``). It must be the model the bundle was recorded on (checked).
+            ``bundle.load_model_for``). It must be the model the bundle was recorded on (checked).
         classes: class indices or labels; default all classes.
         per_class: images per class.
         config: the objective and schedule (default ``SynthConfig()``, the paper's ImageNet setting).

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_file, publish_modes
-from ..manifest import now
+from ..bundle.manifest import now
 from ..errors import ConfigError, DataError, OutputExistsError, StorageError, first_line, storage_errors
 from .plan import Plan
 from ..outputs import require_replaceable

@@ -27,7 +27,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
-from sowmeta.canonical_json import canonical_json  # noqa: E402  (the one piece taken from sowmeta)
+from sowmeta.bundle.canonical_json import canonical_json  # noqa: E402  (the one piece taken from sowmeta)
 
 Tensors = dict[str, np.ndarray]
 _CODES = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<i8"): "I64"}

@@ -1,1 +1,0 @@
-"""JSON Schemas of sowmeta's file formats (installed as ``sowmeta.schemas``)."""

@@ -1,0 +1,147 @@
+"""The package's layout: rooms that import only rooms to their left, no import cycle, a small package root.
+
+Every ``import`` statement counts, those inside functions too (a function-level import is an
+edge like any other), and so do the name tables of the packages that import their names on first
+use (``_HOME``). docs/architecture.md draws the same rooms.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sowmeta"
+
+# The rooms from left to right: a room imports only rooms to its left, and shared utilities.
+# bundle stands left of collectors because a collector writes bundles (it imports the format),
+# as synth, which reads them, does; the data still flows collect -> bundle -> registry -> synth.
+ROOMS = ["models", "data", "moments", "bundle", "collectors", "registry", "synth", "evaluation", "distillation", "demo", "cli"]
+SHARED_PACKAGES = ["hub"]
+# The package root: the public API and small utilities every room may use.
+ROOT_MODULES = {"__init__", "errors", "version", "env", "named", "lazy", "atomic", "outputs", "devices", "distributed", "logits"}
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return found
+
+
+def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str:
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - level + 1]
+    return ".".join(base + ([name] if name else []))
+
+
+def _edges(modules: dict[str, tuple[Path, bool]]) -> dict[str, set[str]]:
+    """module -> the sowmeta modules it imports (a ``from X import y`` of a submodule y is an edge to X.y)."""
+    edges: dict[str, set[str]] = {}
+    for module, (path, is_package) in modules.items():
+        out: set[str] = set()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names if a.name in modules)
+            elif isinstance(node, ast.ImportFrom):
+                target = _resolve(module, is_package, node.level, node.module) if node.level else (node.module or "")
+                for alias in node.names:
+                    if f"{target}.{alias.name}" in modules:
+                        out.add(f"{target}.{alias.name}")
+                    elif target in modules:
+                        out.add(target)
+            elif isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_HOME" for t in node.targets):
+                for value in node.value.values:  # type: ignore[attr-defined]
+                    out.add(_resolve(module, is_package, len(value.value) - len(value.value.lstrip(".")), value.value.lstrip(".")))
+        out.discard(module)
+        edges[module] = out
+    return edges
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "api"
+    if parts[1] in ROOMS or parts[1] in SHARED_PACKAGES:
+        return parts[1]
+    return "api" if parts[1] == "__init__" else "shared"
+
+
+def _rank(room: str) -> int:
+    if room == "shared":
+        return -2
+    if room in SHARED_PACKAGES:
+        return -1
+    return len(ROOMS) if room == "api" else ROOMS.index(room)
+
+
+MODULES = _modules()
+EDGES = _edges(MODULES)
+
+
+def test_the_graph_is_read():
+    """The reader sees the edges it must: a relative import, a function-level one, a lazy table and a submodule import."""
+    assert "sowmeta.models.taps" in EDGES["sowmeta.bundle.manifest"]
+    assert "sowmeta.registry" in EDGES["sowmeta"]  # inside _from_registry
+    assert "sowmeta.synth" in EDGES["sowmeta"]  # _HOME
+    assert "sowmeta.hub.http" in EDGES["sowmeta.hub.client"]  # from . import http
+
+
+def test_no_import_cycle():
+    """Depth-first search over every edge, function-level imports included: no module reaches itself."""
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for nxt in sorted(EDGES[module]):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt] if nxt in path else [module, nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[module] = 2
+
+    for module in sorted(EDGES):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_rooms_import_only_rooms_to_their_left():
+    upward = [
+        f"{a} -> {b}"
+        for a, targets in EDGES.items()
+        for b in targets
+        if _room(a) != _room(b) and _rank(_room(b)) >= _rank(_room(a))
+    ]
+    assert upward == []
+
+
+def test_shared_utilities_import_no_room():
+    reached = [f"{a} -> {b}" for a, targets in EDGES.items() if _rank(_room(a)) < 0 for b in targets if _rank(_room(b)) >= 0]
+    assert reached == []
+
+
+def test_the_package_root_holds_the_api_and_small_utilities():
+    root = {p.stem for p in PACKAGE.glob("*.py")}
+    assert root == ROOT_MODULES
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert rooms == set(ROOMS) | set(SHARED_PACKAGES)
+    long = [f"{name}.py: {n} lines" for name in ROOT_MODULES - {"__init__"} if (n := len((PACKAGE / f"{name}.py").read_text().splitlines())) > 250]
+    assert long == []
+
+
+@pytest.mark.parametrize("room", ROOMS)
+def test_every_room_says_what_it_holds(room: str):
+    doc = ast.get_docstring(ast.parse((PACKAGE / room / "__init__.py").read_text(encoding="utf-8")))
+    assert doc and len(doc) > 40, room
+
+
+def test_the_schema_at_the_top_is_the_one_the_package_reads():
+    """``schemas/`` holds the format's JSON Schema for readers of the repository; the package ships the same bytes."""
+    top = PACKAGE.parent / "schemas" / "bundle-v1.schema.json"
+    assert top.read_bytes() == (PACKAGE / "bundle" / "bundle-v1.schema.json").read_bytes()
