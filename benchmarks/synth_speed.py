@@ -6,20 +6,23 @@ compared, so the ratios hold even on a busy machine:
 
 * bare: ``model(x)``, cross-entropy, ``backward()`` w.r.t. the input only (parameters frozen);
 * bare, fused BatchNorm: the same step with the model's BatchNorm layers run by sowmeta's fused
-  kernel (``sowmeta.bn_moments``; on the CPU only, elsewhere it equals bare), their moments
+  kernel (``sowmeta.moments.native``; on the CPU only, elsewhere it equals bare), their moments
   computed and thrown away: engine / this is what the statistics cost beyond the layers themselves;
 * engine: ``sowmeta.synth.Inverter`` in cc mode, 10 classes mixed in the batch (the per-group path),
   per iteration in the steady state (a batch's one-off set-up and final verdict pass excluded).
   Engine iterations and bare steps alternate one by one (``paired_loop``: a bare step runs in the
   engine's progress callback after every iteration), and the medians over every pair are compared;
+* engine, no kernel: the same with the dispatch table's ``native`` row switched off (the moments by
+  hooks and the one-pass reductions, BatchNorm by PyTorch), paired with bare steps the same way:
+  (engine, no kernel / its bare) over (engine / bare) is what the kernel gains;
 * DI reference: the loop of the public DeepInversion code, written here: hooks that compute the
   variance through ``permute/contiguous/view``, parameters left trainable, Adam on the input;
 * DI reference, frozen: the same loop with the parameters frozen, so that the speed-up is not
   only the weight gradients the public code computes and throws away.
 
 The last line is ``RESULT iter_over_fwdbwd=<worst engine/bare> speedup_vs_di_ref=<worst DI/engine>``;
-the lines before it give the worst speed-up against the frozen reference and the worst engine /
-bare-with-fused-BatchNorm ratio.
+the lines before it give the worst speed-up against the frozen reference, the worst engine /
+bare-with-fused-BatchNorm ratio and, per case, the kernel's gain (``kernel_gain_<model>=``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sowmeta.moments.native import fused_batchnorm_taps
+from sowmeta.moments import fused_batchnorms
+from sowmeta.moments.dispatch import switched_off
 from sowmeta.models import load_model
 from sowmeta.models.preprocess import Preprocessing
 from sowmeta.synth import SynthConfig
@@ -161,7 +165,7 @@ def paired_loop(
         _sync(x0.device)
         bare.append(time.perf_counter() - start)
         start = time.perf_counter()
-        with fused_batchnorm_taps(bare_module, taps, lambda *_: None, differentiable=True):
+        with fused_batchnorms(bare_module, taps, lambda *_: None, contract="raw"):
             bare_step(bare_module, xb, y, autocast)
         _sync(x0.device)
         fused.append(time.perf_counter() - start)
@@ -174,7 +178,7 @@ def paired_loop(
     return engine[skip:], bare[skip:], fused[skip:]
 
 
-def run_case(case: Case, device: torch.device, iters: int, rounds: int) -> tuple[float, float, float, float, float]:
+def run_case(case: Case, device: torch.device, iters: int, rounds: int) -> tuple[float, float, float, float, float, float]:
     from contextlib import nullcontext
 
     torch.manual_seed(0)
@@ -198,15 +202,19 @@ def run_case(case: Case, device: torch.device, iters: int, rounds: int) -> tuple
     bare_module = copy.deepcopy(module).requires_grad_(False)
     paired_loop(inverter, bare_module, x0, x_norm, y, rows, 4, autocast)  # warm-up (allocator, kernels, autotuning)
     di_reference_loop(module, x_norm, y, 2, autocast)
-    bare, eng, di, di_frozen, fused = [], [], [], [], []
+    bare, eng, di, di_frozen, fused, no_kernel = [], [], [], [], [], []
     for _ in range(rounds):
         e, b, f = paired_loop(inverter, bare_module, x0, x_norm, y, rows, 2 * iters, autocast)
         eng += e
         bare += b
         fused += f
+        with switched_off("native"):
+            e2, b2, _ = paired_loop(inverter, bare_module, x0, x_norm, y, rows, 2 * iters, autocast)
+        no_kernel += [a / c for a, c in zip(e2, b2)]  # each no-kernel iteration over the bare step beside it
         di.append(di_reference_loop(module, x_norm, y, iters, autocast))
         di_frozen.append(di_reference_loop(module, x_norm, y, iters, autocast, frozen=True))
-    return statistics.median(bare), statistics.median(eng), statistics.median(di), statistics.median(di_frozen), statistics.median(fused)
+    return (statistics.median(bare), statistics.median(eng), statistics.median(di), statistics.median(di_frozen), statistics.median(fused),
+            statistics.median(no_kernel))
 
 
 def main() -> None:
@@ -220,23 +228,25 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
     cases = GPU_CASES if device.type == "cuda" else CPU_CASES
-    ratios, speedups, frozen_speedups, over_fused = [], [], [], []
+    ratios, speedups, frozen_speedups, over_fused, gains = [], [], [], [], []
     print(f"device {device}, {args.rounds} rounds x {args.iters} iterations, torch {torch.__version__}")
     print(f"{'case':<34}{'bare ms':>9}{'engine ms':>11}{'DI ref ms':>11}{'DI frozen ms':>14}{'engine/bare':>13}{'DI/engine':>11}"
-          f"{'DI frozen/engine':>18}{'fused bare ms':>15}{'engine/fused bare':>19}")
+          f"{'DI frozen/engine':>18}{'fused bare ms':>15}{'engine/fused bare':>19}{'no kernel/bare':>16}")
     for case in cases:
-        bare, eng, di, di_frozen, fused = run_case(case, device, args.iters, args.rounds)
+        bare, eng, di, di_frozen, fused, no_kernel = run_case(case, device, args.iters, args.rounds)
+        gains.append((case.model, no_kernel / (eng / bare)))
         ratios.append(eng / bare)
         over_fused.append(eng / fused)
         speedups.append(di / eng)
         frozen_speedups.append(di_frozen / eng)
         name = f"{case.model} {case.size}px b{case.batch} amp={case.amp}"
         print(f"{name:<34}{bare * 1e3:>9.2f}{eng * 1e3:>11.2f}{di * 1e3:>11.2f}{di_frozen * 1e3:>14.2f}{eng / bare:>13.3f}"
-              f"{di / eng:>11.2f}{di_frozen / eng:>18.2f}{fused * 1e3:>15.2f}{eng / fused:>19.3f}")
+              f"{di / eng:>11.2f}{di_frozen / eng:>18.2f}{fused * 1e3:>15.2f}{eng / fused:>19.3f}{no_kernel:>16.3f}")
         if args.images_per_second and device.type == "cuda":
             print(f"  {case.model}: {case.batch / (eng * 2000):.1f} images/s at 2k iterations")
     print(f"speedup_vs_di_ref_frozen={min(frozen_speedups):.2f}")
     print(f"iter_over_fused_bare={max(over_fused):.3f}")
+    print(" ".join(f"kernel_gain_{model}={gain:.3f}" for model, gain in gains))
     print(f"RESULT iter_over_fwdbwd={max(ratios):.3f} speedup_vs_di_ref={min(speedups):.2f}")
 
 

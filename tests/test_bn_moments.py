@@ -1,4 +1,5 @@
-"""The fused BatchNorm + moments kernel against eager BatchNorm and float64 moments computed another way."""
+"""The fused BatchNorm + moments kernel (``sowmeta.moments.native``, reached through ``recording.py``) against eager
+BatchNorm and float64 moments computed another way."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from sowmeta.moments import native as bn_moments
 from sowmeta.collectors import StatsRecorder, collect
-from sowmeta.moments.class_moments import ILL_CONDITIONED, per_image_moments
-from sowmeta.models.taps import resolve_taps
+from sowmeta.models.taps import Tap, resolve_taps
+from sowmeta.moments import central_moments, fused_batchnorms
+from sowmeta.moments import native as bn_moments
+from sowmeta.moments.reduce import ILL_CONDITIONED
 
 from conftest import randomize_bn, tiny_net, write_image_folder
 
@@ -33,17 +35,35 @@ def _stats_only(bn: nn.BatchNorm2d, seed: int) -> nn.BatchNorm2d:
 
 
 def spy_on(monkeypatch: pytest.MonkeyPatch, name: str) -> list[bool]:
-    """Replace ``bn_moments.<name>`` by a wrapper that records, per call, whether the kernel ran (a result, not None)."""
+    """Wrap the operator ``native.<name>`` (``bn_moments``, ``bn_sums``) so that every call that ran the kernel is recorded."""
     calls: list[bool] = []
     real = getattr(bn_moments, name)
 
-    def spy(bn, x):  # noqa: ANN001, ANN202
-        out = real(bn, x)
-        calls.append(out is not None)
-        return out
+    def spy(*args):  # noqa: ANN002, ANN202
+        calls.append(True)
+        return real(*args)
 
     monkeypatch.setattr(bn_moments, name, spy)
     return calls
+
+
+def fused_call(bn: nn.Module, x: torch.Tensor, contract: str = "central") -> tuple[torch.Tensor, object]:
+    """``bn(x)`` with its input tapped as a collector (``central``) or the engine (``raw``) taps it, and the kernel's
+    moments of ``x`` (None where the call was not fused)."""
+    taken: list[object] = []
+    with fused_batchnorms(bn, [Tap("x", "", "in", "bn-input")], lambda tap, x, moments: taken.append(moments), contract=contract):
+        y = bn(x)
+    return y, taken[0] if taken else None
+
+
+def batchnorm_moments(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, bn_moments.NativeMoments] | None:
+    y, rows = fused_call(bn, x, "central")
+    return None if rows is None else (y, rows)  # type: ignore[return-value]
+
+
+def batchnorm_sums(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None:
+    y, sums = fused_call(bn, x, "raw")
+    return None if sums is None else (y, sums)  # type: ignore[return-value]
 
 
 def reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +82,7 @@ def test_output_is_batchnorm_and_moments_are_float64_exact(shape, affine):
     x = torch.randn(*shape, generator=g) * 3 + 2
     bn = bn_of(shape[1], affine) if len(shape) == 4 else _stats_only(nn.BatchNorm1d(shape[1]), 1)
     with torch.no_grad():
-        y, rows = bn_moments.batchnorm_moments(bn, x)
+        y, rows = batchnorm_moments(bn, x)
         torch.testing.assert_close(y, bn(x), rtol=1e-5, atol=1e-6)
     mean, m2 = reference(x)
     assert rows.mean.dtype == torch.float64 and rows.ill == 0
@@ -75,17 +95,17 @@ def test_output_is_batchnorm_and_moments_are_float64_exact(shape, affine):
 
 @needs_kernel
 def test_ill_conditioned_rows_are_counted_and_recomputed_exactly():
-    """Rows whose sampled positions miss their mass: the kernel counts them, per_image_moments makes them exact."""
+    """Rows whose sampled positions miss their mass: the kernel counts them, central_moments makes them exact."""
     g = torch.Generator().manual_seed(8)
     x = torch.randn(4, 3, 32, 32, generator=g) * 0.01 + 1000.0
     x.view(4, 3, -1)[:, :, ::128] = 0.0  # every sampled position
     x[0, 0] = torch.randn(32, 32, generator=g)  # one well-conditioned row
     with torch.no_grad():
-        _, rows = bn_moments.batchnorm_moments(bn_of(3), x)
+        _, rows = batchnorm_moments(bn_of(3), x)
     mean, m2 = reference(x)
     offset = rows.mean - rows.shift.double()
     assert rows.ill == int((rows.m2 * ILL_CONDITIONED < offset.square() * 1024).sum()) == 11
-    fixed_mean, fixed_m2, p = per_image_moments(x, 1, rows)
+    fixed_mean, fixed_m2, p = central_moments(x, 1, native_moments=rows)
     assert p == 1024
     ill = torch.ones(4, 3, dtype=torch.bool)
     ill[0, 0] = False
@@ -101,30 +121,50 @@ def test_nan_and_infinity_propagate():
     x[0, 0, 1, 1] = float("nan")
     x[1, 1, 2, 2] = float("inf")
     with torch.no_grad():
-        y, rows = bn_moments.batchnorm_moments(bn_of(2), x)
+        y, rows = batchnorm_moments(bn_of(2), x)
     assert torch.isnan(rows.mean[0, 0]) and torch.isnan(y[0, 0, 1, 1])
     assert not torch.isfinite(rows.mean[1, 1]) and torch.isfinite(rows.mean[0, 1]) and torch.isfinite(rows.mean[1, 0])
 
 
-class OwnForward(nn.BatchNorm2d):
+class ShiftedInput(nn.BatchNorm2d):
+    """Normalizes something other than its input: its input's moments cannot come from its BatchNorm call."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + 1
+        return super().forward(x + 1)
+
+
+class OwnForward(nn.BatchNorm2d):
+    """Its own forward around the BatchNorm call on its input: the call is fused, the rest runs as written."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2 + 1
 
 
 @needs_kernel
 def test_what_is_not_fused():
-    """Training mode, no running statistics, a subclass's own forward, autograd, float64, channels-last: None."""
+    """Training mode, no running statistics, a layer normalizing something else, autograd, float64, channels-last: None."""
     x = torch.randn(2, 3, 4, 4)
     bn = bn_of(3)
     with torch.no_grad():
-        assert bn_moments.batchnorm_moments(bn, x) is not None
-        assert bn_moments.batchnorm_moments(bn.train(), x) is None
+        assert batchnorm_moments(bn, x) is not None
+        assert batchnorm_moments(bn.train(), x) is None
         bn.eval()
-        assert bn_moments.batchnorm_moments(nn.BatchNorm2d(3, track_running_stats=False).eval(), x) is None
-        assert bn_moments.batchnorm_moments(OwnForward(3).eval(), x) is None
-        assert bn_moments.batchnorm_moments(bn, x.double()) is None
-        assert bn_moments.batchnorm_moments(bn, x.to(memory_format=torch.channels_last)) is None
-    assert bn_moments.batchnorm_moments(bn, x) is None  # grad mode on
+        assert batchnorm_moments(nn.BatchNorm2d(3, track_running_stats=False).eval(), x) is None
+        assert batchnorm_moments(ShiftedInput(3).eval(), x) is None
+        assert batchnorm_moments(bn_of(3).double(), x.double()) is None
+        assert batchnorm_moments(bn, x.to(memory_format=torch.channels_last)) is None
+    assert batchnorm_moments(bn, x) is None  # grad mode on
+
+
+@needs_kernel
+def test_a_layer_with_its_own_forward_keeps_it():
+    """Only the F.batch_norm call is the kernel's: what the layer does around it runs as written."""
+    x = torch.randn(2, 3, 5, 4)
+    bn = randomize_bn(OwnForward(3), 3).eval()
+    with torch.no_grad():
+        y, rows = batchnorm_moments(bn, x)
+        torch.testing.assert_close(y, bn(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rows.mean, reference(x)[0], rtol=1e-6, atol=1e-6)
 
 
 @needs_kernel
@@ -135,9 +175,9 @@ def test_collect_takes_the_fused_route_and_matches_the_hooks(tmp_path: Path, mon
 
     folder = write_image_folder(tmp_path / "data", classes=4, per_class=6, size=12)
     loaded = LoadedModel(tiny_net(4), "conftest:tiny_net", None, 4, None, Preprocessing(crop=12))
-    calls = spy_on(monkeypatch, "batchnorm_moments")
+    calls = spy_on(monkeypatch, "bn_moments")
     fused, _ = collect(loaded, folder, batch_size=5)
-    assert calls and all(calls) and len(calls) == 2 * 5  # two BatchNorm taps, five batches
+    assert len(calls) == 2 * 5  # two BatchNorm taps, five batches
     monkeypatch.setenv("SOWMETA_COMPILE", "0")
     calls.clear()
     hooked, _ = collect(loaded, folder, batch_size=5)
@@ -148,7 +188,11 @@ def test_collect_takes_the_fused_route_and_matches_the_hooks(tmp_path: Path, mon
 
 
 @needs_kernel
-def test_forward_is_restored_even_on_error_and_outputs_unchanged():
+def test_hooks_and_modes_are_gone_even_on_error_and_outputs_unchanged():
+    """The model's output is unchanged while recording; afterwards no hook and no function mode is left, also after an
+    exception inside the block or inside a tapped layer's forward."""
+    from torch.overrides import _get_current_function_mode_stack
+
     model = tiny_net(4)
     x = torch.randn(6, 3, 12, 12)
     with torch.no_grad():
@@ -160,12 +204,18 @@ def test_forward_is_restored_even_on_error_and_outputs_unchanged():
         got = model(x)
     recorder.set_labels(None)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert not any("forward" in vars(m) for m in model.modules())
-    with pytest.raises(RuntimeError, match="boom"), bn_moments.fused_batchnorm_taps(model, taps, lambda *a: None) as names:
-        assert names == {"bn1", "bn2"} or len(names) == 2
-        assert "forward" in vars(model.bn1)
+
+    def clean() -> bool:
+        return not _get_current_function_mode_stack() and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+    assert clean()
+    with pytest.raises(RuntimeError, match="boom"), fused_batchnorms(model, taps, lambda *a: None, contract="central") as names:
+        assert names == {"bn1", "bn2"}
         raise RuntimeError("boom")
-    assert not any("forward" in vars(m) for m in model.modules())
+    assert clean()
+    with pytest.raises(RuntimeError), torch.no_grad(), fused_batchnorms(model, taps, lambda *a: None, contract="central"):
+        model(torch.randn(2, 5, 12, 12))  # the wrong channel count: the first layer fails
+    assert clean()
 
 
 def test_no_compiler_means_the_hooks(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
@@ -224,7 +274,7 @@ def test_synthesis_gradient_equals_float64_autograd(use):
         out = (y * wy).sum() if parts[0] else 0.0
         return out + ((mean * wm).sum() + (sq * wq).sum() if parts[1] else 0.0)
 
-    y, (mean, sq) = bn_moments.batchnorm_sums(bn, x)
+    y, (mean, sq) = batchnorm_sums(bn, x)
     loss(y, mean, sq).backward()
     x64 = x.detach().double().requires_grad_(True)
     bn64 = bn_of(5).double()
@@ -240,12 +290,12 @@ def test_synthesis_gradient_equals_float64_autograd(use):
 def test_synthesis_sums_need_a_frozen_layer_and_autograd():
     bn = bn_of(3)
     x = torch.randn(2, 3, 4, 4, requires_grad=True)
-    assert bn_moments.batchnorm_sums(bn, x) is None  # its parameters would need gradients
+    assert batchnorm_sums(bn, x) is None  # its parameters would need gradients
     for p in bn.parameters():
         p.requires_grad_(False)
-    assert bn_moments.batchnorm_sums(bn, x) is not None
+    assert batchnorm_sums(bn, x) is not None
     with torch.no_grad():
-        assert bn_moments.batchnorm_sums(bn, x) is None
+        assert batchnorm_sums(bn, x) is None
 
 
 @needs_kernel
@@ -260,14 +310,14 @@ def test_engine_takes_the_fused_route_and_matches_the_hooks(monkeypatch: pytest.
     g = torch.Generator().manual_seed(5)
     targets = [TapTarget(t, torch.randn(2, c, generator=g), torch.rand(2, c, generator=g) + 0.5) for t, c in zip(taps, (6, 12))]
     init = torch.rand(4, 3, 12, 12, generator=g)
-    calls = spy_on(monkeypatch, "batchnorm_sums")
+    calls = spy_on(monkeypatch, "bn_sums")
 
     def run() -> torch.Tensor:
         inv = Inverter(model, targets, Preprocessing(crop=12), SynthConfig(batch_size=4, iterations=5, jitter=0, flip=False))
         return inv.run(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 1]), init, seed=0).images
 
     fused = run()
-    assert calls.count(True) == 2 * 5 and calls.count(False) == 2  # the final verdict runs without autograd
+    assert len(calls) == 2 * 5  # the final verdict runs without autograd, so through the hooks
     monkeypatch.setenv("SOWMETA_COMPILE", "0")
     calls.clear()
     hooked = run()
@@ -305,11 +355,12 @@ def _bn_act(c: int, seed: int = 0) -> nn.Module:
 
 @needs_kernel
 def test_timm_batchnorm_act_is_fused_with_its_activation():
-    """Output equal to the module's own forward (normalization, then SiLU); moments float64-exact; a subclass's own forward is not fused."""
+    """Output equal to the module's own forward (normalization, then SiLU); moments float64-exact; a subclass that
+    normalizes another tensor than its input is not fused."""
     x = torch.randn(3, 4, 5, 6, generator=torch.Generator().manual_seed(2)) * 2 + 1
     bn = _bn_act(4)
     with torch.no_grad():
-        y, rows = bn_moments.batchnorm_moments(bn, x)
+        y, rows = batchnorm_moments(bn, x)
         torch.testing.assert_close(y, bn(x), rtol=1e-5, atol=1e-6)
         assert float((y - bn_of(4)(x)).abs().max()) > 0.1  # the activation was applied
     mean, m2 = reference(x)
@@ -318,11 +369,10 @@ def test_timm_batchnorm_act_is_fused_with_its_activation():
 
     class Custom(type(bn)):
         def forward(self, x):  # noqa: ANN001, ANN202
-            return super().forward(x) * 2
+            return super().forward(x.flip(-1)) * 2
 
     with torch.no_grad():
-        assert bn_moments.batchnorm_moments(Custom(4).eval(), x) is None
-        assert bn_moments.batchnorm_moments(bn, x[0]) is None  # BatchNormAct2d takes 4-d maps only
+        assert batchnorm_moments(Custom(4).eval(), x) is None  # normalizes another tensor than its input
 
 
 @needs_kernel
@@ -333,7 +383,7 @@ def test_timm_batchnorm_act_gradient_equals_float64_autograd():
         p.requires_grad_(False)
     x = (torch.randn(2, 3, 5, 4, generator=g) * 2).requires_grad_(True)
     wy, wq = torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, generator=g)
-    y, (mean, sq) = bn_moments.batchnorm_sums(bn, x)
+    y, (mean, sq) = batchnorm_sums(bn, x)
     ((y * wy).sum() + (sq * wq).sum()).backward()
     x64 = x.detach().double().requires_grad_(True)
     y64 = bn.double()(x64)
@@ -352,9 +402,9 @@ def test_collect_fuses_timm_batchnorm_act_taps(tmp_path: Path, monkeypatch: pyte
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3)).eval()
     folder = write_image_folder(tmp_path / "data", classes=3, per_class=5, size=12)
     loaded = LoadedModel(net, "custom", None, 3, None, Preprocessing(crop=12))
-    calls = spy_on(monkeypatch, "batchnorm_moments")
+    calls = spy_on(monkeypatch, "bn_moments")
     fused, _ = collect(loaded, folder, batch_size=4, taps="bn-inputs")
-    assert len(fused.stats) == 2 and calls and all(calls)
+    assert len(fused.stats) == 2 and calls
     monkeypatch.setenv("SOWMETA_COMPILE", "0")
     calls.clear()
     hooked, _ = collect(loaded, folder, batch_size=4, taps="bn-inputs")

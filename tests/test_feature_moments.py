@@ -1,4 +1,4 @@
-"""The one-pass per-image moments (compiled kernel and eager fallback) against float64 references.
+"""The one-pass per-image moments (``sowmeta.moments.reduce``: compiled kernel and eager fallback) against float64 references.
 
 The reference is written independently: the map in float64, moved to [N, C, P] with ``permute``,
 ``mean`` over positions, and autograd of that plain formula for the gradients. Float32 kernels
@@ -12,10 +12,9 @@ import logging
 import pytest
 import torch
 
+from sowmeta.moments import ClassMoments, dispatch, raw_moments
 from sowmeta.moments import reduce as feature_moments
 from sowmeta.moments.reduce import compiled_kernels, mean_and_square
-from sowmeta.moments.class_moments import ClassMoments
-from sowmeta.synth.losses import per_image_moments
 
 # (shape, channel axis): NCHW maps, token sequences [N, L, D], and a map with its channels on axis 2
 CASES = [((3, 5, 7, 9), 1), ((4, 33, 6), -1), ((2, 4, 5, 3), 2)]
@@ -43,7 +42,7 @@ def check_values_and_gradients(x: torch.Tensor, axis: int) -> None:
         loss.backward()
         leaf = x.detach().clone().requires_grad_(True)
         tapped = leaf * 2
-        mean, sq = per_image_moments(tapped, axis)
+        mean, sq = raw_moments(tapped, axis)
         assert mean.dtype == torch.float32 and mean.shape == mean_ref.shape
         torch.testing.assert_close(mean.double(), mean_ref.detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(sq.double(), sq_ref.detach(), rtol=1e-5, atol=1e-6)
@@ -83,7 +82,7 @@ def test_a_failing_compiler_falls_back_to_the_eager_reduction(monkeypatch, caplo
     monkeypatch.setattr(feature_moments._KERNELS, "enabled", True)
     monkeypatch.setattr(feature_moments._KERNELS, "_compiled", {})
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(feature_moments, "COMPILE_MIN_ELEMENTS", {"cpu": 0, "cuda": 0})
+    monkeypatch.setattr(dispatch, "COMPILE_MIN_ELEMENTS", {"cpu": 0, "cuda": 0})
     monkeypatch.delenv("SOWMETA_COMPILE", raising=False)
     x = torch.randn(2, 3, 10, generator=torch.Generator().manual_seed(3))
     with caplog.at_level(logging.WARNING, logger="sowmeta.moments.reduce"):
@@ -96,16 +95,16 @@ def test_compiling_can_be_switched_off(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda *a, **k: calls.append(a) or (lambda *_: None))
     monkeypatch.setattr(feature_moments._KERNELS, "_compiled", {})
-    monkeypatch.setattr(feature_moments, "COMPILE_MIN_ELEMENTS", {"cpu": 0, "cuda": 0})
+    monkeypatch.setattr(dispatch, "COMPILE_MIN_ELEMENTS", {"cpu": 0, "cuda": 0})
     monkeypatch.setenv("SOWMETA_COMPILE", "0")
-    mean, _ = mean_and_square(torch.ones(2, 3, 4))
+    mean, _ = raw_moments(torch.ones(2, 3, 4))
     assert calls == [] and mean.tolist() == [[1.0] * 3] * 2
 
 
 @pytest.fixture
 def compiled(monkeypatch):
     """Every map through the compiled kernels; skips (with the reason) where this machine cannot compile."""
-    monkeypatch.setattr(feature_moments, "COMPILE_MIN_ELEMENTS", {"cpu": 0, "cuda": 0})
+    monkeypatch.setattr(dispatch, "COMPILE_MIN_ELEMENTS", {"cpu": 0, "cuda": 0})
     monkeypatch.delenv("SOWMETA_COMPILE", raising=False)
     monkeypatch.setattr(feature_moments._KERNELS, "enabled", True)
     try:

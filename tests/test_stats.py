@@ -135,15 +135,15 @@ def test_rows_far_from_their_sampled_shift_are_recomputed_exactly(monkeypatch):
     x[:, :, ::128] = 0.0  # the eight positions row_shift samples
     y = torch.tensor([0, 1, 0, 1, 1, 0])
     exact_rows = []
-    real = stats.per_image_moments
+    real = stats.central_moments
 
-    def counting(v, axis=1, moments=None):
-        out = real(v, axis, moments)
+    def counting(v, axis=1, **kwargs):
+        out = real(v, axis, **kwargs)
         shift = feature_moments.row_shift(feature_moments.rows_view(v.detach(), axis)[0])
-        exact_rows.append(int(((out[0] - shift.double()).square() * out[2] > out[1] * stats.ILL_CONDITIONED).sum()))
+        exact_rows.append(int(((out.mean - shift.double()).square() * out.positions > out.m2 * feature_moments.ILL_CONDITIONED).sum()))
         return out
 
-    monkeypatch.setattr(stats, "per_image_moments", counting)
+    monkeypatch.setattr(stats, "central_moments", counting)
     m = feed(x, y, 2, batch=4)
     assert sum(exact_rows) == x.shape[0] * x.shape[1]
     rm, rv = reference(x, y, 2)

@@ -16,7 +16,8 @@ from sowmeta.synth import losses
 from sowmeta.synth.augment import augment
 from sowmeta.synth.config import SynthConfig
 from sowmeta.synth.engine import Inverter, TapTarget, tap_weights
-from sowmeta.synth.losses import Segments, eq7_distance, gaussian_kl, group_moments, l2_prior, per_image_moments, total_variation
+from sowmeta.moments import raw_moments
+from sowmeta.synth.losses import Segments, eq7_distance, gaussian_kl, group_moments, l2_prior, total_variation
 from sowmeta.models.preprocess import Preprocessing
 from sowmeta.models.taps import Tap, resolve_taps, tap_hooks
 
@@ -50,7 +51,7 @@ def test_group_moments_equal_per_class_statistics():
     g = torch.Generator().manual_seed(1)
     feats = torch.randn(9, 5, 4, 3, generator=g, dtype=torch.float64) * 2 + 1
     groups = torch.tensor([2, 0, 1, 2, 2, 0, 1, 1, 2])
-    mean_i, sq_i = per_image_moments(feats)
+    mean_i, sq_i = raw_moments(feats)
     mean, var = group_moments(mean_i, sq_i, groups, 3)
     for k in range(3):
         x = feats[groups == k].permute(1, 0, 2, 3).reshape(5, -1)  # channel x (images * positions)
@@ -62,7 +63,7 @@ def test_group_moments_equal_per_class_statistics():
 def test_group_moments_of_linear_features():
     feats = torch.randn(6, 4, dtype=torch.float64)
     groups = torch.tensor([0, 1, 0, 1, 1, 0])
-    mean, var = group_moments(*per_image_moments(feats), groups, 2)
+    mean, var = group_moments(*raw_moments(feats), groups, 2)
     for k in range(2):
         v, m = torch.var_mean(feats[groups == k], dim=0, correction=0)
         torch.testing.assert_close(mean[k], m)
@@ -94,7 +95,7 @@ def _terms_of_one_step(model, taps, inv: Inverter, x: torch.Tensor, labels: torc
     captured = {}
     hooks = [model.bn1.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn1", a[0].detach())),
              model.bn2.register_forward_pre_hook(lambda m, a: captured.__setitem__("bn2", a[0].detach()))]
-    with tap_hooks(model, taps, inv._record):
+    with tap_hooks(model, taps, lambda tap, x: inv._record(tap, x, None)):
         logits = model(x)
     for h in hooks:
         h.remove()
@@ -131,8 +132,8 @@ def test_statistics_term_through_real_hooks():
 
 def test_moments_gradient_matches_autograd_of_plain_formula():
     x = torch.randn(3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
-    torch.autograd.gradcheck(lambda t: per_image_moments(t), (x,))
-    m, q = per_image_moments(x)
+    torch.autograd.gradcheck(lambda t: raw_moments(t), (x,))
+    m, q = raw_moments(x)
     torch.testing.assert_close(m, x.mean(dim=(2, 3)))
     torch.testing.assert_close(q, (x * x).mean(dim=(2, 3)))
 
@@ -166,7 +167,7 @@ def _engine_terms(feature_loss: str):  # noqa: ANN202
     x = torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64)
     labels = torch.tensor([0, 2, 0, 2, 2, 0])
     rows = torch.tensor([0, 1, 0, 1, 1, 0])
-    with tap_hooks(model, taps, inv._record):
+    with tap_hooks(model, taps, lambda tap, x: inv._record(tap, x, None)):
         logits = model(x)
     group_rows, groups = torch.unique(rows, return_inverse=True)
     terms = inv.term_values(x, logits, labels, groups, group_rows)

@@ -11,8 +11,8 @@ from torch import nn
 
 from ..errors import ConfigError, DataError, TapError
 from ..models.taps import Tap, infer_axis
-from ..moments.class_moments import ClassMoments, LabelGroups, RowMoments, per_image_moments
-from ..moments.native import recording_taps
+from ..moments import ClassMoments, DispatchLog, LabelGroups, central_moments, recording_taps
+from ..moments.native import NativeMoments
 
 __all__ = ["StatsRecorder"]
 
@@ -41,6 +41,7 @@ class StatsRecorder:
         self._positions_key: tuple[int, ...] | None = None  # positions per joint tap behind _positions
         self._loose: dict[str, ClassMoments] = {}  # taps folded one by one (those not in _joint)
         self._pending: list[tuple[str, torch.Tensor, torch.Tensor, int]] = []
+        self.dispatch = DispatchLog("collect")  # which implementation computes each tap's moments, said once
 
     def allocate(self, channels: Mapping[str, int], device: torch.device | str = "cpu") -> None:
         """Start every tap in ``channels`` with empty moments, in one block folded at once (replaces what was recorded)."""
@@ -68,7 +69,7 @@ class StatsRecorder:
         self.taps = [replace(t, axis=axis) if t.name == tap.name else t for t in self.taps]
         return axis
 
-    def _record(self, tap: Tap, x: torch.Tensor, moments: RowMoments | None = None) -> None:
+    def _record(self, tap: Tap, x: torch.Tensor, native: NativeMoments | None) -> None:
         if self.labels is None:
             return
         if tap.name in self._fired:
@@ -82,14 +83,15 @@ class StatsRecorder:
             if feat.shape[0] != self.labels.shape[0]:
                 raise DataError(f"tap {tap.name!r}: batch of {feat.shape[0]} features but {self.labels.shape[0]} labels")
             axis = self._axis(tap, feat)
-            img_mean, img_m2, p = per_image_moments(feat, axis, moments)
-            self._pending.append((tap.name, img_mean, img_m2, p))
+            img = central_moments(feat, axis, native_moments=native, log=self.dispatch, tap=tap.name)
+            self._pending.append((tap.name, img.mean, img.m2, img.positions))
 
     def _flush(self) -> None:
         """Fold the per-image moments of the batch in progress into the per-class moments."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        self.dispatch.say()
         labels = self.labels
         if labels is None:
             raise DataError("per-image moments are pending but the batch's labels were cleared first")
@@ -142,7 +144,7 @@ class StatsRecorder:
         BatchNorm-input taps on the CPU record through the fused kernel (``moments.native``), which
         reads each map once for the BatchNorm and its moments; the others through hooks.
         """
-        with recording_taps(self.model, self.taps, self._record):
+        with recording_taps(self.model, self.taps, self._record, contract="central"):
             yield self
 
     def set_labels(self, labels: torch.Tensor | None) -> None:

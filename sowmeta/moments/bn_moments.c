@@ -2,11 +2,11 @@
  *
  * Rows are (image, channel) pairs of an [N, C, P] float32 map, contiguous. For every row:
  *   y = x * scale[c] + bias[c]                        (the BatchNorm's output)
- *   shift = mean of 8 evenly spaced x                 (as sowmeta.feature_moments.row_shift)
+ *   shift = mean of 8 evenly spaced x                 (as sowmeta.moments.reduce.row_shift)
  *   d = E[x - shift], q = E[(x - shift)^2]            (float32 sums, vectorized)
- *   mean = shift + d, m2 = max(0, (q - d^2) * P)      (float64, as sowmeta.stats.per_image_moments)
+ *   mean = shift + d, m2 = max(0, (q - d^2) * P)      (float64, as sowmeta.moments.dispatch.central_moments)
  * and the number of rows whose m2 is ill-conditioned (m2 * ill_factor < d^2 * P) is returned,
- * for the caller to recompute them exactly. Built and loaded by sowmeta/bn_moments.py, linked
+ * for the caller to recompute them exactly. Built and loaded by sowmeta/moments/native.py, linked
  * against torch's own OpenMP runtime.
  */
 #include <stdint.h>

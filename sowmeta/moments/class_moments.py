@@ -5,104 +5,22 @@ Chan et al.'s parallel formula, vectorized over the classes present with a scatt
 two partial results with the same formula makes the outcome independent of batch size,
 batch order and the number of processes, up to float64 rounding.
 
-Per-image moments come from one pass over the feature map (``reduce.py``: E[x - s] and
-E[(x - s)^2] per image and channel in float32, a compiled kernel where it pays, about a shift s
-estimated from a few positions of each row), which keeps collection close to the cost of plain
-inference. Where the variance would still lose digits (the row's mean far from s against its
-spread: about 0.02 % of rows), those rows are recomputed exactly in float64.
+Per-image moments come from ``dispatch.central_moments``: one pass over the feature map (E[x - s]
+and E[(x - s)^2] per image and channel in float32 about a shift s estimated from a few positions of
+each row, by whichever implementation the dispatch table picks), which keeps collection close to
+the cost of plain inference; rows where the variance would still lose digits (the row's mean far
+from s against its spread: about 0.02 % of rows) are recomputed exactly in float64.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
-from .reduce import rows_view, shifted_moments
+from .dispatch import central_moments
 
-__all__ = ["ClassMoments", "LabelGroups", "RowMoments", "channel_view", "per_image_moments"]
-
-# Rows with (mean - shift)^2 > ILL_CONDITIONED * variance are recomputed exactly: the float32 route's
-# relative error in the variance grows like 4e-7 * (1 + (mean - shift)^2 / variance), so it stays below ~5e-6.
-ILL_CONDITIONED = 10.0
-# Elements per float64 chunk when recomputing rows exactly: bounds the temporary copy.
-_CHUNK_ELEMENTS = 1 << 22
-
-
-def channel_view(x: torch.Tensor, axis: int = 1) -> torch.Tensor:
-    """Reshape a feature to [N, C, P]: the channels (axis ``axis``) second, every other axis but the batch flattened.
-
-    Axis 1 (NCHW maps, [N, C] features) is a view; the last axis ([N, L, D] tokens, channels-last
-    maps) is a view of [N, P, C] transposed; any other axis is moved there first.
-    """
-    if x.dim() < 2:
-        raise ValueError(f"a tapped feature needs a batch and a channel axis, got shape {tuple(x.shape)}")
-    axis = axis % x.dim()
-    if axis == 0:
-        raise ValueError("the channel axis cannot be the batch axis (0)")
-    if axis == 1:
-        return x.reshape(x.shape[0], x.shape[1], -1)
-    if axis != x.dim() - 1:
-        x = x.movedim(axis, -1)
-    return x.reshape(x.shape[0], -1, x.shape[-1]).transpose(1, 2)
-
-
-class RowMoments(NamedTuple):
-    """A map's per-image moments taken elsewhere (``native.py``): its row shifts, mean and M2 in float64, and
-    how many rows failed the conditioning test (``ILL_CONDITIONED``, applied before M2 was clamped at 0)."""
-
-    shift: torch.Tensor  # [N, C] float32
-    mean: torch.Tensor  # [N, C] float64
-    m2: torch.Tensor  # [N, C] float64, clamped at 0
-    ill: int
-
-
-def per_image_moments(x: torch.Tensor, axis: int = 1, moments: RowMoments | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Mean and M2 over positions, per image and channel, in float64: ([N, C], [N, C], P).
-
-    ``moments``: the same already taken from ``x`` (channels on axis 1) by a fused kernel; only
-    its ill-conditioned rows, if any, are then recomputed here.
-    """
-    x = x.detach()
-    if x.dim() < 2:
-        raise ValueError(f"a tapped feature needs a batch and a channel axis, got shape {tuple(x.shape)}")
-    v, last = rows_view(x, axis)
-    n, c, p = v.shape[0], v.shape[2 if last else 1], v.shape[1 if last else 2]
-    if moments is not None:
-        mean, m2 = moments.mean, moments.m2
-        if moments.ill:
-            offset = mean - moments.shift.double()
-            _exact_rows(v, last, mean, m2, torch.nonzero((m2 * ILL_CONDITIONED < offset.square() * p).flatten()).flatten())
-        return mean, m2, p
-    if p == 1:  # N x C features: every image is one sample per channel
-        return v.reshape(n, c).double(), torch.zeros(n, c, dtype=torch.float64, device=v.device), 1
-    if v.is_cuda:  # CUDA's var_mean is one Welford pass: exact enough and free of host syncs
-        var, mean = torch.var_mean(v if v.dtype in (torch.float32, torch.float64) else v.float(), dim=1 if last else 2, correction=0)
-        return mean.double(), var.double() * p, p
-    shift, mean32, sq32 = shifted_moments(v, last=last)
-    offset = mean32.double()  # the mean's distance from the shift
-    m2 = (sq32.double() - offset.square()) * p
-    ill = torch.nonzero((m2 * ILL_CONDITIONED < offset.square() * p).flatten()).flatten()
-    mean = offset.add_(shift.double())
-    _exact_rows(v, last, mean, m2, ill)
-    return mean, m2.clamp_min_(0), p
-
-
-def _exact_rows(v: torch.Tensor, last: bool, mean: torch.Tensor, m2: torch.Tensor, rows: torch.Tensor) -> None:
-    """Recompute the flat (image * C + channel) ``rows`` of ``mean`` and ``m2`` exactly in float64, in place."""
-    if not rows.numel():
-        return
-    c, p = mean.shape[1], v.shape[1 if last else 2]
-    flat_mean, flat_m2 = mean.view(-1), m2.view(-1)
-    step = max(1, _CHUNK_ELEMENTS // p)
-    for start in range(0, rows.numel(), step):
-        idx = rows[start : start + step]
-        image, channel = idx // c, idx % c
-        exact = (v[image, :, channel] if last else v[image, channel]).double()
-        mu = exact.mean(dim=1, keepdim=True)
-        flat_mean[idx] = mu.squeeze(1)
-        flat_m2[idx] = (exact - mu).square().sum(dim=1)
+__all__ = ["ClassMoments", "LabelGroups"]
 
 
 def _group_sum(group: torch.Tensor, values: torch.Tensor, groups: int) -> torch.Tensor:
@@ -173,8 +91,8 @@ class ClassMoments:
 
     def update(self, x: torch.Tensor, labels: torch.Tensor | LabelGroups, *, axis: int = 1) -> None:
         """Fold a batch of features ``x`` (channels on ``axis``) with class ``labels`` [N] (or their groups) into the moments."""
-        img_mean, img_m2, p = per_image_moments(x, axis)
-        self.fold(img_mean, img_m2, p, labels)
+        img = central_moments(x, axis)
+        self.fold(img.mean, img.m2, img.positions, labels)
 
     def fold(self, img_mean: torch.Tensor, img_m2: torch.Tensor, positions: int | torch.Tensor, labels: torch.Tensor | LabelGroups) -> None:
         """Fold per-image moments (mean and M2 over ``positions`` positions, ``[N, C]`` float64) into the per-class moments.

@@ -1,17 +1,25 @@
-"""Eval-mode BatchNorm fused with the moments of its input: one read of each tapped map on the CPU.
+"""Eval-mode BatchNorm fused with the moments of its input, as ``torch.library`` operators over a small C kernel.
 
 A collector tapping a BatchNorm's input reads every element of that map once more than plain
 inference does, and on a CPU that extra pass over maps far larger than the cache is most of what
 collection costs beyond inference. Inductor does not fuse a reduction with an elementwise op of
 the same input into one loop, so a 40-line C kernel (``bn_moments.c``) does it: the BatchNorm's
-output and the shifted per-row moments (as ``reduce.shifted_moments``) in one pass. For
-synthesis it is an autograd Function: forward y, E[x], E[x^2]; backward dx in one pass over dy and x.
+output and the shifted per-row moments (as ``reduce.shifted_moments``) in one pass over the map.
 
-It is compiled on first use with the system C compiler (``CC``, else ``cc``) against torch's own
-OpenMP runtime and kept under ``<cache>/native``, and loaded from there only when this user built
-it (``native_build``: owner, permissions and the sha256 recorded at the build); without a
-compiler, with ``SOWMETA_COMPILE=0``, or where the build fails, ``available()`` is False and the
-hooks record as before.
+Three operators wrap it, each with a fake (meta) implementation so that shape propagation and
+``torch.compile`` see through them:
+
+* ``sowmeta::bn_moments(x, scale, offset, ill_factor)``: collection. y, the row shifts, the float64
+  mean and M2 per (image, channel) row, and how many rows are ill-conditioned (``reduce.exact_rows``
+  recomputes them).
+* ``sowmeta::bn_sums(x, scale, offset)``: synthesis. y, E[x] and E[x^2] (float32), differentiable in
+  ``x`` (the layer is frozen); its backward is ``sowmeta::bn_sums_backward``, one pass over dy and x.
+
+The kernel is compiled on first use with the system C compiler (``CC``, else ``cc``) against torch's
+own OpenMP runtime, kept under ``<cache>/native``, and loaded from there only when this user built
+it (``native_build``: owner, permissions and the sha256 recorded at the build); without a compiler,
+with ``SOWMETA_COMPILE=0``, or where the build fails, ``available()`` is False. Which maps go through
+the operators is ``dispatch.py``'s decision, and how a BatchNorm's own call reaches them ``recording.py``'s.
 """
 
 from __future__ import annotations
@@ -23,21 +31,16 @@ import platform
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..env import cache_dir, compile_enabled
 from .native_build import load_library
-from .class_moments import ILL_CONDITIONED, RowMoments
-from ..models.taps import Tap, tap_hooks
 
-__all__ = ["available", "batchnorm_moments", "batchnorm_sums", "fused_batchnorm_taps", "recording_taps"]
+__all__ = ["NativeMoments", "available", "affine", "bn_moments", "bn_sums", "bn_sums_backward"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,16 @@ class _Functions(NamedTuple):
     moments: Callable[..., int]  # collection: y, shift, float64 mean and M2, ill-conditioned count
     sums_forward: Callable[..., None]  # synthesis: y, E[x], E[x^2]
     sums_backward: Callable[..., None]  # synthesis: dx from dy and the moments' gradients
+
+
+class NativeMoments(NamedTuple):
+    """What ``bn_moments`` gives besides y: per (image, channel) row its shift, mean and M2 in float64, and how many
+    rows failed the conditioning test (``reduce.ILL_CONDITIONED``, applied before M2 was clamped at 0)."""
+
+    shift: torch.Tensor  # [N, C] float32
+    mean: torch.Tensor  # [N, C] float64
+    m2: torch.Tensor  # [N, C] float64, clamped at 0
+    ill: int
 
 
 class _Library:
@@ -108,184 +121,92 @@ def _functions() -> _Functions | None:
     return _LIBRARY.get() if compile_enabled() else None
 
 
+def available() -> bool:
+    """Whether the kernel can run in this process (built or cached, compiling allowed)."""
+    return _functions() is not None
+
+
+def _kernel() -> _Functions:
+    fns = _functions()
+    if fns is None:
+        raise RuntimeError("the fused BatchNorm kernel is not available; dispatch.py routes around it")
+    return fns
+
+
 def _rows(x: torch.Tensor) -> tuple[int, int, int]:
     """Images, channels and positions per (image, channel) row of a channels-first map."""
     n, c = x.shape[0], x.shape[1]
     return n, c, x.numel() // (n * c)
 
 
-def available() -> bool:
-    """Whether the fused kernel can run in this process (built or cached, compiling allowed)."""
-    return _functions() is not None
-
-
-def _tail(bn: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """What ``bn``'s forward does after the normalization, for a forward known to be BatchNorm then that; None for any other.
-
-    A stock ``nn.BatchNorm*d``: nothing. timm's ``BatchNormAct2d`` (EfficientNet, RegNet, ...): its
-    ``drop`` then its ``act``. A subclass that overrides either forward is not known.
-    """
-    if not isinstance(bn, _BatchNorm):
-        return None
-    forward = type(bn).forward
-    if forward is _BatchNorm.forward:
-        return _identity
-    if forward.__qualname__ == "BatchNormAct2d.forward" and forward.__module__.startswith("timm."):
-        return lambda y: bn.act(bn.drop(y))
-    return None
-
-
-def _identity(y: torch.Tensor) -> torch.Tensor:
-    return y
-
-
-def _eligible(bn: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``_tail(bn)`` for a stock BatchNorm (or timm's BatchNormAct2d) using its running statistics, on a contiguous float32 CPU map with positions; else None."""
-    tail = _tail(bn)
-    ok = (
-        tail is not None
-        and (tail is _identity or x.dim() == 4)  # BatchNormAct2d takes 2-d maps only
-        and not bn.training
-        and bn.running_mean is not None
-        and bn.running_var is not None
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.dim() >= 3
-        and x.numel() > 0
-        and x.is_contiguous()
-    )
-    return tail if ok else None
-
-
-def _affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eval-mode BatchNorm as y = x * scale + offset per channel (float32, detached)."""
+def affine(running_mean: torch.Tensor, running_var: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as y = x * scale + offset per channel (float32, detached, contiguous)."""
     with torch.no_grad():
-        weight = bn.weight.float() if bn.weight is not None else 1.0
-        bias = bn.bias.float() if bn.bias is not None else 0.0
-        scale = (torch.rsqrt(bn.running_var.float() + bn.eps) * weight).contiguous()
-        return scale, (bias - bn.running_mean.float() * scale).contiguous()
+        w = weight.float() if weight is not None else 1.0
+        b = bias.float() if bias is not None else 0.0
+        scale = (torch.rsqrt(running_var.float() + eps) * w).contiguous()
+        return scale, (b - running_mean.float() * scale).contiguous()
 
 
-def batchnorm_moments(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, RowMoments] | None:
-    """``bn(x)`` and the per-image, per-channel moments of ``x`` (``class_moments.per_image_moments``'s) in one pass; None where not fused.
-
-    Not fused (None): training mode, no running statistics, a BatchNorm subclass with its own
-    forward, autograd on, a map that is not a contiguous float32 CPU tensor with positions, or
-    no kernel (``available()``). The caller then runs ``bn`` itself.
-    """
-    tail = None if torch.is_grad_enabled() else _eligible(bn, x)
-    if tail is None:
-        return None
-    fns = _functions()
-    if fns is None:
-        return None
+@torch.library.custom_op("sowmeta::bn_moments", mutates_args=(), device_types="cpu")
+def bn_moments(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, ill_factor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y = x * scale + offset, and per row the shift, float64 mean and M2 and (a 0-d int64) the ill-conditioned rows' count."""
     n, c, p = _rows(x)
-    scale, offset = _affine(bn)  # type: ignore[arg-type]
-    y = torch.empty_like(x)
-    shift = torch.empty(n, c)
+    y, shift = torch.empty_like(x), torch.empty(n, c)
     mean, m2 = torch.empty(n, c, dtype=torch.float64), torch.empty(n, c, dtype=torch.float64)
-    ill = fns.moments(x.data_ptr(), y.data_ptr(), scale.data_ptr(), offset.data_ptr(), shift.data_ptr(), mean.data_ptr(),
-                      m2.data_ptr(), n, c, p, ILL_CONDITIONED, torch.get_num_threads())
-    return tail(y), RowMoments(shift, mean, m2, int(ill))
+    ill = _kernel().moments(x.data_ptr(), y.data_ptr(), scale.data_ptr(), offset.data_ptr(), shift.data_ptr(), mean.data_ptr(),
+                            m2.data_ptr(), n, c, p, ill_factor, torch.get_num_threads())
+    return y, shift, mean, m2, torch.tensor(ill, dtype=torch.int64)
 
 
-class _BatchNormSums(torch.autograd.Function):
-    """y = x * scale + offset and per-row E[x], E[x^2], differentiable in ``x`` only (the layer is frozen)."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, fns: _Functions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        n, c, p = _rows(x)
-        y = torch.empty_like(x)
-        mean, sq = torch.empty(n, c), torch.empty(n, c)
-        fns.sums_forward(x.data_ptr(), y.data_ptr(), scale.data_ptr(), offset.data_ptr(), mean.data_ptr(), sq.data_ptr(), n, c, p, torch.get_num_threads())
-        ctx.save_for_backward(x, scale)
-        ctx.fns = fns  # type: ignore[attr-defined]
-        return y, mean, sq
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor, g_mean: torch.Tensor, g_sq: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
-        x, scale = ctx.saved_tensors  # type: ignore[attr-defined]
-        n, c, p = _rows(x)
-        dy, g_mean, g_sq = dy.float().contiguous(), g_mean.float().contiguous(), g_sq.float().contiguous()
-        dx = torch.empty_like(x)
-        ctx.fns.sums_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), scale.data_ptr(), g_mean.data_ptr(), g_sq.data_ptr(), n, c, p, torch.get_num_threads())  # type: ignore[attr-defined]
-        return dx, None, None, None
+@bn_moments.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, ill_factor: float) -> tuple[torch.Tensor, ...]:
+    n, c = x.shape[0], x.shape[1]
+    rows64 = x.new_empty(n, c, dtype=torch.float64)
+    return torch.empty_like(x), x.new_empty(n, c), rows64, torch.empty_like(rows64), x.new_empty((), dtype=torch.int64)
 
 
-def batchnorm_sums(bn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None:
-    """``bn(x)`` and per-image, per-channel E[x], E[x^2] (float32), both differentiable in ``x``, one pass each way; None where not fused.
-
-    For synthesis: autograd on, the BatchNorm's own parameters frozen (no gradient is computed
-    for them); otherwise as ``batchnorm_moments``.
-    """
-    tail = _eligible(bn, x) if torch.is_grad_enabled() else None
-    if tail is None or any(t.requires_grad for t in bn.parameters(recurse=False)):
-        return None
-    fns = _functions()
-    if fns is None:
-        return None
-    scale, offset = _affine(bn)  # type: ignore[arg-type]
-    y, mean, sq = _BatchNormSums.apply(x, scale, offset, fns)
-    return tail(y), (mean, sq)
+@torch.library.custom_op("sowmeta::bn_sums", mutates_args=(), device_types="cpu")
+def bn_sums(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y = x * scale + offset and per row E[x], E[x^2] (float32), in one read of ``x``."""
+    n, c, p = _rows(x)
+    y, mean, sq = torch.empty_like(x), torch.empty(n, c), torch.empty(n, c)
+    _kernel().sums_forward(x.data_ptr(), y.data_ptr(), scale.data_ptr(), offset.data_ptr(), mean.data_ptr(), sq.data_ptr(), n, c, p,
+                           torch.get_num_threads())
+    return y, mean, sq
 
 
-TapRecord = Callable[..., None]
+@bn_sums.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows = x.new_empty(x.shape[0], x.shape[1])
+    return torch.empty_like(x), rows, torch.empty_like(rows)
 
 
-@contextmanager
-def fused_batchnorm_taps(model: nn.Module, taps: Sequence[Tap], record: TapRecord, *, differentiable: bool = False) -> Iterator[set[str]]:
-    """For the duration of the block, BatchNorm-input taps record through the fused kernel; yields their tap names.
-
-    Each such BatchNorm's forward is replaced on the instance: where the kernel applies it calls
-    ``record(tap, x, moments)`` and returns the kernel's output; otherwise ``record(tap, x)``
-    and the module's own forward. ``moments``: ``batchnorm_moments``' RowMoments (collection), or
-    with ``differentiable`` ``batchnorm_sums``' (E[x], E[x^2]) in the autograd graph (synthesis).
-    The caller hooks the other taps as usual.
-    The instance attribute is removed on exit, always. Nothing is patched when the kernel is
-    unavailable, so the yielded set is then empty.
-    """
-    patched: list[nn.Module] = []
-    names: set[str] = set()
-    try:
-        if available():
-            named = dict(model.named_modules())
-            for tap in taps:
-                module = named.get(tap.module)
-                if (
-                    tap.position != "in"
-                    or tap.axis not in (None, 1)
-                    or tap.prefix_tokens
-                    or _tail(module) is None
-                    or "forward" in vars(module)
-                ):
-                    continue
-                module.forward = _fused_forward(module, tap, record, batchnorm_sums if differentiable else batchnorm_moments)  # type: ignore[method-assign]
-                patched.append(module)
-                names.add(tap.name)
-        yield names
-    finally:
-        for module in patched:
-            vars(module).pop("forward", None)
+@torch.library.custom_op("sowmeta::bn_sums_backward", mutates_args=(), device_types="cpu")
+def bn_sums_backward(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, g_mean: torch.Tensor, g_sq: torch.Tensor) -> torch.Tensor:
+    """dx = scale * dy + (g_mean + 2 x g_sq) / P, in one pass over ``dy`` and ``x``."""
+    n, c, p = _rows(x)
+    dy, g_mean, g_sq = dy.float().contiguous(), g_mean.float().contiguous(), g_sq.float().contiguous()
+    dx = torch.empty_like(x)
+    _kernel().sums_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), scale.data_ptr(), g_mean.data_ptr(), g_sq.data_ptr(), n, c, p,
+                            torch.get_num_threads())
+    return dx
 
 
-def _fused_forward(module: _BatchNorm, tap: Tap, record: TapRecord, kernel: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, object] | None]) -> Callable[[torch.Tensor], torch.Tensor]:
-    own = type(module).forward
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        fused = kernel(module, x) if isinstance(x, torch.Tensor) and not torch.compiler.is_compiling() else None
-        if fused is None:
-            record(tap, x)
-            return own(module, x)
-        y, moments = fused
-        record(tap, x, moments)
-        return y
-
-    return forward
+@bn_sums_backward.register_fake
+def _(x: torch.Tensor, dy: torch.Tensor, scale: torch.Tensor, g_mean: torch.Tensor, g_sq: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
 
 
-@contextmanager
-def recording_taps(model: nn.Module, taps: Sequence[Tap], record: TapRecord, *, differentiable: bool = False) -> Iterator[None]:
-    """``record`` every tap on every forward: BatchNorm inputs through ``fused_batchnorm_taps``, the rest through ``models.taps.tap_hooks``."""
-    with fused_batchnorm_taps(model, taps, record, differentiable=differentiable) as fused:
-        with tap_hooks(model, [t for t in taps if t.name not in fused], record):
-            yield
+def _save_for_backward(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[torch.Tensor, ...], output: object) -> None:
+    x, scale, _ = inputs
+    ctx.save_for_backward(x, scale)
+
+
+def _sums_backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor, g_mean: torch.Tensor, g_sq: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    x, scale = ctx.saved_tensors  # type: ignore[attr-defined]
+    return bn_sums_backward(x, dy, scale, g_mean, g_sq), None, None
+
+
+bn_sums.register_autograd(_sums_backward, setup_context=_save_for_backward)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..moments.native import recording_taps
+from ..moments import DispatchLog, raw_moments, recording_taps
 from ..errors import ConfigError, DivergenceError
 from ..logits import logits_of
 from ..models.preprocess import Preprocessing
@@ -30,7 +30,7 @@ from .canvas import Canvas
 from .config import SynthConfig
 from .jpeg_view import jpeg_view
 from .param import make_parameterization
-from .losses import Segments, get_feature_loss, group_moments, l2_prior, per_image_moments, spread_distance, total_variation
+from .losses import Segments, get_feature_loss, group_moments, l2_prior, spread_distance, total_variation
 
 __all__ = ["TapTarget", "BatchResult", "IterationInfo", "Step", "Term", "objective", "Inverter", "tap_weights", "warmup_cosine"]
 
@@ -209,6 +209,7 @@ class Inverter:
             self.autocast_dtype = None
         self.channels_last = config.channels_last and self.device.type == "cuda"
         self._moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.moments_log = DispatchLog("synthesize")  # which implementation computes each tap's moments, said once
         # all taps side by side on one channel axis, so the statistics term is a handful of ops
         self.segments = Segments.of([int(t.mean.shape[1]) for t in targets], self.device)
         self.target_mean = torch.cat([t.mean for t in targets], dim=1).to(self.device) if targets else None
@@ -223,8 +224,11 @@ class Inverter:
         pixels = jpeg_view(x * self.std + self.mean, self.config.jpeg_quality, self.config.jpeg_subsampling)
         return (pixels - self.mean) / self.std
 
-    def _record(self, tap: Tap, x: torch.Tensor, moments: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        self._moments[tap.name] = moments if moments is not None else per_image_moments(x, tap.axis)
+    def _record(self, tap: Tap, x: torch.Tensor, native: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """A tap's E[x] and E[x^2] per image: the fused kernel's, or ``raw_moments`` of the feature."""
+        if native is not None:
+            self.moments_log.note(tap.name, "native")
+        self._moments[tap.name] = native if native is not None else raw_moments(x, tap.axis, log=self.moments_log, tap=tap.name)
 
     def term_values(
         self, x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, group_rows: torch.Tensor
@@ -232,6 +236,7 @@ class Inverter:
         """Every term's value for a forward pass whose tap moments the hooks just recorded (then forgotten)."""
         step = Step(x, logits, labels, groups, group_rows, self._moments)
         self._moments = {}
+        self.moments_log.say()
         return {t.name: t.value(step) for t in self.terms}
 
     def _joint(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,7 +310,7 @@ class Inverter:
         finite = torch.ones((), dtype=torch.bool, device=dev)
         terms: dict[str, torch.Tensor] = {}
         module = self.module.to(memory_format=torch.channels_last) if self.channels_last else self.module
-        with _frozen(module), recording_taps(module, [t.tap for t in self.targets], self._record, differentiable=True):
+        with _frozen(module), recording_taps(module, [t.tap for t in self.targets], self._record, contract="raw"):
             for it in range(cfg.iterations):
                 opt.zero_grad(set_to_none=True)
                 full = param.image()

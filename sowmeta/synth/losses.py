@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..moments.reduce import kernel_wanted, mean_and_square, moments_backward, rows_view
 from ..named import Registry
 
 __all__ = [
@@ -29,7 +28,6 @@ __all__ = [
     "gaussian_kl",
     "total_variation",
     "l2_prior",
-    "per_image_moments",
 ]
 
 
@@ -64,73 +62,6 @@ def register_feature_loss(name: str, *, replace: bool = False) -> Callable[[Feat
 def get_feature_loss(name: str) -> FeatureLoss:
     """The F_l registered under ``name`` (``ConfigError`` with a did-you-mean otherwise)."""
     return FEATURE_LOSSES.get(name)
-
-
-class _PendingGrad:
-    """The gradients of a map's moments, held until the map's own gradient is complete, then added to it in one pass."""
-
-    __slots__ = ("grads",)
-
-    def __init__(self) -> None:
-        self.grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None
-
-    def add_to(self, grad: torch.Tensor | None) -> torch.Tensor | None:
-        """The tensor hook on the map: its gradient plus that of its moments."""
-        pending, self.grads = self.grads, None
-        if pending is None:
-            return grad
-        x, g_mean, g_sq, axis = pending
-        if grad is None:  # nothing else of the loss depends on the map (a hook cannot turn None into a gradient)
-            torch.autograd.backward(x, moments_backward(x, g_mean, g_sq, axis=axis), retain_graph=True)
-            return None
-        return moments_backward(x, g_mean, g_sq, axis=axis, grad=grad)
-
-
-class _Moments(torch.autograd.Function):
-    """Per-image, per-channel E[x] and E[x^2] over positions, in float32: one pass forward, one pass backward.
-
-    Both passes are ``sowmeta.moments.reduce``' (a compiled kernel for large maps, eager ops
-    otherwise). The backward is d/dx = (g_mean + 2 x g_sq) / n, one multiply-add per element;
-    with ``pending`` (compiled kernels) it is not returned but added, by a hook on ``x``, to the
-    gradient that reaches ``x`` through its layer, so the map is read once more instead of its
-    two gradients being written and summed. ``x`` is saved as it is (bf16 under autocast), and
-    the tapped layer keeps it for its own backward anyway, so saving it costs nothing.
-    """
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, axis: int, pending: _PendingGrad | None) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        ctx.axis, ctx.pending = axis, pending  # type: ignore[attr-defined]
-        rows, last = rows_view(x, axis)
-        return mean_and_square(rows, last=last)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, g_mean: torch.Tensor, g_sq: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
-        (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        axis, pending = ctx.axis, ctx.pending  # type: ignore[attr-defined]
-        if pending is not None:
-            pending.grads = (x, g_mean, g_sq, axis)
-            return None, None, None
-        return moments_backward(x, g_mean, g_sq, axis=axis), None, None
-
-
-def per_image_moments(x: torch.Tensor, axis: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image, per-channel mean and mean of squares (B x C each) of features whose channels are on ``axis``.
-
-    Reduced immediately inside the forward hook so no feature map is kept beyond autograd's
-    own needs; computed in float32 even under autocast. Axis 1 (NCHW, [B, C]) and the last axis
-    ([B, L, D] tokens, channels-last maps) are read in place (a channels-last NCHW map as
-    [B, H*W, C]); another axis is moved first.
-    """
-    if x.dim() == 2:
-        x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        return x, x * x
-    axis = axis % x.dim()
-    if x.requires_grad and torch.is_grad_enabled() and kernel_wanted(x):
-        pending = _PendingGrad()
-        x.register_hook(pending.add_to)
-        return _Moments.apply(x, axis, pending)
-    return _Moments.apply(x, axis, None)
 
 
 def group_moments(
