@@ -4,7 +4,7 @@ In memory: same model, same batches, data already in memory; the two are timed a
 batch by batch, so that both see the same machine state, and the medians are compared.
 
 End to end (when the CIFAR-10 JPEG folder is there: `python -m zipfile -e
-../shared/data/cifar10/train.zip .work/cifar10`): `sowmeta.collect` over the first
+../shared/data/cifar10/train.zip data/cifar10`): `sowmeta.collect` over the first
 `--jpeg-per-class` images of each class folder, against plain inference fed by the same loader
 (`sowmeta.data.folder_loader`, sized by `plan_loader` for this machine), whole passes
 alternated; and the loader alone (decoding only). Its collect rate is also compared with the
@@ -36,7 +36,7 @@ from sowmeta.data.folders import folder_loader, plan_loader, scan_image_folder
 from sowmeta.models import load_model
 from sowmeta.models.taps import resolve_taps, tap_hooks
 
-CIFAR_JPEGS = Path(__file__).resolve().parent.parent / ".work" / "cifar10" / "train"
+CIFAR_JPEGS = Path(__file__).resolve().parent.parent / "data" / "cifar10" / "train"
 
 
 def _sync(device: torch.device) -> None:
@@ -180,7 +180,7 @@ def main() -> None:
         print(f"{'':<16} collect from JPEGs / collect in memory at batch {batch}: {jpeg_collect / memory_collect:.3f}")
         result += f" collect_ratio_jpeg={jpeg_collect / jpeg_plain:.3f} jpeg_over_memory={jpeg_collect / memory_collect:.3f}"
     else:
-        print(f"(no end-to-end case: {args.jpegs} is missing; python -m zipfile -e ../shared/data/cifar10/train.zip .work/cifar10)")
+        print(f"(no end-to-end case: {args.jpegs} is missing; python -m zipfile -e ../shared/data/cifar10/train.zip data/cifar10)")
     print(gains)
     print(result)
 

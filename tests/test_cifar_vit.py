@@ -78,13 +78,13 @@ def test_training_collector_without_the_class_token_equals_a_float64_recomputati
 
 
 def test_the_benchmark_script_names_valid_probes_and_a_valid_chosen_setting(monkeypatch):
-    """benchmarks/vit_cifar.py: every named probe and the chosen synthesis setting build a SynthConfig."""
+    """studies/vit_cifar.py: every named probe and the chosen synthesis setting build a SynthConfig."""
     import importlib
     import sys
 
     from sowmeta.synth import SynthConfig
 
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "studies"))
     monkeypatch.delitem(sys.modules, "vit_cifar", raising=False)
     script = importlib.import_module("vit_cifar")
     for name in script.PROBES:

@@ -77,7 +77,7 @@ def test_collect_passes_the_note_on(tmp_path: Path):
 
 
 def test_the_shared_cifar_copy_and_its_lossless_head(tmp_path: Path, cifar_test_subset: Path):
-    """../shared's JPEGs read as quality 75, 4:2:0; benchmarks/lossless_seeds.py rebuilds them from the lossless head."""
+    """../shared's JPEGs read as quality 75, 4:2:0; studies/lossless_seeds.py rebuilds them from the lossless head."""
     import subprocess
     import sys
 
@@ -88,7 +88,7 @@ def test_the_shared_cifar_copy_and_its_lossless_head(tmp_path: Path, cifar_test_
     info = jpeg_info(shipped[0])
     assert info is not None and (info.quality, info.subsampling) == (75, "4:2:0") and compression_note(shipped)
     root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "benchmarks/lossless_seeds.py", "--out", str(tmp_path), "--npz", str(npz)], cwd=root, check=True)
+    subprocess.run([sys.executable, "studies/lossless_seeds.py", "--out", str(tmp_path), "--npz", str(npz)], cwd=root, check=True)
     arrays = np.load(npz)
     cats = arrays["x"][arrays["y"] == 3]
     assert len(list((tmp_path / "seeds-lossless" / "cat").iterdir())) == len(cats)

@@ -2,7 +2,7 @@
 
 Statistics record what the data looks like, compression included, and synthesis reproduces
 it: on CIFAR-10, statistics from JPEGs of quality 75 with 4:2:0 chroma give images that a
-network trained on lossless images recognises about ten points less often (docs/results.md 7.5).
+network trained on lossless images recognises about ten points less often (studies/cifar10-log.md, 7.5).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ _IJG_CHROMA = (
     *(99,) * 32,
 )  # fmt: skip
 _SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
-# Small images: measured (docs/results.md 7.5): a lossless-trained CIFAR network loses 2-5 points
+# Small images: measured (studies/cifar10-log.md, 7.5): a lossless-trained CIFAR network loses 2-5 points
 # at quality 90-95 and 2 more with 4:2:0 chroma. Photographs: not measured; the line sits where
 # 8x8 blocks show even after downscaling to the model's input, below what cameras and photo sites use.
 SMALL_SIDE = 64
@@ -117,7 +117,7 @@ STATISTICS_CONSEQUENCE = (
 )
 REFERENCE_CONSEQUENCE = (
     "FD and KID against them reward images that reproduce the compression (real lossless images of the same "
-    "classes score far from them; docs/results.md 7.5)"
+    "classes score far from them; studies/cifar10-log.md, 7.5)"
 )
 
 
@@ -191,5 +191,5 @@ def source_compression_note(record: Mapping[str, Any] | None, jpeg_quality: int 
     return (
         f"the bundle's statistics come from {info.width}x{info.height} px JPEGs of quality about {info.quality} with "
         f"{info.subsampling} chroma: the images will carry that compression, and networks trained on lossless images "
-        "recognise such images less often (docs/results.md 7.5)"
+        "recognise such images less often (studies/cifar10-log.md, 7.5)"
     )

@@ -63,8 +63,8 @@ for _depth in (20, 32, 44, 56, 110):
     register_model(f"cifar-resnet{_depth}")(
         _cifar(lambda k, d=_depth: CifarResNet(d, k), "e.g. ../shared/models/cifar10/resnet56.safetensors")
     )
-register_model("cifar-vgg")(_cifar(CifarVGG, "benchmarks/train_judge.py makes one"))
-register_model("cifar-vit")(_cifar(CifarViT, "benchmarks/vit_cifar.py trains one"))
+register_model("cifar-vgg")(_cifar(CifarVGG, "docs/results.md says how to train one"))
+register_model("cifar-vit")(_cifar(CifarViT, "docs/results.md says how to train one"))
 
 
 @register_model("demo-cnn")

@@ -89,7 +89,7 @@ class DemoCNN(nn.Module):
 class CifarVGG(nn.Module):
     """A VGG for 32x32 images (VGG-11 layout at half width, BatchNorm): a CNN family other than the ResNets.
 
-    Used as an independent judge of synthesized CIFAR-10 images (benchmarks/train_judge.py trains it).
+    Used as an independent judge of synthesized CIFAR-10 images (docs/results.md says how it is trained).
     """
 
     LAYOUT = (32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256, 256, "M")
@@ -152,7 +152,7 @@ class CifarViT(nn.Module):
     token sequence (taps ``ln-inputs``/``auto``; ``prefix_tokens=1`` leaves the class token out).
     The default size (width 96, depth 6, 3 heads, MLP ratio 2: 0.46 M parameters) trains eight
     epochs of CIFAR-10 on one busy CPU core in about an hour, to 64 % JPEG test top-1
-    (benchmarks/vit_cifar.py; docs/results.md, section 6).
+    (docs/results.md, section 6).
     """
 
     def __init__(

@@ -4,7 +4,7 @@ DeepInversion's jitter rolls the image cyclically, so the rows that leave at the
 back at the top: the model keeps seeing each edge of the image next to the opposite one. With
 a canvas ``jitter`` px larger on every side, each step's window shows the image shifted by up to
 ``jitter`` px with real (optimized) pixels around it, never the opposite edge; the canvas's
-margin is only ever seen at the window's edge and is dropped at the end (docs/results.md 7.12).
+margin is only ever seen at the window's edge and is dropped at the end (studies/cifar10-log.md, 7.12).
 """
 
 from __future__ import annotations

@@ -162,8 +162,8 @@ class SynthConfig:
         Frechet distance to real test images and the images' total variation against real ones
         (docs/results.md): alpha_TV 1e-4 leaves high-frequency noise at 32 px (twice the real
         images' total variation); 5e-2 at batch 50-64 matches it. The spread term (alpha_image_var 1)
-        brought the images closer to real ones in both judges' features (results 7.11); jitter without
-        wrap-around took away most of the bright frame the statistics term drew (results 7.12).
+        brought the images closer to real ones in both judges' features (studies/cifar10-log.md, 7.11); jitter without
+        wrap-around took away most of the bright frame the statistics term drew (studies/cifar10-log.md, 7.12).
         """
         base = dict(lr=0.1, alpha_tv=5e-2, alpha_l2=0.0, alpha_cc=1.0, alpha_image_var=1.0, first_tap_multiplier=10.0, jitter=2, jitter_wrap=False,
                     batch_size=64)

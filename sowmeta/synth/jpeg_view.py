@@ -2,11 +2,11 @@
 
 Statistics collected from JPEG files describe compressed images (blocking, ringing, blurred
 chroma), and an image optimized to match them reproduces that compression, which networks
-trained on lossless data recognise less often (docs/results.md 7.5). Matching the statistics
+trained on lossless data recognise less often (studies/cifar10-log.md, 7.5). Matching the statistics
 through the encoding instead, features of ``jpeg_view(x)`` against the recorded ones, lets the
 compression come from the codec rather than the image ``x`` (``SynthConfig.jpeg_quality``; the
 engine applies the CE to ``x`` itself). On CIFAR-10 at quality 75 this recovered at most half of
-what lossless statistics give, within the study's noise (docs/results.md 7.6).
+what lossless statistics give, within the study's noise (studies/cifar10-log.md, 7.6).
 
 The codec is libjpeg's baseline path as Pillow runs it: JFIF YCbCr, box-averaged chroma for
 4:2:0 / 4:2:2, 8x8 orthonormal DCT, the IJG tables at the given quality, and the triangle

@@ -1,6 +1,6 @@
-"""Image folders from the 846 lossless CIFAR-10 test images in ../shared, for the compression study (docs/results.md 7.5).
+"""Image folders from the 846 lossless CIFAR-10 test images in ../shared, for the compression study (studies/cifar10-log.md, 7.5).
 
-Run: python benchmarks/lossless_seeds.py --out .work/jpegstudy
+Run: python studies/lossless_seeds.py --out runs/jpegstudy
 
 Writes, under OUT, class-per-folder trees of the same images three ways:
   seeds-lossless/<class>/NNNN.png   every image, lossless

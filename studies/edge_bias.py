@@ -1,6 +1,6 @@
 """How the border of synthesized images differs from their interior, against real images: halos a crop can leave.
 
-Run: python benchmarks/edge_bias.py SET [SET ...] [--real FOLDER]
+Run: python studies/edge_bias.py SET [SET ...] [--real FOLDER]
 
 Each SET is a synthesis file (HDF5) or a folder of class folders of images. For every set it prints
 how much brighter than the image's mean (0-255 scale) its corners (4x4 px patches), its 4 px border

@@ -1,15 +1,15 @@
 """Sketch-based synthesis on CIFAR-10 (paper Sec. 4.2): sketches from test photos, Scenario-B statistics, sketch -> image.
 
-Run: python benchmarks/sketch_study.py --real .work/cifar10/test --out .work/sketch
+Run: python studies/sketch_study.py --real data/cifar10/test --out runs/sketch
 
 1. photos: the first ``--seeds`` test images of each class cifar-resnet56 classifies correctly;
-   sketches: their strongest Sobel edges drawn black on white (``sowmeta.sketch.edge_sketch``);
+   sketches: their strongest Sobel edges drawn black on white (``sowmeta.synth.sketch.edge_sketch``);
 2. two Scenario-B bundles on cifar-resnet56: from the photos, and from the sketches themselves
    (``collect --seeds --keep-rejected``: the teacher does not take sketches for their class);
 3. synthesis from the first ``--per-class`` sketches of every class (no added noise), with each
    bundle, and from noise with the photos' bundle (the faithfulness baseline), intermediate
    images every quarter of the run (``--save-every``);
-4. faithfulness: ``sowmeta.sketch.edge_overlap`` between each sketch and its image (the noise
+4. faithfulness: ``sowmeta.synth.sketch.edge_overlap`` between each sketch and its image (the noise
    images paired with the sketches of their class), recognisability by the teacher and judges;
 5. OUT/pairs.png (sketch | its photo | each variant), OUT/steps.png (paper Fig. 6b), OUT/summary.md.
 Settings: the cifar preset with the pixel parameterization (a sigmoid-based one would start
@@ -73,7 +73,7 @@ def top1(model: object, images: torch.Tensor, labels: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--real", type=Path, required=True, help="CIFAR-10 test images, class-per-folder")
-    ap.add_argument("--out", type=Path, default=Path(".work/sketch"))
+    ap.add_argument("--out", type=Path, default=Path("runs/sketch"))
     ap.add_argument("--seeds", type=int, default=50, help="photos (and sketches) per class for the Scenario-B bundles")
     ap.add_argument("--per-class", type=int, default=4, help="sketches per class to synthesize from")
     ap.add_argument("--density", type=float, default=0.15, help="fraction of pixels a sketch's lines cover")

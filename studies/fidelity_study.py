@@ -1,6 +1,6 @@
-"""The fidelity study (issue 17): synthesis settings on all ten CIFAR-10 classes, scored by independent judges.
+"""The fidelity study: synthesis settings on all ten CIFAR-10 classes, scored by independent judges.
 
-Run: python benchmarks/fidelity_study.py --bundle .work/bundles/c56-a --real .work/cifar10/test --out .work/study \\
+Run: python studies/fidelity_study.py --bundle runs/bundles/c56-a --real data/cifar10/test --out runs/study \\
         --judge cifar-resnet20 'preset:{}' 'it1000:{"iterations": 1000}' 'zoom:{"zoom": 0.5}' ...
 
 Each probe is NAME:JSON, overrides of ``SynthConfig.cifar()`` (plus ``"per_class"`` to change the
@@ -32,7 +32,7 @@ from sowmeta.data.image_sets import load_images
 
 JUDGES = {  # name -> weights (relative to the shared models folder, or a path)
     "cifar-resnet20": "resnet20.safetensors",
-    "cifar-vgg": ".work/judges/cifar-vgg.safetensors",
+    "cifar-vgg": "runs/judges/cifar-vgg.safetensors",
 }
 
 
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("probes", nargs="+", help="NAME:JSON overrides of SynthConfig.cifar()")
     ap.add_argument("--bundle", required=True, help="Scenario-A bundle of cifar-resnet56")
     ap.add_argument("--real", type=Path, required=True, help="real test images, class-per-folder")
-    ap.add_argument("--out", type=Path, default=Path(".work/study"))
+    ap.add_argument("--out", type=Path, default=Path("runs/study"))
     ap.add_argument("--judge", action="append", required=True, help="NAME or NAME=WEIGHTS; repeatable")
     ap.add_argument("--per-class", type=int, default=12)
     ap.add_argument("--iterations", type=int, default=1000)

@@ -2,9 +2,9 @@
 # The paper's CIFAR-10 tables (Zhu et al., Tables 2-3 and the one-seed figure): teacher
 # cifar-resnet56, independent judge and student cifar-resnet20, all on the shared JPEG test set.
 #
-#   SHARED=../shared OUT=.work/paper-gpu bash benchmarks/paper_tables.sh --size gpu    # one H200, a few minutes
-#   SHARED=../shared OUT=.work/paper-full bash benchmarks/paper_tables.sh --size full  # the paper's 10K and 50K sets
-#   SHARED=../shared OUT=.work/paper-tiny bash benchmarks/paper_tables.sh --size tiny  # CPU smoke test, minutes
+#   SHARED=../shared OUT=runs/paper-gpu bash studies/paper_tables.sh --size gpu    # one H200, a few minutes
+#   SHARED=../shared OUT=runs/paper-full bash studies/paper_tables.sh --size full  # the paper's 10K and 50K sets
+#   SHARED=../shared OUT=runs/paper-tiny bash studies/paper_tables.sh --size tiny  # CPU smoke test, minutes
 #
 # --size picks every size at once (any variable set in the environment wins):
 #   gpu   the 10K-image Table 3 run: 1,000 images per class and mode at 2,000 iterations in
@@ -244,6 +244,6 @@ for name in names:
 print()
 print(f"Test set: {ev['distances']['reference_images']} JPEG CIFAR-10 test images; scores in cifar-resnet20's "
       f"penultimate features; students: cifar-resnet20, {kd['config']['epochs']} epochs, T={kd['config']['temperature']}. "
-      "Student / teacher anchors (as issue 17 quotes them): DeepInversion-2k 97.5 %, CMI 99.1 %, the paper 94 %.")
+      "Student / teacher anchors (as published): DeepInversion-2k 97.5 %, CMI 99.1 %, the paper 94 %.")
 EOF
 log "done: $OUT/summary.md, $OUT/scenario-c.png"

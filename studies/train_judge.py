@@ -2,8 +2,8 @@
 
 A judge must not share the teacher's family or weights (the ResNets), so quality numbers do not
 reward images that only fool the teacher. Run (about 45 min on 2 CPU cores):
-``python benchmarks/train_judge.py`` (data from ``$SOWMETA_SHARED``, weights to ``.work/judges/cifar-vgg.safetensors``),
-then ``load_model("cifar-vgg", weights=".work/judges/cifar-vgg.safetensors")``.
+``python studies/train_judge.py`` (data from ``$SOWMETA_SHARED``, weights to ``runs/judges/cifar-vgg.safetensors``),
+then ``load_model("cifar-vgg", weights="runs/judges/cifar-vgg.safetensors")``.
 The last line is ``RESULT judge=cifar-vgg test_jpeg_top1=<x> test_lossless_top1=<y> seconds=<s>``.
 """
 
@@ -103,7 +103,7 @@ def save_atomic(state: dict[str, torch.Tensor], out: Path, metadata: dict[str, s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", type=Path, default=shared_dir(), help="the shared data folder (SOWMETA_SHARED)")
-    ap.add_argument("--out", type=Path, default=Path(".work/judges/cifar-vgg.safetensors"), help="safetensors file to write")
+    ap.add_argument("--out", type=Path, default=Path("runs/judges/cifar-vgg.safetensors"), help="safetensors file to write")
     ap.add_argument("--epochs", type=int, default=20, help="about 2 min each on 2 CPU cores")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")

@@ -1,11 +1,11 @@
 """Paired comparison of two image sets made from the same seeds and noise: which images each judge recognises in one set only.
 
-Run: python benchmarks/paired_judges.py A.h5 B.h5 [--judge cifar-resnet20 --judge cifar-vgg=WEIGHTS]
+Run: python studies/paired_judges.py A.h5 B.h5 [--judge cifar-resnet20 --judge cifar-vgg=WEIGHTS]
 
 The sets must hold the same labels in the same order (the same plan: classes, images per class,
 batch size, seed). For each judge it prints top-1 of both, the images right in A only and in B
 only, and the exact two-sided p of those discordant counts (McNemar's exact test), as
-docs/results.md reports paired differences.
+studies/cifar10-log.md reports paired differences.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Two cheap ways to undo JPEG compression, probed before any synthesis: deblock the images, or correct the statistics.
 
-Run: python benchmarks/jpeg_undo.py [--threads 2]
+Run: python studies/jpeg_undo.py [--threads 2]
 
 On the 846 lossless CIFAR-10 test images of ../shared and their JPEG copy (quality 75, 4:2:0, as
 ../shared's):
@@ -12,7 +12,7 @@ On the 846 lossless CIFAR-10 test images of ../shared and their JPEG copy (quali
    statistics, extrapolated backwards: s_J - alpha (s_JJ - s_J) as an estimate of the lossless s_L.
    Prints the residual |corrected - s_L| / |s_J - s_L| over all taps, classes and channels (means
    in units of the lossless global std; variances as logs), at alpha = 1 and at the best alpha.
-Both need nothing but the JPEGs; results in docs/results.md 7.7.
+Both need nothing but the JPEGs; results in studies/cifar10-log.md, 7.7.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 # that took no part (cifar-resnet20 and cifar-vgg), with grids; and DeepInversion (`--mode di`)
 # shown to be impossible there (its one-line error goes to $OUT/di-error.txt).
 #
-#   SHARED=../shared OUT=.work/fused bash benchmarks/fused_scenarios.sh
+#   SHARED=../shared OUT=runs/fused bash studies/fused_scenarios.sh
 #
 # Seeds are training images the (fused) teacher classifies correctly: the first 50 of each class
 # for B, the first one for C. Sizes: PER_CLASS images per class (16) at the cifar preset's
@@ -15,8 +15,8 @@ set -euo pipefail
 
 : "${SHARED:?set SHARED to the shared data folder (models/cifar10, data/cifar10)}"
 : "${OUT:?set OUT to the results directory}"
-DATA=${DATA:-.work/cifar10}            # extracted train/ and test/ (python -m zipfile -e ... .work/cifar10)
-VGG=${VGG:-.work/judges/cifar-vgg.safetensors}
+DATA=${DATA:-data/cifar10}            # extracted train/ and test/ (python -m zipfile -e ... data/cifar10)
+VGG=${VGG:-runs/judges/cifar-vgg.safetensors}
 PER_CLASS=${PER_CLASS:-16}
 ITERATIONS=${ITERATIONS:-}
 read -r -a EXTRA <<<"${SYNTH_ARGS:-}"

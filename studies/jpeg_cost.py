@@ -1,11 +1,11 @@
 """What JPEG re-encoding costs a CIFAR-10 network: top-1 on the 846 lossless test images of ../shared, re-encoded at each setting.
 
-Run: python benchmarks/jpeg_cost.py [--model cifar-resnet20=../shared/models/cifar10/resnet20.safetensors ...]
+Run: python studies/jpeg_cost.py [--model cifar-resnet20=../shared/models/cifar10/resnet20.safetensors ...]
 
 Prints one row per quality and chroma subsampling, one for the synthesis engine's differentiable
 codec (``sowmeta.synth.jpeg_view``) at ../shared's setting, and ``RESULT`` lines with the lossless
 top-1 and the cost of ../shared's own encoding (quality 75, 4:2:0). The thresholds of
-``sowmeta.jpeg_quality`` come from this table (docs/results.md 7.5).
+``sowmeta.data.jpeg_quality`` come from this table (studies/cifar10-log.md, 7.5).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Quality of synthesized CIFAR-10 sets: teacher and independent-model accuracy, per-class Fréchet distance.
 
-Run: ``python benchmarks/synth_quality.py c56-cc.h5 c56-di.h5 --real .work/cifar10/test --grid cmp.png``
+Run: ``python studies/synth_quality.py c56-cc.h5 c56-di.h5 --real data/cifar10/test --grid cmp.png``
 (weights from ``$SOWMETA_SHARED/models/cifar10``). Features for the Fréchet distance come from
 cifar-resnet20's penultimate layer (64-d), a network other than the teacher (cifar-resnet56).
 Prints one markdown table, rows = sets, for docs/results.md; ``--grid`` also writes the sets side

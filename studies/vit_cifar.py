@@ -1,8 +1,8 @@
 """A LayerNorm network end to end: train cifar-vit on CIFAR-10, record its bundle during training, synthesize, judge.
 
-Scenario A during training (issue 15, item 5). One command, from the repository root:
+Scenario A during training. One command, from the repository root:
 
-    python benchmarks/vit_cifar.py            # all stages; outputs under .work/vit/
+    python studies/vit_cifar.py            # all stages; outputs under runs/vit/
 
 Stages (``--stages``, comma-separated, default all; each one skips work whose output exists):
 
@@ -14,7 +14,7 @@ Stages (``--stages``, comma-separated, default all; each one skips work whose ou
   ``cifar-vit.safetensors`` (atomically) and ``bundles/<taps>-cls-<in|out>/``. Resumes from the
   last finished epoch (``train-state.pt``).
 * ``push``: pushes the default bundle (``--taps``/``--class-token``) to the local registry
-  ``.work/vit/registry`` as ``me/cifar-vit``.
+  ``runs/vit/registry`` as ``me/cifar-vit``.
 * ``probe``: short synthesis probes on three classes (``--probe-classes``) over the four bundles and
   a few settings, scored by the tuning judge only (``--tune-judge``); ``probes.jsonl``.
 * ``synth``: cc and global images of all ten classes from the pulled name ``me/cifar-vit``
@@ -45,7 +45,7 @@ from sowmeta.collectors import TrainingCollector
 from sowmeta.env import shared_dir
 from sowmeta.models import CIFAR10_LABELS, LoadedModel, load_model
 
-from train_judge import Normalize, augment, decode_zip, save_atomic, top1  # benchmarks/ is on sys.path when a script here runs
+from train_judge import Normalize, augment, decode_zip, save_atomic, top1  # studies/ is on sys.path when a script here runs
 
 ARCH = "cifar-vit"
 NAME = "me/cifar-vit"
@@ -209,7 +209,7 @@ def save_json(obj: Any, path: Path) -> None:
 # --------------------------------------------------------------------------------------------- judges
 
 
-JUDGES = {"cifar-resnet20": "models/cifar10/resnet20.safetensors", "cifar-vgg": ".work/judges/cifar-vgg.safetensors"}
+JUDGES = {"cifar-resnet20": "models/cifar10/resnet20.safetensors", "cifar-vgg": "runs/judges/cifar-vgg.safetensors"}
 
 
 def judge_weights(name: str, args: argparse.Namespace) -> Path:
@@ -451,7 +451,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
     ap.add_argument("--shared", type=Path, default=shared_dir(), help="the shared data folder (SOWMETA_SHARED)")
-    ap.add_argument("--out", type=Path, default=Path(".work/vit"))
+    ap.add_argument("--out", type=Path, default=Path("runs/vit"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 was fastest on the shared, busy 2-core machine)")
     g = ap.add_argument_group("training")

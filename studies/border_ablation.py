@@ -1,6 +1,6 @@
 """Which term of the objective draws the preset's bright frame: a few variants on two classes, their border brightness.
 
-Run: python benchmarks/border_ablation.py --bundle BUNDLE --real FOLDER 'preset:{}' 'nocc:{"alpha_cc": 0}' ...
+Run: python studies/border_ablation.py --bundle BUNDLE --real FOLDER 'preset:{}' 'nocc:{"alpha_cc": 0}' ...
 
 Every variant is NAME:JSON, overrides of ``SynthConfig.cifar()``. cifar-resnet56 synthesizes
 ``--per-class`` images of each of ``--classes`` (default cat and truck) in single-class batches of 8,

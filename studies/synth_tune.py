@@ -1,6 +1,6 @@
 """Probe synthesis settings on a few CIFAR-10 classes: how the CIFAR preset was chosen.
 
-Run: python benchmarks/synth_tune.py --bundle .work/bundles/c56-a --real .work/cifar10/test \
+Run: python studies/synth_tune.py --bundle runs/bundles/c56-a --real data/cifar10/test \
         'base:{"alpha_tv": 1e-4, "first_tap_multiplier": 1}' 'tv1e-1:{"alpha_tv": 0.1}' ...
 Each argument is NAME:JSON, overrides of ``SynthConfig.cifar()``. For each, cifar-resnet56
 synthesizes 16 images of automobile, cat and ship (500 iterations by default) and the row
@@ -23,7 +23,7 @@ from sowmeta import SynthConfig, load_model, synthesize
 from sowmeta.env import shared_dir
 from sowmeta.evaluation.metrics import per_class_frechet, run_model, top1_accuracy
 from sowmeta.data.image_sets import load_images
-from synth_quality import roughness  # benchmarks/ is on sys.path when a script here runs
+from synth_quality import roughness  # studies/ is on sys.path when a script here runs
 
 CLASSES = [1, 3, 8]  # automobile, cat, ship
 

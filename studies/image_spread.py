@@ -1,6 +1,6 @@
 """How much of a class's variance lies inside each image rather than between images, for synthesized sets against real ones.
 
-Run: python benchmarks/image_spread.py SET [SET ...] --real FOLDER [--model cifar-resnet56 --weights FILE]
+Run: python studies/image_spread.py SET [SET ...] --real FOLDER [--model cifar-resnet56 --weights FILE]
 
 Each SET is a synthesis file (HDF5) or a folder of class folders. Per set, the share of each
 class's variance that is within the images (mean of the per-image variances over the class's
