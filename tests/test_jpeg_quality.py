@@ -237,9 +237,9 @@ def test_the_library_gives_the_synthesize_note_too(tmp_path: Path, caplog: pytes
     heard: list[str] = []
     synthesize(tmp_path / "b", model, classes=[0], per_class=1, config=cfg, notice=heard.append)
     assert len(heard) == 1 and "12x12 px JPEGs of quality about 75 with 4:2:0 chroma" in heard[0]
-    with caplog.at_level("WARNING", logger="sowmeta.synth.synthesize"):
+    with caplog.at_level("WARNING", logger="sowmeta.synth.pipeline"):
         synthesize(tmp_path / "b", model, classes=[0], per_class=1, config=cfg)
-    assert [r.getMessage() for r in caplog.records if r.name == "sowmeta.synth.synthesize"] == heard
+    assert [r.getMessage() for r in caplog.records if r.name == "sowmeta.synth.pipeline"] == heard
     synthesize(tmp_path / "b", model, classes=[0], per_class=1, config=cfg.replace(mode="global"), notice=heard.append)
     synthesize(tmp_path / "b", model, classes=[0], per_class=1, config=cfg.replace(jpeg_quality=75), notice=heard.append)
     assert len(heard) == 1

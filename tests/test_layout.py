@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sowmeta"
 ROOMS = ["models", "data", "moments", "bundle", "collectors", "registry", "synth", "evaluation", "distillation", "demo", "cli"]
 SHARED_PACKAGES = ["hub"]
 # The package root: the public API and small utilities every room may use.
-ROOT_MODULES = {"__init__", "errors", "version", "env", "named", "lazy", "atomic", "outputs", "devices", "distributed", "logits"}
+ROOT_MODULES = {"__init__", "errors", "version", "env", "named", "lazy", "options", "atomic", "outputs", "devices", "distributed", "logits"}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

@@ -351,7 +351,7 @@ def test_mixed_class_batches_match_each_class_group(bundle_dir: Path):
 def test_targets_of_each_mode(bundle_dir: Path):
     """di: the BatchNorm running statistics; global: the count-weighted pool of the class statistics; cc: the class's row."""
     from sowmeta.bundle import Bundle
-    from sowmeta.synth.synthesize import build_targets
+    from sowmeta.synth.job import build_targets
 
     model = loaded().module
     full = Bundle.load(bundle_dir)

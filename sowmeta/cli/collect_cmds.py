@@ -1,4 +1,8 @@
-"""``sowmeta collect``, ``inspect``, ``validate``, ``models``, ``taps``: make and check bundles."""
+"""``sowmeta collect``, ``inspect``, ``validate``, ``models``, ``taps``: make and check bundles.
+
+Every field of ``CollectOptions`` is an option of ``collect`` (``record_options``); the command adds
+the model, the data or seeds, the preprocessing and the base model.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,13 @@ from typing import Any
 
 import click
 
-from sowmeta.cli.options import device_option, emit_json, model_options, registry_option, report_options
+from sowmeta.cli.options import device_option, emit_json, model_options, record_options, record_values, registry_option, report_options
+from sowmeta.cli.progress import LiveProgress
+from sowmeta.cli.safe_text import shown
+from sowmeta.cli.terminal import console, err_console, handle_errors, note_printer
+from sowmeta.collectors.options import CollectOptions
 
-__all__ = ["register"]
+__all__ = ["COMMANDS", "collect", "inspect_cmd", "validate", "models_cmd", "taps_cmd"]
 
 _LISTED = 5  # misclassified seeds named one by one; the manifest keeps them all
 
@@ -25,231 +33,218 @@ def _preprocessing_options(fn: Any) -> Any:
     return fn
 
 
-def register(group: click.Group) -> None:
-    """Add the bundle-making commands to ``group``."""
-    from sowmeta.cli.main import console, err_console, handle_errors, note_printer
-    from sowmeta.cli.progress import LiveProgress
+def _collect_report(bundle: Any, report: Any, out: Path, keep_rejected: bool, as_json: bool, quiet: bool) -> None:
+    source = bundle.manifest.source
+    if as_json:
+        emit_json({"out": out, "images": report.images, "taps": len(bundle.manifest.taps), "scenario": source.scenario,
+                   "empty_classes": source.empty_classes, "skipped": report.skipped, "rejected": report.rejected, "seconds": report.seconds})
+        return
+    if not quiet:
+        what = "misclassified seed (kept)" if keep_rejected else "rejected seed"
+        for r in report.rejected[:_LISTED]:
+            err_console.print(f"[yellow]{what}[/] {shown(r['path'])}: class {r['class']}, predicted {r['predicted']}", soft_wrap=True)
+        if len(report.rejected) > _LISTED:
+            err_console.print(f"[yellow]... and {len(report.rejected) - _LISTED} more[/] (all in `sowmeta inspect {out} --json`)", soft_wrap=True)
+        if report.skipped:
+            err_console.print(f"[yellow]skipped {len(report.skipped)} undecodable images[/] (first: {shown(report.skipped[0])})", soft_wrap=True)
+        if source.empty_classes:
+            err_console.print(f"[yellow]{len(source.empty_classes)} classes have no images[/] (first: {source.empty_classes[0]}); their rows are zeros")
+    console.print(f"wrote [bold]{shown(out)}[/]: {report.images} images, {len(bundle.manifest.taps)} taps, scenario {source.scenario}")
 
-    @group.command()
-    @model_options(required=True, what="the classifier whose statistics are recorded")
-    @click.option("--data", type=click.Path(path_type=Path), help="Class-per-folder image directory, folders named by class (Scenario A).")
-    @click.option("--seeds", type=click.Path(path_type=Path), help="Seed images SEEDS/<label or index>/<image> (Scenario B, or C with one per class).")
-    @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
-    @click.option("--dataset", help="Name of the data, recorded in the bundle and its model card (default: the data folder's name).")
-    @click.option("--taps", default="auto", show_default=True, help="A tap preset (auto, bn-inputs, conv-outputs, ...) or module names/globs with :in/:out.")
-    @click.option("--prefix-tokens", default=0, show_default=True, type=click.IntRange(0),
-                  help="Leading positions of token-sequence taps left out of the statistics (a ViT's class token: 1).")
-    @click.option("--fuse", is_flag=True, help="Fold BatchNorm into convolutions first (inference-optimized model).")
-    @click.option("--keep-rejected", is_flag=True, help="Keep seeds the model misclassifies.")
-    @click.option("--batch-size", default=None, type=click.IntRange(1), help="Images per forward pass (default: sized for the input and device, e.g. 256 for 32 px on a CPU).")
-    @click.option("--workers", default=None, type=click.IntRange(0), help="Processes decoding images (0: in this process; default: chosen for the cores there are, none on 2 cores).")
-    @device_option
-    @click.option("--limit-per-class", type=click.IntRange(1), help="Use only the first N images (by file name) of each class.")
-    @click.option("--labels-by-position", is_flag=True, help="Map class folders to classes by sorted order even when their names are not the model's labels.")
-    @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="Stored precision of the statistics.")
-    @click.option("--shard-size", default=1 << 30, show_default=True, type=click.IntRange(1), help="Bytes per safetensors file.")
-    @_preprocessing_options
-    @click.option("--strict", is_flag=True, help="Fail on the first undecodable image instead of skipping it.")
-    @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (only a sowmeta bundle is ever replaced).")
-    @click.option("--base-model", help="Hub id ORG/NAME of the model's weights; the bundle's model card links to it.")
-    @report_options
-    @handle_errors
-    def collect(model, weights, model_args, data, seeds, out, dataset, taps, prefix_tokens, fuse, keep_rejected, batch_size, workers, device, limit_per_class,
-                labels_by_position, dtype, shard_size, crop, resize, mean, std, strict, overwrite, base_model, as_json, quiet) -> None:  # noqa: ANN001
-        """Record per-class feature statistics of a model into a bundle."""
-        from sowmeta.cli.safe_text import shown
-        from sowmeta.collectors import collect as collect_data
-        from sowmeta.collectors import collect_seeds
-        from sowmeta.distributed import process_group
-        from sowmeta.errors import ConfigError
-        from sowmeta.models import load_model
-        from sowmeta.outputs import check_output
 
-        if (data is None) == (seeds is None):
-            raise ConfigError("pass exactly one of --data (a labelled dataset) or --seeds (seed images)")
-        check_output(out, "bundle", overwrite=overwrite, inputs=[("--data", data), ("--seeds", seeds)])
-        from sowmeta.models import parse_model_args
+def _run_collect(loaded: Any, o: dict[str, Any], opts: CollectOptions) -> tuple[Any, Any] | None:
+    """The pass over the seeds (rank 0 alone) or the data (every rank); None on a rank that does not report."""
+    from sowmeta.collectors import collect as collect_data
+    from sowmeta.collectors import collect_seeds
+    from sowmeta.distributed import process_group
 
-        loaded = load_model(model, weights="DEFAULT" if weights is None else weights, args=parse_model_args(model_args),
-                            preprocessing={"crop": crop, "resize": resize, "mean": mean, "std": std})
-        loaded.base_model = base_model
-        common = {"taps": taps, "prefix_tokens": prefix_tokens, "fuse": fuse, "device": device, "dataset": dataset, "out": out, "overwrite": overwrite,
-                  "dtype": dtype, "shard_bytes": shard_size}
-        notice = note_printer(quiet or as_json)
+    notice = note_printer(o["quiet"] or o["as_json"])
+    with process_group(opts.device) as (rank, _):
+        if o["seeds"] is not None:
+            if rank != 0:  # a few seeds need no sharding: rank 0 alone checks them and writes the bundle
+                return None
+            with LiveProgress(console, ["seeds"], quiet=o["quiet"] or o["as_json"]) as bar:
+                return collect_seeds(loaded, o["seeds"], opts, notice=notice,
+                                     progress=lambda done, total: bar.update("seeds", completed=done, total=total))
+        with LiveProgress(console, ["collect"], quiet=o["quiet"] or o["as_json"] or rank != 0) as bar:
 
-        with process_group(device) as (rank, _):
-            if seeds is not None:
-                if rank != 0:  # a few seeds need no sharding: rank 0 alone checks them and writes the bundle
-                    return
-                with LiveProgress(console, ["seeds"], quiet=quiet or as_json) as bar:
-                    bundle, report = collect_seeds(loaded, seeds, keep_rejected=keep_rejected, batch_size=batch_size,
-                                                   progress=lambda done, total: bar.update("seeds", completed=done, total=total),
-                                                   notice=notice, **common)
-            else:
-                with LiveProgress(console, ["collect"], quiet=quiet or as_json or rank != 0) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.update("collect", completed=done, total=total, info=f"{done / bar.elapsed('collect'):,.0f} img/s")
 
-                    def progress(done: int, total: int) -> None:
-                        bar.update("collect", completed=done, total=total, info=f"{done / bar.elapsed('collect'):,.0f} img/s")
+            result = collect_data(loaded, o["data"], opts, progress=progress, notice=notice)
+        return result if rank == 0 else None
 
-                    bundle, report = collect_data(loaded, data, batch_size=batch_size, workers=workers, limit_per_class=limit_per_class,
-                                                  strict=strict, labels_by_position=labels_by_position, progress=progress, notice=notice, **common)
-                if rank != 0:
-                    return
-        source = bundle.manifest.source
-        if as_json:
-            emit_json({"out": out, "images": report.images, "taps": len(bundle.manifest.taps), "scenario": source.scenario,
-                       "empty_classes": source.empty_classes, "skipped": report.skipped, "rejected": report.rejected, "seconds": report.seconds})
-            return
-        if not quiet:
-            what = "misclassified seed (kept)" if keep_rejected else "rejected seed"
-            for r in report.rejected[:_LISTED]:
-                err_console.print(f"[yellow]{what}[/] {shown(r['path'])}: class {r['class']}, predicted {r['predicted']}", soft_wrap=True)
-            if len(report.rejected) > _LISTED:
-                err_console.print(f"[yellow]... and {len(report.rejected) - _LISTED} more[/] (all in `sowmeta inspect {out} --json`)", soft_wrap=True)
-            if report.skipped:
-                err_console.print(f"[yellow]skipped {len(report.skipped)} undecodable images[/] (first: {shown(report.skipped[0])})", soft_wrap=True)
-            if source.empty_classes:
-                err_console.print(f"[yellow]{len(source.empty_classes)} classes have no images[/] (first: {source.empty_classes[0]}); their rows are zeros")
-        console.print(f"wrote [bold]{shown(out)}[/]: {report.images} images, {len(bundle.manifest.taps)} taps, scenario {source.scenario}")
 
-    @group.command()
-    @click.argument("bundle")
-    @click.option("--all-taps", is_flag=True, help="List every tap, not the first 12.")
-    @registry_option
-    @report_options
-    @handle_errors
-    def inspect(bundle: str, all_taps: bool, registry: str | None, as_json: bool, quiet: bool) -> None:
-        """Show a bundle's model, classes, taps, channels, counts and size (its files verified first)."""
-        from sowmeta.registry import resolve_bundle
-        from sowmeta.bundle.summary import summarize
+@click.command("collect")
+@model_options(required=True, what="the classifier whose statistics are recorded")
+@click.option("--data", type=click.Path(path_type=Path), help="Class-per-folder image directory, folders named by class (Scenario A).")
+@click.option("--seeds", type=click.Path(path_type=Path), help="Seed images SEEDS/<label or index>/<image> (Scenario B, or C with one per class).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@record_options(CollectOptions)
+@device_option
+@_preprocessing_options
+@click.option("--base-model", help="Hub id ORG/NAME of the model's weights; the bundle's model card links to it.")
+@report_options
+@handle_errors
+def collect(**options: Any) -> None:
+    """Record per-class feature statistics of a model into a bundle."""
+    from sowmeta.errors import ConfigError
+    from sowmeta.models import load_model, parse_model_args
+    from sowmeta.outputs import check_output
 
-        s = summarize(resolve_bundle(bundle, registry=registry))
-        if as_json:
-            emit_json(s)
-            return
-        _render_summary(s, all_taps, quiet)
+    opts = CollectOptions(device=options["device"], out=options["out"], **record_values(CollectOptions, options))
+    o = options
+    if (o["data"] is None) == (o["seeds"] is None):
+        raise ConfigError("pass exactly one of --data (a labelled dataset) or --seeds (seed images)")
+    check_output(opts.out, "bundle", overwrite=opts.overwrite, inputs=[("--data", o["data"]), ("--seeds", o["seeds"])])
+    loaded = load_model(o["model"], weights="DEFAULT" if o["weights"] is None else o["weights"], args=parse_model_args(o["model_args"]),
+                        preprocessing={"crop": o["crop"], "resize": o["resize"], "mean": o["mean"], "std": o["std"]})
+    loaded.base_model = o["base_model"]
+    result = _run_collect(loaded, o, opts)
+    if result is not None:
+        _collect_report(*result, opts.out, opts.keep_rejected, o["as_json"], o["quiet"])
 
-    def _render_summary(s: dict[str, Any], all_taps: bool, quiet: bool) -> None:
-        from rich.table import Table
 
-        from sowmeta.cli.safe_text import shown
-        from sowmeta.data.jpeg_quality import describe_compression
+@click.command("inspect")
+@click.argument("bundle")
+@click.option("--all-taps", is_flag=True, help="List every tap, not the first 12.")
+@registry_option
+@report_options
+@handle_errors
+def inspect_cmd(bundle: str, all_taps: bool, registry: str | None, as_json: bool, quiet: bool) -> None:
+    """Show a bundle's model, classes, taps, channels, counts and size (its files verified first)."""
+    from sowmeta.registry import resolve_bundle
+    from sowmeta.bundle.summary import summarize
 
-        m = s["model"]  # every string below comes from a file and is shown escaped
-        console.print(f"[bold]{shown(s['path'])}[/]  format {shown(s['format_version'])}  scenario {shown(s['source']['scenario'])} "
-                      f"({shown(s['source']['collector'])})  [green]verified[/]")
-        name = m["architecture"] if m["architecture"] != "custom" else f"custom ({m.get('factory')})"
-        console.print(f"model {shown(name)}  weights {shown(m['weights'])}  fused {m['fused']}  {shown(m['fingerprint'][:23])}...")
-        console.print(f"{m['num_classes']} classes, {s['images']} images, {len(s['taps'])} taps, {s['size_bytes']:,} bytes in {len(s['files'])} files, {s['dtype']}")
-        console.print(f"source images: {shown(describe_compression(s['source'].get('compression')))}")
-        console.print("image spread (image_var): " + ("recorded" if s["image_var"] else "not recorded, so synthesis runs without the spread term"))
-        if s["source"]["empty_classes"]:
-            console.print(f"[yellow]classes without statistics[/]: {s['source']['empty_classes'][:20]}{' ...' if len(s['source']['empty_classes']) > 20 else ''}")
-        if quiet:
-            return
-        classes = Table(title="classes")
-        for col in ("index", "label", "images"):
-            classes.add_column(col)
-        for row in s["classes"][:20]:
-            classes.add_row(str(row["index"]), shown(row["label"]), str(row["images"]))
-        if len(s["classes"]) > 20:
-            classes.add_row("...", f"{len(s['classes']) - 20} more", "")
-        console.print(classes)
-        taps_t = Table(title="taps")
-        for col in ("name", "kind", "axis", "channels"):
-            taps_t.add_column(col)
-        shown_taps = s["taps"] if all_taps else s["taps"][:12]
-        for t in shown_taps:
-            taps_t.add_row(shown(t["name"]), shown(t["kind"]), str(t["axis"]), str(t["channels"]))
-        if len(shown_taps) < len(s["taps"]):
-            taps_t.add_row("...", f"{len(s['taps']) - len(shown_taps)} more (--all-taps)", "", "")
-        console.print(taps_t)
+    s = summarize(resolve_bundle(bundle, registry=registry))
+    if as_json:
+        emit_json(s)
+        return
+    _render_summary(s, all_taps, quiet)
 
-    @group.command()
-    @click.argument("bundle")
-    @model_options(what="the bundle, to check it against (default: no model check)")
-    @registry_option
-    @report_options
-    @handle_errors
-    def validate(bundle: str, model: str | None, weights: str | None, model_args: tuple[str, ...], registry: str | None, as_json: bool, quiet: bool) -> None:
-        """Check a bundle against every rule of its format (docs/format.md), and optionally that it matches a model.
+def _render_summary(s: dict[str, Any], all_taps: bool, quiet: bool) -> None:
+    from rich.table import Table
 
-        Every file is read in full (no remembered check is trusted). A refusal names the rule
-        broken; with --json it is {"ok": false, "rule": ..., "error": ...} and exit code 1.
-        """
-        from sowmeta.bundle import Bundle
-        from sowmeta.bundle.files import verify_files
-        from sowmeta.errors import BundleError
-        from sowmeta.bundle import load_model_for
-        from sowmeta.models import parse_model_args
-        from sowmeta.registry import resolve_bundle
+    from sowmeta.data.jpeg_quality import describe_compression
 
-        path = resolve_bundle(bundle, registry=registry)
-        try:
-            manifest = Bundle.read_manifest(path)
-            verify_files(path, manifest)
-            b = Bundle.load(path, verify=False)
-        except BundleError as exc:
-            if not as_json:
-                raise
-            emit_json({"path": path, "ok": False, "rule": exc.rule, "error": str(exc)})
-            raise SystemExit(1) from None
-        checked = ["rules"]
-        if model is not None or weights is not None:
-            b.check(load_model_for(b.manifest, model=model, weights=weights, args=parse_model_args(model_args) if model_args else None,
-                                   notice=note_printer(quiet or as_json)).module)
-            checked += ["taps", "channels", "classes", "structure", "fingerprint"]
-        if as_json:
-            emit_json({"path": path, "ok": True, "format_version": b.manifest.format_version, "checked": checked})
-            return
-        m = b.manifest
-        files = f"{len(m.files)} file{'s' if len(m.files) != 1 else ''}"
-        console.print(f"[green]ok[/] {path}: format {m.format_version}, every rule of docs/format.md, {files} read in full, {len(m.taps)} taps")
-        if len(checked) > 1:
-            console.print(f"[green]ok[/] matches {model or m.model.architecture}: taps, channels, classes, structure and fingerprint")
+    m = s["model"]  # every string below comes from a file and is shown escaped
+    console.print(f"[bold]{shown(s['path'])}[/]  format {shown(s['format_version'])}  scenario {shown(s['source']['scenario'])} "
+                  f"({shown(s['source']['collector'])})  [green]verified[/]")
+    name = m["architecture"] if m["architecture"] != "custom" else f"custom ({m.get('factory')})"
+    console.print(f"model {shown(name)}  weights {shown(m['weights'])}  fused {m['fused']}  {shown(m['fingerprint'][:23])}...")
+    console.print(f"{m['num_classes']} classes, {s['images']} images, {len(s['taps'])} taps, {s['size_bytes']:,} bytes in {len(s['files'])} files, {s['dtype']}")
+    console.print(f"source images: {shown(describe_compression(s['source'].get('compression')))}")
+    console.print("image spread (image_var): " + ("recorded" if s["image_var"] else "not recorded, so synthesis runs without the spread term"))
+    if s["source"]["empty_classes"]:
+        console.print(f"[yellow]classes without statistics[/]: {s['source']['empty_classes'][:20]}{' ...' if len(s['source']['empty_classes']) > 20 else ''}")
+    if quiet:
+        return
+    classes = Table(title="classes")
+    for col in ("index", "label", "images"):
+        classes.add_column(col)
+    for row in s["classes"][:20]:
+        classes.add_row(str(row["index"]), shown(row["label"]), str(row["images"]))
+    if len(s["classes"]) > 20:
+        classes.add_row("...", f"{len(s['classes']) - 20} more", "")
+    console.print(classes)
+    taps_t = Table(title="taps")
+    for col in ("name", "kind", "axis", "channels"):
+        taps_t.add_column(col)
+    shown_taps = s["taps"] if all_taps else s["taps"][:12]
+    for t in shown_taps:
+        taps_t.add_row(shown(t["name"]), shown(t["kind"]), str(t["axis"]), str(t["channels"]))
+    if len(shown_taps) < len(s["taps"]):
+        taps_t.add_row("...", f"{len(s['taps']) - len(shown_taps)} more (--all-taps)", "", "")
+    console.print(taps_t)
 
-    @group.command("models")
-    @click.argument("pattern", default="*")
-    @report_options
-    @handle_errors
-    def models_cmd(pattern: str, as_json: bool, quiet: bool) -> None:
-        """List the model names --model accepts (glob PATTERN), built-in and torchvision."""
-        from sowmeta.models import list_models
+@click.command("validate")
+@click.argument("bundle")
+@model_options(what="the bundle, to check it against (default: no model check)")
+@registry_option
+@report_options
+@handle_errors
+def validate(bundle: str, model: str | None, weights: str | None, model_args: tuple[str, ...], registry: str | None, as_json: bool, quiet: bool) -> None:
+    """Check a bundle against every rule of its format (docs/format.md), and optionally that it matches a model.
 
-        names = list_models(pattern)
-        if as_json:
-            emit_json({"models": names})
-            return
-        for name in names:
-            click.echo(name)
+    Every file is read in full (no remembered check is trusted). A refusal names the rule
+    broken; with --json it is {"ok": false, "rule": ..., "error": ...} and exit code 1.
+    """
+    from sowmeta.bundle import Bundle
+    from sowmeta.bundle.files import verify_files
+    from sowmeta.errors import BundleError
+    from sowmeta.bundle import load_model_for
+    from sowmeta.models import parse_model_args
+    from sowmeta.registry import resolve_bundle
 
-    @group.command("taps")
-    @click.argument("model_name", required=False, metavar="MODEL")
-    @model_options(what="the classifier to list taps of (or give it as MODEL)")
-    @click.option("--taps", "spec", default="auto", show_default=True, help="A tap preset or module names/globs to resolve.")
-    @_preprocessing_options
-    @report_options
-    @handle_errors
-    def taps_cmd(model_name: str | None, model: str | None, weights: str | None, model_args: tuple[str, ...], spec: str, crop, resize, mean, std,
-                 as_json: bool, quiet: bool) -> None:  # noqa: ANN001
-        """List the taps a specification resolves to on MODEL, with their shapes, channel axes and channels."""
-        from sowmeta.errors import ConfigError
-        from sowmeta.models import load_model, parse_model_args
-        from sowmeta.models.taps import describe_taps
+    path = resolve_bundle(bundle, registry=registry)
+    try:
+        manifest = Bundle.read_manifest(path)
+        verify_files(path, manifest)
+        b = Bundle.load(path, verify=False)
+    except BundleError as exc:
+        if not as_json:
+            raise
+        emit_json({"path": path, "ok": False, "rule": exc.rule, "error": str(exc)})
+        raise SystemExit(1) from None
+    checked = ["rules"]
+    if model is not None or weights is not None:
+        b.check(load_model_for(b.manifest, model=model, weights=weights, args=parse_model_args(model_args) if model_args else None,
+                               notice=note_printer(quiet or as_json)).module)
+        checked += ["taps", "channels", "classes", "structure", "fingerprint"]
+    if as_json:
+        emit_json({"path": path, "ok": True, "format_version": b.manifest.format_version, "checked": checked})
+        return
+    m = b.manifest
+    files = f"{len(m.files)} file{'s' if len(m.files) != 1 else ''}"
+    console.print(f"[green]ok[/] {path}: format {m.format_version}, every rule of docs/format.md, {files} read in full, {len(m.taps)} taps")
+    if len(checked) > 1:
+        console.print(f"[green]ok[/] matches {model or m.model.architecture}: taps, channels, classes, structure and fingerprint")
 
-        if (model_name is None) == (model is None):
-            raise ConfigError("name the model once: `sowmeta taps MODEL` or `sowmeta taps --model MODEL`")
-        loaded = load_model(model_name or model, weights="none" if weights is None else weights, args=parse_model_args(model_args),
-                            preprocessing={"crop": crop, "resize": resize, "mean": mean, "std": std})
-        rows = describe_taps(loaded.module, spec, loaded.preprocessing.crop)
-        if as_json:
-            emit_json({"model": model_name or model, "spec": spec, "taps": rows})
-            return
-        from rich.table import Table
+@click.command("models")
+@click.argument("pattern", default="*")
+@report_options
+@handle_errors
+def models_cmd(pattern: str, as_json: bool, quiet: bool) -> None:
+    """List the model names --model accepts (glob PATTERN), built-in and torchvision."""
+    from sowmeta.models import list_models
 
-        table = Table(title=f"{model_name or model}: taps {spec}")
-        for col in ("name", "kind", "shape", "axis", "channels"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(r["name"], r["kind"], "x".join(str(v) for v in r["shape"]), str(r["axis"]), str(r["channels"]))
-        console.print(table)
+    names = list_models(pattern)
+    if as_json:
+        emit_json({"models": names})
+        return
+    for name in names:
+        click.echo(name)
+
+@click.command("taps")
+@click.argument("model_name", required=False, metavar="MODEL")
+@model_options(what="the classifier to list taps of (or give it as MODEL)")
+@click.option("--taps", "spec", default="auto", show_default=True, help="A tap preset or module names/globs to resolve.")
+@_preprocessing_options
+@report_options
+@handle_errors
+def taps_cmd(model_name: str | None, model: str | None, weights: str | None, model_args: tuple[str, ...], spec: str, crop, resize, mean, std,
+             as_json: bool, quiet: bool) -> None:  # noqa: ANN001
+    """List the taps a specification resolves to on MODEL, with their shapes, channel axes and channels."""
+    from sowmeta.errors import ConfigError
+    from sowmeta.models import load_model, parse_model_args
+    from sowmeta.models.taps import describe_taps
+
+    if (model_name is None) == (model is None):
+        raise ConfigError("name the model once: `sowmeta taps MODEL` or `sowmeta taps --model MODEL`")
+    loaded = load_model(model_name or model, weights="none" if weights is None else weights, args=parse_model_args(model_args),
+                        preprocessing={"crop": crop, "resize": resize, "mean": mean, "std": std})
+    rows = describe_taps(loaded.module, spec, loaded.preprocessing.crop)
+    if as_json:
+        emit_json({"model": model_name or model, "spec": spec, "taps": rows})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{model_name or model}: taps {spec}")
+    for col in ("name", "kind", "shape", "axis", "channels"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["kind"], "x".join(str(v) for v in r["shape"]), str(r["axis"]), str(r["channels"]))
+    console.print(table)
+
+
+COMMANDS = [collect, inspect_cmd, validate, models_cmd, taps_cmd]

@@ -1,4 +1,7 @@
-"""``sowmeta evaluate`` and ``sowmeta distill``: score a synthesized set, and distill a student from it."""
+"""``sowmeta evaluate`` and ``sowmeta distill``: score a synthesized set, and distill a student from it.
+
+Every field of ``DistillConfig`` is an option of ``distill`` (``record_options``).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,13 @@ from typing import Any
 
 import click
 
-from sowmeta.cli.options import device_option, emit_json, model_options, report_options
+from sowmeta.cli.options import device_option, emit_json, model_options, record_options, record_values, report_options
+from sowmeta.cli.progress import LiveProgress
 from sowmeta.cli.safe_text import shown
+from sowmeta.cli.terminal import console, err_console, handle_errors
+from sowmeta.distillation.config import DistillConfig
 
-__all__ = ["register", "pair_models"]
+__all__ = ["COMMANDS", "evaluate", "distill", "pair_models"]
 
 
 def pair_models(models: tuple[str, ...], weights: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -120,101 +126,94 @@ def _render_report(console: Any, report: Any, quiet: bool = False) -> None:
         console.print(f"wrote {len(r.sheets)} contact sheets to {Path(r.sheets[0]).parent}")
 
 
-def register(group: click.Group) -> None:
-    """Add ``evaluate`` and ``distill`` to ``group``."""
-    from sowmeta.cli.main import console, err_console, handle_errors
-    from sowmeta.cli.progress import LiveProgress
+@click.command("evaluate")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="An HDF5 synthesis file, or a class-per-folder image directory.")
+@model_options(multiple=True, what="a classifier to measure accuracy with (the first also gives the IS-style score)")
+@click.option("--reference", type=click.Path(path_type=Path), help="Real images, class-per-folder, for Fréchet distance and KID.")
+@click.option("--feature-model", help="Model whose penultimate features feed FD, KID and diversity [Inception-V3 if cached, else the first --model].")
+@click.option("--feature-weights", help="Weights for --feature-model (as --weights).")
+@click.option("--classes", default="all", show_default=True, help="Comma-separated class indices or names, or 'all'.")
+@click.option("--sheets", type=click.Path(path_type=Path), help="Write one contact-sheet PNG per class into this directory.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Processes decoding images (0: in this process).")
+@device_option
+@click.option("--kid-subsets", default=100, show_default=True, type=click.IntRange(1), help="Random subsets KID averages over.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the random subsets of IS, KID and diversity.")
+@report_options
+@handle_errors
+def evaluate(data, model, weights, reference, feature_model, feature_weights, classes, sheets, batch_size, workers, device,  # noqa: ANN001
+             kid_subsets, seed, as_json, quiet) -> None:  # noqa: ANN001
+    """Score an image set (a synthesis file or an image folder): accuracy, IS-style score, FD, KID, diversity."""
+    from sowmeta.errors import ConfigError
+    from sowmeta.evaluation import evaluate as run
 
-    @group.command()
-    @click.option("--data", required=True, type=click.Path(path_type=Path), help="An HDF5 synthesis file, or a class-per-folder image directory.")
-    @model_options(multiple=True, what="a classifier to measure accuracy with (the first also gives the IS-style score)")
-    @click.option("--reference", type=click.Path(path_type=Path), help="Real images, class-per-folder, for Fréchet distance and KID.")
-    @click.option("--feature-model", help="Model whose penultimate features feed FD, KID and diversity [Inception-V3 if cached, else the first --model].")
-    @click.option("--feature-weights", help="Weights for --feature-model (as --weights).")
-    @click.option("--classes", default="all", show_default=True, help="Comma-separated class indices or names, or 'all'.")
-    @click.option("--sheets", type=click.Path(path_type=Path), help="Write one contact-sheet PNG per class into this directory.")
-    @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
-    @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Processes decoding images (0: in this process).")
-    @device_option
-    @click.option("--kid-subsets", default=100, show_default=True, type=click.IntRange(1), help="Random subsets KID averages over.")
-    @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the random subsets of IS, KID and diversity.")
-    @report_options
-    @handle_errors
-    def evaluate(data, model, weights, reference, feature_model, feature_weights, classes, sheets, batch_size, workers, device,
-                 kid_subsets, seed, as_json, quiet) -> None:  # noqa: ANN001
-        """Score an image set (a synthesis file or an image folder): accuracy, IS-style score, FD, KID, diversity."""
-        from sowmeta.errors import ConfigError
-        from sowmeta.evaluation import evaluate as run
+    if not model and feature_model is None:
+        raise ConfigError("pass at least one --model NAME (with --weights W), or --feature-model for distances only")
+    loaded = [_load(name, w) for name, w in pair_models(model, weights)]
+    feat = _load(feature_model, "DEFAULT" if feature_weights is None else feature_weights) if feature_model is not None else None
+    with LiveProgress(err_console, ["evaluate"], quiet=quiet or as_json) as bar:
+        report = run(data, loaded, reference=reference, feature_model=feat, classes=_classes(classes), sheets=sheets,
+                     batch_size=batch_size, device=device, workers=workers, kid_subsets=kid_subsets, seed=seed,
+                     progress=lambda stage, done, total: bar.update("evaluate", description=stage, completed=done, total=total))
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        _render_report(console, report, quiet)
 
-        if not model and feature_model is None:
-            raise ConfigError("pass at least one --model NAME (with --weights W), or --feature-model for distances only")
-        loaded = [_load(name, w) for name, w in pair_models(model, weights)]
-        feat = _load(feature_model, "DEFAULT" if feature_weights is None else feature_weights) if feature_model is not None else None
-        with LiveProgress(err_console, ["evaluate"], quiet=quiet or as_json) as bar:
-            report = run(data, loaded, reference=reference, feature_model=feat, classes=_classes(classes), sheets=sheets,
-                         batch_size=batch_size, device=device, workers=workers, kid_subsets=kid_subsets, seed=seed,
-                         progress=lambda stage, done, total: bar.update("evaluate", description=stage, completed=done, total=total))
-        if as_json:
-            emit_json(report.to_dict())
-        else:
-            _render_report(console, report, quiet)
 
-    from sowmeta.distillation.config import DistillConfig
+def _render_distill(result: Any, student: str, as_json: bool, quiet: bool) -> None:
+    from rich.table import Table
 
-    defaults = DistillConfig()
+    m = result.metrics
+    if as_json:
+        emit_json({"out": result.out, "student": result.student_path, "metrics": m})
+        return
+    if not quiet:
+        rows = list(enumerate(zip(m["lr"], m["train_loss"], m["test_accuracy"]), start=1))
+        table = Table(title="test top-1 per epoch" + (" (last 10)" if len(rows) > 10 else ""))
+        for col in ("epoch", "lr", "KD loss", "test top-1"):
+            table.add_column(col, justify="right")
+        for e, (lr_e, loss_e, acc_e) in rows[-10:]:
+            table.add_row(str(e), f"{lr_e:.4g}", f"{loss_e:.4g}", f"{acc_e:.2%}")
+        console.print(table)
+    console.print(
+        f"student {student}: test top-1 {m['final_test_accuracy']:.2%} after {len(m['test_accuracy'])} epochs "
+        f"(best {m['best_test_accuracy']:.2%}; teacher {m['teacher_test_accuracy']:.2%}); "
+        f"wrote [bold]{result.student_path}[/] and {result.metrics_path.name}"
+    )
 
-    @group.command()
-    @click.option("--data", required=True, type=click.Path(path_type=Path), help="An HDF5 synthesis file (or any class-per-folder image directory) to distill on.")
-    @model_options(required=True, what="the teacher (the network to distill)")
-    @click.option("--student", required=True, help="Model name of the student, trained from random weights (e.g. cifar-resnet20).")
-    @click.option("--test", required=True, type=click.Path(path_type=Path), help="Real test images, class-per-folder; scored after every epoch.")
-    @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory: checkpoint.pt, student.safetensors, metrics.json.")
-    @click.option("--epochs", default=defaults.epochs, show_default=True, type=click.IntRange(1), help="Passes over the images.")
-    @click.option("--batch-size", default=defaults.batch_size, show_default=True, type=click.IntRange(1), help="Images per SGD step.")
-    @click.option("--lr", default=defaults.lr, show_default=True, type=float, help="SGD learning rate (momentum 0.9, weight decay 5e-4, cosine to 0).")
-    @click.option("--temperature", default=defaults.temperature, show_default=True, type=float, help="Softmax temperature T; the loss is scaled by T².")
-    @click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default=defaults.amp, show_default=True, help="Autocast on CUDA (ignored on CPU).")
-    @click.option("--seed", default=defaults.seed, show_default=True, type=int, help="Student initialization, data order and augmentation.")
-    @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
-    @click.option("--overwrite", is_flag=True, help="Discard a previous run in --out and start over.")
-    @device_option
-    @click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="DataLoader workers for image folders.")
-    @report_options
-    @handle_errors
-    def distill(data, model, weights, model_args, student, test, out, epochs, batch_size, lr, temperature, amp, seed, resume, overwrite, device, workers,
-                as_json, quiet) -> None:  # noqa: ANN001
-        """Distill the teacher (--model, --weights) into a new student on synthesized images; score it on real test images."""
-        from rich.table import Table
 
-        from sowmeta.distillation import distill as run
+@click.command("distill")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="An HDF5 synthesis file (or any class-per-folder image directory) to distill on.")
+@model_options(required=True, what="the teacher (the network to distill)")
+@click.option("--student", required=True, help="Model name of the student, trained from random weights (e.g. cifar-resnet20).")
+@click.option("--test", required=True, type=click.Path(path_type=Path), help="Real test images, class-per-folder; scored after every epoch.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory: checkpoint.pt, student.safetensors, metrics.json.")
+@record_options(DistillConfig)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
+@click.option("--overwrite", is_flag=True, help="Discard a previous run in --out and start over.")
+@device_option
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="DataLoader workers for image folders.")
+@report_options
+@handle_errors
+def distill(**options: Any) -> None:
+    """Distill the teacher (--model, --weights) into a new student on synthesized images; score it on real test images."""
+    from sowmeta.distillation import distill as run
+    from sowmeta.models import load_model, parse_model_args
 
-        config = DistillConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, amp=amp, seed=seed)
-        from sowmeta.models import load_model, parse_model_args
+    config = DistillConfig(**record_values(DistillConfig, options))
+    o = options
+    loaded = load_model(o["model"], weights="DEFAULT" if o["weights"] is None else o["weights"], args=parse_model_args(o["model_args"]))
+    with LiveProgress(err_console, ["epoch", "batch"], quiet=o["quiet"] or o["as_json"]) as bar:
 
-        loaded = load_model(model, weights="DEFAULT" if weights is None else weights, args=parse_model_args(model_args))
-        with LiveProgress(err_console, ["epoch", "batch"], quiet=quiet or as_json) as bar:
+        def progress(p: Any) -> None:
+            bar.update("batch", completed=p.batch, total=p.batches, info=f"loss {p.loss:.4g}")
+            if p.test_accuracy is not None:
+                bar.update("epoch", completed=p.epoch, total=p.epochs, info=f"test top-1 {p.test_accuracy:.2%}")
 
-            def progress(p: Any) -> None:
-                bar.update("batch", completed=p.batch, total=p.batches, info=f"loss {p.loss:.4g}")
-                if p.test_accuracy is not None:
-                    bar.update("epoch", completed=p.epoch, total=p.epochs, info=f"test top-1 {p.test_accuracy:.2%}")
+        result = run(o["data"], loaded, o["student"], test=o["test"], out=o["out"], config=config, resume=o["resume"], overwrite=o["overwrite"],
+                     device=o["device"], workers=o["workers"], progress=progress)
+    _render_distill(result, o["student"], o["as_json"], o["quiet"])
 
-            result = run(data, loaded, student, test=test, out=out, config=config, resume=resume, overwrite=overwrite,
-                         device=device, workers=workers, progress=progress)
-        m = result.metrics
-        if as_json:
-            emit_json({"out": result.out, "student": result.student_path, "metrics": m})
-            return
-        if not quiet:
-            rows = list(enumerate(zip(m["lr"], m["train_loss"], m["test_accuracy"]), start=1))
-            table = Table(title="test top-1 per epoch" + (" (last 10)" if len(rows) > 10 else ""))
-            for col in ("epoch", "lr", "KD loss", "test top-1"):
-                table.add_column(col, justify="right")
-            for e, (lr_e, loss_e, acc_e) in rows[-10:]:
-                table.add_row(str(e), f"{lr_e:.4g}", f"{loss_e:.4g}", f"{acc_e:.2%}")
-            console.print(table)
-        console.print(
-            f"student {student}: test top-1 {m['final_test_accuracy']:.2%} after {len(m['test_accuracy'])} epochs "
-            f"(best {m['best_test_accuracy']:.2%}; teacher {m['teacher_test_accuracy']:.2%}); "
-            f"wrote [bold]{result.student_path}[/] and {result.metrics_path.name}"
-        )
+
+COMMANDS = [evaluate, distill]

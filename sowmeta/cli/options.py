@@ -1,16 +1,30 @@
-"""Options every command spells the same way: ``--model/--weights``, ``--registry``, ``--device``, ``--json``, ``-q``."""
+"""Options every command spells the same way (``--model/--weights``, ``--registry``, ``--device``, ``--json``, ``-q``), and
+the options of a record's fields (``record_options``: ``SynthConfig``, ``DistillConfig``, ``CollectOptions``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-__all__ = ["model_options", "registry_option", "device_option", "report_options", "emit_json", "plain", "ListingOption"]
+__all__ = [
+    "model_options",
+    "registry_option",
+    "device_option",
+    "report_options",
+    "emit_json",
+    "plain",
+    "ListingOption",
+    "RecordOption",
+    "record_options",
+    "record_values",
+    "shown_default",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -91,3 +105,105 @@ class ListingOption(click.Option):
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         self.help = f"{self.base_help} Registered: {', '.join(self.names())}."
         return super().get_help_record(ctx)
+
+
+def shown_default(value: Any) -> str:
+    """A default as an option's help shows it: on/off, 0.25, 1e-05, 0.5 0.9, none."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "unset"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return " ".join(shown_default(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={shown_default(v)}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+class RecordOption(click.Option):
+    """The option of one field of a record: its help ends with the default of every preset, read when the help is shown
+    (with the names a registry holds, for a field whose choices come from one)."""
+
+    def __init__(self, *args: Any, defaults: Callable[[], dict[str, Any]], listing: Callable[[], Sequence[str]] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.defaults = defaults
+        self.listing = listing
+        self.base_help = self.help or ""
+
+    def shown_defaults(self) -> str:
+        values = {preset: shown_default(v) for preset, v in self.defaults().items()}
+        if len(set(values.values())) == 1:
+            return next(iter(values.values()))
+        return ", ".join(f"{preset} {v}" for preset, v in values.items())
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        listed = f" Registered: {', '.join(self.listing())}." if self.listing is not None else ""
+        self.help = f"{self.base_help}{listed} [{self.shown_defaults()}]"
+        return super().get_help_record(ctx)
+
+
+def _click_spec(f: dataclasses.Field, spec: Any) -> dict[str, Any]:
+    """click's type, flag spelling and arity for one field, from its annotation and ``Option``."""
+    kind = str(f.type).replace(" ", "")
+    low, high = spec.low, spec.high
+    if kind in ("bool", "bool|None"):
+        return {"decls": [f"{spec.cli_flag(f.name)}/{spec.off or '--no-' + spec.cli_flag(f.name)[2:]}"]}
+    if spec.multiple:
+        return {"decls": [spec.cli_flag(f.name)], "multiple": True, "type": click.STRING}
+    if kind.startswith("tuple["):
+        return {"decls": [spec.cli_flag(f.name)], "type": float, "nargs": len(kind.split(","))}
+    if kind.startswith("int"):
+        typ: Any = click.IntRange(low, high) if low is not None or high is not None else click.INT
+    elif kind.startswith("float"):
+        typ = click.FloatRange(low, high, max_open=spec.high_open) if low is not None or high is not None else click.FLOAT
+    elif spec.choices is not None and not callable(spec.choices):  # a registry's names are checked by the record (did-you-mean)
+        typ = click.Choice(list(spec.choices))
+    elif "Path" in kind:
+        typ = click.Path(path_type=Path)
+    else:
+        typ = click.STRING
+    return {"decls": [spec.cli_flag(f.name)], "type": typ}
+
+
+def record_options(record: type, *, presets: Callable[[], dict[str, Any]] | None = None) -> Callable[[F], F]:
+    """A click option for every field of ``record`` whose ``Option`` is not ``by_hand``, in field order.
+
+    Each option's value is None when not given (the preset's or the record's default then applies:
+    ``record_values``); its help ends with that default, from ``presets()`` (name -> a record made by
+    that preset) or, without presets, from ``record()`` itself.
+    """
+    from sowmeta.options import options_of
+
+    def defaults_of(name: str) -> Callable[[], dict[str, Any]]:
+        made = presets or (lambda: {"": record()})
+        return lambda: {preset: getattr(value, name) for preset, value in made().items()}
+
+    def deco(fn: F) -> F:
+        for f, spec in reversed(options_of(record)):
+            if spec.by_hand:
+                continue
+            kw = _click_spec(f, spec)
+            listing = spec.choices if callable(spec.choices) else None
+            fn = click.option(*kw.pop("decls"), f.name, cls=RecordOption, default=None, help=spec.help, metavar=spec.metavar,
+                              defaults=defaults_of(f.name), listing=listing, **kw)(fn)
+        return fn
+
+    return deco
+
+
+def record_values(record: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``record`` given on the command line, taken out of a command's ``options`` (repeated values parsed)."""
+    from sowmeta.options import options_of
+
+    values = {}
+    for f, spec in options_of(record):
+        if spec.by_hand or f.name not in options:
+            continue
+        value = options.pop(f.name)
+        if value is None or (spec.multiple and not value):
+            continue
+        values[f.name] = spec.parse(value) if spec.parse is not None else value
+    return values

@@ -4,14 +4,24 @@
 * ``TrainingCollector`` (``during_training.py``): during training, fed with each batch's labels by the user's loop.
 * ``collect_seeds`` (``seeds.py``): from a few seed images per class (Scenario B) or one (Scenario C).
 
-All three record through one ``StatsRecorder`` (``recorder.py``).
+All three record through one ``StatsRecorder`` (``recorder.py``); ``collect`` and ``collect_seeds``
+take one ``CollectOptions`` (``options.py``). Names are imported on first use, so the CLI reads
+``CollectOptions``' fields without loading torch.
 """
 
-from ..data.folders import seed_files
-from .after_training import collect
-from .during_training import TrainingCollector
-from .recorder import StatsRecorder
-from .records import CollectReport
-from .seeds import collect_seeds
+from __future__ import annotations
 
-__all__ = ["StatsRecorder", "TrainingCollector", "CollectReport", "collect", "collect_seeds", "seed_files"]
+from ..lazy import exports
+
+_HOME = {
+    "CollectOptions": ".options",
+    "StatsRecorder": ".recorder",
+    "TrainingCollector": ".during_training",
+    "CollectReport": ".records",
+    "collect": ".after_training",
+    "collect_seeds": ".seeds",
+    "seed_files": "..data.folders",
+}
+
+__all__ = list(_HOME)
+__getattr__, __dir__ = exports(__name__, _HOME, globals())

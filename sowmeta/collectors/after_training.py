@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ..bundle import Bundle, SourceRecord
@@ -24,6 +27,7 @@ from ..errors import ConfigError, DataError
 from ..models import LoadedModel
 from ..models.taps import probe, resolve_taps
 from ..outputs import check_output
+from .options import CollectOptions
 from .recorder import StatsRecorder
 from .records import CollectReport, Progress, check_base_model, data_name, labels_for, note_compression, prepare, record_for, save
 
@@ -32,104 +36,54 @@ __all__ = ["collect"]
 log = logging.getLogger(__name__)
 
 
-def collect(
-    model: LoadedModel,
-    data: str | Path | DataLoader,
-    *,
-    taps: str | Sequence[str] = "auto",
-    fuse: bool = False,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    device: str | torch.device = "cpu",
-    limit_per_class: int | None = None,
-    strict: bool = False,
-    labels_by_position: bool = False,
-    prefix_tokens: int = 0,
-    dataset: str | None = None,
-    out: str | Path | None = None,
-    overwrite: bool = False,
-    dtype: str = "float32",
-    shard_bytes: int | None = None,
-    progress: Progress | None = None,
-    notice: Callable[[str], None] | None = None,
-) -> tuple[Bundle, CollectReport]:
-    """One pass of ``model`` over a labelled dataset: a Scenario-A bundle (paper Sec. 3.2).
+@dataclass
+class _Source:
+    """The batches of one pass and what the manifest says about them."""
 
-    Args:
-        model: from ``load_model``; its preprocessing is applied to folder images.
-        data: an ImageFolder-style directory, or a DataLoader yielding (images, labels)
-            already preprocessed. Folders are matched to classes by name
-            (``sowmeta.data.class_folders``): the model's labels, indices, ``NNN_label`` or ImageNet
-            WordNet ids; a subset of the classes is fine (the others get no statistics).
-        taps: ``auto``, ``bn-inputs``, ``conv-outputs`` or module names/globs.
-        fuse: fold BatchNorm into the convolutions first (inference-optimized model).
-        batch_size, workers: images per forward pass and decoding processes for a folder; None
-            (default): ``sowmeta.data.plan_loader``'s choice for the cores and device there are.
-        limit_per_class: use only the first N images (by file name) of each class.
-        strict: fail on the first undecodable image instead of skipping and counting it.
-        labels_by_position: map folders to classes by sorted order even when their names mean nothing.
-        prefix_tokens: leading positions of token-sequence taps left out (a ViT's class token: 1).
-        dataset: the data's name for the manifest and card (default: the folder's base name).
-        out: also save the bundle there; checked before the pass (never inside ``data``).
-        overwrite, dtype, shard_bytes: passed to ``Bundle.save`` with ``out``.
-        progress: called with (images done, images total) after every batch.
-        notice: called with a one-line note (e.g. that folders were mapped by sorted order).
+    loader: Iterable
+    total: int  # images this rank reads
+    samples: list[tuple[Path, int]] | None  # (file, class) of a folder's images, for skipped files; None for a DataLoader
+    compression: dict[str, Any] | None  # how the sampled files were stored; None when not ours to see
 
-    Returns:
-        The bundle and a report of skipped images.
-    """
-    folder = None if isinstance(data, DataLoader) else Path(data)
-    check_base_model(model)
-    if out is not None:
-        check_output(out, "bundle", overwrite=overwrite, inputs=[("--data", folder)])
-    dev = check_device(device)
-    module, fused = prepare(model, fuse, dev)
-    crop = model.preprocessing.crop
-    found = probe(module, resolve_taps(module, taps, prefix_tokens=prefix_tokens), crop, device=dev)
-    tap_list = found.taps
-    outputs = found.outputs
+
+def _loader_source(data: DataLoader, o: CollectOptions) -> _Source:
+    if o.limit_per_class is not None:
+        raise ConfigError("limit_per_class applies to image folders; limit a DataLoader's dataset yourself (torch.utils.data.Subset)")
+    total = len(data.dataset) if hasattr(data.dataset, "__len__") else 0  # type: ignore[arg-type]
+    return _Source(data, total, None, None)
+
+
+def _folder_source(model: LoadedModel, data: str | Path, o: CollectOptions, labels: list[str], dev: torch.device,
+                   notice: Callable[[str], None] | None) -> _Source:
+    """A folder's images, classes matched by name (``labels`` gets the folders' names where the model has none), this rank's shard."""
     rank, world = rank_world()
-    report = CollectReport()
-    labels = labels_for(model, outputs)
-    if isinstance(data, DataLoader):
-        if limit_per_class is not None:
-            raise ConfigError(
-                "limit_per_class applies to image folders; limit a DataLoader's dataset yourself (torch.utils.data.Subset)"
-            )
-        loader: Iterable = data
-        total = len(data.dataset) if hasattr(data.dataset, "__len__") else 0  # type: ignore[arg-type]
-        samples = None
-        compression = None  # a DataLoader's storage is not ours to see
-    else:
-        index = scan_image_folder(data, limit_per_class)
-        mapping = map_class_folders(index.classes, model.labels, outputs, by_position=labels_by_position)
-        if mapping.note and notice is not None and rank == 0:
-            notice(mapping.note)
-        if not model.labels or len(model.labels) != outputs:
-            for i, (folder_name, k) in enumerate(zip(index.classes, mapping.indices)):
-                labels[k] = mapping.label_of(i, folder_name)
-        sampled = first_per_class(index.samples)
-        compression = compression_record(sampled)
-        if rank == 0:
-            note_compression(sampled, notice)
-        samples = [(p, mapping.indices[y]) for p, y in index.samples][rank::world]
-        prep = model.preprocessing
-        plan = plan_loader(crop, dev, batch_size=batch_size, workers=workers, resize=prep.resize, interpolation=prep.interpolation)
-        loader = folder_loader(samples, prep, plan)
-        total = len(samples)
-    named = data_name(dataset, data)
-    recorder = StatsRecorder(module, tap_list, outputs)
-    # Every tap starts with empty moments, so a rank whose shard is empty (or all undecodable)
-    # still takes part in the merge instead of leaving the other ranks waiting.
-    recorder.allocate(found.channels, dev)
-    start = time.perf_counter()
-    done = 0
+    outputs = len(labels)
+    index = scan_image_folder(data, o.limit_per_class)
+    mapping = map_class_folders(index.classes, model.labels, outputs, by_position=o.labels_by_position)
+    if mapping.note and notice is not None and rank == 0:
+        notice(mapping.note)
+    if not model.labels or len(model.labels) != outputs:
+        for i, (folder_name, k) in enumerate(zip(index.classes, mapping.indices)):
+            labels[k] = mapping.label_of(i, folder_name)
+    sampled = first_per_class(index.samples)
+    if rank == 0:
+        note_compression(sampled, notice)
+    samples = [(p, mapping.indices[y]) for p, y in index.samples][rank::world]
+    prep = model.preprocessing
+    plan = plan_loader(prep.crop, dev, batch_size=o.batch_size, workers=o.workers, resize=prep.resize, interpolation=prep.interpolation)
+    return _Source(folder_loader(samples, prep, plan), len(samples), samples, compression_record(sampled))
+
+
+def _one_pass(module: nn.Module, recorder: StatsRecorder, source: _Source, dev: torch.device, o: CollectOptions, report: CollectReport,
+              progress: Progress | None) -> None:
+    """Every batch through the model with its labels set; undecodable files counted (or, strict, refused)."""
+    outputs, done = recorder.num_classes, 0
     with recorder.hooks(), torch.no_grad():
-        for batch in loader:
-            if samples is not None:
+        for batch in source.loader:
+            if source.samples is not None:
                 x, y, bad = batch
-                raise_if_strict(bad, samples, strict)
-                report.skipped += [str(samples[i][0]) for i in bad]
+                raise_if_strict(bad, source.samples, o.strict)
+                report.skipped += [str(source.samples[i][0]) for i in bad]
                 done += len(bad)
             else:
                 x, y = batch[0], batch[1]
@@ -140,33 +94,75 @@ def collect(
                 module(x.to(dev, non_blocking=True))
                 done += len(y)
             if progress is not None:
-                progress(done, total)
+                progress(done, source.total)
     recorder.set_labels(None)
     recorder.reduce()
-    if world > 1:  # every rank skipped its own files: the report and the manifest list them all
-        import torch.distributed as dist
 
-        parts: list[list[str]] = [[] for _ in range(world)]
-        dist.all_gather_object(parts, report.skipped)
-        report.skipped = [p for part in parts for p in part]
+
+def _all_skipped(skipped: list[str], world: int) -> list[str]:
+    """Every rank skipped its own files: the report and the manifest list them all."""
+    if world == 1:
+        return skipped
+    import torch.distributed as dist
+
+    parts: list[list[str]] = [[] for _ in range(world)]
+    dist.all_gather_object(parts, skipped)
+    return [p for part in parts for p in part]
+
+
+def collect(
+    model: LoadedModel,
+    data: str | Path | DataLoader,
+    options: CollectOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    notice: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> tuple[Bundle, CollectReport]:
+    """One pass of ``model`` over a labelled dataset: a Scenario-A bundle (paper Sec. 3.2).
+
+    Args:
+        model: from ``load_model``; its preprocessing is applied to folder images.
+        data: an ImageFolder-style directory, or a DataLoader yielding (images, labels)
+            already preprocessed. Folders are matched to classes by name
+            (``sowmeta.data.class_folders``): the model's labels, indices, ``NNN_label`` or ImageNet
+            WordNet ids; a subset of the classes is fine (the others get no statistics).
+        options: taps, batch size, output and the rest (``CollectOptions``); each of its fields may also
+            be given as a keyword (``taps="bn-inputs", out="bundles/b"``), which wins.
+        progress: called with (images done, images total) after every batch.
+        notice: called with a one-line note (e.g. that folders were mapped by sorted order).
+
+    Returns:
+        The bundle and a report of skipped images.
+    """
+    o = CollectOptions.of(options, overrides, what="collect")
+    check_base_model(model)
+    if o.out is not None:
+        check_output(o.out, "bundle", overwrite=o.overwrite, inputs=[("--data", None if isinstance(data, DataLoader) else Path(data))])
+    dev = check_device(o.device)
+    module, fused = prepare(model, o.fuse, dev)
+    found = probe(module, resolve_taps(module, o.taps, prefix_tokens=o.prefix_tokens), model.preprocessing.crop, device=dev)
+    labels = labels_for(model, found.outputs)
+    source = _loader_source(data, o) if isinstance(data, DataLoader) else _folder_source(model, data, o, labels, dev, notice)
+    named = data_name(o.dataset, data)
+    recorder = StatsRecorder(module, found.taps, found.outputs)
+    # Every tap starts with empty moments, so a rank whose shard is empty (or all undecodable)
+    # still takes part in the merge instead of leaving the other ranks waiting.
+    recorder.allocate(found.channels, dev)
+    report, start = CollectReport(), time.perf_counter()
+    _one_pass(module, recorder, source, dev, o, report, progress)
+    rank, world = rank_world()
+    report.skipped = _all_skipped(report.skipped, world)
     report.images = int(next(iter(recorder.moments.values())).images.sum())
     if report.images == 0:
         raise DataError(f"no image of {named} could be read; nothing was collected")
     report.seconds = time.perf_counter() - start
     if report.skipped:
         log.warning("skipped %d undecodable images (first: %s)", len(report.skipped), report.skipped[0])
-    source = SourceRecord(
-        scenario="A",
-        collector="after-training",
-        data=named,
-        images=report.images,
-        images_per_class_limit=limit_per_class,
-        skipped_images=len(report.skipped),
-        compression=compression,
-    )
-    bundle = Bundle.from_moments(
-        recorder.moments, tap_list, model=record_for(model, module, fused, labels, outputs), preprocessing=model.preprocessing, source=source
-    )
+    source_record = SourceRecord(scenario="A", collector="after-training", data=named, images=report.images, images_per_class_limit=o.limit_per_class,
+                                 skipped_images=len(report.skipped), compression=source.compression)
+    bundle = Bundle.from_moments(recorder.moments, found.taps, model=record_for(model, module, fused, labels, found.outputs),
+                                 preprocessing=model.preprocessing, source=source_record)
     if rank == 0:
-        save(bundle, out, overwrite, dtype, shard_bytes)
+        save(bundle, o)
     return bundle, report

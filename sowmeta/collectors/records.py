@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..hub.names import check_repo_id
 from ..models import CUSTOM_ARCHITECTURE, LoadedModel, fingerprint, is_code_reference, structure_fingerprint
 from ..models.fuse import fuse_bn
+from .options import CollectOptions
 
 __all__ = ["CollectReport", "Progress", "prepare", "model_record", "check_base_model", "record_for", "data_name", "labels_for", "save", "note_compression"]
 
@@ -98,10 +99,10 @@ def labels_for(model: LoadedModel, outputs: int) -> list[str]:
     return [str(i) for i in range(outputs)]
 
 
-def save(bundle: Bundle, out: str | Path | None, overwrite: bool, dtype: str, shard_bytes: int | None) -> None:
-    if out is not None:
-        kwargs = {"shard_bytes": shard_bytes} if shard_bytes is not None else {}
-        bundle.save(out, overwrite=overwrite, dtype=dtype, **kwargs)
+def save(bundle: Bundle, o: CollectOptions) -> None:
+    """Write the bundle to ``o.out``, when there is one."""
+    if o.out is not None:
+        bundle.save(o.out, overwrite=o.overwrite, dtype=o.dtype, shard_bytes=o.shard_bytes)
 
 
 def note_compression(paths: Sequence[Path], notice: Callable[[str], None] | None) -> None:

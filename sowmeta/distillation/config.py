@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import ConfigError
+from ..options import documented, option
 
 __all__ = ["DistillConfig", "MAX_LR"]
 
@@ -14,33 +15,22 @@ __all__ = ["DistillConfig", "MAX_LR"]
 MAX_LR = 10.0  # beyond it SGD only diverges: the student's weights become inf/NaN in the first steps
 
 
+@documented
 @dataclass(frozen=True)
 class DistillConfig:
-    """Hyper-parameters of a distillation run; the defaults are the usual CIFAR recipe.
+    """Hyper-parameters of a distillation run; the defaults are the usual CIFAR recipe. Every field is also an
+    option of ``sowmeta distill``."""
 
-    Args:
-        epochs: passes over the images; the cosine schedule decays the learning rate to 0 over them.
-        batch_size: images per SGD step.
-        lr: initial SGD learning rate.
-        momentum: SGD momentum.
-        weight_decay: L2 penalty on every parameter.
-        temperature: softmax temperature T of both networks' outputs; the loss is scaled by T².
-        flip: random horizontal flips.
-        pad: random crops after zero-padding each side by this many pixels (0: none).
-        amp: ``"bf16"``, ``"fp16"`` or ``"none"``: autocast on CUDA (ignored on CPU).
-        seed: student initialization, data order, augmentation.
-    """
-
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    temperature: float = 5.0
-    flip: bool = True
-    pad: int = 4
-    amp: str = "bf16"
-    seed: int = 0
+    epochs: int = field(default=200, metadata=option("Passes over the images; the cosine schedule decays the learning rate to 0 over them.", low=1))
+    batch_size: int = field(default=128, metadata=option("Images per SGD step.", low=1))
+    lr: float = field(default=0.1, metadata=option("Initial SGD learning rate (cosine decay to 0)."))
+    momentum: float = field(default=0.9, metadata=option("SGD momentum."))
+    weight_decay: float = field(default=5e-4, metadata=option("L2 penalty on every parameter."))
+    temperature: float = field(default=5.0, metadata=option("Softmax temperature T of both networks' outputs; the loss is scaled by T²."))
+    flip: bool = field(default=True, metadata=option("Random horizontal flips."))
+    pad: int = field(default=4, metadata=option("Random crops after zero-padding each side by this many pixels (0: none).", low=0))
+    amp: str = field(default="bf16", metadata=option("Autocast on CUDA (ignored on the CPU).", choices=("none", "bf16", "fp16")))
+    seed: int = field(default=0, metadata=option("Student initialization, data order and augmentation."))
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -5,104 +5,122 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import ConfigError
 from ..named import Registry
-from .jpeg_view import SUBSAMPLINGS
-from .losses import get_feature_loss
-from .param import get_parameterization
+from ..options import documented, option
 
 __all__ = ["SynthConfig", "MODES", "PRESETS"]
 
 MODES = ("cc", "global", "di")
 MAX_LR = 10.0  # Adam on normalized pixels: beyond this every step saturates the image
 MAX_WEIGHT = 1e6  # loss weights beyond this overflow float32 losses
-# fields added after runs were first keyed: left out of the fingerprint at these values, so the
-# run key of an unfinished run from before still matches (a resumed run never mixes settings)
-_LATER_FIELDS = {"alpha_image_var": 0.0, "param": "pixel", "zoom": 0.0, "color_shift": 0.0, "tap_decay": 1.0, "jpeg_quality": 0, "jpeg_subsampling": "4:2:0", "jitter_wrap": True}
+# The fields runs were first keyed by. A field added since is left out of the fingerprint at its
+# default, so the run key of an unfinished run from before still matches (a resumed run never
+# mixes settings) and a new field needs no entry here.
+_FIRST_KEYED = ("mode", "iterations", "batch_size", "mixed", "lr", "betas", "warmup", "alpha_ce", "alpha_tv", "alpha_l2", "alpha_cc", "feature_loss",
+                "first_tap_multiplier", "tap_weights", "jitter", "flip", "multires", "init", "init_noise", "amp", "channels_last", "seed", "save_every")
 PRESETS: Registry[Callable[..., SynthConfig]] = Registry("synthesis preset")
 
 
+def parse_tap_weights(items: Sequence[str]) -> dict[str, float]:
+    """``["layer1.*=0.5", "bn1=2"]`` (the CLI's ``--tap-weight``) as a ``tap_weights`` dict."""
+    out = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ConfigError(f"--tap-weight takes TAP=WEIGHT (a name or glob, then a number), not {item!r}")
+    return out
+
+
+def _feature_losses() -> list[str]:
+    from .losses import FEATURE_LOSSES
+
+    return FEATURE_LOSSES.names()
+
+
+def _parameterizations() -> list[str]:
+    from .param import PARAMETERIZATIONS
+
+    return PARAMETERIZATIONS.names()
+
+
+@documented
 @dataclass(frozen=True)
 class SynthConfig:
     """Objective, optimizer and schedule of a synthesis run.
 
     The defaults are the paper's ImageNet setting (lr 0.25, alpha_TV 1e-4, alpha_l2 1e-5,
     alpha_CC 0.01, equal lambda_l for every tap, jitter 30, 2k iterations); ``SynthConfig.cifar()``
-    gives the setting that works for 32 px CIFAR models.
-
-    Attributes:
-        mode: ``cc`` (class-conditional statistics of the bundle), ``global`` (the bundle's
-            class-independent statistics) or ``di`` (BatchNorm running statistics: DeepInversion).
-        mixed: batches mix classes (statistics per class group) instead of one class per batch.
-            Default: single-class batches for ``cc``, mixed for ``global``/``di``.
-        alpha_image_var: weight of the spread term relative to the statistics term (mode ``cc``, bundles
-            of format 1.3): the variance of the per-image means within each class group of a batch
-            meets the class's recorded one, so that images differ from each other in tone and content
-            as much as real ones do, instead of each taking the class's whole spread (0: off).
-        feature_loss: the F_l registered under this name (``eq7`` = paper Eq. 7, ``kl``).
-        tap_weights: lambda_l per tap name (fnmatch globs allowed); unnamed taps weigh 1.
-        first_tap_multiplier: extra weight of the first tap (DeepInversion's first-BN multiplier;
-            1 = the paper's equal lambda_l).
-        tap_decay: lambda_l of the last tap relative to the first, geometric in between
-            (lambda_l times tap_decay^(l / (L - 1))); 1 = no decay with depth.
-        jitter: the random shift of the image before each forward pass, in pixels.
-        jitter_wrap: the shift rolls the image cyclically (DeepInversion's), so each edge is seen next
-            to the opposite one; False: the image is the centre of a canvas ``jitter`` px larger on every
-            side, each step shows the model a window of the image's size from it, and the margin is
-            dropped at the end (``canvas.py``).
-        multires: fraction of the iterations run at half resolution (DeepInversion's fast setting).
-        zoom: random-resized crop before each forward pass: the crop's side is in
-            [1 - zoom, 1] of the image's (0: off; Plug-In Inversion's augmentation).
-        color_shift: random per-image, per-channel contrast in [1 - color_shift, 1] and offset
-            inside the pixel range before each forward pass (0: off; Plug-In Inversion's).
-        param: how the image is optimized: ``pixel`` (the paper's) or ``fourier`` (a
-            decorrelated-colour spectrum, as feature-visualization libraries do); see ``param.py``.
-        jpeg_quality: statistics collected from JPEG files of this quality (1-100) are matched by
-            the images encoded that way and decoded (differentiably, ``jpeg_view.py``), and the CE
-            by the images themselves; each step runs both through the model (0: off).
-        jpeg_subsampling: the chroma subsampling of that encoding (``4:2:0``, ``4:2:2``, ``4:4:4``).
-        init: ``noise`` or ``images`` (seed images / sketches given to ``synthesize(init_images=)``).
-        init_noise: std of the noise added to initial images when ``init="images"``.
-        amp: ``none``, ``bf16`` or ``fp16`` autocast (CUDA only).
-        save_every: keep the images every N iterations (0: never).
+    gives the setting that works for 32 px CIFAR models. Every field is also an option of
+    ``sowmeta synthesize`` (``--batch-size`` for ``batch_size``), whose help shows each preset's value.
     """
 
-    mode: str = "cc"
-    iterations: int = 2000
-    batch_size: int = 64
-    mixed: bool | None = None
-    lr: float = 0.25
-    betas: tuple[float, float] = (0.5, 0.9)
-    warmup: int = 0
-    alpha_ce: float = 1.0
-    alpha_tv: float = 1e-4
-    alpha_l2: float = 1e-5
-    alpha_cc: float = 0.01
-    alpha_image_var: float = 0.0
-    feature_loss: str = "eq7"
-    first_tap_multiplier: float = 1.0
-    tap_weights: dict[str, float] = field(default_factory=dict)
-    jitter: int = 30
-    jitter_wrap: bool = True
-    flip: bool = True
-    multires: float = 0.0
-    zoom: float = 0.0
-    color_shift: float = 0.0
-    tap_decay: float = 1.0
-    param: str = "pixel"
-    jpeg_quality: int = 0
-    jpeg_subsampling: str = "4:2:0"
-    init: str = "noise"
-    init_noise: float = 0.2
-    amp: str = "none"
-    channels_last: bool = True
-    seed: int = 0
-    save_every: int = 0
-    check_fingerprint: bool = True
+    mode: str = field(default="cc", metadata=option(
+        "cc: the bundle's class-conditional statistics; global: the bundle's class-independent ones; di: the model's "
+        "BatchNorm running statistics (DeepInversion).", choices=MODES))
+    iterations: int = field(default=2000, metadata=option("Optimization steps per batch.", low=1))
+    batch_size: int = field(default=64, metadata=option("Images optimized together.", low=1))
+    mixed: bool | None = field(default=None, metadata=option(
+        "Mix classes within a batch (statistics per class group); --single-class: one class per batch. Unset: single-class "
+        "batches for cc, mixed ones for global and di.", flag="--mixed", off="--single-class"))
+    lr: float = field(default=0.25, metadata=option("Adam learning rate (warmup, then cosine decay to 0)."))
+    betas: tuple[float, float] = field(default=(0.5, 0.9), metadata=option("Adam's betas (DeepInversion's).", metavar="B1 B2"))
+    warmup: int = field(default=0, metadata=option("Iterations of linear learning-rate warmup.", low=0))
+    alpha_ce: float = field(default=1.0, metadata=option("Weight of the cross-entropy of the target class."))
+    alpha_tv: float = field(default=1e-4, metadata=option("Weight of the total-variation prior."))
+    alpha_l2: float = field(default=1e-5, metadata=option("Weight of the L2 image prior."))
+    alpha_cc: float = field(default=0.01, metadata=option("Weight of the statistics term (matching the target statistics at every tap)."))
+    alpha_image_var: float = field(default=0.0, metadata=option(
+        "Weight, relative to --alpha-cc, of the spread term: in each class group of a batch, the variance of the images' own "
+        "means at every tap meets the class's recorded one (mode cc, bundles of format 1.3), so images differ from each other "
+        "in tone as real ones do (0: off)."))
+    feature_loss: str = field(default="eq7", metadata=option("F_l, the distance of feature statistics (eq7: paper Eq. 7).", choices=_feature_losses))
+    first_tap_multiplier: float = field(default=1.0, metadata=option(
+        "Extra weight of the first tap (DeepInversion's first-BN multiplier; 1: the paper's equal lambda_l)."))
+    tap_weights: dict[str, float] = field(default_factory=dict, metadata=option(
+        "lambda_l of the taps a name or glob matches, TAP=WEIGHT; repeatable (other taps weigh 1).", flag="--tap-weight",
+        multiple=True, parse=parse_tap_weights, metavar="TAP=W"))
+    jitter: int = field(default=30, metadata=option("Random shift of the image before each forward pass, in pixels.", low=0))
+    jitter_wrap: bool = field(default=True, metadata=option(
+        "The shift rolls the image around (DeepInversion's); --no-jitter-wrap: the image is the centre of a canvas JITTER px "
+        "larger on every side, each step shows the model a window of the image's size from it, and the margin is dropped "
+        "at the end (canvas.py)."))
+    flip: bool = field(default=True, metadata=option("Random horizontal flips."))
+    multires: float = field(default=0.0, metadata=option("Fraction of the iterations run at half resolution (DeepInversion's fast setting).",
+                                                          low=0, high=1, high_open=True))
+    zoom: float = field(default=0.0, metadata=option(
+        "Random-resized crop before each forward pass: the crop's side is in [1 - ZOOM, 1] of the image's (0: off; "
+        "Plug-In Inversion's).", low=0, high=1, high_open=True))
+    color_shift: float = field(default=0.0, metadata=option(
+        "Random per-image, per-channel contrast in [1 - C, 1] and offset inside the pixel range before each forward pass "
+        "(0: off; Plug-In Inversion's).", low=0, high=1, high_open=True))
+    tap_decay: float = field(default=1.0, metadata=option(
+        "lambda_l of the last tap relative to the first, geometric in between (1: equal)."))
+    param: str = field(default="pixel", metadata=option(
+        "How the image is optimized: pixel (the paper's) or fourier (a decorrelated-colour spectrum, param.py).", choices=_parameterizations))
+    jpeg_quality: int = field(default=0, metadata=option(
+        "Match the statistics through a JPEG encoding of this quality, that of the files they came from (`collect` notes "
+        "it); the CE reads the images themselves, and each step runs both through the model (0: off).", low=0, high=100))
+    jpeg_subsampling: str = field(default="4:2:0", metadata=option("Chroma subsampling of that encoding.", choices=("4:2:0", "4:2:2", "4:4:4")))
+    init: str = field(default="noise", metadata=option(
+        "Start from noise, or from images: a folder <label>/<image> of seed images or sketches (synthesize's init_images).",
+        by_hand=True))
+    init_noise: float = field(default=0.2, metadata=option("Std of the noise added to initial images."))
+    amp: str = field(default="none", metadata=option("Autocast on CUDA: none, bf16 or fp16.", choices=("none", "bf16", "fp16")))
+    channels_last: bool = field(default=True, metadata=option("On CUDA, run the model in the channels-last memory format."))
+    seed: int = field(default=0, metadata=option("Seeds jitter, flips and the initial noise, so that runs repeat."))
+    save_every: int = field(default=0, metadata=option("Keep the images every N iterations (0: never).", low=0))
+    check_fingerprint: bool = field(default=True, metadata=option(
+        "Check that the model's weights are the ones the bundle was recorded on; --no-fingerprint-check accepts other weights "
+        "of the same architecture (taps, channels and structure are still checked).", flag="--fingerprint-check"))
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -125,6 +143,8 @@ class SynthConfig:
                 raise ConfigError(f"{name} is a fraction in [0, 1) (0: off), not {value}")
         if not (isinstance(self.jpeg_quality, int) and not isinstance(self.jpeg_quality, bool) and 0 <= self.jpeg_quality <= 100):
             raise ConfigError(f"jpeg_quality is the data's JPEG quality, an integer in 1-100 (0: off), not {self.jpeg_quality!r}")
+        from .jpeg_view import SUBSAMPLINGS  # the codec's table (imports torch; the CLI reads this module without it)
+
         if self.jpeg_subsampling not in SUBSAMPLINGS:
             raise ConfigError(f"jpeg_subsampling is one of {', '.join(SUBSAMPLINGS)}, not {self.jpeg_subsampling!r}")
         if not (isinstance(self.tap_decay, (int, float)) and 0 < self.tap_decay <= MAX_WEIGHT):
@@ -146,6 +166,9 @@ class SynthConfig:
         for name, value in weights.items():
             if not (isinstance(value, (int, float)) and 0 <= value <= MAX_WEIGHT):  # also catches NaN and inf
                 raise ConfigError(f"{name} must be a number in [0, {MAX_WEIGHT:g}], not {value}")
+        from .losses import get_feature_loss
+        from .param import get_parameterization
+
         get_feature_loss(self.feature_loss)
         get_parameterization(self.param)
 
@@ -184,19 +207,7 @@ class SynthConfig:
             raise ConfigError("preset 'auto' needs the model's input size; pass crop=")
         return "cifar" if crop <= 64 else "imagenet"
 
-    @staticmethod
-    def parse_tap_weights(items: Sequence[str]) -> dict[str, float]:
-        """``["layer1.*=0.5", "bn1=2"]`` (the CLI's ``--tap-weight``) as a ``tap_weights`` dict."""
-        out = {}
-        for item in items:
-            name, sep, value = item.rpartition("=")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                sep = ""
-            if not sep or not name:
-                raise ConfigError(f"--tap-weight takes TAP=WEIGHT (a name or glob, then a number), not {item!r}")
-        return out
+    parse_tap_weights = staticmethod(parse_tap_weights)
 
     @property
     def canvas_margin(self) -> int:
@@ -229,9 +240,9 @@ class SynthConfig:
         """sha256 of the settings that change the images (what a resumed run must share)."""
         d = self.to_dict()
         d.pop("check_fingerprint")
-        for name, default in _LATER_FIELDS.items():
-            if d[name] == default:
-                del d[name]
+        for f in fields(self):
+            if f.name in d and f.name not in _FIRST_KEYED and getattr(self, f.name) == f.default:
+                del d[f.name]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,4 +1,4 @@
-"""``synthesize``: a model plus its bundle in, a dataset of images of chosen classes out.
+"""``synthesize``: a model plus its bundle in, a dataset of images of chosen classes out (the four stages in order).
 
 Four stages, each in its own module, with data passed forward: *resolve* (``job``: bundle,
 model and checks), *plan* (``plan``: batches, seeds, initial images), *run* (``run``: the
