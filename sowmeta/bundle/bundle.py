@@ -237,6 +237,7 @@ class Bundle:
         classes: Iterable[int] | None = None,
         taps: Iterable[str] | None = None,
         verify: bool = True,
+        manifest: Manifest | None = None,
     ) -> Bundle:
         """Read a bundle; with ``classes`` only those rows are read (memory ~ classes used).
 
@@ -248,6 +249,8 @@ class Bundle:
             verify: check file sizes and sha256 first (streams the files; constant memory). A file
                 that passed before and whose size, mtime, ctime and inode are unchanged since is
                 not hashed again (``verify_files(..., cached=True)``; docs/format.md, "Integrity").
+            manifest: the manifest already read from ``path`` with its files verified (what
+                ``sowmeta.registry.locate_bundle`` returns): neither is done again.
 
         Raises:
             BundleNotFoundError, SchemaError, UnsupportedVersionError, ChecksumError,
@@ -261,9 +264,10 @@ class Bundle:
             raise BundleNotFoundError(
                 f"{path} is not a directory; for a registry name use Bundle.from_pretrained({str(path)!r}) (or sowmeta.registry.pull)", path=str(path)
             )
-        manifest = read_manifest(path)
-        if verify:
-            verify_files(path, manifest, cached=True)
+        if manifest is None:
+            manifest = read_manifest(path)
+            if verify:
+                verify_files(path, manifest, cached=True)
         k = manifest.model.num_classes
         wanted = resolve_classes(classes, manifest.model.labels, k, unique=False, where="this bundle")
         if not wanted:

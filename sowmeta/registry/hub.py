@@ -242,48 +242,42 @@ def pull(
             return Path(api.snapshot_download(repo, revision=at, cache_dir=env.hf_hub_cache(), allow_patterns=patterns,
                                               local_files_only=offline, force_download=force))
 
-    def fetch(at: str, force: bool) -> tuple[Path, str]:
-        """Download the manifest and card, then exactly the files the manifest lists; the bundle folder and commit."""
+    def fetch(at: str, force: bool) -> tuple[Path, str, Manifest]:
+        """Download the manifest and card, then exactly the files the manifest lists; the bundle folder, commit and manifest."""
         root = download([prefix + MANIFEST_NAME, prefix + CARD_NAME], at, force)
         folder = root / sub if sub else root
         if not (folder / MANIFEST_NAME).is_file():
             raise BundleNotFoundError(f"{name}@{rev} on {url} has no {MANIFEST_NAME}: it is not a sowmeta bundle", path=str(folder))
-        download([prefix + f.name for f in Bundle.read_manifest(folder).files], root.name, force)
-        return folder, root.name  # the Hugging Face cache keeps each revision under snapshots/<commit hash>
+        manifest = Bundle.read_manifest(folder)
+        download([prefix + f.name for f in manifest.files], root.name, force)
+        return folder, root.name, manifest  # the Hugging Face cache keeps each revision under snapshots/<commit hash>
 
     with hub_http.deadline(env.hub_deadline()):
         folder, commit, manifest = _fetch_verified(fetch, rev, name, url, offline)
     path = export_bundle(folder, manifest, to) if to is not None else folder
     log.info("pulled %s@%s (commit %s) -> %s", name, rev, commit, path)
-    return PullResult(name=name, revision=rev, commit=commit, path=path, backend="hub")
+    return PullResult(name=name, revision=rev, commit=commit, path=path, backend="hub", manifest=manifest)
 
 
-def _fetch_verified(fetch: Callable[[str, bool], tuple[Path, str]], rev: str, name: str, url: str, offline: bool) -> tuple[Path, str, Manifest]:
-    """Fetch and verify; a damaged cached copy is downloaded once more before the pull fails."""
+def _fetch_verified(fetch: Callable[[str, bool], tuple[Path, str, Manifest]], rev: str, name: str, url: str, offline: bool) -> tuple[Path, str, Manifest]:
+    """Fetch, then verify every file against the manifest fetched; a damaged cached copy is downloaded once more before the pull fails."""
     commit = rev
     try:
-        folder, commit = fetch(rev, False)
-        manifest = _verified(folder)
+        folder, commit, manifest = fetch(rev, False)
+        verify_files(folder, manifest)
     except (SchemaError, ChecksumError, CorruptBundleError) as exc:
         if offline:
             raise type(exc)(f"{exc.detail}; the cached copy is damaged: unset HF_HUB_OFFLINE and pull again", path=exc.path, rule=exc.rule) from None
         log.warning("cached copy of %s@%s failed verification (%s); downloading it again", name, rev, exc)
         try:
-            folder, commit = fetch(commit, True)
-            manifest = _verified(folder)
+            folder, commit, manifest = fetch(commit, True)
+            verify_files(folder, manifest)
         except (SchemaError, ChecksumError, CorruptBundleError) as again:
             raise type(again)(
                 f"{again.detail}; downloaded twice from {url}: the published revision is damaged, ask its publisher to push it again",
                 path=again.path, rule=again.rule,
             ) from None
     return folder, commit, manifest
-
-
-def _verified(folder: Path) -> Manifest:
-    """The manifest of the bundle in ``folder`` once its schema and every file's sha256 are checked."""
-    manifest = Bundle.read_manifest(folder)
-    verify_files(folder, manifest)
-    return manifest
 
 
 def list_bundles(*, author: str | None = None) -> list[BundleEntry]:

@@ -328,7 +328,7 @@ def pull(
     if to is not None:
         path = export_bundle(path, manifest, to)
     log.info("pulled %s@%s (%s) from the local registry -> %s", name, rev, rid[:12], path)
-    return PullResult(name=name, revision=rev, commit=rid, path=path, backend="local")
+    return PullResult(name=name, revision=rev, commit=rid, path=path, backend="local", manifest=manifest)
 
 
 def list_bundles(*, root: str | Path | None = None) -> list[BundleEntry]:

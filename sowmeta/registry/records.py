@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bundle.manifest import Manifest
 from ..errors import ConfigError
 from ..hub.names import PART, check_repo_id
 
@@ -32,13 +33,14 @@ class PushResult:
 
 @dataclass(frozen=True)
 class PullResult:
-    """A fetched and verified bundle directory."""
+    """A fetched and verified bundle directory, with its manifest as read and checked once (what later stages use)."""
 
     name: str
     revision: str  # what was asked for: a ref or a commit / revision id
     commit: str  # what it resolved to
     path: Path  # a verified bundle directory
     backend: str
+    manifest: Manifest | None = field(default=None, repr=False, compare=False)  # None from a backend that does not pass it on
 
 
 @dataclass(frozen=True)

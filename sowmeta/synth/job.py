@@ -1,6 +1,8 @@
-"""Stage 1, *resolve*: a bundle reference and a model become a ``SynthJob`` — everything checked before any work.
+"""Stage 1, *resolve*: a located bundle and a model become a ``SynthJob`` — everything checked before any work.
 
-The bundle is read and verified before a model is built from what its manifest names; the
+The bundle reference was made a verified directory once, before this stage (``registry.locate_bundle``,
+whose result carries the manifest); nothing here reads the manifest or hashes a file again. The
+bundle is read and verified before a model is built from what its manifest names; the
 model is checked against the bundle (taps, channels, classes, structure, weights unless
 ``check_fingerprint`` is off); the outputs are checked for writability; the target statistics
 of the mode are built.
@@ -19,7 +21,6 @@ from torch import nn
 from ..data import class_names
 from ..bundle import Bundle, Manifest
 from ..errors import ConfigError, SynthesisError, TapError
-from ..bundle.files import verify_files
 from ..bundle.model import load_model_for
 from ..models import LoadedModel, load_model
 from ..outputs import check_output
@@ -76,9 +77,8 @@ def open_model(
         if model is None:
             raise ConfigError("pass --bundle, or --model with --mode di")
         return ModelAndBundle(None, None, load_model(model, weights="DEFAULT" if weights is None else weights, args=args))
-    located = bundle if isinstance(bundle, PullResult) else locate_bundle(bundle, registry=registry)
-    manifest = Bundle.read_manifest(located.path)
-    verify_files(located.path, manifest)
+    located = locate_bundle(bundle, registry=registry)  # a PullResult from locate_bundle is taken as it is
+    manifest: Manifest = located.manifest  # type: ignore[assignment]  (locate_bundle always fills it)
     if model is None and weights is None:
         weights = weights_beside(located, manifest, notice)
     return ModelAndBundle(located, manifest, load_model_for(manifest, model=model, weights=weights, args=args, notice=notice))
@@ -111,33 +111,34 @@ def weights_beside(located: PullResult, manifest: Manifest, notice: Callable[[st
     return None
 
 
-def _locate(bundle: Bundle | PullResult | str | Path | None, registry: str | Path | None) -> tuple[Manifest | None, Path | None, dict[str, str], Bundle | None]:
+def _source(bundle: Bundle | PullResult | None) -> tuple[Manifest | None, Path | None, dict[str, str], Bundle | None]:
+    """The manifest, directory, provenance (what the output file records) and in-memory bundle of what was located."""
     source = {"bundle": "", "bundle_revision": "", "bundle_commit": ""}
     if isinstance(bundle, Bundle):
         source["bundle"] = str(bundle.path or "<in memory>")
         return bundle.manifest, bundle.path, source, bundle
     if bundle is None:
         return None, None, source, None
-    located = bundle if isinstance(bundle, PullResult) else locate_bundle(bundle, registry=registry)
+    located = locate_bundle(bundle)  # read here only when a backend did not pass its manifest on
     source = {"bundle": located.name, "bundle_revision": located.revision, "bundle_commit": located.commit}
-    return Bundle.read_manifest(located.path), located.path, source, None
+    return located.manifest, located.path, source, None
 
 
 def resolve_job(
-    bundle: Bundle | PullResult | str | Path | None,
+    bundle: Bundle | PullResult | None,
     model: LoadedModel | None,
     *,
     classes: Sequence[int | str] | None,
     config: SynthConfig,
-    registry: str | Path | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     init_images: str | Path | None = None,
 ) -> SynthJob:
-    """Everything a run needs, resolved and checked (see the module docstring)."""
+    """Everything a run needs, resolved and checked (see the module docstring); ``bundle`` is what
+    ``registry.locate_bundle`` returned (never a name: it was located once, before)."""
     if config.init == "images" and init_images is None:
         raise ConfigError("init 'images' needs a folder of initial images (--init DIR)")
-    manifest, path, source, loaded = _locate(bundle, registry)
+    manifest, path, source, loaded = _source(bundle)
     if out is not None:
         check_output(out, "synth", overwrite=overwrite, inputs=[("the bundle", path), ("--init", init_images)])
     if manifest is None and model is None:
@@ -149,7 +150,7 @@ def resolve_job(
     wanted = resolve_classes(classes, labels, num_classes)
     if manifest is not None and config.mode != "di":
         if loaded is None or any(c not in loaded.classes for c in wanted):
-            loaded = Bundle.load(path, classes=wanted)  # type: ignore[arg-type]
+            loaded = Bundle.load(path, classes=wanted, manifest=manifest)  # type: ignore[arg-type]
         if config.mode == "cc":
             loaded.require_statistics(wanted)
     if model is None:

@@ -20,7 +20,7 @@ from ..distributed import device_for_rank, is_main_process, process_group
 from ..errors import ConfigError
 from ..data.jpeg_quality import source_compression_note
 from ..models import LoadedModel
-from ..registry import PullResult
+from ..registry import PullResult, locate_bundle
 from .canvas import Canvas
 from .config import SynthConfig
 from .job import SynthJob, build_targets, resolve_classes, resolve_job
@@ -78,7 +78,8 @@ def synthesize(
     """
     started = time.perf_counter()
     config = config or SynthConfig()
-    job = resolve_job(bundle, model, classes=classes, config=config, registry=registry, out=out, overwrite=overwrite, init_images=init_images)
+    located = bundle if bundle is None or isinstance(bundle, Bundle) else locate_bundle(bundle, registry=registry)  # once, here
+    job = resolve_job(located, model, classes=classes, config=config, out=out, overwrite=overwrite, init_images=init_images)
     Canvas.of_size(job.preprocessing.crop, job.preprocessing.crop, config.canvas_margin)  # fails before anything is written
     _note(job, notice)
     plan = plan_run(job, per_class, init_images)
