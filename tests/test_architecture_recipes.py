@@ -199,3 +199,23 @@ def test_recipe_registry_backend(bundle_dir: Path, tmp_path: Path, monkeypatch: 
     assert registry.choose_backend("memory").kind == "memory"
     with pytest.raises(E.NotFoundError):
         registry.pull("me/other", registry="memory")
+
+
+def _doc_block(title: str) -> str:
+    """The first python block under a heading of docs/architecture.md, as written there."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    section = doc.split(f"### {title}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_recipe_term_added_without_engine_code(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """The recipe's code, run as written (from the bundle folder's parent): its term is in the objective and does its job."""
+    model = LoadedModel(tiny_net(4, 0), "conftest:tiny_net", "none", 4, None, Preprocessing(crop=12))
+    monkeypatch.chdir(bundle_dir.parent)
+    code = _doc_block("Add a term to the objective")
+    namespace: dict[str, object] = {"model": model}
+    exec(compile(code, "architecture.md", "exec"), namespace)  # noqa: S102
+    result = namespace["result"]
+    plain = synthesize("bundle", model, classes=[0, 1], per_class=4, config=SynthConfig.cifar(iterations=20))
+    spread = lambda images: float(images.double().std(dim=1).mean())  # noqa: E731  (the channels' spread, in float64 on the stored images)
+    assert spread(result.images()) > spread(plain.images()) + 0.01

@@ -3,8 +3,9 @@
 Four stages, each its own module: ``job.py`` *resolve* (a located bundle, the model, checks),
 ``plan.py`` *plan* (batches, seeds, initial images), ``run.py`` *run* (the ``Inverter`` of
 ``engine.py`` over this process's batches) and ``sinks.py`` *sink*; ``pipeline.py`` strings them
-together. The objective is a sum of ``Term``s (``terms.py``); ``config.py`` holds every knob. Names
-are imported on first use, so the CLI reads ``SynthConfig``'s fields without loading torch.
+together. The objective is a sum of ``Term``s (``terms.py``; add yours with ``synthesize(..., terms=[...])``);
+``config.py`` holds every knob. Names are imported on first use, so the CLI reads ``SynthConfig``'s
+fields without loading torch.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ _HOME = {
     "TapTarget": ".engine",
     "BatchResult": ".engine",
     "IterationInfo": ".engine",
+    "Term": ".terms",
+    "Step": ".terms",
     "FEATURE_LOSSES": ".losses",
     "register_feature_loss": ".losses",
     "synthesize": ".pipeline",

@@ -1,7 +1,8 @@
 """The inner loop: optimize one batch of images against a model and target statistics.
 
 Loss (paper Eq. 1-7): alpha_ce CE(f(x), y) + alpha_TV R_TV(x) + alpha_l2 R_l2(x)
-+ alpha_CC sum_l lambda_l F_l(stats of x_l per class group, target stats of that class).
++ alpha_CC sum_l lambda_l F_l(stats of x_l per class group, target stats of that class),
+each a ``Term`` (``terms.py``), followed by any terms of the user's.
 Forward hooks reduce every tap's features to per-image moments on the spot, so the
 statistics term costs two small reductions per tap and no feature map is copied.
 """
@@ -12,7 +13,7 @@ import fnmatch
 import logging
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -30,9 +31,10 @@ from .canvas import Canvas
 from .config import SynthConfig
 from .jpeg_view import jpeg_view
 from .param import make_parameterization
-from .losses import Segments, get_feature_loss, group_moments, l2_prior, spread_distance, total_variation
+from .losses import Segments, get_feature_loss
+from .terms import Step, TargetStats, Term, objective
 
-__all__ = ["TapTarget", "BatchResult", "IterationInfo", "Step", "Term", "objective", "Inverter", "tap_weights", "warmup_cosine"]
+__all__ = ["TapTarget", "BatchResult", "IterationInfo", "Step", "Term", "objective", "Inverter", "tap_weights", "warmup_cosine"]  # Step, Term, objective: from .terms
 
 log = logging.getLogger(__name__)
 
@@ -72,62 +74,6 @@ class BatchResult:
     prediction: torch.Tensor  # the teacher's top-1 class
     terms: dict[str, float]
     snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-
-
-@dataclass
-class Step:
-    """What the loss terms of one iteration may look at."""
-
-    x: torch.Tensor  # the images being optimized, in the model's input space (B x 3 x H x W)
-    logits: torch.Tensor
-    labels: torch.Tensor  # target class of every image
-    groups: torch.Tensor  # every image's class group (0..G-1)
-    group_rows: torch.Tensor  # each group's row in the target statistics
-    moments: dict[str, tuple[torch.Tensor, torch.Tensor]]  # per tap: per-image mean and mean of squares
-    joint: tuple[torch.Tensor, torch.Tensor] | None = None  # the targets' taps side by side (B x C_total), once per step
-
-
-@dataclass(frozen=True)
-class Term:
-    """One term of the objective: a name (shown by the progress display), a weight, and its value at a step.
-
-    The engine sums ``weight * value(step)`` over the terms, in order; a new term is a new
-    ``Term`` in ``objective`` (lucent's composable objectives are the model).
-    """
-
-    name: str
-    weight: float
-    value: Callable[[Step], torch.Tensor]
-
-
-def _cross_entropy(step: Step) -> torch.Tensor:
-    logits = step.logits
-    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), step.labels)
-
-
-def _tv(step: Step) -> torch.Tensor:
-    return total_variation(step.x)
-
-
-def _l2(step: Step) -> torch.Tensor:
-    return l2_prior(step.x)
-
-
-def objective(
-    config: SynthConfig, statistics: Callable[[Step], torch.Tensor] | None, image_var: Callable[[Step], torch.Tensor] | None = None
-) -> list[Term]:
-    """The paper's Eq. 1-7 as terms: CE (alpha_ce), R_TV (alpha_tv), R_l2 (alpha_l2), statistics (alpha_cc),
-    and the spread of the images' means (alpha_cc * alpha_image_var, where the targets have it).
-
-    CE is always computed (its value is what the display shows first); the others only with a weight.
-    """
-    terms = [Term("ce", config.alpha_ce, _cross_entropy)]
-    terms += [Term(n, w, f) for n, w, f in (("tv", config.alpha_tv, _tv), ("l2", config.alpha_l2, _l2)) if w]
-    if config.alpha_cc and statistics is not None:
-        terms.append(Term("stats", config.alpha_cc, statistics))
-    if config.alpha_cc and config.alpha_image_var and image_var is not None:
-        terms.append(Term("image_var", config.alpha_cc * config.alpha_image_var, image_var))
-    return terms
 
 
 def warmup_cosine(it: int, warmup: int, iterations: int) -> float:
@@ -172,6 +118,21 @@ def _frozen(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
+def _side_by_side(targets: list[TapTarget], device: torch.device) -> TargetStats | None:
+    """All taps' targets side by side on one channel axis, so the statistics terms are a handful of ops."""
+    if not targets:
+        return None
+    spread = all(t.image_var is not None for t in targets)
+    return TargetStats(
+        [t.tap.name for t in targets],
+        torch.cat([t.mean for t in targets], dim=1).to(device),
+        torch.cat([t.var for t in targets], dim=1).to(device),
+        torch.cat([t.image_var for t in targets], dim=1).to(device) if spread else None,  # type: ignore[misc]
+        torch.tensor([t.weight for t in targets], device=device),
+        Segments.of([int(t.mean.shape[1]) for t in targets], device),
+    )
+
+
 def _to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
@@ -185,6 +146,7 @@ class Inverter:
         preprocessing: maps images in [0, 1] to the model's input (its mean/std).
         config: the objective and the schedule.
         device: where the optimization runs.
+        terms: terms of your own, added to the objective after the paper's (``synth.terms``).
     """
 
     def __init__(
@@ -194,6 +156,7 @@ class Inverter:
         preprocessing: Preprocessing,
         config: SynthConfig,
         device: torch.device | str = "cpu",
+        terms: Sequence[Term] = (),
     ) -> None:
         self.module = module
         self.targets = targets
@@ -210,14 +173,8 @@ class Inverter:
         self.channels_last = config.channels_last and self.device.type == "cuda"
         self._moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.moments_log = DispatchLog("synthesize")  # which implementation computes each tap's moments, said once
-        # all taps side by side on one channel axis, so the statistics term is a handful of ops
-        self.segments = Segments.of([int(t.mean.shape[1]) for t in targets], self.device)
-        self.target_mean = torch.cat([t.mean for t in targets], dim=1).to(self.device) if targets else None
-        self.target_var = torch.cat([t.var for t in targets], dim=1).to(self.device) if targets else None
-        self.tap_weight = torch.tensor([t.weight for t in targets], device=self.device)
-        spread = bool(targets) and all(t.image_var is not None for t in targets)
-        self.target_image_var = torch.cat([t.image_var for t in targets], dim=1).to(self.device) if spread else None  # type: ignore[misc]
-        self.terms = objective(config, self._statistics if targets else None, self._image_var if spread else None)
+        self.target_stats = _side_by_side(targets, self.device)
+        self.terms = objective(config, self.target_stats, self.feature_loss, terms)
 
     def _as_stored(self, x: torch.Tensor) -> torch.Tensor:
         """The batch (normalized) as the JPEG files the statistics came from would hold it (``jpeg_quality``)."""
@@ -234,42 +191,10 @@ class Inverter:
         self, x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, group_rows: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Every term's value for a forward pass whose tap moments the hooks just recorded (then forgotten)."""
-        step = Step(x, logits, labels, groups, group_rows, self._moments)
+        step = Step(x, logits, labels, groups, group_rows, self._moments, self.target_stats)
         self._moments = {}
         self.moments_log.say()
         return {t.name: t.value(step) for t in self.terms}
-
-    def _joint(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image means and means of squares of every target tap side by side (B x C_total), built once per step."""
-        if step.joint is None:
-            step.joint = (
-                torch.cat([step.moments[t.tap.name][0] for t in self.targets], dim=1),
-                torch.cat([step.moments[t.tap.name][1] for t in self.targets], dim=1),
-            )
-        return step.joint
-
-    def _statistics(self, step: Step) -> torch.Tensor:
-        """alpha_CC's term: sum over taps of lambda_l F_l(class-group statistics of the batch, their targets)."""
-        mean_i, sq_i = self._joint(step)
-        mean, var = group_moments(mean_i, sq_i, step.groups, len(step.group_rows))
-        per_tap = self.feature_loss(mean, var, self.target_mean[step.group_rows], self.target_var[step.group_rows], self.segments)
-        return (self.tap_weight * per_tap).sum()
-
-    def _image_var(self, step: Step) -> torch.Tensor:
-        """The spread term: sum over taps of lambda_l ||Var over a class group's images of their means - image_var||_2.
-
-        Matching only the pooled variance lets every image take the whole class's spread: each image
-        gets the contrast of the class and all images the same tone. This term asks the images of a
-        group to differ from each other as much as the class's real images do. Groups of one image are left out.
-        """
-        mean_i = self._joint(step)[0]
-        g = len(step.group_rows)
-        _, spread = group_moments(mean_i, mean_i * mean_i, step.groups, g)
-        n = torch.bincount(step.groups, minlength=g).to(spread.dtype)[:, None]
-        spread = spread * n / (n - 1).clamp_min(1)  # n images see (n - 1) / n of the spread of their class
-        dist = spread_distance(spread, self.target_image_var[step.group_rows], self.segments)  # type: ignore[index]
-        keep = (n > 1).to(dist.dtype)
-        return (self.tap_weight * (dist * keep).sum(dim=0) / keep.sum().clamp_min(1)).sum()
 
     def run(
         self,
@@ -298,9 +223,7 @@ class Inverter:
         param = make_parameterization(
             cfg.param, canvas.pad(init.to(dev)), self.mean, self.std, from_noise=cfg.init == "noise", channels_last=self.channels_last
         )
-        opt = torch.optim.Adam(param.tensors(), lr=cfg.lr, betas=cfg.betas)
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: warmup_cosine(it, cfg.warmup, cfg.iterations))
-        scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and self.autocast_dtype is not None else None
+        opt, schedule, scaler = self._optimizer(param.tensors())
         rng = random.Random(seed)
         autocast = (
             torch.autocast(dev.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None else nullcontext()
@@ -339,12 +262,7 @@ class Inverter:
                 param.project()
                 done = it + 1
                 if done % _CHECK_EVERY == 0 or done == cfg.iterations:
-                    if not bool(finite):
-                        raise DivergenceError(
-                            f"the loss became NaN or infinite by iteration {done}; lower --lr or the loss weights "
-                            "(--alpha-cc, --alpha-tv), or use --amp none",
-                            iteration=done,
-                        )
+                    _check_finite(finite, done)
                 if cfg.save_every and done % cfg.save_every == 0 and done != cfg.iterations:
                     with torch.no_grad():
                         snapshots.append((done, _to_uint8(canvas.image(param.image()) * self.std + self.mean)))
@@ -355,14 +273,30 @@ class Inverter:
             with torch.no_grad(), autocast:
                 logits = logits_of(module(x)).float()
             self._moments.clear()
+        return self._result(x, logits, labels, terms, snapshots)
+
+    def _optimizer(self, tensors: list[torch.Tensor]) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler | None]:
+        """Adam over the image's tensors, the warmup-cosine schedule, and a gradient scaler under fp16 AMP."""
+        cfg = self.config
+        opt = torch.optim.Adam(tensors, lr=cfg.lr, betas=cfg.betas)
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: warmup_cosine(it, cfg.warmup, cfg.iterations))
+        scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and self.autocast_dtype is not None else None
+        return opt, schedule, scaler
+
+    def _result(
+        self, x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, terms: dict[str, torch.Tensor], snapshots: list[tuple[int, torch.Tensor]]
+    ) -> BatchResult:
+        """The final images (in [0, 1], on the CPU) with the teacher's verdict on them."""
         ce = F.cross_entropy(logits, labels, reduction="none")
         confidence = logits.softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
         images = (x * self.std + self.mean).clamp(0, 1).float().contiguous().cpu()
-        return BatchResult(
-            images,
-            confidence.cpu(),
-            ce.cpu(),
-            logits.argmax(dim=1).cpu(),
-            {k: float(v.detach()) for k, v in terms.items()},
-            snapshots,
+        return BatchResult(images, confidence.cpu(), ce.cpu(), logits.argmax(dim=1).cpu(), {k: float(v.detach()) for k, v in terms.items()}, snapshots)
+
+
+def _check_finite(finite: torch.Tensor, done: int) -> None:
+    """Stop a run whose loss was NaN or infinite at some iteration so far (a sync of the device: done every few iterations)."""
+    if not bool(finite):
+        raise DivergenceError(
+            f"the loss became NaN or infinite by iteration {done}; lower --lr or the loss weights (--alpha-cc, --alpha-tv), or use --amp none",
+            iteration=done,
         )

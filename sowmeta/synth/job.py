@@ -29,6 +29,7 @@ from ..registry import PullResult, locate_bundle
 from ..models.taps import resolve_taps
 from .config import SynthConfig
 from .engine import TapTarget, tap_weights
+from .terms import Term, check_terms
 
 __all__ = ["SynthJob", "ModelAndBundle", "open_model", "resolve_job", "resolve_classes", "build_targets"]
 
@@ -49,6 +50,7 @@ class SynthJob:
     config: SynthConfig
     targets: list[TapTarget]
     row_of: Callable[[int], int]
+    terms: tuple[Term, ...] = ()  # the user's, after the paper's (``synth.terms``)
 
 
 @dataclass
@@ -133,6 +135,7 @@ def resolve_job(
     out: str | Path | None = None,
     overwrite: bool = False,
     init_images: str | Path | None = None,
+    terms: Sequence[Term] = (),
 ) -> SynthJob:
     """Everything a run needs, resolved and checked (see the module docstring); ``bundle`` is what
     ``registry.locate_bundle`` returned (never a name: it was located once, before)."""
@@ -160,7 +163,7 @@ def resolve_job(
         loaded.check(model.module, check_weights=config.check_fingerprint, device=device.device if device is not None else "cpu")
     targets, row_of = build_targets(config.mode, model.module, loaded if config.mode != "di" else None, wanted, config)
     preprocessing = manifest.preprocessing if manifest else model.preprocessing
-    return SynthJob(model, manifest, loaded, source, labels, wanted, preprocessing, config, targets, row_of)
+    return SynthJob(model, manifest, loaded, source, labels, wanted, preprocessing, config, targets, row_of, check_terms(terms))
 
 
 def resolve_classes(classes: Sequence[int | str] | None, labels: Sequence[str], num_classes: int) -> list[int]:

@@ -28,6 +28,7 @@ from .plan import plan_run
 from .results import SynthProgress, SynthResult
 from .run import run_batches
 from .sinks import HDF5Sink, MemorySink, Sink
+from .terms import Term
 
 __all__ = ["synthesize", "SynthResult", "SynthProgress", "resolve_classes", "build_targets"]
 
@@ -49,6 +50,7 @@ def synthesize(
     sink: Sink | None = None,
     progress: Callable[[SynthProgress], None] | None = None,
     notice: Callable[[str], None] | None = None,
+    terms: Sequence[Term] = (),
 ) -> SynthResult:
     """Synthesize ``per_class`` images of every class in ``classes``.
 
@@ -72,6 +74,8 @@ def synthesize(
         progress: called after every reported iteration and every batch.
         notice: called with a one-line note (that the bundle's statistics come from JPEGs
             compressed enough to show, or that ``config.jpeg_quality`` differs from theirs); else logged.
+        terms: terms of your own (``Term(name, weight, value)``, ``value`` a function of a ``Step``),
+            added to the paper's objective; their names and weights are part of what a resumed run must match.
 
     Example:
         >>> result = synthesize("org/cifar-resnet56-cc", per_class=50, config=SynthConfig.cifar(), out="synth.h5")  # doctest: +SKIP
@@ -79,7 +83,8 @@ def synthesize(
     started = time.perf_counter()
     config = config or SynthConfig()
     located = bundle if bundle is None or isinstance(bundle, Bundle) else locate_bundle(bundle, registry=registry)  # once, here
-    job = resolve_job(located, model, classes=classes, config=config, out=out, overwrite=overwrite, init_images=init_images)
+    job = resolve_job(located, model, classes=classes, config=config, out=out, overwrite=overwrite, init_images=init_images,
+                      terms=terms)
     Canvas.of_size(job.preprocessing.crop, job.preprocessing.crop, config.canvas_margin)  # fails before anything is written
     _note(job, notice)
     plan = plan_run(job, per_class, init_images)

@@ -98,7 +98,7 @@ def plan_run(job: SynthJob, per_class: int, init_images: str | Path | None = Non
     size = job.preprocessing.crop
     plan = plan_batches(job.classes, per_class, config.batch_size, mixed=config.mixed_batches)
     init_of, digest = _init_images(init_images, job.labels, plan, size) if config.init == "images" else (None, None)
-    key = _run_key(config, plan, fingerprint(job.model.module), job.manifest, size, digest)
+    key = _run_key(config, plan, fingerprint(job.model.module), job.manifest, size, digest, [(t.name, t.weight) for t in job.terms])
     mean = torch.tensor(job.preprocessing.mean).view(1, 3, 1, 1)
     std = torch.tensor(job.preprocessing.std).view(1, 3, 1, 1)
     return RunPlan(plan, size, config.seed, mean, std, config.init_noise, key, init_of)
@@ -136,8 +136,10 @@ def _init_images(
     return get, digest.hexdigest()
 
 
-def _run_key(config: SynthConfig, plan: Plan, model_fp: str, manifest: Manifest | None, size: int, init: str | None) -> str:
-    """What a partial file must match to be resumed; ``init`` is the initial images' digest."""
+def _run_key(
+    config: SynthConfig, plan: Plan, model_fp: str, manifest: Manifest | None, size: int, init: str | None, terms: list[tuple[str, float]]
+) -> str:
+    """What a partial file must match to be resumed; ``init`` is the initial images' digest, ``terms`` the user's terms."""
     data = {
         "config": config.fingerprint(),
         "labels": list(plan.labels),
@@ -147,6 +149,8 @@ def _run_key(config: SynthConfig, plan: Plan, model_fp: str, manifest: Manifest 
         "size": size,
         "init": init,
     }
+    if terms:  # a run without terms of the user's keeps the key it always had
+        data["terms"] = terms
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -31,7 +31,7 @@ def run_batches(
     """Optimize batches ``rank, rank + world, ...`` that the sink does not hold yet; returns how many it held (resumed)."""
     module = job.model.module.to(device)
     targets = [TapTarget(t.tap, t.mean.to(device), t.var.to(device), t.weight, None if t.image_var is None else t.image_var.to(device)) for t in job.targets]
-    inverter = Inverter(module, targets, job.preprocessing, job.config, device)
+    inverter = Inverter(module, targets, job.preprocessing, job.config, device, terms=job.terms)
     batches = plan.plan.batches
     mine = [b for b in range(len(batches)) if b % world == rank]
     done = sink.open(job, plan)
