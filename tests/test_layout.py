@@ -8,6 +8,7 @@ use (``_HOME``). docs/architecture.md draws the same rooms.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,32 @@ def test_the_schema_at_the_top_is_the_one_the_package_reads():
     """``schemas/`` holds the format's JSON Schema for readers of the repository; the package ships the same bytes."""
     top = PACKAGE.parent / "schemas" / "bundle-v1.schema.json"
     assert top.read_bytes() == (PACKAGE / "bundle" / "bundle-v1.schema.json").read_bytes()
+
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+_NAMED_PATH = re.compile(r"^[a-z_]+/[a-z_0-9-]+\.(?:py|c|json)$|^[a-z_]+\.py$|^[a-z_]+/$")
+
+
+def _architecture() -> tuple[str, str]:
+    """docs/architecture.md's picture (its one fenced block without a language) and its text before the recipes."""
+    text = ARCHITECTURE.read_text(encoding="utf-8").split("## Recipes", 1)[0]
+    pictures = re.findall(r"^```\n(.*?)^```", text, flags=re.M | re.S)
+    assert len(pictures) == 1, f"architecture.md has {len(pictures)} pictures before its recipes; it draws one"
+    return pictures[0], text
+
+
+def test_the_architecture_picture_names_every_room_as_on_disk():
+    picture, _ = _architecture()
+    drawn = set(re.findall(r"\b([a-z_]+)/", picture)) - {"sowmeta"}
+    assert drawn == set(ROOMS) | set(SHARED_PACKAGES), "the picture draws exactly the rooms, by their folder names"
+
+
+def test_every_file_architecture_md_names_exists():
+    """Each `room/`, `room/module.py` or root `module.py` the page names is on disk under sowmeta/ (or the repository)."""
+    _, text = _architecture()
+    named = {m for m in re.findall(r"`([^`\s]+)`", text) if _NAMED_PATH.match(m)}
+    missing = sorted(m for m in named if not (PACKAGE / m).exists() and not (PACKAGE.parent / m).exists())
+    assert len(named) > 60 and missing == []
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" and p.parent != PACKAGE}
+    assert sorted(modules - named) == [], "name every module of a room in docs/architecture.md's table"
+

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..atomic import atomic_file
@@ -37,7 +38,8 @@ from ..outputs import RUN_FILES, check_output
 from ..logits import logits_of
 from ..evaluation.metrics import network_name, run_model, top1_accuracy
 from ..models import LoadedModel, load_model
-from ..data.image_sets import SynthDataset, fit_square, load_images, read_info
+from ..models.preprocess import Preprocessing
+from ..data.image_sets import SynthDataset, SynthInfo, fit_square, load_images, read_info
 from ..version import __version__
 
 __all__ = [
@@ -242,21 +244,11 @@ def distill(
     """
     config = config if config is not None else DistillConfig()
     data, test, out = Path(data), Path(test), Path(out)
-    for what, p in (("data", data), ("test folder", test)):
-        if not p.exists():
-            raise DataError(f"{what} {p} does not exist; pass an HDF5 file from `sowmeta synthesize` or a class-per-folder directory")
-    if not test.is_dir():
-        raise DataError(f"test folder {test} is not a directory; pass real images as <dir>/<class>/<image>")
+    _check_paths(data, test)
     if workers < 0:
         raise ConfigError(f"workers must be 0 or more, not {workers}")
     labels = list(teacher.labels) if teacher.labels else None
-    info = read_info(data, names=labels)
-    test_info = read_info(test, names=labels)
-    for what, i in (("data", info), ("test folder", test_info)):
-        if len(i.per_class) > teacher.num_classes:
-            raise DataError(f"{what} {i.path} has {len(i.per_class)} classes but the teacher predicts {teacher.num_classes}")
-    if info.images == 0:
-        raise DataError(f"{data} holds no images")
+    info = _read_infos(data, test, teacher, labels)
     if resume and overwrite:
         raise ConfigError("pass either resume (continue the run in out) or overwrite (start over), not both")
     _check_out(out, data, test, resume=resume, overwrite=overwrite)
@@ -278,6 +270,27 @@ def distill(
         pupil = load_model(student, weights="none", num_classes=teacher.num_classes, preprocessing=prep)
         _prepare_out(out, overwrite=overwrite)
         return _train(data, teacher, pupil, test, out, config, run, resume, dev, workers, progress, labels)
+
+
+def _check_paths(data: Path, test: Path) -> None:
+    """Both image sets exist, and the test set is a class-per-folder directory."""
+    for what, p in (("data", data), ("test folder", test)):
+        if not p.exists():
+            raise DataError(f"{what} {p} does not exist; pass an HDF5 file from `sowmeta synthesize` or a class-per-folder directory")
+    if not test.is_dir():
+        raise DataError(f"test folder {test} is not a directory; pass real images as <dir>/<class>/<image>")
+
+
+def _read_infos(data: Path, test: Path, teacher: LoadedModel, labels: list[str] | None) -> SynthInfo:
+    """The data's description, once it holds images and neither set has more classes than the teacher predicts."""
+    info = read_info(data, names=labels)
+    test_info = read_info(test, names=labels)
+    for what, i in (("data", info), ("test folder", test_info)):
+        if len(i.per_class) > teacher.num_classes:
+            raise DataError(f"{what} {i.path} has {len(i.per_class)} classes but the teacher predicts {teacher.num_classes}")
+    if info.images == 0:
+        raise DataError(f"{data} holds no images")
+    return info
 
 
 def _train(
@@ -333,24 +346,8 @@ def _train(
         in_memory = isinstance(train_set, TensorDataset)  # nothing to decode: worker processes would only add start-up time
         loader = DataLoader(train_set, batch_sampler=plan, num_workers=0 if in_memory else workers, pin_memory=device.type == "cuda")
         lr = optimizer.param_groups[0]["lr"]
-        s_module.train()
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        for b, (x, _labels) in enumerate(loader, start=1):
-            x = x.to(device, non_blocking=True)
-            x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-            x = prep.normalize(augment(x, aug, pad=config.pad, flip=config.flip))
-            with torch.no_grad(), _autocast(device, config.amp):
-                t_logits = logits_of(t_module(x))
-            with _autocast(device, config.amp):
-                s_logits = logits_of(s_module(x))
-            loss = kd_loss(s_logits.float(), t_logits.float(), config.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total += loss.detach().double() * x.shape[0]
-            if progress is not None:
-                progress(DistillProgress(epoch + 1, config.epochs, b, batches, float(loss.detach())))
+        step = _Step(t_module, s_module, prep, optimizer, scaler, config, device)
+        total = _one_epoch(step, loader, aug, lambda b, loss, _e=epoch: progress(DistillProgress(_e + 1, config.epochs, b, batches, loss)) if progress else None)
         scheduler.step()
         mean_loss = float(total) / n
         if not math.isfinite(mean_loss):
@@ -359,27 +356,71 @@ def _train(
         acc = top1_accuracy(out_s.logits, out_s.labels)
         for key, value in (("train_loss", mean_loss), ("test_accuracy", acc), ("lr", lr), ("seconds", time.perf_counter() - began)):
             history[key].append(value)
-        ckpt = {
-            "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
-            "epoch": epoch + 1,
-            "run": run,
-            "model": s_module.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": _rng_state(device),
-            "history": history,
-            "teacher_test_accuracy": teacher_acc,
-        }
-        with atomic_file(ckpt_path) as tmp:
-            torch.save(ckpt, tmp)
+        state = {"model": s_module, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+        _save_checkpoint(ckpt_path, epoch + 1, run, state, device, history, teacher_acc)
         log.info("epoch %d/%d: loss %.4f, test top-1 %.4f", epoch + 1, config.epochs, mean_loss, acc)
         if progress is not None:
             progress(DistillProgress(epoch + 1, config.epochs, batches, batches, mean_loss, acc))
     if isinstance(test_set, SynthDataset):
         test_set.close()
     return _finish(out, pupil, run, history, teacher_acc, len(test_set), device)
+
+
+@dataclass
+class _Step:
+    """What one distillation step uses: both networks, the teacher's preprocessing, the optimizer and the settings."""
+
+    teacher: nn.Module
+    student: nn.Module
+    prep: Preprocessing
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    config: DistillConfig
+    device: torch.device
+
+
+def _one_epoch(s: _Step, loader: DataLoader, aug: torch.Generator, report: Callable[[int, float], None]) -> torch.Tensor:
+    """One pass over the data: the student trained on the teacher's soft labels; the summed loss (float64, on the device)."""
+    config, device = s.config, s.device
+    s.student.train()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for b, (x, _labels) in enumerate(loader, start=1):
+        x = x.to(device, non_blocking=True)
+        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+        x = s.prep.normalize(augment(x, aug, pad=config.pad, flip=config.flip))
+        with torch.no_grad(), _autocast(device, config.amp):
+            t_logits = logits_of(s.teacher(x))
+        with _autocast(device, config.amp):
+            s_logits = logits_of(s.student(x))
+        loss = kd_loss(s_logits.float(), t_logits.float(), config.temperature)
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(loss).backward()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        total += loss.detach().double() * x.shape[0]
+        report(b, float(loss.detach()))
+    return total
+
+
+def _save_checkpoint(
+    path: Path, epoch: int, run: dict[str, Any], state: dict[str, Any], device: torch.device, history: dict[str, list[float]], teacher_acc: float
+) -> None:
+    """Everything a resumed run needs after ``epoch`` epochs, written so that a crash leaves the previous checkpoint."""
+    ckpt = {
+        "format": _FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "epoch": epoch,
+        "run": run,
+        "model": state["model"].state_dict(),
+        "optimizer": state["optimizer"].state_dict(),
+        "scheduler": state["scheduler"].state_dict(),
+        "scaler": state["scaler"].state_dict(),
+        "rng": _rng_state(device),
+        "history": history,
+        "teacher_test_accuracy": teacher_acc,
+    }
+    with atomic_file(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def _finish(

@@ -271,6 +271,60 @@ def evaluate(
         >>> report.accuracy[0].top1, report.distances.frechet  # doctest: +SKIP
     """
     start = time.perf_counter()
+    path = _checked_data(data, batch_size, sheet_size)
+    models = list(models)
+    feat = feature_model if feature_model is not None else default_feature_model(models)
+    labels, dataset, names, keep = _selection(path, models, classes)
+    subset = None if len(keep) == len(names) else keep
+    counts = [dataset.info.per_class[k] if k in keep else 0 for k in range(len(names))]
+
+    def stage(what: str) -> Callable[[int, int], None] | None:
+        return None if progress is None else (lambda done, total: progress(what, done, total))
+
+    run = functools.partial(run_model, batch_size=batch_size, device=check_device(device), workers=workers)
+    outputs = [run(m, _view(dataset, m, subset), features=m is feat, progress=stage(network_name(m))) for m in models]
+    feat_out = next((out for m, out in zip(models, outputs) if m is feat), None)
+    if feat_out is None:
+        feat_out = run(feat, _view(dataset, feat, subset), features=True, progress=stage(f"features: {network_name(feat)}"))
+    assert feat_out.features is not None  # features=True above
+    report = EvaluationReport(str(path), dataset.info.kind, int(feat_out.labels.numel()), names, counts, feature_network=feat_out.network)
+    _score_classifiers(report, outputs, counts, is_splits=is_splits, seed=seed)
+    ref_diversity = None
+    if reference is not None:
+        passes = _Passes(run, stage, models, outputs, feat, feat_out, labels, names, keep, counts)
+        ref_diversity = _score_against_reference(report, Path(reference), passes, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
+    report.diversity = _diversity(feat_out, ref_diversity, len(names), seed)
+    if sheets is not None:
+        report.sheets = [str(p) for p in save_class_sheets(path, sheets, classes=keep, per_sheet=sheet_size, names=names)]
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _selection(path: Path, models: list[LoadedModel], classes: Sequence[int | str] | None) -> tuple[list[str] | None, SynthDataset, list[str], list[int]]:
+    """The models' labels, the data read with them (folders matched by name), its class names, and the classes
+    asked for, once every model predicts them."""
+    labels = _model_labels(models)
+    dataset = SynthDataset(path, names=labels)
+    names = _class_names(dataset.info, models)
+    keep = _resolve_classes(classes, names, dataset.info)
+    if not keep:
+        raise DataError(f"{path} holds no images")
+    for m in models:
+        if len(names) > m.num_classes:
+            raise DataError(f"{path} has {len(names)} classes but {network_name(m)} predicts {m.num_classes}; evaluate with a model of these classes")
+        _check_names(network_name(m), names, m.labels, keep)
+    return labels, dataset, names, keep
+
+
+def _diversity(out: Outputs, reference: list[float | None] | None, num_classes: int, seed: int) -> DiversityScore:
+    """Each class's diversity in the evaluated set's features, beside the reference's when there is one."""
+    assert out.features is not None
+    diversity = class_diversity(out.features, out.labels, num_classes=num_classes, seed=seed)
+    return DiversityScore(out.network, diversity, _mean(diversity), reference, _mean(reference) if reference is not None else None)
+
+
+def _checked_data(data: str | Path, batch_size: int, sheet_size: int) -> Path:
+    """The data's path, once it exists and the sizes asked for are possible."""
     path = Path(data)
     if not path.exists():
         raise DataError(f"{path} does not exist; pass an HDF5 file from `sowmeta synthesize` or a class-per-folder image directory")
@@ -278,90 +332,74 @@ def evaluate(
         raise ConfigError(f"batch_size must be at least 1, not {batch_size}")
     if sheet_size < 1:
         raise ConfigError(f"sheet_size must be at least 1, not {sheet_size}")
-    models = list(models)
-    feat = feature_model if feature_model is not None else default_feature_model(models)
-    labels = _model_labels(models)
-    dataset = SynthDataset(path, names=labels)  # folders matched to the models' labels by name
-    info = dataset.info
-    names = _class_names(info, models)
-    keep = _resolve_classes(classes, names, info)
-    if not keep:
-        raise DataError(f"{path} holds no images")
-    for m in models:
-        if len(names) > m.num_classes:
-            raise DataError(f"{path} has {len(names)} classes but {network_name(m)} predicts {m.num_classes}; evaluate with a model of these classes")
-        _check_names(network_name(m), names, m.labels, keep)
-    subset = None if len(keep) == len(names) else keep
-    counts = [info.per_class[k] if k in keep else 0 for k in range(len(names))]
+    return path
 
-    def stage(what: str) -> Callable[[int, int], None] | None:
-        return None if progress is None else (lambda done, total: progress(what, done, total))
 
-    run = functools.partial(run_model, batch_size=batch_size, device=check_device(device), workers=workers)
-    outputs: list[Outputs] = []
-    feat_out: Outputs | None = None
-    for m in models:
-        out = run(m, _view(dataset, m, subset), features=m is feat, progress=stage(network_name(m)))
-        outputs.append(out)
-        if m is feat:
-            feat_out = out
-    if feat_out is None:
-        feat_out = run(feat, _view(dataset, feat, subset), features=True, progress=stage(f"features: {network_name(feat)}"))
-    assert feat_out.features is not None  # features=True above
-
-    report = EvaluationReport(str(path), info.kind, int(feat_out.labels.numel()), names, counts, feature_network=feat_out.network)
-    k_all = len(names)
+def _score_classifiers(report: EvaluationReport, outputs: list[Outputs], counts: list[int], *, is_splits: int, seed: int) -> None:
+    """Each classifier's top-1 (overall and per class), and the first one's Inception-Score-style score."""
     for out in outputs:
-        per = [top1_accuracy(out.logits[out.labels == k], out.labels[out.labels == k]) if counts[k] else None for k in range(k_all)]
+        per = [top1_accuracy(out.logits[out.labels == k], out.labels[out.labels == k]) if counts[k] else None for k in range(len(counts))]
         report.accuracy.append(AccuracyScore(out.network, top1_accuracy(out.logits, out.labels), per))
     if outputs:
         asked = min(is_splits, outputs[0].logits.shape[0])
         mean, std = inception_score(outputs[0].logits, splits=asked, seed=seed)
         report.inception_score = InceptionScoreResult(outputs[0].network, mean, std, inception_splits(outputs[0].logits.shape[0], asked))
 
-    diversity = class_diversity(feat_out.features, feat_out.labels, num_classes=k_all, seed=seed)
-    ref_diversity: list[float | None] | None = None
-    if reference is not None:
-        ref_path = Path(reference)
-        if not ref_path.is_dir():
-            raise DataError(f"reference {ref_path} is not a directory; pass a class-per-folder folder of real images")
-        ref_data = SynthDataset(ref_path, names=labels)
-        ref_info = ref_data.info
-        _check_names(f"reference {ref_path}", names, ref_info.classes, keep)
-        ref_keep = [k for k in keep if k < len(ref_info.per_class)]
-        missing = [names[k] for k in keep if k >= len(ref_info.per_class) or ref_info.per_class[k] == 0]
-        if missing:
-            log.warning("reference %s has no images of %s; their per-class scores are left out", ref_path, ", ".join(missing[:5]))
-        if not any(ref_info.per_class[k] for k in ref_keep):
-            raise DataError(f"reference {ref_path} has no images of the evaluated classes; pass real images of the same classes")
-        ref_subset = None if ref_keep == list(range(len(ref_info.per_class))) else ref_keep
-        note = compression_note(first_per_class(ref_data.samples), "reference images", REFERENCE_CONSEQUENCE)
-        if note is not None:
-            report.notes.append(note)
-        ref = run(feat, _view(ref_data, feat, ref_subset), features=True, progress=stage(f"reference: {network_name(feat)}"))
-        assert ref.features is not None
-        fd = frechet_distance(ref.features, feat_out.features)
-        kid_mean, kid_std, kid_size = kernel_distance(
-            ref.features, feat_out.features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
-        )
-        per_fd = per_class_frechet(feat_out.features, feat_out.labels, ref.features, ref.labels, num_classes=k_all)
-        report.distances = DistanceScores(
-            ref.network, str(ref_path), int(ref.labels.numel()), fd, kid_mean, kid_std, kid_size, per_fd, _mean(per_fd)
-        )
-        ref_diversity = class_diversity(ref.features, ref.labels, num_classes=k_all, seed=seed)
-        report.class_distances, held = _class_distances(feat_out, ref, counts, kid_subsets=kid_subsets, seed=seed)
-        for i, (m, out) in enumerate(zip(models, outputs)):
-            real = ref if m is feat else run(m, Subset(_view(ref_data, m, ref_subset), held.tolist()), progress=stage(f"held-out real: {network_name(m)}"))
-            logits, labels = (real.logits[held], real.labels[held]) if m is feat else (real.logits, real.labels)
-            per = [top1_accuracy(logits[labels == k], labels[labels == k]) if bool((labels == k).any()) else None for k in range(k_all)]
-            report.accuracy[i] = replace(report.accuracy[i], real_top1=top1_accuracy(logits, labels), real_per_class=per)
-    report.diversity = DiversityScore(
-        feat_out.network, diversity, _mean(diversity), ref_diversity, _mean(ref_diversity) if ref_diversity is not None else None
+
+@dataclass
+class _Passes:
+    """The evaluated set's passes through the networks, and how to run one more (what the reference's scores need)."""
+
+    run: Callable[..., Outputs]
+    stage: Callable[[str], Callable[[int, int], None] | None]
+    models: list[LoadedModel]
+    outputs: list[Outputs]
+    feat: LoadedModel
+    feat_out: Outputs
+    labels: list[str] | None
+    names: list[str]
+    keep: list[int]
+    counts: list[int]
+
+
+def _score_against_reference(
+    report: EvaluationReport, ref_path: Path, p: _Passes, *, kid_subsets: int, kid_subset_size: int, seed: int
+) -> list[float | None]:
+    """FD, KID and per-class distances against real images, each classifier's top-1 on held-out real ones; the reference's diversity."""
+    run, stage, feat, feat_out, names, keep, k_all = p.run, p.stage, p.feat, p.feat_out, p.names, p.keep, len(p.names)
+    if not ref_path.is_dir():
+        raise DataError(f"reference {ref_path} is not a directory; pass a class-per-folder folder of real images")
+    ref_data = SynthDataset(ref_path, names=p.labels)
+    ref_info = ref_data.info
+    _check_names(f"reference {ref_path}", names, ref_info.classes, keep)
+    ref_keep = [k for k in keep if k < len(ref_info.per_class)]
+    missing = [names[k] for k in keep if k >= len(ref_info.per_class) or ref_info.per_class[k] == 0]
+    if missing:
+        log.warning("reference %s has no images of %s; their per-class scores are left out", ref_path, ", ".join(missing[:5]))
+    if not any(ref_info.per_class[k] for k in ref_keep):
+        raise DataError(f"reference {ref_path} has no images of the evaluated classes; pass real images of the same classes")
+    ref_subset = None if ref_keep == list(range(len(ref_info.per_class))) else ref_keep
+    note = compression_note(first_per_class(ref_data.samples), "reference images", REFERENCE_CONSEQUENCE)
+    if note is not None:
+        report.notes.append(note)
+    ref = run(feat, _view(ref_data, feat, ref_subset), features=True, progress=stage(f"reference: {network_name(feat)}"))
+    assert ref.features is not None
+    fd = frechet_distance(ref.features, feat_out.features)
+    kid_mean, kid_std, kid_size = kernel_distance(
+        ref.features, feat_out.features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
     )
-    if sheets is not None:
-        report.sheets = [str(p) for p in save_class_sheets(path, sheets, classes=keep, per_sheet=sheet_size, names=names)]
-    report.seconds = time.perf_counter() - start
-    return report
+    per_fd = per_class_frechet(feat_out.features, feat_out.labels, ref.features, ref.labels, num_classes=k_all)
+    report.distances = DistanceScores(
+        ref.network, str(ref_path), int(ref.labels.numel()), fd, kid_mean, kid_std, kid_size, per_fd, _mean(per_fd)
+    )
+    ref_diversity = class_diversity(ref.features, ref.labels, num_classes=k_all, seed=seed)
+    report.class_distances, held = _class_distances(feat_out, ref, p.counts, kid_subsets=kid_subsets, seed=seed)
+    for i, (m, out) in enumerate(zip(p.models, p.outputs)):
+        real = ref if m is feat else run(m, Subset(_view(ref_data, m, ref_subset), held.tolist()), progress=stage(f"held-out real: {network_name(m)}"))
+        logits, labels = (real.logits[held], real.labels[held]) if m is feat else (real.logits, real.labels)
+        per = [top1_accuracy(logits[labels == k], labels[labels == k]) if bool((labels == k).any()) else None for k in range(k_all)]
+        report.accuracy[i] = replace(report.accuracy[i], real_top1=top1_accuracy(logits, labels), real_per_class=per)
+    return ref_diversity
 
 
 def _class_distances(
