@@ -149,3 +149,27 @@ def test_gated_and_unreachable_are_one_line(fake_hub: HubServer, make_bundle) ->
     fake_hub.stop()
     line = one_error_line(run("pull", NAME, "--registry", "hub"), "network error")
     assert "cannot reach" in line and "HF_ENDPOINT" in line
+
+
+def test_what_list_shows_resolves_and_copies_whole(fake_hub: HubServer, make_bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Names and commits ``list`` and ``push`` print are the ones other commands take: a subfolder bundle pulled from the Hub is
+    listed with the cache's real folder, resolves by name in ``inspect`` with no network, and the printed commit pulls."""
+    from sowmeta import env
+
+    src = make_bundle(seed=1)
+    sub = f"{HUB_ORG}/model-one/sowmeta"
+    fake_hub.add_repo(f"{HUB_ORG}/model-one", {"README.md": b"# a model\n"})
+    pushed = run("push", str(src), sub, "--registry", "hub")
+    commit = json.loads(run("pull", sub, "--registry", "hub", "--json").stdout)["commit"]
+    assert f"commit {commit} " in pushed.stdout  # the whole id, which pulls
+    assert run("pull", sub, "--registry", "hub", "--revision", commit, "-q").exit_code == 0
+    fake_hub.stop()
+
+    table = run("list").stdout  # not a terminal: nothing is cut to 80 columns
+    assert f"Hub cache {env.hf_hub_cache()}" in table and sub in table and commit in table
+    shown = run("inspect", sub)
+    assert shown.exit_code == 0 and "verified" in shown.stdout, shown.output
+    (tmp_path / "work" / "bundles").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    line = one_error_line(run("inspect", "bundles/nonexistent"), "not found")
+    assert "is not a bundle directory (bundles/ has no such folder)" in line

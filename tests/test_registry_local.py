@@ -83,7 +83,7 @@ def test_same_bundle_is_stored_once(make_bundle) -> None:  # noqa: ANN001
 
 
 def test_typed_errors(make_bundle) -> None:  # noqa: ANN001
-    with pytest.raises(E.NotFoundError, match="not in the local registry"):
+    with pytest.raises(E.NotFoundError, match="neither in the local registry"):
         registry.pull(NAME)
     registry.push(make_bundle(seed=1), NAME)
     with pytest.raises(E.RevisionNotFoundError, match="refs: main"):
@@ -94,7 +94,7 @@ def test_typed_errors(make_bundle) -> None:  # noqa: ANN001
         registry.pull(NAME, revision="../../etc")
     with pytest.raises(E.ConfigError):
         registry.push(make_bundle(seed=1), "no-slash")
-    with pytest.raises(E.ConfigError, match="--private applies to the Hub"):
+    with pytest.raises(E.ConfigError, match="private= applies to the Hub"):
         registry.push(make_bundle(seed=1), NAME, private=True)
     with pytest.raises(E.OutputExistsError):
         registry.pull(NAME, to=registry_root())

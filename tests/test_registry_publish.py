@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_image_folder
 from hub_server import HubServer
-from registry_fixtures import HUB_ORG, fake_hub, registry_env  # noqa: F401  (fixtures)
+from registry_fixtures import HUB_ORG, fake_hub, make_bundle, registry_env  # noqa: F401  (fixtures)
 from safetensors.torch import save_file
 
 from sowmeta import errors as E
@@ -148,3 +148,54 @@ def test_the_cards_commands_run_as_written(model_repo, fake_hub: HubServer, tmp_
         r = CliRunner().invoke(main, argv[1:] + ["--allow-low-confidence"] * (argv[1] == "synthesize"))
         assert r.exit_code == 0, (argv, r.output)
     assert any(tmp_path.glob("*.h5")) and any(tmp_path.glob("*.png"))
+
+
+def test_a_subfolder_bundle_needs_its_model_repository_and_weights(model_repo, fake_hub: HubServer, tmp_path: Path):  # noqa: F811
+    """Pushing ORG/NAME/SUB refuses a missing model repository or one without the weights the manifest names (creating
+    nothing), and ``with_weights`` uploads the checked weights file in the same commit; the CLI says ``--with-weights``."""
+    bundle, files = model_repo
+    weights = tmp_path / "demo-net.safetensors"
+    with pytest.raises(E.NotFoundError, match=r"does not exist on the Hub.*with_weights=FILE"):
+        registry.push(bundle, f"{HUB_ORG}/fresh-net/sowmeta", registry="hub", update_model_card=True)
+    assert f"{HUB_ORG}/fresh-net" not in fake_hub.state.repos  # nothing created
+    r = CliRunner().invoke(main, ["push", str(bundle), f"{HUB_ORG}/fresh-net/sowmeta", "--registry", "hub"])
+    assert r.exit_code == 1 and "--with-weights FILE" in r.stderr and "with_weights" not in r.stderr, r.output
+
+    fake_hub.add_repo(f"{HUB_ORG}/empty-net", {"README.md": MODEL_README})
+    commits = len(fake_hub.state.repos[f"{HUB_ORG}/empty-net"].commits)
+    with pytest.raises(E.NotFoundError, match="does not hold demo-net.safetensors, the weights the bundle was recorded on"):
+        registry.push(bundle, f"{HUB_ORG}/empty-net/sowmeta", registry="hub")
+    assert len(fake_hub.state.repos[f"{HUB_ORG}/empty-net"].commits) == commits
+
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(files["demo-net.safetensors"][:-1] + b" ")
+    with pytest.raises(E.ConfigError, match="is not the weights file the bundle was recorded on"):
+        registry.push(bundle, f"{HUB_ORG}/fresh-net/sowmeta", registry="hub", with_weights=other)
+    r = CliRunner().invoke(main, ["push", str(bundle), f"{HUB_ORG}/fresh-net/sowmeta", "--registry", "hub", "--with-weights", str(weights),
+                                  "--update-model-card", "--license", "mit"])
+    assert r.exit_code == 0, r.output
+    after = _files(fake_hub, f"{HUB_ORG}/fresh-net")
+    assert after["demo-net.safetensors"] == files["demo-net.safetensors"] and "sowmeta/sowmeta.json" in after
+    card = after["README.md"].decode()
+    assert card.startswith("---\n") and "license: mit" in card.split("\n---", 1)[0] and "sowmeta:begin" in card  # a card with YAML
+    pulled = CliRunner().invoke(main, ["synthesize", "--bundle", f"{HUB_ORG}/fresh-net/sowmeta", "--registry", "hub", "--classes", "c1",
+                                       "--per-class", "1", "--iterations", "2", "--allow-low-confidence", "--out", str(tmp_path / "s.h5"), "-q"])
+    assert pulled.exit_code == 0, pulled.output  # the weights the manifest names are found beside the bundle
+
+
+def test_a_taken_tag_is_refused_before_any_commit(model_repo, fake_hub: HubServer, make_bundle):  # noqa: F811
+    """On the Hub a taken tag moves no branch and adds no commit; in the local registry it stores no revision."""
+    first, second = make_bundle(seed=1), make_bundle(seed=2)
+    registry.push(first, f"{REPO}/sowmeta", registry="hub", tag="v1")
+    repo = fake_hub.state.repos[REPO]
+    main_before, commits = repo.branches["main"], len(repo.commits)
+    with pytest.raises(E.RegistryError, match="already has a tag 'v1'.*nothing was pushed"):
+        registry.push(second, f"{REPO}/sowmeta", registry="hub", tag="v1")
+    assert (repo.branches["main"], len(repo.commits)) == (main_before, commits)
+
+    registry.push(first, "me/demo/stats", registry="local", tag="v1")
+    stored = sorted(str(e.path) for e in registry.list_bundles(registry="local") if e.backend == "local")
+    with pytest.raises(E.RegistryError, match="already has a tag 'v1'.*nothing was pushed"):
+        registry.push(second, "me/demo/stats", registry="local", tag="v1")
+    assert sorted(str(e.path) for e in registry.list_bundles(registry="local") if e.backend == "local") == stored
+    assert len(stored) == 1

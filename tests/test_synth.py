@@ -245,12 +245,8 @@ def test_cli_synthesize_writes_file_grid_and_pngs(bundle_dir: Path, tmp_path: Pa
              "--png", str(tmp_path / "png"), "-q")
     assert r.exit_code == 0, r.output
     assert out.exists() and (tmp_path / "g.png").exists()
-    # a folder for every class of the model, index-prefixed: ImageFolder's sorted order is the class index
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [".sowmeta-png", "0_c0", "1_c1", "2_c2", "3_3"]
-    from torchvision.datasets import ImageFolder
-
-    folder = ImageFolder(str(tmp_path / "png"), allow_empty=True)
-    assert [y for _, y in folder.samples] == [0, 0, 2, 2]
+    # a folder for each synthesized class only (none for classes 1 and 3), index-prefixed: the prefix is the class index
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [".sowmeta-png", "0_c0", "2_c2"]
     from PIL import Image
 
     with h5py.File(out, "r") as f:
@@ -545,3 +541,22 @@ def test_a_bundle_without_image_var_is_noted_when_the_term_is_asked_for(bundle_d
     heard.clear()
     synthesize(tmp_path / "trained", loaded(), classes=[0], per_class=1, config=cfg.replace(alpha_image_var=1.0), notice=heard.append)
     assert len(heard) == 1 and "during training" in heard[0] and "after training" in heard[0]
+
+
+def test_cli_grid_has_as_many_columns_as_images_per_class(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """--per-class 1 makes a one-column sheet (not eight columns of blanks): the same PNG as a one-per-row contact sheet."""
+    from PIL import Image
+
+    from sowmeta.data.export import contact_sheet, readable_scale
+    from sowmeta.data.image_sets import load_images
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    out, grid = tmp_path / "s.h5", tmp_path / "g.png"
+    r = _cli("synthesize", "--bundle", str(bundle_dir), "--model", "conftest:tiny_net", "--weights", "none", "--classes", "0,2",
+             "--per-class", "1", "--iterations", "2", "--allow-low-confidence", "--out", str(out), "--grid", str(grid), "-q")
+    assert r.exit_code == 0, r.output
+    images, labels = load_images(out)
+    one = contact_sheet(images, labels, per_class=1, scale=readable_scale(images.shape[-1]))
+    eight = contact_sheet(images, labels, per_class=8, scale=readable_scale(images.shape[-1]))
+    width = Image.open(grid).size[0]
+    assert width < eight.shape[-1] and width >= one.shape[-1]

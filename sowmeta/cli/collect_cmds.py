@@ -19,25 +19,28 @@ from sowmeta.collectors.options import CollectOptions
 
 __all__ = ["COMMANDS", "collect", "inspect_cmd", "validate", "models_cmd", "taps_cmd"]
 
+UNLISTED = ("timm names are listed for a pattern such as 'timm:resnet*' (pip install timm); "
+            "hf-hub:ORG/NAME and package.module:factory are accepted but not listed")
 _LISTED = 5  # misclassified seeds named one by one; the manifest keeps them all
 
 
 def _preprocessing_options(fn: Any) -> Any:
     for option in reversed([
-        click.option("--crop", type=click.IntRange(1), help="Input resolution (overrides the weights' preprocessing; keeps their resize ratio)."),
-        click.option("--resize", type=click.IntRange(1), help="Resize the short side to this first."),
-        click.option("--mean", help="Normalization mean, three numbers: 0.485,0.456,0.406."),
-        click.option("--std", help="Normalization std, three positive numbers: 0.229,0.224,0.225."),
+        click.option("--crop", type=click.IntRange(1), help="Input resolution (overrides the weights' preprocessing; keeps their resize ratio). [the weights']"),
+        click.option("--resize", type=click.IntRange(1), help="Resize the short side to this first. [the weights']"),
+        click.option("--mean", help="Normalization mean, three numbers: 0.485,0.456,0.406. [the weights']"),
+        click.option("--std", help="Normalization std, three positive numbers: 0.229,0.224,0.225. [the weights']"),
     ]):
         fn = option(fn)
     return fn
 
 
-def _collect_report(bundle: Any, report: Any, out: Path, keep_rejected: bool, as_json: bool, quiet: bool) -> None:
+def _collect_report(bundle: Any, report: Any, out: Path, keep_rejected: bool, as_json: bool, quiet: bool, notes: list[str]) -> None:
     source = bundle.manifest.source
     if as_json:
         emit_json({"out": out, "images": report.images, "taps": len(bundle.manifest.taps), "scenario": source.scenario,
-                   "empty_classes": source.empty_classes, "skipped": report.skipped, "rejected": report.rejected, "seconds": report.seconds})
+                   "empty_classes": source.empty_classes, "skipped": report.skipped, "rejected": report.rejected, "seconds": report.seconds,
+                   "notes": notes})
         return
     if not quiet:
         what = "misclassified seed (kept)" if keep_rejected else "rejected seed"
@@ -58,15 +61,15 @@ def _run_collect(loaded: Any, o: dict[str, Any], opts: CollectOptions) -> tuple[
     from sowmeta.collectors import collect_seeds
     from sowmeta.distributed import process_group
 
-    notice = note_printer(o["quiet"] or o["as_json"])
+    notice = note_printer(o["quiet"] or o["as_json"], keep=o["notes"])
     with process_group(opts.device) as (rank, _):
         if o["seeds"] is not None:
             if rank != 0:  # a few seeds need no sharding: rank 0 alone checks them and writes the bundle
                 return None
-            with LiveProgress(console, ["seeds"], quiet=o["quiet"] or o["as_json"]) as bar:
+            with LiveProgress(err_console, ["seeds"], quiet=o["quiet"] or o["as_json"]) as bar:
                 return collect_seeds(loaded, o["seeds"], opts, notice=notice,
                                      progress=lambda done, total: bar.update("seeds", completed=done, total=total))
-        with LiveProgress(console, ["collect"], quiet=o["quiet"] or o["as_json"] or rank != 0) as bar:
+        with LiveProgress(err_console, ["collect"], quiet=o["quiet"] or o["as_json"] or rank != 0) as bar:
 
             def progress(done: int, total: int) -> None:
                 bar.update("collect", completed=done, total=total, info=f"{done / bar.elapsed('collect'):,.0f} img/s")
@@ -77,13 +80,13 @@ def _run_collect(loaded: Any, o: dict[str, Any], opts: CollectOptions) -> tuple[
 
 @click.command("collect")
 @model_options(required=True, what="the classifier whose statistics are recorded")
-@click.option("--data", type=click.Path(path_type=Path), help="Class-per-folder image directory, folders named by class (Scenario A).")
-@click.option("--seeds", type=click.Path(path_type=Path), help="Seed images SEEDS/<label or index>/<image> (Scenario B, or C with one per class).")
+@click.option("--data", type=click.Path(path_type=Path), help="Class-per-folder image directory, folders named by class (Scenario A). [one of --data, --seeds]")
+@click.option("--seeds", type=click.Path(path_type=Path), help="Seed images SEEDS/<label or index>/<image> (Scenario B, or C with one per class). [one of --data, --seeds]")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @record_options(CollectOptions)
 @device_option
 @_preprocessing_options
-@click.option("--base-model", help="Hub id ORG/NAME of the model's weights; the bundle's model card links to it.")
+@click.option("--base-model", help="Hub id ORG/NAME of the model's weights; the bundle's model card links to it. [unset]")
 @report_options
 @handle_errors
 def collect(**options: Any) -> None:
@@ -100,9 +103,10 @@ def collect(**options: Any) -> None:
     loaded = load_model(o["model"], weights="DEFAULT" if o["weights"] is None else o["weights"], args=parse_model_args(o["model_args"]),
                         preprocessing={"crop": o["crop"], "resize": o["resize"], "mean": o["mean"], "std": o["std"]})
     loaded.base_model = o["base_model"]
+    o["notes"] = []
     result = _run_collect(loaded, o, opts)
     if result is not None:
-        _collect_report(*result, opts.out, opts.keep_rejected, o["as_json"], o["quiet"])
+        _collect_report(*result, opts.out, opts.keep_rejected, o["as_json"], o["quiet"], o["notes"])
 
 
 @click.command("inspect")
@@ -131,8 +135,11 @@ def _render_summary(s: dict[str, Any], all_taps: bool, quiet: bool) -> None:
     console.print(f"[bold]{shown(s['path'])}[/]  format {shown(s['format_version'])}  scenario {shown(s['source']['scenario'])} "
                   f"({shown(s['source']['collector'])})  [green]verified[/]")
     name = m["architecture"] if m["architecture"] != "custom" else f"custom ({m.get('factory')})"
-    console.print(f"model {shown(name)}  weights {shown(m['weights'])}  fused {m['fused']}  {shown(m['fingerprint'][:23])}...")
-    console.print(f"{m['num_classes']} classes, {s['images']} images, {len(s['taps'])} taps, {s['size_bytes']:,} bytes in {len(s['files'])} files, {s['dtype']}")
+    weights = "none recorded" if m["weights"] is None else shown(m["weights"])
+    fused = "BatchNorm fused" if m["fused"] else "BatchNorm not fused"
+    console.print(f"model {shown(name)}  weights {weights}  {fused}  fingerprint {shown(m['fingerprint'])}")
+    files = f"{len(s['files'])} file{'' if len(s['files']) == 1 else 's'}"
+    console.print(f"{m['num_classes']} classes, {s['images']} images, {len(s['taps'])} taps, {s['size_bytes']:,} bytes in {files}, {s['dtype']}")
     console.print(f"source images: {shown(describe_compression(s['source'].get('compression')))}")
     console.print("image spread (image_var): " + ("recorded" if s["image_var"] else "not recorded, so synthesis runs without the spread term"))
     if s["source"]["empty_classes"]:
@@ -159,7 +166,7 @@ def _render_summary(s: dict[str, Any], all_taps: bool, quiet: bool) -> None:
 
 @click.command("validate")
 @click.argument("bundle")
-@model_options(what="the bundle, to check it against (default: no model check)")
+@model_options(what="the bundle, to check it against", model_default="unset: no model check", weights_default="the manifest's")
 @registry_option
 @report_options
 @handle_errors
@@ -205,7 +212,11 @@ def validate(bundle: str, model: str | None, weights: str | None, model_args: tu
 @report_options
 @handle_errors
 def models_cmd(pattern: str, as_json: bool, quiet: bool) -> None:
-    """List the model names --model accepts (glob PATTERN), built-in and torchvision."""
+    """List the model names --model accepts (glob PATTERN): built-in, torchvision, and timm's for 'timm:PATTERN'.
+
+    Also accepted, not listed: hf-hub:ORG/NAME (a timm or transformers classifier on the Hub) and
+    package.module:factory (your own code).
+    """
     from sowmeta.models import list_models
 
     names = list_models(pattern)
@@ -214,10 +225,12 @@ def models_cmd(pattern: str, as_json: bool, quiet: bool) -> None:
         return
     for name in names:
         click.echo(name)
+    if not names and not quiet:
+        err_console.print(f"no model name matches {shown(pattern)!r}; {UNLISTED}", soft_wrap=True, highlight=False)
 
 @click.command("taps")
 @click.argument("model_name", required=False, metavar="MODEL")
-@model_options(what="the classifier to list taps of (or give it as MODEL)")
+@model_options(what="the classifier to list taps of (or give it as MODEL)", model_default="MODEL", weights_default="none")
 @click.option("--taps", "spec", default="auto", show_default=True, help="A tap preset or module names/globs to resolve.")
 @_preprocessing_options
 @report_options

@@ -8,7 +8,7 @@ import click
 
 from sowmeta.cli.options import device_option, emit_json, report_options
 from sowmeta.cli.progress import LiveProgress
-from sowmeta.cli.terminal import console, handle_errors
+from sowmeta.cli.terminal import console, err_console, handle_errors
 
 __all__ = ["COMMANDS", "demo"]
 
@@ -25,7 +25,7 @@ def demo(out: Path, quick: bool, device: str, as_json: bool, quiet: bool) -> Non
 
     from sowmeta.demo import DemoConfig, run_demo
 
-    with LiveProgress(console, [], quiet=quiet or as_json) as bar:
+    with LiveProgress(err_console, [], quiet=quiet or as_json) as bar:
         report = run_demo(out, config=DemoConfig.quick() if quick else DemoConfig(), device=device,
                           stage=lambda name, done, total: bar.update(name, completed=done, total=total))
     if as_json:

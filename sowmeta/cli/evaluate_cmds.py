@@ -10,13 +10,24 @@ from typing import Any
 
 import click
 
-from sowmeta.cli.options import device_option, emit_json, model_options, record_options, record_values, report_options
+from sowmeta.cli.options import (
+    aliased_option,
+    device_option,
+    emit_json,
+    model_options,
+    record_options,
+    record_values,
+    report_options,
+    workers_option,
+)
 from sowmeta.cli.progress import LiveProgress
 from sowmeta.cli.safe_text import shown
 from sowmeta.cli.terminal import console, err_console, handle_errors
 from sowmeta.distillation.config import DistillConfig
 
 __all__ = ["COMMANDS", "evaluate", "distill", "pair_models"]
+
+REFERENCE_HELP = "Real images, class-per-folder (the same classes as the data)."
 
 
 def pair_models(models: tuple[str, ...], weights: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -128,14 +139,16 @@ def _render_report(console: Any, report: Any, quiet: bool = False) -> None:
 
 @click.command("evaluate")
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="An HDF5 synthesis file, or a class-per-folder image directory.")
-@model_options(multiple=True, what="a classifier to measure accuracy with (the first also gives the IS-style score)")
-@click.option("--reference", type=click.Path(path_type=Path), help="Real images, class-per-folder, for Fréchet distance and KID.")
-@click.option("--feature-model", help="Model whose penultimate features feed FD, KID and diversity [Inception-V3 if cached, else the first --model].")
-@click.option("--feature-weights", help="Weights for --feature-model (as --weights).")
+@model_options(multiple=True, what="a classifier to measure accuracy with (the first also gives the IS-style score)",
+               model_default="none; at least one --model or --feature-model")
+@click.option("--reference", type=click.Path(path_type=Path), help=f"{REFERENCE_HELP} Needed for Fréchet distance and KID. [unset]")
+@click.option("--feature-model", help="Model whose penultimate features feed FD, KID and diversity (e.g. inception_v3); "
+                                      "the report names it. [the first --model]")
+@click.option("--feature-weights", help="Weights for --feature-model (as --weights). [DEFAULT]")
 @click.option("--classes", default="all", show_default=True, help="Comma-separated class indices or names, or 'all'.")
-@click.option("--sheets", type=click.Path(path_type=Path), help="Write one contact-sheet PNG per class into this directory.")
+@click.option("--sheets", type=click.Path(path_type=Path), help="Write one contact-sheet PNG per class into this directory. [unset]")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="Processes decoding images (0: in this process).")
+@workers_option
 @device_option
 @click.option("--kid-subsets", default=100, show_default=True, type=click.IntRange(1), help="Random subsets KID averages over.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the random subsets of IS, KID and diversity.")
@@ -187,13 +200,14 @@ def _render_distill(result: Any, student: str, as_json: bool, quiet: bool) -> No
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="An HDF5 synthesis file (or any class-per-folder image directory) to distill on.")
 @model_options(required=True, what="the teacher (the network to distill)")
 @click.option("--student", required=True, help="Model name of the student, trained from random weights (e.g. cifar-resnet20).")
-@click.option("--test", required=True, type=click.Path(path_type=Path), help="Real test images, class-per-folder; scored after every epoch.")
+@aliased_option("--reference", "--test", dest="reference", required=True, type=click.Path(path_type=Path),
+                help=f"{REFERENCE_HELP} The student is scored on them after every epoch. [required]")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory: checkpoint.pt, student.safetensors, metrics.json.")
 @record_options(DistillConfig)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--overwrite", is_flag=True, help="Discard a previous run in --out and start over.")
 @device_option
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0), help="DataLoader workers for image folders.")
+@workers_option
 @report_options
 @handle_errors
 def distill(**options: Any) -> None:
@@ -211,7 +225,7 @@ def distill(**options: Any) -> None:
             if p.test_accuracy is not None:
                 bar.update("epoch", completed=p.epoch, total=p.epochs, info=f"test top-1 {p.test_accuracy:.2%}")
 
-        result = run(o["data"], loaded, o["student"], test=o["test"], out=o["out"], config=config, resume=o["resume"], overwrite=o["overwrite"],
+        result = run(o["data"], loaded, o["student"], test=o["reference"], out=o["out"], config=config, resume=o["resume"], overwrite=o["overwrite"],
                      device=o["device"], workers=o["workers"], progress=progress)
     _render_distill(result, o["student"], o["as_json"], o["quiet"])
 

@@ -17,6 +17,8 @@ __all__ = [
     "registry_option",
     "device_option",
     "report_options",
+    "workers_option",
+    "aliased_option",
     "emit_json",
     "plain",
     "ListingOption",
@@ -31,17 +33,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 WEIGHTS_HELP = "Weights: DEFAULT (the source's pretrained ones), a torchvision weights name, a file, hf://ORG/NAME[@REV]/FILE, or none."
 
 
-def model_options(*, required: bool = False, multiple: bool = False, what: str = "the model") -> Callable[[F], F]:
-    """``--model NAME``, ``--weights W`` and ``--model-arg KEY=VALUE`` (``--model``/``--weights`` repeatable in pairs with ``multiple``)."""
+def model_options(*, required: bool = False, multiple: bool = False, what: str = "the model", model_default: str = "required",
+                  weights_default: str = "DEFAULT") -> Callable[[F], F]:
+    """``--model NAME``, ``--weights W`` and ``--model-arg KEY=VALUE`` (``--model``/``--weights`` repeatable in pairs with ``multiple``);
+    ``model_default`` and ``weights_default`` are what their help says applies when they are not given."""
 
     def deco(fn: F) -> F:
-        model_help = f"Model of {what}: a built-in or torchvision name (resnet50, cifar-resnet56), or package.module:factory."
+        model_help = (f"Model of {what}: a built-in or torchvision name (resnet50, cifar-resnet56), timm:NAME (timm:vit_tiny_patch16_224), "
+                      "hf-hub:ORG/NAME (a timm or transformers classifier on the Hub), or package.module:factory; see `sowmeta models`.")
         if multiple:
             model_help += " Repeatable; pair each with a --weights in the same order."
         if not multiple:
             fn = click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
-                              help="A keyword argument for the model's constructor (package.module:factory, timm); repeatable.")(fn)
-        fn = click.option("--weights", "weights", multiple=multiple, default=() if multiple else None, help=WEIGHTS_HELP)(fn)
+                              help="A keyword argument for the model's constructor (package.module:factory, timm); repeatable. [none]")(fn)
+        fn = click.option("--weights", "weights", multiple=multiple, default=() if multiple else None,
+                          help=f"{WEIGHTS_HELP} [{weights_default}]")(fn)
+        model_help += f" [{model_default}]"
         return click.option("--model", "model", multiple=multiple, required=required, help=model_help)(fn)
 
     return deco
@@ -50,7 +57,7 @@ def model_options(*, required: bool = False, multiple: bool = False, what: str =
 def registry_option(fn: F) -> F:
     return click.option(
         "--registry", default=None,
-        help="Where bundle names resolve: hub, local, or a local registry directory (default: $SOWMETA_REGISTRY, else the local registry).",
+        help="Where bundle names resolve: hub, local, or a local registry directory. [$SOWMETA_REGISTRY, else local]",
     )(fn)
 
 
@@ -70,10 +77,50 @@ def device_option(fn: F) -> F:
                         help="Where to run: cpu, cuda, cuda:1, ...")(fn)
 
 
+def _quiet_hub(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        from sowmeta.cli.terminal import quiet_hub_bars
+
+        quiet_hub_bars()
+    return value
+
+
+WORKERS_HELP = "Processes decoding images (0: in this process); unset: chosen for the cores there are, none on 2 cores."
+
+
+def workers_option(fn: F) -> F:
+    """``--workers``, spelled, defaulted and explained the same in collect, evaluate and distill."""
+    return click.option("--workers", type=click.IntRange(0), default=None, help=f"{WORKERS_HELP} [unset]")(fn)
+
+
+def aliased_option(name: str, alias: str, *, dest: str, required: bool = False, **kwargs: Any) -> Callable[[F], F]:
+    """Option ``name`` also read from the hidden, older spelling ``alias`` (kept so existing scripts still run)."""
+
+    def take_alias(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            ctx.meta[f"alias:{dest}"] = value
+        return value
+
+    def take(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        value = value if value is not None else ctx.meta.get(f"alias:{dest}")
+        if value is None and required and not ctx.resilient_parsing:
+            raise click.MissingParameter(ctx=ctx, param=param)
+        return value
+
+    def deco(fn: F) -> F:
+        fn = click.option(alias, f"{dest}_alias", hidden=True, expose_value=False, callback=take_alias, is_eager=True,
+                          type=kwargs.get("type"), help=f"The older spelling of {name}.")(fn)
+        return click.option(name, dest, callback=take, **kwargs)(fn)
+
+    return deco
+
+
 def report_options(fn: F) -> F:
-    """``--json`` (one JSON object on stdout, nothing else) and ``-q`` (no progress display, no tables)."""
-    fn = click.option("-q", "--quiet", is_flag=True, help="No progress display; only the final line (or nothing with --json).")(fn)
-    return click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout and nothing else.")(fn)
+    """``--json`` (one JSON object on stdout, nothing else) and ``-q`` (no progress display, no tables, no download bars)."""
+    fn = click.option("-q", "--quiet", is_flag=True, callback=_quiet_hub,
+                      help="No progress display (huggingface_hub's download bars included); only the final line (or nothing with --json).")(fn)
+    return click.option("--json", "as_json", is_flag=True, callback=_quiet_hub,
+                        help="Print the result as one JSON object on stdout and nothing else.")(fn)
 
 
 def plain(value: Any) -> Any:

@@ -26,6 +26,8 @@ from sowmeta.synth.config import PRESETS, SynthConfig
 
 __all__ = ["COMMANDS", "synthesize"]
 
+GRID_COLUMNS = 8
+
 
 def _classes(text: str | None) -> list[str] | None:
     from sowmeta.errors import ConfigError
@@ -36,6 +38,22 @@ def _classes(text: str | None) -> list[str] | None:
     if not chosen:
         raise ConfigError(f"--classes {text!r} names no class; pass indices or labels (3,5 or cat,dog), or 'all'")
     return chosen
+
+
+def _held_classes(chosen: list[str] | None, located: Any, mode: str, notice: Any) -> list[str] | None:
+    """``--classes all`` in cc mode means the classes the bundle has statistics for (a seed or sketch bundle holds a few)."""
+    from sowmeta.bundle import Bundle
+
+    if chosen is not None or located is None or mode != "cc":
+        return chosen
+    manifest = Bundle.read_manifest(located.path)
+    empty = set(manifest.source.empty_classes)
+    if not empty:
+        return None
+    held = [str(k) for k in range(manifest.model.num_classes) if k not in empty]
+    notice(f"the bundle has statistics for {len(held)} of {manifest.model.num_classes} classes; synthesizing those ({', '.join(held[:8])}"
+           f"{', ...' if len(held) > 8 else ''})")
+    return held
 
 
 def _presets() -> dict[str, SynthConfig]:
@@ -84,7 +102,8 @@ def _export(result: Any, o: dict[str, Any]) -> None:
         write_pngs(o["out"], o["png"], overwrite=o["overwrite"])
     if o["grid"] is not None:
         images = result.images()
-        sheet = contact_sheet(images, result.labels, names=result.class_labels, scale=readable_scale(images.shape[-1]))
+        columns = min(GRID_COLUMNS, o["per_class"])  # one image per class makes a one-column sheet, not eight
+        sheet = contact_sheet(images, result.labels, per_class=columns, names=result.class_labels, scale=readable_scale(images.shape[-1]))
         save_contact_sheet(sheet, o["grid"], overwrite=o["overwrite"])
 
 
@@ -112,9 +131,9 @@ def _report(result: Any, preset: str, o: dict[str, Any]) -> None:
 
 
 @click.command("synthesize")
-@click.option("--bundle", help="Bundle directory or registry name ORG/NAME[/SUBFOLDER][@REVISION] (pulled on demand).")
+@click.option("--bundle", help="Bundle directory or registry name ORG/NAME[/SUBFOLDER][@REVISION] (pulled on demand). [required, except --mode di]")
 @registry_option
-@model_options(what="the bundle (default: the one the bundle's manifest names; --weights alone keeps that model)")
+@model_options(what="the bundle (--weights alone keeps the manifest's model)", model_default="the manifest's", weights_default="the manifest's")
 @click.option("--classes", default="all", show_default=True, help="Comma-separated class indices or labels, or 'all'.")
 @click.option("--per-class", default=50, show_default=True, type=click.IntRange(1), help="Images per class.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="HDF5 file to write (resumed if unfinished).")
@@ -122,8 +141,8 @@ def _report(result: Any, preset: str, o: dict[str, Any]) -> None:
               help="The defaults of every option below; auto picks cifar for inputs of 64 px or less.")
 @record_options(SynthConfig, presets=_presets)
 @click.option("--init", "init", default="noise", show_default=True, help="noise, or a folder <label>/<image> of seed images or sketches.")
-@click.option("--png", type=click.Path(path_type=Path), help="Also write PNGs to DIR/<class>/.")
-@click.option("--grid", type=click.Path(path_type=Path), help="Also write a contact sheet PNG (8 images per class).")
+@click.option("--png", type=click.Path(path_type=Path), help="Also write PNGs to DIR/<index>_<label>/, one folder per synthesized class. [unset]")
+@click.option("--grid", type=click.Path(path_type=Path), help="Also write a contact sheet PNG: a row per class, its first images (up to 8, as many as --per-class). [unset]")
 @device_option
 @click.option("--allow-low-confidence", is_flag=True, help="Exit 0 even when the teacher recognises the images no better than chance.")
 @click.option("--overwrite", is_flag=True, help="Replace --out, --png and --grid (only sowmeta's own) and discard an unfinished run.")
@@ -143,10 +162,11 @@ def synthesize(**options: Any) -> None:
     located = locate_bundle(o["bundle"], registry=o["registry"]) if o["bundle"] is not None else None
     opened = open_model(located, model=o["model"], weights=o["weights"], args=parse_model_args(o["model_args"]) if o["model_args"] else None)
     config = SynthConfig.preset(o["preset"], crop=opened.crop, **overrides, init="noise" if init_dir is None else "images")
-    bar, update = _live_display(console, o["quiet"] or o["as_json"])
+    bar, update = _live_display(err_console, o["quiet"] or o["as_json"])
     notice = note_printer(o["quiet"] or o["as_json"])  # the note comes before the first progress update, so before the bars
+    classes = _held_classes(_classes(o["classes"]), opened.located, config.mode, notice)
     with bar:
-        result = run(opened.located, opened.model, classes=_classes(o["classes"]), per_class=o["per_class"], config=config, out=o["out"],
+        result = run(opened.located, opened.model, classes=classes, per_class=o["per_class"], config=config, out=o["out"],
                      device=o["device"], overwrite=o["overwrite"], init_images=init_dir, progress=update, notice=notice)
     if not is_main_process():  # under torchrun, rank 0 reports and exports
         return

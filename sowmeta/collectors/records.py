@@ -80,7 +80,8 @@ def record_for(model: LoadedModel, module: nn.Module, fused: bool, labels: Seque
 
 
 def data_name(dataset: str | None, data: object) -> str:
-    """What the manifest says the data was: the name given, else the folder's base name (never a machine's path)."""
+    """What the manifest says the data was: the name given, else the folder's base name, or its parent's for a split
+    folder (``train``, ``val``, ``test``: ``data/cifar10/train`` is ``cifar10``); never a machine's path."""
     if dataset is not None:
         if not dataset.strip() or len(dataset) > 200:
             raise ConfigError(f"--dataset {dataset!r} is not a usable name; pass a short name such as cifar10 or imagenet-1k")
@@ -89,7 +90,13 @@ def data_name(dataset: str | None, data: object) -> str:
         return type(data.dataset).__name__
     if isinstance(data, Mapping):
         return "seed files"
-    return Path(data).resolve().name or "data"
+    folder = Path(data).resolve()
+    if folder.name.lower() in _SPLIT_NAMES and folder.parent.name:  # data/cifar10/train -> cifar10, not "train"
+        return folder.parent.name
+    return folder.name or "data"
+
+
+_SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})
 
 
 def labels_for(model: LoadedModel, outputs: int) -> list[str]:

@@ -7,6 +7,7 @@ from .folders import (
     IMAGE_EXTENSIONS,
     ImageFolderIndex,
     LoaderPlan,
+    default_workers,
     folder_loader,
     plan_loader,
     read_image,
@@ -14,4 +15,4 @@ from .folders import (
     seed_files,
 )
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderIndex", "LoaderPlan", "folder_loader", "plan_loader", "read_image", "scan_image_folder", "seed_files"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderIndex", "LoaderPlan", "default_workers", "folder_loader", "plan_loader", "read_image", "scan_image_folder", "seed_files"]

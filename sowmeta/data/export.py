@@ -118,10 +118,10 @@ def save_contact_sheet(grid: torch.Tensor, path: str | Path, *, overwrite: bool 
 def write_pngs(synth: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> int:
     """Write every image of a synthesis file as ``out_dir/<NNN_label>/<index>.png``; returns the count.
 
-    Every class of the model gets a folder, named by its index and label (``003_cat``), empty
-    when it has no image: so torchvision's ``ImageFolder(DIR, allow_empty=True)`` (sorted order)
-    and ``sowmeta evaluate`` (index prefixes) both read the labels back right. The folder gets a
-    ``.sowmeta-png`` marker, so that a later ``overwrite`` can tell it is sowmeta's.
+    Each class with images gets a folder named by its index and label (``003_cat``); no folder
+    is made for a class not synthesized. The index prefix is the label: ``sowmeta evaluate`` and
+    ``collect`` read it back (with torchvision, map ``int(folder.split("_")[0])``). The folder gets
+    a ``.sowmeta-png`` marker, so that a later ``overwrite`` can tell it is sowmeta's.
     """
     import re
 
@@ -134,8 +134,8 @@ def write_pngs(synth: str | Path, out_dir: str | Path, *, overwrite: bool = Fals
     folders = [f"{k:0{width}d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('._') or 'class'}" for k, name in enumerate(names)]
     with atomic_dir(out_dir, overwrite=overwrite, kind="png-tree") as tmp:
         (tmp / PNG_MARKER).write_text("written by sowmeta\n", encoding="utf-8")
-        for folder in folders:
-            (tmp / folder).mkdir()
+        for k in sorted(set(labels.tolist())):
+            (tmp / folders[k]).mkdir()
         for i, (img, y) in enumerate(zip(images, labels.tolist())):
             Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp / folders[y] / f"{i:06d}.png")
     return len(labels)

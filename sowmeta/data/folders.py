@@ -37,6 +37,7 @@ __all__ = [
     "LoaderPlan",
     "plan_loader",
     "available_cores",
+    "default_workers",
     "folder_loader",
     "EncodedImages",
     "DecodeOnDevice",
@@ -324,6 +325,13 @@ _PIXELS_PER_BATCH = {"cpu": 1 << 21, "cuda": 1 << 24}
 _MAX_BATCH = {"cpu": 256, "cuda": 1024}
 
 
+def default_workers(device: torch.device | str = "cpu", cores: int | None = None) -> int:
+    """Processes decoding images when none is asked for, the same for collect, evaluate and distill (see ``plan_loader``):
+    on the CPU one per eight cores (none on a small machine), on CUDA every core but one (at most 8)."""
+    cores = cores or available_cores()
+    return min(8, cores - 1) if torch.device(device).type == "cuda" else min(8, cores // 8)
+
+
 def plan_loader(crop: int, device: torch.device | str, *, batch_size: int | None = None, workers: int | None = None,
                 cores: int | None = None, resize: int | None = None, interpolation: str = "bilinear") -> LoaderPlan:
     """Batch size, worker count and decoding device for collecting at ``crop`` px on ``device``; given values are kept.
@@ -338,9 +346,8 @@ def plan_loader(crop: int, device: torch.device | str, *, batch_size: int | None
     """
     dev = torch.device(device)
     kind = "cuda" if dev.type == "cuda" else "cpu"
-    cores = cores or available_cores()
     if workers is None:
-        workers = min(8, cores - 1) if kind == "cuda" else min(8, cores // 8)
+        workers = default_workers(dev, cores)
     if batch_size is None:
         fit = _PIXELS_PER_BATCH[kind] // (crop * crop)
         batch_size = max(8, min(_MAX_BATCH[kind], 1 << max(0, fit.bit_length() - 1)))

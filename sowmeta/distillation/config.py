@@ -29,7 +29,8 @@ class DistillConfig:
     temperature: float = field(default=5.0, metadata=option("Softmax temperature T of both networks' outputs; the loss is scaled by T²."))
     flip: bool = field(default=True, metadata=option("Random horizontal flips."))
     pad: int = field(default=4, metadata=option("Random crops after zero-padding each side by this many pixels (0: none).", low=0))
-    amp: str = field(default="bf16", metadata=option("Autocast on CUDA (ignored on the CPU).", choices=("none", "bf16", "fp16")))
+    amp: str = field(default="none", metadata=option(
+        "Autocast on CUDA (ignored on the CPU): none, bf16 or fp16; the same default as synthesize.", choices=("none", "bf16", "fp16")))
     seed: int = field(default=0, metadata=option("Student initialization, data order and augmentation."))
 
     def __post_init__(self) -> None:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ..atomic import atomic_file
 from .config import DistillConfig
 from ..devices import check_device
+from ..data.folders import default_workers
 from ..errors import ConfigError, DataError, DivergenceError, OutputExistsError, storage_errors
 from ..outputs import RUN_FILES, check_output
 from ..logits import logits_of
@@ -210,7 +211,7 @@ def distill(
     resume: bool = False,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
-    workers: int = 0,
+    workers: int | None = None,
     progress: Callable[[DistillProgress], None] | None = None,
 ) -> DistillResult:
     """Train a new ``student`` (a model name) to mimic ``teacher`` on the images of ``data``.
@@ -230,7 +231,8 @@ def distill(
             not); the settings must equal the checkpoint's.
         overwrite: discard a previous run in ``out``.
         device: where both networks run; autocast (``config.amp``) is used on CUDA only.
-        workers: DataLoader worker processes for reading images.
+        workers: processes decoding images (0: in this process; default: chosen for the cores
+            there are, ``data.default_workers``).
         progress: called with a ``DistillProgress`` after every batch and every epoch.
 
     Raises:
@@ -245,6 +247,7 @@ def distill(
     config = config if config is not None else DistillConfig()
     data, test, out = Path(data), Path(test), Path(out)
     _check_paths(data, test)
+    workers = default_workers(device) if workers is None else workers
     if workers < 0:
         raise ConfigError(f"workers must be 0 or more, not {workers}")
     labels = list(teacher.labels) if teacher.labels else None

@@ -11,8 +11,9 @@ One report holds every score, and every score names the network that computed it
   real images* against the rest of the reference, at equal sizes, and each classifier's top-1
   on those held-out real images (``ClassDistances``, ``AccuracyScore.real_top1``).
 
-Features come from Inception-V3 when its weights are cached locally, else from the first given
-classifier's penultimate layer (``metrics.default_feature_model``); nothing is downloaded.
+Features come from ``feature_model`` when given (e.g. Inception-V3), else from the first given
+classifier's penultimate layer (``metrics.default_feature_model``): never from whatever happens
+to be cached, so one call gives the same numbers on every machine; the report names the network.
 Each image set goes through each network once; every score is computed from those passes.
 """
 
@@ -31,6 +32,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..data.class_names import resolve_classes
+from ..data.folders import default_workers
 from ..devices import check_device
 from ..errors import ConfigError, DataError
 from ..data.jpeg_quality import REFERENCE_CONSEQUENCE, compression_note, first_per_class
@@ -233,7 +235,7 @@ def evaluate(
     kid_subset_size: int = 1000,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
-    workers: int = 0,
+    workers: int | None = None,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> EvaluationReport:
@@ -242,8 +244,7 @@ def evaluate(
     Args:
         data: an HDF5 synthesis file or a class-per-folder image directory.
         models: classifiers whose top-1 accuracy is measured; the first one also computes the
-            Inception-Score-style score (and the features, when no Inception-V3 is cached and
-            ``feature_model`` is not given).
+            Inception-Score-style score (and the features, when ``feature_model`` is not given).
         reference: a class-per-folder directory of real images (class k = k-th folder in sorted
             order, as in the data). Fréchet distance, KID and per-class Fréchet distance need it.
             Only the reference's images of the evaluated classes are used.
@@ -258,7 +259,8 @@ def evaluate(
         kid_subset_size: images per KID subset (lowered to the smaller set's size).
         batch_size: images per forward pass.
         device: where the networks run.
-        workers: DataLoader worker processes.
+        workers: processes decoding images (0: in this process; default: chosen for the cores
+            there are, ``data.default_workers``).
         seed: seeds the random subsets of IS, KID and diversity.
         progress: called with (stage, images done, images in the stage).
 
@@ -281,6 +283,7 @@ def evaluate(
     def stage(what: str) -> Callable[[int, int], None] | None:
         return None if progress is None else (lambda done, total: progress(what, done, total))
 
+    workers = default_workers(device) if workers is None else workers
     run = functools.partial(run_model, batch_size=batch_size, device=check_device(device), workers=workers)
     outputs = [run(m, _view(dataset, m, subset), features=m is feat, progress=stage(network_name(m))) for m in models]
     feat_out = next((out for m, out in zip(models, outputs) if m is feat), None)

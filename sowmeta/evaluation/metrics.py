@@ -372,19 +372,12 @@ def inception_weights_cached() -> bool:
 
 
 def default_feature_model(fallback: Sequence[LoadedModel] = ()) -> LoadedModel:
-    """torchvision's Inception-V3 when its weights are cached locally, else the first of ``fallback``.
+    """The first of ``fallback`` (the first classifier evaluated): the same network on every machine.
 
-    Never downloads: without cached Inception weights the scores use another network's
-    penultimate features, and reports name it.
+    What happens to be cached never decides: Inception-V3 (``load_model("inception_v3",
+    weights="IMAGENET1K_V1")``) feeds the scores only when passed as ``feature_model``. The
+    report names the network used (``EvaluationReport.feature_network``).
     """
-    from ..models import load_model
-
-    if inception_weights_cached():
-        return load_model("inception_v3", weights="IMAGENET1K_V1")
     if not fallback:
-        raise ConfigError(
-            "no feature model: Inception-V3 weights are not cached and no classifier was given; "
-            "pass feature_model= (e.g. cifar-resnet20=WEIGHTS) or a model to evaluate"
-        )
-    log.info("Inception-V3 weights are not cached; feature scores use %s", network_name(fallback[0]))
+        raise ConfigError("no feature model: pass feature_model= (a LoadedModel, e.g. inception_v3) or at least one model to evaluate")
     return fallback[0]

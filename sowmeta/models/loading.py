@@ -87,10 +87,16 @@ def fetch_note(architecture: str, weights: str | None) -> str | None:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Names ``load_model`` accepts from every source that lists them (built-ins, torchvision), by glob."""
+    """Names ``load_model`` accepts, by glob: every source's own list (built-ins, torchvision), and the names a source
+    too large to list finds for the pattern (``timm:vit_*`` asks timm, when it is installed)."""
     import fnmatch
 
-    return [n for _, s in MODEL_SOURCES.items() for n in s.names() if fnmatch.fnmatchcase(n, pattern)]
+    names = [n for _, s in MODEL_SOURCES.items() for n in s.names() if fnmatch.fnmatchcase(n, pattern)]
+    for _, source in MODEL_SOURCES.items():
+        search = getattr(source, "search", None)
+        if search is not None:
+            names += [n for n in search(pattern) if n not in names]
+    return names
 
 
 def parse_model_args(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -76,7 +76,17 @@ class TimmSource:
         return bool(timm.is_model(rest)) or not hasattr(timm, rest)
 
     def names(self) -> list[str]:
-        return []  # thousands: `python -c "import timm; print(timm.list_models())"`
+        return []  # thousands: listed only for a pattern that names this source (``search``)
+
+    def search(self, pattern: str) -> list[str]:
+        """``timm:`` names matching a glob that starts with ``timm:`` (none when timm is not installed)."""
+        if not pattern.startswith(PREFIX):
+            return []
+        try:
+            import timm
+        except ImportError:
+            return []
+        return [PREFIX + n for n in timm.list_models(pattern[len(PREFIX):])]
 
     def build(self, name: str, weights: str | None, num_classes: int | None, args: dict[str, Any]) -> LoadedModel:
         timm = require_timm()

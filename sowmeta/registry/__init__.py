@@ -51,16 +51,17 @@ def push(
     private: bool = False,
     license: str = DEFAULT_LICENSE,
     update_model_card: bool = False,
+    with_weights: str | Path | None = None,
     token: str | None = None,
 ) -> PushResult:
     """Publish the bundle at ``bundle_dir`` as ``name`` (``ORG/NAME[/SUBFOLDER]``), moving branch/ref ``revision`` (default main).
 
     ``tag`` also names the new revision, for good (tags never move). ``private``, ``license`` (the
-    model card's), ``update_model_card`` (link a subfolder bundle from the model's own card) and
-    ``token`` apply to the Hub; a local registry refuses them, so that nobody believes a local
+    model card's), ``update_model_card`` (link a subfolder bundle from the model's own card),
+    ``with_weights`` (upload the model's weights file beside a subfolder bundle) and ``token`` apply to the Hub; a local registry refuses them, so that nobody believes a local
     push is private on the Hub.
     """
-    options = {"private": private, "license": license, "update_model_card": update_model_card, "token": token}
+    options = {"private": private, "license": license, "update_model_card": update_model_card, "with_weights": with_weights, "token": token}
     return choose_backend(registry).push(bundle_dir, name, revision=revision, message=message, tag=tag, **options)
 
 

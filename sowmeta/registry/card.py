@@ -18,9 +18,11 @@ from ..bundle import MANIFEST_NAME, Bundle, Manifest
 from ..errors import ConfigError
 from ..data.jpeg_quality import describe_compression, source_compression_note
 
-__all__ = ["render_card", "card_from_manifest", "model_card_section", "how_to_use", "TAGS", "DEFAULT_LICENSE", "SECTION_BEGIN", "SECTION_END"]
+__all__ = ["render_card", "card_from_manifest", "weights_file", "model_card_section", "how_to_use", "TAGS", "DEFAULT_LICENSE", "SECTION_BEGIN", "SECTION_END"]
 
 DEFAULT_LICENSE = "other"
+HOME = "https://github.com/sowmeta/sowmeta"
+INSTALL = f"pip install git+{HOME}"
 TAGS = ("sowmeta", "model-inversion", "class-conditional-statistics", "feature-statistics", "image-synthesis")
 MAX_LABELS = 100
 SECTION_BEGIN = "<!-- sowmeta:begin -->"
@@ -44,6 +46,16 @@ def _compression_hint(record: dict[str, Any] | None) -> str:
     return "; compressed enough that synthesized images carry the compression (networks trained on lossless images recognise them less often)"
 
 
+def _privacy_text(record: dict[str, Any] | None) -> str:
+    """The card's line on the release's guarantee (docs/privacy.md says what it covers)."""
+    if not record:
+        return "none: the statistics are exact, and they reveal something about the images they came from"
+    acc = record["accountant"]
+    return (f"({record['epsilon']:g}, {record['delta']:g})-DP for adding or removing one image, {record['mechanism']} mechanism "
+            f"(noise multiplier {record['noise_multiplier']:.4g}, each image's moments clipped at {record['clip']:g}x each tap's typical energy; "
+            f"accountant {_md(acc['name'])} {_md(acc['version'])}); counts are noisy too. The model's weights are not covered")
+
+
 def _md(text: str) -> str:
     """Escape the characters that would turn a label into Markdown markup."""
     return re.sub(r"([\\`*_|<>\[\]])", r"\\\1", text)
@@ -55,6 +67,16 @@ def _weights_text(manifest: Manifest) -> str:
         return "not recorded"
     sha = f" (sha256 `{m.weights_sha256[:16]}…`)" if m.weights_sha256 else ""
     return f"`{m.weights}`{sha}"
+
+
+def weights_file(manifest: Manifest) -> str | None:
+    """The file name of the weights a bundle was recorded on when only a copy of that file can provide them (a local
+    file, recorded by name and sha256); None when sowmeta fetches them itself (a Hub reference, a torchvision weights
+    name, DEFAULT) or none are recorded."""
+    m = manifest.model
+    if m.weights in (None, "DEFAULT") or str(m.weights).startswith("hf://") or m.weights_sha256 is None:
+        return None
+    return str(m.weights)
 
 
 def how_to_use(manifest: Manifest, name: str, *, weights_in_repo: bool = False) -> list[str]:
@@ -70,13 +92,11 @@ def how_to_use(manifest: Manifest, name: str, *, weights_in_repo: bool = False) 
     slug = re.sub(r"[^A-Za-z0-9]+", "-", first).strip("-").lower() or "class"
     command = ["sowmeta", "synthesize", "--bundle", name, "--registry", "hub", "--classes", first, "--per-class", "4",
                "--iterations", "200", "--out", f"{slug}.h5", "--grid", f"{slug}.png"]
-    # a local file is the one thing sowmeta cannot fetch by itself (it alone has a sha256 and no hf:// reference)
-    portable = m.weights in (None, "DEFAULT") or str(m.weights).startswith("hf://") or m.weights_sha256 is None
     if m.architecture == "custom":
         command += ["--model", m.factory or "package.module:factory", "--weights", m.weights or "FILE"]
-    elif not (portable or weights_in_repo):
+    elif weights_file(manifest) is not None and not weights_in_repo:
         command += ["--weights", m.weights]  # type: ignore[list-item]
-    return ["pip install sowmeta", f"sowmeta pull {shlex.quote(name)} --registry hub", shlex.join(command)]
+    return [INSTALL, f"sowmeta pull {shlex.quote(name)} --registry hub", shlex.join(command)]
 
 
 def card_from_manifest(manifest: Manifest, name: str, *, license: str = DEFAULT_LICENSE, manifest_size: int = 0, weights_in_repo: bool = False) -> str:
@@ -110,7 +130,7 @@ def card_from_manifest(manifest: Manifest, name: str, *, license: str = DEFAULT_
 # {name}
 
 Class-conditional feature statistics of **{_md(m.architecture)}** ({m.num_classes} classes), published with
-[sowmeta](https://pypi.org/project/sowmeta/). They let the classifier be reused as an image generator:
+[sowmeta]({HOME}). They let the classifier be reused as an image generator:
 `sowmeta synthesize` optimizes images until the model's features match these per-class means and variances
 ("You Get What You Sow", Zhu et al.).
 
@@ -143,10 +163,11 @@ these statistics were recorded on.
 
 - **Classes**: {m.num_classes}
 - **Taps**: {len(manifest.taps)} ({", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))}), {channels} channels in total
-- **Stored as**: {manifest.dtype}, {len(manifest.files)} safetensors file(s), {_size(data_bytes + manifest_size)}
+- **Stored as**: {manifest.dtype}, {len(manifest.files)} safetensors file{'' if len(manifest.files) == 1 else 's'}, {_size(data_bytes + manifest_size)}
 - **Preprocessing**: {resize}crop {pre.crop}, mean {list(pre.mean)}, std {list(pre.std)}, {pre.interpolation}
 - **Source**: scenario {src.scenario} ({_SCENARIOS.get(src.scenario, "an unrecorded source")}), collector `{src.collector}`, data `{_md(src.data)}`, {src.images} images{empty}
 - **Source images**: {describe_compression(src.compression)}{_compression_hint(src.compression)}
+- **Differential privacy**: {_privacy_text(src.privacy)}
 - **Format**: sowmeta bundle {manifest.format_version}, written by sowmeta {manifest.tool_version} on {manifest.created}
 
 ## Classes
@@ -168,8 +189,9 @@ def render_card(bundle_dir: str | Path, name: str, *, license: str = DEFAULT_LIC
     return card_from_manifest(manifest, name, license=license, manifest_size=size)
 
 
-def model_card_section(card: str | None, name: str, manifest: Manifest) -> str:
-    """``card`` (a model's README.md, or None) with its sowmeta section added or refreshed; every other byte kept.
+def model_card_section(card: str | None, name: str, manifest: Manifest, *, license: str | None = None) -> str:
+    """``card`` (a model's README.md, or None: then a new card with ``license`` in its YAML) with its sowmeta section
+    added or refreshed; every other byte kept.
 
     The section sits between ``<!-- sowmeta:begin -->`` and ``<!-- sowmeta:end -->``; a card
     without one gets it appended.
@@ -180,11 +202,14 @@ def model_card_section(card: str | None, name: str, manifest: Manifest) -> str:
         f"{SECTION_BEGIN}\n## Class-conditional statistics (sowmeta)\n\n"
         f"[`{sub or name}/`](./{sub}) holds the class-conditional feature statistics of this model "
         f"({m.num_classes} classes, {len(manifest.taps)} taps, scenario {manifest.source.scenario}): with them "
-        f"[sowmeta](https://pypi.org/project/sowmeta/) turns the classifier into an image generator.\n\n"
-        f"```bash\npip install sowmeta\n{how_to_use(manifest, name, weights_in_repo=True)[2]}\n```\n{SECTION_END}"
+        f"[sowmeta]({HOME}) turns the classifier into an image generator.\n\n"
+        f"```bash\n{INSTALL}\n{how_to_use(manifest, name, weights_in_repo=True)[2]}\n```\n{SECTION_END}"
     )
-    if card is None:
-        return section + "\n"
+    if card is None:  # a model repository without a card gets one: YAML metadata, a title, the section
+        from huggingface_hub import ModelCardData
+
+        meta = ModelCardData(license=license, tags=["sowmeta"]).to_yaml()
+        return f"---\n{meta}\n---\n\n# {name.split('/')[0]}/{name.split('/')[1]}\n\n{section}\n"
     begin, end = card.find(SECTION_BEGIN), card.find(SECTION_END)
     if begin != -1 and end > begin:
         return card[:begin] + section + card[end + len(SECTION_END):]

@@ -32,13 +32,14 @@ from ..bundle import MANIFEST_NAME, Bundle, Manifest, verify_files
 from ..bundle.files import check_contained
 from ..errors import (
     BundleNotFoundError,
+    NotFoundError,
     ChecksumError,
     ConfigError,
     CorruptBundleError,
     RegistryError,
     SchemaError,
 )
-from .card import DEFAULT_LICENSE, card_from_manifest, model_card_section
+from .card import DEFAULT_LICENSE, card_from_manifest, model_card_section, weights_file
 from .export import CARD_NAME, export_bundle
 from .hub_cache import list_cached
 from .records import DEFAULT_REF, BundleEntry, PullResult, PushResult, check_ref, repo_and_subfolder
@@ -83,6 +84,62 @@ def _ensure_repo(api: HfApi, name: str, *, private: bool) -> None:
         )
 
 
+def _model_repo(api: HfApi, repo: str, weights: str | None, upload: Path | None, *, private: bool) -> None:
+    """The model repository a subfolder bundle goes into must exist; it is created only when its weights come along."""
+    try:
+        api.repo_info(repo)
+        return
+    except hf.GatedRepoError:
+        raise
+    except hf.RepositoryNotFoundError:
+        if upload is None:
+            what = f"with its weights {weights}" if weights else "with its weights"
+            raise NotFoundError(
+                f"{repo} does not exist on the Hub: a bundle in a subfolder is published beside its model; create {repo} "
+                f"{what} first, or push with_weights=FILE to upload them in the same commit"
+            ) from None
+    _ensure_repo(api, repo, private=private)
+
+
+def _checked_upload(path: str | Path | None, manifest: Manifest) -> Path | None:
+    """The weights file ``with_weights`` names, once it is the file the bundle was recorded on (name and sha256)."""
+    if path is None:
+        return None
+    from ..atomic import sha256_file
+
+    src, wanted = Path(path), weights_file(manifest)
+    if wanted is None:
+        raise ConfigError(f"the bundle names its weights as {manifest.model.weights!r}, which sowmeta fetches itself: push without with_weights")
+    if not src.is_file():
+        raise ConfigError(f"with_weights: {src} is not a file; pass the weights file {wanted} the bundle was recorded on")
+    if sha256_file(src) != manifest.model.weights_sha256:
+        raise ConfigError(f"with_weights: {src} is not the weights file the bundle was recorded on ({wanted}, sha256 "
+                          f"{manifest.model.weights_sha256[:16]}...); pass that file")
+    return src
+
+
+def _refuse_taken_tag(api: HfApi, repo: str, tag: str) -> None:
+    """A tag never moves: refuse one the repository has before anything is committed."""
+    try:
+        taken = {t.name for t in api.list_repo_refs(repo).tags}
+    except hf.RepositoryNotFoundError:
+        return
+    if tag in taken:
+        raise RegistryError(f"{repo} already has a tag {tag!r}; tags never move: choose another tag (nothing was pushed)")
+
+
+def _missing_weights(repo: str, sub: str, weights: str | None, existing: set[str], upload: Path | None) -> list[CommitOperationAdd]:
+    """The commit's upload of the model's weights (with_weights), or nothing; a refusal when the bundle's weights are not there."""
+    if weights is None or weights in existing or f"{sub}/{weights}" in existing:
+        return []
+    if upload is None:
+        raise NotFoundError(
+            f"{repo} does not hold {weights}, the weights the bundle was recorded on, so no one could synthesize from it: "
+            f"upload them to {repo} first, or push with_weights={weights!r} (that file) to add them in the same commit"
+        )
+    return [CommitOperationAdd(path_in_repo=weights, path_or_fileobj=str(upload))]
+
+
 def _create_branch(api: HfApi, name: str, branch: str) -> str | None:
     """Create ``branch`` from main; the commit it starts at if this call created it, None if it existed."""
     try:
@@ -120,6 +177,46 @@ def _read_text(api: HfApi, repo: str, path: str, revision: str) -> str | None:
         return Path(local).read_text(encoding="utf-8")
 
 
+def _commit_ops(api: HfApi, name: str, branch: str, src: Path, manifest: Manifest, *, upload: Path | None, license: str,
+                update_model_card: bool) -> list[CommitOperationAdd | CommitOperationDelete]:
+    """The one commit of a push: the bundle's files and card, stale shards deleted, the weights (``with_weights``) and the
+    model card's section when asked for; refusals (a model card of its own, missing weights) before anything is sent."""
+    repo, sub = repo_and_subfolder(name)
+    prefix = f"{sub}/" if sub else ""
+    existing = set(api.list_repo_files(repo, revision=branch))
+    if not sub and CARD_NAME in existing and not _card_is_ours(_read_text(api, repo, CARD_NAME, branch) or ""):
+        raise ConfigError(
+            f"{repo} has a model card of its own, which a bundle never replaces; push into a subfolder "
+            f"({repo}/sowmeta), optionally with update_model_card=True to link it from that card"
+        )
+    weights = _missing_weights(repo, sub, weights_file(manifest), existing, upload) if sub else []
+    weights_in_repo = bool(manifest.model.weights) and (manifest.model.weights in existing or bool(weights))
+    card = card_from_manifest(manifest, name, license=license, manifest_size=(src / MANIFEST_NAME).stat().st_size, weights_in_repo=weights_in_repo)
+    ops: list[CommitOperationAdd | CommitOperationDelete] = [
+        CommitOperationAdd(path_in_repo=prefix + MANIFEST_NAME, path_or_fileobj=str(src / MANIFEST_NAME)),
+        *(CommitOperationAdd(path_in_repo=prefix + f.name, path_or_fileobj=str(src / f.name)) for f in manifest.files),
+        CommitOperationAdd(path_in_repo=prefix + CARD_NAME, path_or_fileobj=card.encode("utf-8")),
+    ]
+    keep = {op.path_in_repo for op in ops}
+    stale = [p for p in sorted(existing - keep) if p.startswith(prefix) and _SHARD_RE.match(p[len(prefix):])]
+    ops += [CommitOperationDelete(path_in_repo=p) for p in stale] + weights
+    if update_model_card:
+        section = model_card_section(_read_text(api, repo, CARD_NAME, branch), name, manifest, license=license)
+        ops.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=section.encode("utf-8")))
+    return ops
+
+
+def _tag(api: HfApi, repo: str, tag: str, commit: str) -> None:
+    """Tag the pushed commit; a tag taken meanwhile (after the check before the commit) leaves it untagged, said so."""
+    try:
+        api.create_tag(repo, tag=tag, revision=commit)
+    except hf.HfHubHTTPError as exc:
+        if exc.response is not None and exc.response.status_code == 409:
+            raise RegistryError(f"{repo} gained a tag {tag!r} during this push; tags never move: the commit {commit} was "
+                                "pushed untagged, tag it with another name") from None
+        raise
+
+
 def push(
     bundle_dir: str | Path,
     name: str,
@@ -130,6 +227,7 @@ def push(
     message: str | None = None,
     license: str = DEFAULT_LICENSE,
     update_model_card: bool = False,
+    with_weights: str | Path | None = None,
     token: str | None = None,
 ) -> PushResult:
     """Publish the bundle at ``bundle_dir`` as ``name`` (``ORG/NAME[/SUBFOLDER]``) in one commit on branch ``revision``.
@@ -137,18 +235,23 @@ def push(
     With a subfolder, the commit touches only ``SUBFOLDER/`` (manifest, data files, the bundle's
     own card ``SUBFOLDER/README.md``): the repository's other files, its model card included, stay
     byte-identical, unless ``update_model_card`` adds (or refreshes) one delimited section to the
-    root README linking the bundle. Without a subfolder the bundle's card is the repository's
-    README, and a repository whose card is not a sowmeta card is refused (push into a subfolder).
+    root README linking the bundle. The model's repository must exist and hold the weights file the
+    manifest names (when only that file provides them), unless ``with_weights`` uploads it in the same
+    commit. Without a subfolder the bundle's card is the repository's README, and a repository whose
+    card is not a sowmeta card is refused (push into a subfolder). A taken ``tag`` is refused before
+    anything is committed.
 
     Args:
         bundle_dir: a bundle directory; it is verified (schema, sha256) before anything is sent.
         name: ``ORG/NAME`` or ``ORG/NAME/SUBFOLDER``; the repository is created if needed.
         revision: the branch to commit to (default main; created from main if missing).
-        tag: also tag the new commit (a tag never moves: an existing one is refused).
+        tag: also tag the new commit (a tag never moves: an existing one is refused, before any commit).
         private: create the repository private (an existing public repository is refused).
         message: the commit message.
         license: the card's license id.
         update_model_card: add or refresh the sowmeta section of the root README.md.
+        with_weights: the weights file the bundle was recorded on (its sha256 is checked), uploaded to the
+            repository's root in the same commit when it is not there (subfolder bundles only).
         token: a Hub token (default: HF_TOKEN or the one ``hf auth login`` saved).
 
     Raises:
@@ -158,53 +261,35 @@ def push(
     branch = DEFAULT_REF if revision is None else check_ref(revision)
     if tag is not None:
         check_ref(tag)
-    if update_model_card and not sub:
-        raise ConfigError("--update-model-card links a bundle in a subfolder from the model's card; push to ORG/NAME/SUBFOLDER")
+    if (update_model_card or with_weights is not None) and not sub:
+        what = "update_model_card links a bundle in a subfolder from" if update_model_card else "with_weights uploads weights beside a bundle in a subfolder of"
+        raise ConfigError(f"{what} the model's repository; push to ORG/NAME/SUBFOLDER")
     src = Path(bundle_dir)
     manifest = Bundle.read_manifest(src)
     check_contained(src, manifest)
     verify_files(src, manifest)
-    prefix = f"{sub}/" if sub else ""
+    upload = _checked_upload(with_weights, manifest)
     m = manifest.model
     summary = message or f"sowmeta: publish {m.architecture} bundle ({m.num_classes} classes, {len(manifest.taps)} taps)" + (f" in {sub}/" if sub else "")
     _refuse_offline(f"pushing {name}@{branch}")
     api, url = _api(token), endpoint()
     with _mapped(f"pushing {name}@{branch}", repo, url):
-        _ensure_repo(api, repo, private=private)
+        if sub:
+            _model_repo(api, repo, weights_file(manifest), upload, private=private)
+        else:
+            _ensure_repo(api, repo, private=private)
+        if tag is not None:
+            _refuse_taken_tag(api, repo, tag)
         start = _create_branch(api, repo, branch) if branch != DEFAULT_REF else None
         try:
-            existing = set(api.list_repo_files(repo, revision=branch))
-            if not sub and CARD_NAME in existing and not _card_is_ours(_read_text(api, repo, CARD_NAME, branch) or ""):
-                raise ConfigError(
-                    f"{repo} has a model card of its own, which a bundle never replaces; push into a subfolder "
-                    f"({repo}/sowmeta), optionally with --update-model-card to link it from that card"
-                )
-            weights_in_repo = m.weights in existing if m.weights else False
-            card = card_from_manifest(manifest, name, license=license, manifest_size=(src / MANIFEST_NAME).stat().st_size,
-                                      weights_in_repo=weights_in_repo)
-            ops: list[CommitOperationAdd | CommitOperationDelete] = [
-                CommitOperationAdd(path_in_repo=prefix + MANIFEST_NAME, path_or_fileobj=str(src / MANIFEST_NAME)),
-                *(CommitOperationAdd(path_in_repo=prefix + f.name, path_or_fileobj=str(src / f.name)) for f in manifest.files),
-                CommitOperationAdd(path_in_repo=prefix + CARD_NAME, path_or_fileobj=card.encode("utf-8")),
-            ]
-            keep = {op.path_in_repo for op in ops}
-            stale = [p for p in sorted(existing - keep) if p.startswith(prefix) and _SHARD_RE.match(p[len(prefix):])]
-            ops += [CommitOperationDelete(path_in_repo=p) for p in stale]
-            if update_model_card:
-                root_card = _read_text(api, repo, CARD_NAME, branch)
-                ops.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=model_card_section(root_card, name, manifest).encode("utf-8")))
+            ops = _commit_ops(api, name, branch, src, manifest, upload=upload, license=license, update_model_card=update_model_card)
             info = api.create_commit(repo, ops, commit_message=summary, revision=branch)
         except BaseException:
             if start is not None:  # a new branch at main's bundle would be a wrong revision: remove it
                 _drop_branch(api, repo, branch, start)
             raise
         if tag is not None:
-            try:
-                api.create_tag(repo, tag=tag, revision=info.oid)
-            except hf.HfHubHTTPError as exc:
-                if exc.response is not None and exc.response.status_code == 409:
-                    raise RegistryError(f"{repo} already has a tag {tag!r}; tags never move: choose another tag (the commit {info.oid[:12]} was pushed)") from None
-                raise
+            _tag(api, repo, tag, info.oid)
     log.info("pushed %s@%s -> commit %s (%s)", name, branch, info.oid, url)
     return PushResult(name=name, revision=tag or branch, commit=info.oid, backend="hub", url=info.commit_url)
 

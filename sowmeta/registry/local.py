@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -235,6 +236,8 @@ def push(
     staged = None if _intact(target, manifest, manifest_bytes) else _stage(src, manifest_bytes, manifest, base)
     try:
         with _locked(repo, name):
+            if tag is not None:
+                _check_tag(repo, name, tag, rid)  # before anything is stored: a refused push leaves no revision behind
             if not _intact(target, manifest, manifest_bytes):
                 if staged is None:  # removed or damaged meanwhile: copy again, still under the lock
                     staged = _stage(src, manifest_bytes, manifest, base)
@@ -244,15 +247,11 @@ def push(
                     _discard(target, base)
                 os.replace(staged, target)
                 staged = None
-            if tag is not None:
-                tagged = _read_ref_safe(repo, tag, "tags")
-                if tagged is None and (repo / "tags" / tag).exists():
+            if tag is not None and _read_ref_safe(repo, tag, "tags") is None:
+                if (repo / "tags" / tag).exists():
                     log.warning("tag %s of %s was damaged (it held no revision id); it now names the pushed revision %s", tag, name, rid[:12])
-                if tagged is not None and tagged != rid:
-                    raise RegistryError(f"{name} already has a tag {tag!r} (revision {tagged[:12]}...); tags never move: choose another tag")
-                if tagged is None:
-                    with atomic_file(repo / "tags" / tag) as tmp:
-                        tmp.write_text(rid + "\n", encoding="utf-8")
+                with atomic_file(repo / "tags" / tag) as tmp:
+                    tmp.write_text(rid + "\n", encoding="utf-8")
             previous = _read_ref_safe(repo, ref)
             with atomic_file(repo / "refs" / ref) as tmp:
                 tmp.write_text(rid + "\n", encoding="utf-8")
@@ -264,6 +263,13 @@ def push(
             shutil.rmtree(staged, ignore_errors=True)
     log.info("pushed %s@%s -> %s (local registry %s)", name, ref, rid[:12], base)
     return PushResult(name=name, revision=tag or ref, commit=rid, backend="local", path=target)
+
+
+def _check_tag(repo: Path, name: str, tag: str, rid: str) -> None:
+    """Refuse a tag that already names another revision (tags never move)."""
+    tagged = _read_ref_safe(repo, tag, "tags")
+    if tagged is not None and tagged != rid:
+        raise RegistryError(f"{name} already has a tag {tag!r} (revision {tagged[:12]}...); tags never move: choose another tag (nothing was pushed)")
 
 
 def _resolve(repo: Path, name: str, rev: str, base: Path) -> str:
@@ -312,10 +318,10 @@ def pull(
     base = _root(root)
     repo = _repo_dir(base, name)
     if not (repo / "revisions").is_dir():
-        raise NotFoundError(
-            f"{name} is not in the local registry {base}; push it with `sowmeta push DIR {name}`, "
-            "or fetch from the Hub with --registry hub"
-        )
+        cached = _from_hub_cache(name, revision)
+        if cached is None:
+            raise NotFoundError(_not_found(name, base))
+        return cached if to is None else replace(cached, path=export_bundle(cached.path, Bundle.read_manifest(cached.path), to))
     rev = DEFAULT_REF if revision is None else check_ref(revision)
     rid = _resolve(repo, name, rev, base)
     path = repo / "revisions" / rid
@@ -329,6 +335,27 @@ def pull(
         path = export_bundle(path, manifest, to)
     log.info("pulled %s@%s (%s) from the local registry -> %s", name, rev, rid[:12], path)
     return PullResult(name=name, revision=rev, commit=rid, path=path, backend="local", manifest=manifest)
+
+
+def _from_hub_cache(name: str, revision: str | None) -> PullResult | None:
+    """A bundle pulled from the Hub earlier, found in the cache without the network (what ``list`` shows, ``pull`` finds)."""
+    for e in list_cached():
+        if e.name == name and ((revision or DEFAULT_REF) in e.refs or (revision is not None and (e.commit or "").startswith(revision))):
+            manifest = Bundle.read_manifest(e.path)
+            verify_files(e.path, manifest)
+            log.info("%s@%s found in the Hub cache (commit %s)", name, revision or DEFAULT_REF, e.commit)
+            return PullResult(name=name, revision=revision or DEFAULT_REF, commit=e.commit or "", path=e.path, backend="hub-cache")
+    return None
+
+
+def _not_found(name: str, base: Path) -> str:
+    """Why ``name`` is not found: a mistyped directory (its first part is a local folder), or a name nothing holds."""
+    head = Path(name.split("/")[0])
+    if head.is_dir():
+        return (f"{name} is not a bundle directory ({head}/ has no such folder) and no bundle of that name is in the local "
+                f"registry {base}; check the path")
+    return (f"{name} is neither in the local registry {base} nor pulled from the Hub; push a bundle under that name first, "
+            "or pull it from the Hub (registry='hub')")
 
 
 def list_bundles(*, root: str | Path | None = None) -> list[BundleEntry]:
@@ -385,7 +412,7 @@ class LocalRegistry:
              tag: str | None = None, **options: object) -> PushResult:
         hub_only = sorted(k for k, v in options.items() if v not in (None, False) and k != "license")
         if hub_only:
-            raise ConfigError(f"--{hub_only[0].replace('_', '-')} applies to the Hub, but the local registry was chosen ({self.why}); pass --registry hub")
+            raise ConfigError(f"{hub_only[0]}= applies to the Hub, but the local registry was chosen ({self.why}); pass registry='hub'")
         return push(bundle_dir, name, revision=revision, tag=tag, message=message, root=self.root)
 
     def pull(self, name: str, *, revision: str | None = None, to: str | Path | None = None, token: str | None = None) -> PullResult:
