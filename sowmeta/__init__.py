@@ -44,6 +44,8 @@ _HOME = {
     "collect_seeds": ".collectors",
     "TrainingCollector": ".collectors",
     "CollectReport": ".collectors",
+    "audit": ".privacy",
+    "AuditReport": ".privacy",
     # bundles
     "Bundle": ".bundle",
     "Manifest": ".bundle",

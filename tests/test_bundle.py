@@ -69,7 +69,7 @@ def test_round_trip_and_layout(saved: Path):
     files = sorted(p.name for p in saved.iterdir())
     assert files == ["sowmeta.json", "stats.safetensors"]
     with safe_open(str(saved / "stats.safetensors"), framework="pt") as f:
-        assert f.metadata()["format"] == "sowmeta-bundle" and f.metadata()["format_version"] == "1.4"
+        assert f.metadata()["format"] == "sowmeta-bundle" and f.metadata()["format_version"] == "1.5"
         assert f.metadata()["manifest_sha256"] == Bundle.read_manifest(saved).digest
         assert f.get_tensor("bn2/mean").shape == (K, 12) and f.get_tensor("bn2/mean").dtype == torch.float32
         assert f.get_tensor("counts").dtype == torch.int64
@@ -394,7 +394,7 @@ def test_bad_class_selections_and_inconsistent_rows(saved: Path):
     f = saved / "stats.safetensors"
     tensors = load_file(str(f))
     tensors["counts"] = torch.zeros(K + 2, dtype=torch.int64)  # more rows than the manifest's classes
-    save_file(tensors, str(f), metadata={"format": "sowmeta-bundle", "format_version": "1.4", "shard": "1/1"})
+    save_file(tensors, str(f), metadata={"format": "sowmeta-bundle", "format_version": "1.5", "shard": "1/1"})
     with pytest.raises(CorruptBundleError, match=r"'counts' is I64 \[8\], the manifest says I64 \[6\]"):
         Bundle.load(saved, classes=[0], verify=False)
 
@@ -410,7 +410,7 @@ def test_sharded_files_are_indexed_by_the_manifest_and_identify_themselves(tmp_p
     for i, f in enumerate(manifest.files, start=1):
         with safe_open(str(p / f.name), framework="pt") as h:
             assert sorted(h.keys()) == sorted(f.tensors)
-            assert h.metadata() == {"format": "sowmeta-bundle", "format_version": "1.4", "shard": f"{i}/{n}", "manifest_sha256": manifest.digest}
+            assert h.metadata() == {"format": "sowmeta-bundle", "format_version": "1.5", "shard": f"{i}/{n}", "manifest_sha256": manifest.digest}
         assert f.name == f"stats-{i:05d}-of-{n:05d}.safetensors"
     whole = Bundle.load(p)
     for name, s in b.stats.items():

@@ -157,7 +157,7 @@ def test_bundles_record_how_their_images_were_stored(tmp_path: Path):
     data = _folder(tmp_path / "mixed", [(90, 0), (40, 2), None])
     collect(model, data, out=tmp_path / "b")
     written = json.loads((tmp_path / "b" / "sowmeta.json").read_text())
-    assert written["format_version"] == "1.4"
+    assert written["format_version"] == "1.5"
     assert written["source"]["compression"] == {
         "files_sampled": 3, "jpeg_files": 2, "quality": 40, "subsampling": "4:2:0", "width": 12, "height": 12
     }

@@ -17,8 +17,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sowmeta"
 
 # The rooms from left to right: a room imports only rooms to its left, and shared utilities.
 # bundle stands left of collectors because a collector writes bundles (it imports the format),
-# as synth, which reads them, does; the data still flows collect -> bundle -> registry -> synth.
-ROOMS = ["models", "data", "moments", "bundle", "collectors", "registry", "synth", "evaluation", "distillation", "demo", "cli"]
+# as synth, which reads them, does; the data still flows collect -> bundle -> registry -> synth. privacy stands
+# between them: a private collection clips and noises through it, and its audit reads bundles and image folders.
+ROOMS = ["models", "data", "moments", "bundle", "privacy", "collectors", "registry", "synth", "evaluation", "distillation", "demo", "cli"]
 SHARED_PACKAGES = ["hub"]
 # The package root: the public API and small utilities every room may use.
 ROOT_MODULES = {"__init__", "errors", "version", "env", "named", "lazy", "options", "atomic", "outputs", "devices", "distributed", "logits"}

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 FORMAT_NAME = "sowmeta-bundle"
-FORMAT_VERSION = "1.4"
+FORMAT_VERSION = "1.5"
 MANIFEST_NAME = "sowmeta.json"
 MAX_MANIFEST_BYTES = 64 << 20  # a 1000-class, 300-tap manifest is well under 1 MiB
 _CODE_RE = re.compile(r"^(?!(?:timm|hf-hub):)[^:]*:")
@@ -104,6 +104,7 @@ class SourceRecord:
     skipped_images: int = 0
     rejected_seeds: list[dict[str, Any]] = field(default_factory=list)
     compression: dict[str, Any] | None = None  # (1.2) how the sampled image files were stored; None: not recorded
+    privacy: dict[str, Any] | None = None  # (1.5) the differential-privacy release (docs/privacy.md); None: none
 
 
 @dataclass(frozen=True)

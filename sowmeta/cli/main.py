@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from sowmeta import errors as E
-from sowmeta.cli import collect_cmds, demo_cmds, evaluate_cmds, registry_cmds, synth_cmds
+from sowmeta.cli import collect_cmds, demo_cmds, evaluate_cmds, privacy_cmds, registry_cmds, synth_cmds
 from sowmeta.cli.terminal import err_console, fail, handle_errors
 from sowmeta.version import __version__
 
@@ -76,7 +76,7 @@ def main(verbose: int, plugins: tuple[str, ...]) -> None:
     _load_plugins(plugins)
 
 
-for _module in (collect_cmds, registry_cmds, synth_cmds, evaluate_cmds, demo_cmds):
+for _module in (collect_cmds, registry_cmds, synth_cmds, evaluate_cmds, privacy_cmds, demo_cmds):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

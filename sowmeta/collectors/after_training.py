@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from ..models import LoadedModel
 from ..models.taps import probe, resolve_taps
 from ..outputs import check_output
 from .options import CollectOptions
+from .private import PrivateRecorder, plan_privacy
 from .recorder import StatsRecorder
 from .records import CollectReport, Progress, check_base_model, data_name, labels_for, note_compression, prepare, record_for, save
 
@@ -145,7 +146,8 @@ def collect(
     labels = labels_for(model, found.outputs)
     source = _loader_source(data, o) if isinstance(data, DataLoader) else _folder_source(model, data, o, labels, dev, notice)
     named = data_name(o.dataset, data)
-    recorder = StatsRecorder(module, found.taps, found.outputs)
+    privacy = plan_privacy(o, module, found.taps)
+    recorder = StatsRecorder(module, found.taps, found.outputs) if privacy is None else PrivateRecorder(module, found.taps, found.outputs, privacy)
     # Every tap starts with empty moments, so a rank whose shard is empty (or all undecodable)
     # still takes part in the merge instead of leaving the other ranks waiting.
     recorder.allocate(found.channels, dev)
@@ -153,7 +155,8 @@ def collect(
     _one_pass(module, recorder, source, dev, o, report, progress)
     rank, world = rank_world()
     report.skipped = _all_skipped(report.skipped, world)
-    report.images = int(next(iter(recorder.moments.values())).images.sum())
+    moments = recorder.moments if privacy is None else recorder.release()  # type: ignore[attr-defined]
+    report.images = int(next(iter(moments.values())).images.sum())  # with privacy, the noisy count released
     if report.images == 0:
         raise DataError(f"no image of {named} could be read; nothing was collected")
     report.seconds = time.perf_counter() - start
@@ -161,7 +164,9 @@ def collect(
         log.warning("skipped %d undecodable images (first: %s)", len(report.skipped), report.skipped[0])
     source_record = SourceRecord(scenario="A", collector="after-training", data=named, images=report.images, images_per_class_limit=o.limit_per_class,
                                  skipped_images=len(report.skipped), compression=source.compression)
-    bundle = Bundle.from_moments(recorder.moments, found.taps, model=record_for(model, module, fused, labels, found.outputs),
+    if privacy is not None:  # counts and compression read from particular files are not released under the guarantee
+        source_record = replace(source_record, skipped_images=0, compression=None, privacy=privacy.record(recorder.sums.sensitivity))  # type: ignore[attr-defined]
+    bundle = Bundle.from_moments(moments, found.taps, model=record_for(model, module, fused, labels, found.outputs),
                                  preprocessing=model.preprocessing, source=source_record)
     if rank == 0:
         save(bundle, o)

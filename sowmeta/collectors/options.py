@@ -42,6 +42,14 @@ class CollectOptions:
     overwrite: bool = field(default=False, metadata=option("Replace an existing bundle at the output (only a sowmeta bundle is ever replaced)."))
     dtype: str = field(default="float32", metadata=option("Stored precision of the statistics.", choices=("float32", "float16")))
     shard_bytes: int = field(default=DEFAULT_SHARD_BYTES, metadata=option("Bytes per safetensors file.", flag="--shard-size", low=1))
+    dp_epsilon: float | None = field(default=None, metadata=option(
+        "(folders) Release the statistics with (epsilon, delta)-differential privacy (with --dp-delta): each image's moments "
+        "clipped, Gaussian noise added once to every class's sums and counts (docs/privacy.md).", low=0, metavar="EPSILON"))
+    dp_delta: float | None = field(default=None, metadata=option(
+        "(folders) The delta of the privacy guarantee, below 1/images (e.g. 1e-5).", low=0, high=1, high_open=True, metavar="DELTA"))
+    dp_clip: float = field(default=1.5, metadata=option(
+        "With --dp-epsilon: each image's feature energy at a tap is clipped to this many times the tap's typical energy "
+        "(from the BatchNorm's running statistics).", low=0, metavar="C"))
 
     @classmethod
     def of(cls, options: CollectOptions | None, overrides: dict[str, Any], *, what: str) -> CollectOptions:

@@ -20,6 +20,7 @@ from ..models import LoadedModel
 from ..models.taps import probe, resolve_taps
 from ..outputs import check_output
 from .options import CollectOptions
+from .private import refuse_privacy
 from .recorder import StatsRecorder
 from .records import CollectReport, Progress, check_base_model, data_name, labels_for, note_compression, prepare, record_for, save
 
@@ -92,6 +93,7 @@ def collect_seeds(
         notice: called with a one-line note (e.g. that the seeds are heavily compressed JPEGs); else logged.
     """
     o = CollectOptions.of(options, overrides, what="collect_seeds")
+    refuse_privacy(o, "seed images (Scenario B or C)")
     check_base_model(model)
     if o.out is not None:
         check_output(o.out, "bundle", overwrite=o.overwrite, inputs=[("--seeds", None if isinstance(seeds, Mapping) else seeds)])

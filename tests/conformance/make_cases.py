@@ -322,6 +322,11 @@ def _gap_before(key: str, size: int) -> HeaderEdit:
     return edit
 
 
+# source.privacy (1.5) of a bundle released with (8, 1e-5)-differential privacy
+PRIVACY = {"mechanism": "gaussian", "neighbours": "add-or-remove-one-image", "epsilon": 8.0, "delta": 1e-05, "clip": 1.5,
+           "clip_reference": "batchnorm-running-statistics", "noise_multiplier": 0.6378, "sensitivity": 2.6457513110645907,
+           "accountant": {"name": "opacus.rdp", "version": "1.6.0"}}
+
 VALID = [
     Case("1.4-float32", "three classes (one without images), two taps, image_var, one file"),
     Case("1.4-float16-sharded", "float16 statistics in two files", dtype="float16",
@@ -334,6 +339,8 @@ VALID = [
                              _set("x-extension", {"\u00e9": 1.0, "b": [1e21, 0.000001, 1e-7, -0.0], "a\u20ac": "tab\there"}))),
     Case("1.4-token-taps", "taps of [N, L, D] features: channel axis -1 and a left-out class token",
          edit_manifest=_both(_set("taps/0/axis", -1), _set("taps/0/prefix_tokens", 1), _set("taps/0/kind", "ln-input"))),
+    Case("1.5-privacy", "format 1.5: statistics released with differential privacy (source.privacy)", version="1.5",
+         edit_manifest=_set("source/privacy", PRIVACY)),
     Case("1.3-legacy-digest", "format 1.3: the digest is Python's json.dumps form (ASCII escapes)", version="1.3",
          edit_manifest=_set("model/labels", ["chat \u00e9", "dog", "bird"])),
     Case("1.2-compression", "format 1.2: source.compression, no image_var", version="1.2"),
@@ -359,6 +366,8 @@ INVALID = [
     Case("schema--code-architecture", "model.architecture names Python code", "schema", edit_manifest=_set("model/architecture", "os:system")),
     Case("schema--slash-in-tap-name", "a tap name holds '/'", "schema", edit_manifest=_set("taps/0/name", "b/n1")),
     Case("schema--zero-channels", "a tap with 0 channels", "schema", edit_manifest=_set("taps/0/channels", 0)),
+    Case("schema--privacy-epsilon-zero", "source.privacy with epsilon 0, which is no budget", "schema", version="1.5",
+         edit_manifest=_set("source/privacy", {**PRIVACY, "epsilon": 0})),
     Case("schema--file-name-path", "a file name with a directory part", "schema",
          after_seal=lambda m: m["files"][0].update(name="../stats.safetensors")),
     # labels
