@@ -56,16 +56,6 @@ def _privacy_text(record: dict[str, Any] | None) -> str:
             f"accountant {_md(acc['name'])} {_md(acc['version'])}); counts are noisy too. The model's weights are not covered")
 
 
-def _privacy_text(record: dict[str, Any] | None) -> str:
-    """The card's line on the release's guarantee (docs/privacy.md says what it covers)."""
-    if not record:
-        return "none: the statistics are exact, and they reveal something about the images they came from"
-    acc = record["accountant"]
-    return (f"({record['epsilon']:g}, {record['delta']:g})-DP for adding or removing one image, {record['mechanism']} mechanism "
-            f"(noise multiplier {record['noise_multiplier']:.4g}, each image's moments clipped at {record['clip']:g}x each tap's typical energy; "
-            f"accountant {_md(acc['name'])} {_md(acc['version'])}); counts are noisy too. The model's weights are not covered")
-
-
 def _md(text: str) -> str:
     """Escape the characters that would turn a label into Markdown markup."""
     return re.sub(r"([\\`*_|<>\[\]])", r"\\\1", text)
@@ -177,7 +167,6 @@ these statistics were recorded on.
 - **Preprocessing**: {resize}crop {pre.crop}, mean {list(pre.mean)}, std {list(pre.std)}, {pre.interpolation}
 - **Source**: scenario {src.scenario} ({_SCENARIOS.get(src.scenario, "an unrecorded source")}), collector `{src.collector}`, data `{_md(src.data)}`, {src.images} images{empty}
 - **Source images**: {describe_compression(src.compression)}{_compression_hint(src.compression)}
-- **Differential privacy**: {_privacy_text(src.privacy)}
 - **Differential privacy**: {_privacy_text(src.privacy)}
 - **Format**: sowmeta bundle {manifest.format_version}, written by sowmeta {manifest.tool_version} on {manifest.created}
 
