@@ -176,3 +176,18 @@ def test_every_file_architecture_md_names_exists():
     modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" and p.parent != PACKAGE}
     assert sorted(modules - named) == [], "name every module of a room in docs/architecture.md's table"
 
+
+def _functions() -> list[tuple[int, str]]:
+    """(lines, where) of every function and method of the package, the CLI included: from ``def`` to its last line."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.append((node.end_lineno - node.lineno + 1, f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}"))  # type: ignore[operator]
+    return found
+
+
+def test_no_function_is_longer_than_80_lines():
+    functions = _functions()
+    assert len(functions) > 500 and max(n for n, _ in functions) > 40  # the walk sees the package
+    assert sorted((f"{where}: {n} lines" for n, where in functions if n > 80)) == []
