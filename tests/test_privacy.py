@@ -287,3 +287,20 @@ def test_audit_cli_reports_membership_and_reconstruction(tmp_path: Path):
     r = CliRunner().invoke(main, ["audit", str(tmp_path / "b"), *tiny, "--members", str(members), "--non-members", str(others),
                                   "--pairs", str(tmp_path / "p.png")])
     assert r.exit_code == 1 and "pass --synthesis too" in r.output
+
+
+def test_collect_cli_offers_the_budget_and_the_card_states_it(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from sowmeta.cli.main import main
+    from sowmeta.registry.card import render_card
+
+    data = write_image_folder(tmp_path / "data", classes=3, per_class=8)
+    tiny = ["--model", "conftest:tiny_net", "--weights", "none", "--crop", "12", "--workers", "0", "--data", str(data)]
+    r = CliRunner().invoke(main, ["collect", *tiny, "--out", str(tmp_path / "b"), "--dp-epsilon", "2", "--dp-delta", "1e-4", "--dp-clip", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    card = render_card(tmp_path / "b", "me/tiny-dp")
+    assert "(2, 0.0001)-DP for adding or removing one image" in card and "clipped at 2x" in card
+    r = CliRunner().invoke(main, ["collect", *tiny, "--out", str(tmp_path / "c"), "--dp-epsilon", "2"])
+    assert r.exit_code == 1 and "needs both --dp-epsilon and --dp-delta" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "c").exists()
