@@ -92,6 +92,27 @@ def test_timm_batchnorm_act_keeps_its_activation():
     assert sum(isinstance(m, nn.ReLU6) for m in fused.modules()) == sum(isinstance(m, nn.ReLU6) for m in model.modules())
 
 
+def test_a_fused_timm_model_synthesizes(tmp_path):
+    """The fused model's taps are convolution outputs that the kept (in timm, in-place) activation reads next:
+    collection and synthesis through them work, with gradients (an in-place activation would overwrite the tap)."""
+    timm = pytest.importorskip("timm")
+    from conftest import write_image_folder
+
+    from sowmeta import collect, synthesize
+    from sowmeta.models import LoadedModel
+    from sowmeta.models.preprocess import Preprocessing
+    from sowmeta.synth import SynthConfig
+
+    torch.manual_seed(0)
+    fused = fuse_bn(randomize_bn(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=3)).eval(), torch.rand(1, 3, 32, 32))
+    assert not any(getattr(m, "inplace", False) for m in fused.modules())
+    model = LoadedModel(fused, "timm:tf_efficientnet_lite0", None, 3, None, Preprocessing(crop=32))
+    collect(model, write_image_folder(tmp_path / "data", classes=3, per_class=2, size=32), out=tmp_path / "b", batch_size=6)
+    result = synthesize(tmp_path / "b", model, classes=[0, 1], per_class=1,
+                        config=SynthConfig.preset("imagenet", iterations=2, jitter=2, batch_size=2, mixed=True, check_fingerprint=False))
+    assert result.uint8.shape == (2, 3, 32, 32)
+
+
 def test_batchnorm_with_an_unknown_forward_is_refused():
     class Scaled(nn.BatchNorm2d):
         def forward(self, x):

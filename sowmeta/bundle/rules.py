@@ -131,8 +131,10 @@ def check_pooling(
         eps = SLACK * UNIT_ROUNDOFF[dtype]
         tiny = SLACK * _SMALLEST[dtype]
         tol_mean = eps * (abs_mean + g_mean.abs()) + tiny
-        # sum_k w_k |m_k - P_m| (|m_k| + A) = w @ (|spread| |m|) + A (w @ |spread|)
-        tol_var = eps * (weighted_var + 2 * (w @ (abs_spread * abs_m) + abs_mean * (w @ abs_spread)) + g_var.abs()) + tiny
+        # sum_k w_k |m_k - P_m| (|m_k| + A) = w @ (|spread| |m|) + A (w @ |spread|); the second moments' terms: a writer derives
+        # var from means of squares, so a channel far from 0 and nearly constant keeps an error of order eps * mean^2
+        second = w @ m.square() + g_mean.square()
+        tol_var = eps * (weighted_var + 2 * (w @ (abs_spread * abs_m) + abs_mean * (w @ abs_spread)) + g_var.abs() + second) + tiny
     for what, stored, pooled, tol in (("global_mean", g_mean, pooled_mean, tol_mean), ("global_var", g_var, pooled_var, tol_var)):
         off = (stored - pooled).abs() > tol
         if bool(off.any()):

@@ -32,6 +32,9 @@ def _after_norm(name: str, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     if forward is nn.modules.batchnorm._BatchNorm.forward:
         return nn.Identity()
     if forward.__qualname__ == "BatchNormAct2d.forward" and forward.__module__.startswith("timm."):
+        # the activation then reads the convolution's output, which a tap records for synthesis: it must not overwrite it
+        if getattr(bn.act, "inplace", False):
+            bn.act.inplace = False  # type: ignore[union-attr]
         return nn.Sequential(bn.drop, bn.act)  # type: ignore[arg-type]
     raise ModelError(
         f"cannot fuse {name}: {type(bn).__name__} does more than normalize and its forward is not known to sowmeta; "
