@@ -191,3 +191,11 @@ def test_no_function_is_longer_than_80_lines():
     functions = _functions()
     assert len(functions) > 500 and max(n for n, _ in functions) > 40  # the walk sees the package
     assert sorted((f"{where}: {n} lines" for n, where in functions if n > 80)) == []
+
+
+def test_every_sowmeta_path_the_docs_name_exists():
+    """A path into the package that a page of docs/ or the README names (``sowmeta/moments/reduce.py``) is on disk."""
+    root = PACKAGE.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    named = {(page.name, m) for page in pages for m in re.findall(r"sowmeta/[a-z_0-9/]+\.(?:py|c)\b", page.read_text(encoding="utf-8"))}
+    assert len(named) > 3 and sorted(f"{page}: {m}" for page, m in named if not (root / m).exists()) == []
