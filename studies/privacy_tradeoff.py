@@ -1,6 +1,6 @@
 """What differential privacy costs and buys on CIFAR-10 Scenario A (docs/privacy.md), end to end.
 
-    python studies/privacy_tradeoff.py [--out runs/privacy] [--per-class 8] [--iterations 600] [--audit-per-class 100]
+    python studies/privacy_tradeoff.py [--out runs/privacy] [--per-class 8] [--iterations 600] [--audit-per-class 100] [--phase all]
 
 1. One pass of cifar-resnet56 over the 50,000 training images through ``collect(..., dp_epsilon=8,
    dp_delta=1e-5)``, the function ``sowmeta collect --dp-epsilon 8 --dp-delta 1e-5`` calls: it writes
@@ -10,12 +10,14 @@
 2. Scenario B (50 seeds per class) and C (1 per class) bundles from test images (``sowmeta collect --seeds``).
 3. ``sowmeta synthesize`` (cifar preset, PER_CLASS images per class, ITERATIONS steps) from every
    Scenario-A bundle and the C bundle; ``sowmeta evaluate`` with cifar-resnet20 and per-class KID
-   against 200 real test images per class; ``sowmeta audit`` of every bundle (members: the first 100
-   training images per class, or the seeds; non-members: test images 200-299 of each class), with
-   reconstruction judged by cifar-resnet20.
+   against 200 real test images per class (test images 300-499); ``sowmeta audit`` of every bundle (members:
+   the first AUDIT_PER_CLASS training images per class, or the seeds; non-members: test images 200-299 of
+   each class), with reconstruction judged by cifar-resnet20 for the synthesized ones.
 4. results.json, a Markdown table and a plot (privacy-tradeoff.png) under OUT.
 
-Every step is skipped when its output exists, so a stopped run continues. Needs data/cifar10
+Every step is skipped when its output exists, so a stopped run continues. ``--phase`` runs one part
+(bundles, membership audits, synthesis with its evaluation and reconstruction audit, summary);
+once the bundles exist, the membership and synthesis phases may run side by side. Needs data/cifar10
 (train/ and test/ extracted, studies/README.md) and the weights under $SOWMETA_SHARED (../shared).
 """
 
@@ -123,6 +125,37 @@ def scenario_a(bundles: Path, data: Path) -> None:
                             source=replace(b8.manifest.source, privacy=plan.record(rec.sums.sensitivity))).save(bundles / f"a-eps{tag(eps)}")
 
 
+def _audit(out: Path, name: str, members: Path, non_members: Path, per_class: int, *, reconstruct: bool) -> None:
+    """``sowmeta audit --json`` of one bundle: membership only (audit/NAME.json), or with reconstruction (audit/NAME-recon.json)."""
+    audited = out / f"audit/{name}{'-recon' if reconstruct else ''}.json"
+    if audited.exists():
+        return
+    extra = ["--synthesis", str(out / f"synth/{name}.h5"), "--judge", "cifar-resnet20", "--judge-weights", str(W20),
+             "--pairs", str(out / f"audit/{name}-pairs.png")] if reconstruct else []
+    with open(audited.with_suffix(".tmp"), "w") as f:
+        start = time.time()
+        subprocess.run(["sowmeta", "audit", str(out / f"bundles/{name}"), "--weights", str(W56), "--members", str(members), "--non-members",
+                        str(non_members), "--limit-per-class", str(per_class), *extra, "--json"], check=True, stdout=f)
+        TIMES[f"audit {name}{' with reconstruction' if reconstruct else ''}"] = round(time.time() - start, 1)
+    audited.with_suffix(".tmp").rename(audited)
+
+
+def _synthesize(out: Path, name: str, per_class: int, iterations: int, reference: Path) -> None:
+    """``sowmeta synthesize`` from one bundle, then ``sowmeta evaluate --json`` with cifar-resnet20 and per-class KID."""
+    h5 = out / f"synth/{name}.h5"
+    if not h5.exists():
+        run(f"synthesize {name}", "synthesize", "--bundle", str(out / f"bundles/{name}"), "--weights", str(W56), "--preset", "cifar",
+            "--per-class", str(per_class), "--iterations", str(iterations), "--seed", "0", "--allow-low-confidence", "--out", str(h5), "-q")
+    evaluated = out / f"eval/{name}.json"
+    if not evaluated.exists():
+        with open(evaluated.with_suffix(".tmp"), "w") as f:
+            start = time.time()
+            subprocess.run(["sowmeta", "evaluate", "--data", str(h5), "--model", "cifar-resnet20", "--weights", str(W20), "--reference", str(reference),
+                            "--json"], check=True, stdout=f)
+            TIMES[f"evaluate {name}"] = round(time.time() - start, 1)
+        evaluated.with_suffix(".tmp").rename(evaluated)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/privacy"))
@@ -130,55 +163,40 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=600)
     ap.add_argument("--audit-per-class", type=int, default=100, help="members and non-members read per class by the audit")
     ap.add_argument("--data", type=Path, default=DATA, help="CIFAR-10 with train/ and test/ class folders")
+    ap.add_argument("--phase", choices=("all", "bundles", "membership", "synthesis", "summary"), default="all",
+                    help="run one phase (phases may run side by side once the bundles exist)")
     args = ap.parse_args()
-    data: Path = args.data
-    out: Path = args.out
+    out, data = args.out, args.data
     for d in ("bundles", "synth", "eval", "audit", "folders"):
         (out / d).mkdir(parents=True, exist_ok=True)
-    w56 = ["--weights", str(W56)]
-    seeds_b = link_folder(out / "folders/seeds-b", data / "test", 0, 50)
-    seeds_c = link_folder(out / "folders/seeds-c", data / "test", 0, 1)
+    seeds = {"b": link_folder(out / "folders/seeds-b", data / "test", 0, 50), "c": link_folder(out / "folders/seeds-c", data / "test", 0, 1)}
     reference = link_folder(out / "folders/reference", data / "test", 300, 500)
     non_members = link_folder(out / "folders/non-members", data / "test", 200, 300)
-    scenario_a(out / "bundles", data)
-    for name, seeds in (("b", seeds_b), ("c", seeds_c)):
-        if not (out / f"bundles/{name}").exists():
-            run(f"collect {name}", "collect", "--model", "cifar-resnet56", *w56, "--seeds", str(seeds), "--keep-rejected", "--dataset", "cifar10-test",
-                "--out", str(out / f"bundles/{name}"), "-q")
-    synthesized = [f"a-eps{tag(e)}" for e in EPSILONS] + ["c"]
-    for name in synthesized:
-        h5 = out / f"synth/{name}.h5"
-        if not h5.exists():
-            run(f"synthesize {name}", "synthesize", "--bundle", str(out / f"bundles/{name}"), *w56, "--preset", "cifar", "--per-class", str(args.per_class),
-                "--iterations", str(args.iterations), "--seed", "0", "--allow-low-confidence", "--out", str(h5), "-q")
-        evaluated = out / f"eval/{name}.json"
-        if not evaluated.exists():
-            with open(evaluated.with_suffix(".tmp"), "w") as f:
-                start = time.time()
-                subprocess.run(["sowmeta", "evaluate", "--data", str(h5), "--model", "cifar-resnet20", "--weights", str(W20), "--reference", str(reference),
-                                "--json"], check=True, stdout=f)
-                TIMES[f"evaluate {name}"] = round(time.time() - start, 1)
-            evaluated.with_suffix(".tmp").rename(evaluated)
-    for name in [f"a-eps{tag(e)}" for e in EPSILONS] + ["b", "c"]:
-        audited = out / f"audit/{name}.json"
-        if audited.exists():
-            continue
-        members = {"b": seeds_b, "c": seeds_c}.get(name, data / "train")
-        extra = ["--synthesis", str(out / f"synth/{name}.h5"), "--judge", "cifar-resnet20", "--judge-weights", str(W20),
-                 "--pairs", str(out / f"audit/{name}-pairs.png")] if name in synthesized else []
-        with open(audited.with_suffix(".tmp"), "w") as f:
-            start = time.time()
-            subprocess.run(["sowmeta", "audit", str(out / f"bundles/{name}"), *w56, "--members", str(members), "--non-members", str(non_members),
-                            "--limit-per-class", str(args.audit_per_class), *extra, "--json"], check=True, stdout=f)
-            TIMES[f"audit {name}"] = round(time.time() - start, 1)
-        audited.with_suffix(".tmp").rename(audited)
+    scenario = [f"a-eps{tag(e)}" for e in EPSILONS]
+    if args.phase in ("all", "bundles"):
+        scenario_a(out / "bundles", data)
+        for name, folder in seeds.items():
+            if not (out / f"bundles/{name}").exists():
+                run(f"collect {name}", "collect", "--model", "cifar-resnet56", "--weights", str(W56), "--seeds", str(folder), "--keep-rejected",
+                    "--dataset", "cifar10-test", "--out", str(out / f"bundles/{name}"), "-q")
+    if args.phase in ("all", "membership"):
+        for name in [*scenario, "b", "c"]:
+            _audit(out, name, seeds.get(name, data / "train"), non_members, args.audit_per_class, reconstruct=False)
+    if args.phase in ("all", "synthesis"):
+        for name in [*scenario, "c"]:
+            _synthesize(out, name, args.per_class, args.iterations, reference)
+            _audit(out, name, seeds.get(name, data / "train"), non_members, args.audit_per_class, reconstruct=True)
     summarize(out)
 
 
-def _row(out: Path, name: str) -> dict:
-    audit = json.loads((out / f"audit/{name}.json").read_text())
+def _row(out: Path, name: str) -> dict | None:
+    path = out / f"audit/{name}.json"
+    if not path.exists():
+        return None
+    audit = json.loads(path.read_text())
+    recon = out / f"audit/{name}-recon.json"
     row = {"bundle": name, "scenario": audit["scenario"], "images_per_class": audit["images_per_class"], "privacy": audit["privacy"],
-           "membership": audit["membership"], "reconstruction": audit["reconstruction"]}
+           "membership": audit["membership"], "reconstruction": json.loads(recon.read_text())["reconstruction"] if recon.exists() else None}
     if (out / f"eval/{name}.json").exists():
         ev = json.loads((out / f"eval/{name}.json").read_text())
         row["resnet20_top1"] = ev["accuracy"][0]["top1"]
@@ -189,10 +207,11 @@ def _row(out: Path, name: str) -> dict:
 
 def summarize(out: Path) -> None:
     """results.json, table.md and privacy-tradeoff.png from the step outputs."""
-    rows = [_row(out, n) for n in [f"a-eps{tag(e)}" for e in EPSILONS] + ["b", "c"]]
+    rows = [r for n in [f"a-eps{tag(e)}" for e in EPSILONS] + ["b", "c"] if (r := _row(out, n)) is not None]
     times = json.loads((out / "times.json").read_text()) if (out / "times.json").exists() else {}
     times.update(TIMES)
     (out / "times.json").write_text(json.dumps(times, indent=1))
+    TIMES.clear()
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     lines = ["| bundle | epsilon | images/class | resnet20 top-1 | per-class KID (real floor) | membership advantage (chance 95 %) | AUC | DP bound "
              "| nearest member / non-member (r20 features) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -215,6 +234,8 @@ def plot(rows: list[dict], path: Path) -> None:
     from PIL import Image, ImageDraw
 
     a = [r for r in rows if r["bundle"].startswith("a-")]
+    if len(a) < 2:
+        return
     a.sort(key=lambda r: r["privacy"]["epsilon"] if r["privacy"] else 1e9)
     w, h, left, top, right, bottom = 640, 360, 60, 30, 20, 50
     img = Image.new("RGB", (w, h), "white")
@@ -232,13 +253,14 @@ def plot(rows: list[dict], path: Path) -> None:
         d.text((x - 12, h - bottom + 8), f"eps {r['privacy']['epsilon']:g}" if r["privacy"] else "eps inf", fill="black")
     series = [("resnet20 top-1", "tab:blue", "#1f77b4", [r.get("resnet20_top1", 0) for r in a]),
               ("membership advantage", "tab:red", "#d62728", [r["membership"]["advantage"] for r in a]),
-              ("DP bound on advantage", "grey", "#7f7f7f", [r["membership"]["bound"] if r["membership"]["bound"] is not None else 1 for r in a])]
+              ("DP bound on advantage", "grey", "#7f7f7f", [r["membership"]["bound"] if r["membership"]["bound"] is not None else 1 for r in a]),
+              ("advantage by chance (95 %)", "pink", "#f4a6a6", [r["membership"]["chance"] for r in a])]
     for i, (label, _, colour, values) in enumerate(series):
         pts = [(x, y(v)) for x, v in zip(xs, values)]
         d.line(pts, fill=colour, width=2)
         for px, py in pts:
             d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
-        d.text((left + 10 + 200 * i, 8), label, fill=colour)
+        d.text((left + 10 + 150 * i, 8), label, fill=colour)
     img.save(path)
 
 
