@@ -215,7 +215,7 @@ def test_manifest_weights_are_never_read_or_downloaded(bundle_copy: Path, tmp_pa
     one_line_failure(cli("synthesize", "--bundle", bundle_copy, "--out", tmp_path / "s.h5", "-q"), "was changed after the bundle was written")
     from sowmeta.models import load_model_from_record
 
-    with pytest.raises(E.WeightsError, match="does not fetch from a manifest; pass --weights FILE"):
+    with pytest.raises(E.WeightsError, match="does not fetch from a manifest; pass weights=FILE"):
         load_model_from_record("cifar-resnet20", recorded_weights=weights)
 
 

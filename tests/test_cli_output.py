@@ -111,3 +111,19 @@ def test_the_feature_network_is_never_chosen_by_the_cache(tmp_path: Path, monkey
     h5 = write_synth_h5(tmp_path / "s.h5", classes=4, per_class=3)
     report = evaluate(h5, [model], reference=write_image_folder(tmp_path / "real", classes=4, per_class=3), kid_subsets=2)
     assert report.feature_network == report.accuracy[0].network
+
+
+def test_library_errors_speak_the_api_and_the_cli_speaks_options():
+    """A Python caller is told ``weights=FILE``; the same failure on the command line says ``--weights FILE``."""
+    from sowmeta import errors as E
+    from sowmeta.cli.terminal import as_cli_text
+    from sowmeta.models import load_model
+
+    with pytest.raises(E.WeightsError) as caught:
+        load_model("cifar-resnet20", weights="DEFAULT")
+    assert "weights=FILE" in str(caught.value) and "--" not in str(caught.value)
+    r = CliRunner().invoke(main, ["taps", "cifar-resnet20", "--weights", "DEFAULT"])
+    assert r.exit_code == 1 and "--weights FILE" in r.stderr and "weights=" not in r.stderr, r.output
+    flags = {"registry": "--registry", "with_weights": "--with-weights", "update_model_card": "--update-model-card"}
+    assert as_cli_text("pull it (registry='hub'), push with_weights=FILE, update_model_card=True; sha256=ab", flags) == (
+        "pull it (--registry hub), push --with-weights FILE, --update-model-card; sha256=ab")

@@ -418,7 +418,7 @@ def test_model_comes_from_the_bundle_but_never_code_it_names(image_folder: Path,
     save_file(demo.module.state_dict(), str(demo_w))
     demo = load_model("demo-cnn", weights=str(demo_w))
     collect(demo, image_folder, batch_size=5, out=tmp_path / "d")
-    with pytest.raises(E.WeightsError, match="does not fetch from a manifest; pass --weights FILE"):
+    with pytest.raises(E.WeightsError, match="does not fetch from a manifest; pass weights=FILE"):
         synthesize(tmp_path / "d", None, classes=[1], per_class=2, config=quick())
     from sowmeta.bundle import load_model_for
 

@@ -82,8 +82,8 @@ def note_printer(quiet: bool, keep: list[str] | None = None) -> Callable[[str], 
     def notice(line: str) -> None:
         if keep is not None:
             keep.append(line)
-        if not quiet:
-            err_console.print(f"[yellow]note[/]: {shown(line)}", soft_wrap=True)
+        if not quiet:  # a library note speaks the API (weights=FILE); on the command line, its options
+            err_console.print(f"[yellow]note[/]: {shown(as_cli_text(line, _command_flags()))}", soft_wrap=True)
 
     return notice
 

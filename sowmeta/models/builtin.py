@@ -43,7 +43,7 @@ class BuiltinSource:
 
 def _no_default(name: str, weights: str | None, hint: str) -> str | None:
     if weights is not None and weights.upper() == "DEFAULT":
-        raise WeightsError(f"{name} has no downloadable weights; pass --weights FILE ({hint}) or --weights none")
+        raise WeightsError(f"{name} has no downloadable weights; pass weights=FILE ({hint}) or weights='none'")
     return weights
 
 

@@ -133,7 +133,7 @@ class HubModelSource:
         if weights is not None and weights.upper() == "DEFAULT":
             files = sorted(folder.glob("model*.safetensors"))
             if not files:
-                raise WeightsError(f"{name} has no model.safetensors; pass --weights FILE")
+                raise WeightsError(f"{name} has no model.safetensors; pass weights=FILE")
             state: dict[str, Any] = {}
             for f in files:
                 state.update(load_weights_file(f))

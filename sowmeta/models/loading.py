@@ -83,7 +83,7 @@ def fetch_note(architecture: str, weights: str | None) -> str | None:
     else:
         return None
     return (f"the bundle names the model {architecture} with weights {weights}: fetching them from {where} unless cached, "
-            "then checking them against the bundle's fingerprint (pass --weights FILE to use your own)")
+            "then checking them against the bundle's fingerprint (pass weights=FILE to use your own)")
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -184,7 +184,7 @@ def manifest_weights(name: str, weights: str | None) -> str | None:
         return weights
     raise WeightsError(
         f"the bundle names the weights {Path(weights).name!r}, which sowmeta does not fetch from a manifest; "
-        "pass --weights FILE (the file the bundle was recorded with)"
+        "pass weights=FILE (the file the bundle was recorded with)"
     )
 
 
@@ -214,7 +214,7 @@ def load_model_from_record(
         hint = f" --model {factory}" if factory and is_code_reference(factory) else " --model MODULE:FACTORY"
         raise ModelError(
             f"the bundle's model is custom Python code ({factory or architecture!r}), which sowmeta never runs from a manifest; "
-            f"pass{hint} --weights FILE yourself"
+            f"pass{hint} weights=FILE yourself"
         )
     try:
         source_for(architecture, trusted=False)
@@ -222,7 +222,7 @@ def load_model_from_record(
         raise ModelError(f"the bundle names model {architecture!r}, which is not a sowmeta or torchvision model; pass --model yourself") from None
     if weights is None:
         if recorded_weights is None:
-            raise WeightsError(f"the bundle's model {architecture} names no weights; pass --weights FILE (or none)")
+            raise WeightsError(f"the bundle's model {architecture} names no weights; pass weights=FILE (or weights='none')")
         weights = manifest_weights(architecture, recorded_weights)
     return load_model(architecture, weights=weights, num_classes=num_classes, preprocessing=preprocessing, args=args, trusted=False,
                       expect_sha256=expect_sha256)

@@ -60,7 +60,7 @@ class PythonSource:
             raise ModelError(f"factory {name!r} returned {type(module).__name__}, not a torch.nn.Module")
         if weights is not None:
             if weights.upper() == "DEFAULT":
-                raise WeightsError(f"factory models have no DEFAULT weights; pass --weights FILE or none for {name}")
+                raise WeightsError(f"factory models have no DEFAULT weights; pass weights=FILE or weights='none' for {name}")
             load_into(module, weights)
         prep = Preprocessing(crop=224, resize=256)
         return LoadedModel(module, name, weights, num_classes or 0, None, prep)  # load_model counts the outputs at the final input size

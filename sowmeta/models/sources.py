@@ -47,7 +47,7 @@ def source_for(name: str, *, trusted: bool = True) -> ModelSource:
             if source.runs_code and not trusted:
                 raise ModelError(
                     f"the bundle's model {name!r} is custom Python code, which sowmeta never runs from a manifest; "
-                    f"pass --model {name} --weights FILE yourself"
+                    f"pass model={name!r} with weights=FILE yourself"
                 )
             return source
     import difflib

@@ -122,7 +122,7 @@ class TimmSource:
 
         repo = cfg.get("hf_hub_id")
         if not repo:
-            raise WeightsError(f"timm has no Hub weights for {arch}; pass --weights FILE or none")
+            raise WeightsError(f"timm has no Hub weights for {arch}; pass weights=FILE or weights='none'")
         ref = resolve_weights(f"hf://{repo}/{cfg.get('hf_hub_filename') or 'model.safetensors'}")
         load_state(module, load_weights_file(ref.path), ref.portable)
         return ref.portable, ref.sha256

@@ -46,10 +46,10 @@ def _fetch_checked(chosen: object, name: str) -> None:
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             f"the cached {chosen} checkpoint for {name} holds objects other than tensors; "
-            "delete it from $TORCH_HOME/hub/checkpoints and retry, or pass --weights FILE"
+            "delete it from $TORCH_HOME/hub/checkpoints and retry, or pass weights=FILE"
         ) from exc
     except Exception as exc:  # network, disk or hash errors: torchvision raises plain exceptions
-        raise WeightsError(f"could not fetch {chosen} for {name} ({short_error(exc)}); check the network, or pass --weights FILE or none") from exc
+        raise WeightsError(f"could not fetch {chosen} for {name} ({short_error(exc)}); check the network, or pass weights=FILE or weights='none'") from exc
 
 
 def _head_classes(module: nn.Module, state: dict[str, torch.Tensor]) -> int | None:

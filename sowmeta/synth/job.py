@@ -102,7 +102,7 @@ def weights_beside(located: PullResult, manifest: Manifest, notice: Callable[[st
     repo, sub = repo_and_subfolder(located.name)
     (notice or log.warning)(
         f"the bundle names the weights {m.weights} (sha256 {m.weights_sha256[:12]}...): fetching them from its repository {repo} "
-        "on the Hugging Face Hub unless cached (pass --weights FILE to use your own)"
+        "on the Hugging Face Hub unless cached (pass weights=FILE to use your own)"
     )
     for path in [m.weights, *([f"{sub}/{m.weights}"] if sub else [])]:
         try:
