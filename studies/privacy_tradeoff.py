@@ -165,6 +165,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA, help="CIFAR-10 with train/ and test/ class folders")
     ap.add_argument("--phase", choices=("all", "bundles", "membership", "synthesis", "summary"), default="all",
                     help="run one phase (phases may run side by side once the bundles exist)")
+    ap.add_argument("--only", nargs="*", default=None, help="the synthesis phase for these bundles only (a-eps8, c, ...), to run several side by side")
     args = ap.parse_args()
     out, data = args.out, args.data
     for d in ("bundles", "synth", "eval", "audit", "folders"):
@@ -183,7 +184,7 @@ def main() -> None:
         for name in [*scenario, "b", "c"]:
             _audit(out, name, seeds.get(name, data / "train"), non_members, args.audit_per_class, reconstruct=False)
     if args.phase in ("all", "synthesis"):
-        for name in [*scenario, "c"]:
+        for name in [n for n in [*scenario, "c"] if args.only is None or n in args.only]:
             _synthesize(out, name, args.per_class, args.iterations, reference)
             _audit(out, name, seeds.get(name, data / "train"), non_members, args.audit_per_class, reconstruct=True)
     summarize(out)
@@ -202,7 +203,27 @@ def _row(out: Path, name: str) -> dict | None:
         row["resnet20_top1"] = ev["accuracy"][0]["top1"]
         cd = ev["class_distances"]
         row["kid_mean"], row["kid_real_mean"] = cd["mean_kid"], cd["mean_kid_real"]
+    row["statistics_error"] = statistics_error(out, name)
     return row
+
+
+def statistics_error(out: Path, name: str) -> tuple[float, float] | None:
+    """How far a private bundle's rows are from the exact ones: the median over taps, classes and channels of
+    |mean - exact mean| / exact std and of |var - exact var| / exact var."""
+    import torch
+
+    from sowmeta.bundle import Bundle
+
+    exact_path = out / "bundles/a-epsinf"
+    if not name.startswith("a-") or not exact_path.exists():
+        return None
+    exact, noisy = Bundle.load(exact_path), Bundle.load(out / f"bundles/{name}")
+    mean_err, var_err = [], []
+    for tap, s in exact.stats.items():
+        v = s.var.double().clamp_min(1e-12)
+        mean_err.append(((noisy.stats[tap].mean.double() - s.mean.double()).abs() / v.sqrt()).flatten())
+        var_err.append(((noisy.stats[tap].var.double() - s.var.double()).abs() / v).flatten())
+    return float(torch.cat(mean_err).median()), float(torch.cat(var_err).median())
 
 
 def summarize(out: Path) -> None:
@@ -213,8 +234,8 @@ def summarize(out: Path) -> None:
     (out / "times.json").write_text(json.dumps(times, indent=1))
     TIMES.clear()
     (out / "results.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| bundle | epsilon | images/class | resnet20 top-1 | per-class KID (real floor) | membership advantage (chance 95 %) | AUC | DP bound "
-             "| nearest member / non-member (r20 features) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| bundle | epsilon | images/class | error of means / variances (median) | resnet20 top-1 | per-class KID (real floor) | membership advantage (chance 95 %) | AUC | DP bound "
+             "| nearest member / non-member (r20 features) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, p, rec = r["membership"], r["privacy"], r["reconstruction"]
         eps = f"{p['epsilon']:g}" if p else "inf"
@@ -222,7 +243,9 @@ def summarize(out: Path) -> None:
         kid = f"{r['kid_mean']:.4f} ({r['kid_real_mean']:.4f})" if r.get("kid_mean") is not None else "-"
         bound = f"{m['bound']:.3f}" if m["bound"] is not None else "-"
         near = f"{rec['feature_member']:.2f} / {rec['feature_non_member']:.2f}" if rec else "-"
-        lines.append(f"| {r['bundle']} | {eps} | {r['images_per_class']:,.0f} | {acc} | {kid} | {m['advantage']:.3f} ({m['chance']:.3f}) | {m['auc']:.3f} "
+        err = r.get("statistics_error")
+        err_text = f"{err[0]:.4f} / {err[1]:.4f}" if err else "-"
+        lines.append(f"| {r['bundle']} | {eps} | {r['images_per_class']:,.0f} | {err_text} | {acc} | {kid} | {m['advantage']:.3f} ({m['chance']:.3f}) | {m['auc']:.3f} "
                      f"| {bound} | {near} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -251,13 +274,14 @@ def plot(rows: list[dict], path: Path) -> None:
         d.line([(left - 4, y(v)), (left, y(v))], fill="black")
     for x, r in zip(xs, a):
         d.text((x - 12, h - bottom + 8), f"eps {r['privacy']['epsilon']:g}" if r["privacy"] else "eps inf", fill="black")
-    series = [("resnet20 top-1", "tab:blue", "#1f77b4", [r.get("resnet20_top1", 0) for r in a]),
+    series = [("resnet20 top-1", "tab:blue", "#1f77b4", [r.get("resnet20_top1") for r in a]),
               ("membership advantage", "tab:red", "#d62728", [r["membership"]["advantage"] for r in a]),
               ("DP bound on advantage", "grey", "#7f7f7f", [r["membership"]["bound"] if r["membership"]["bound"] is not None else 1 for r in a]),
-              ("advantage by chance (95 %)", "pink", "#f4a6a6", [r["membership"]["chance"] for r in a])]
+              ("chance level (95 %)", "pink", "#f4a6a6", [r["membership"]["chance"] for r in a])]
     for i, (label, _, colour, values) in enumerate(series):
-        pts = [(x, y(v)) for x, v in zip(xs, values)]
-        d.line(pts, fill=colour, width=2)
+        pts = [(x, y(v)) for x, v in zip(xs, values) if v is not None]  # scores of a set not synthesized yet are left out
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
         for px, py in pts:
             d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
         d.text((left + 10 + 150 * i, 8), label, fill=colour)
