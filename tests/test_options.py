@@ -16,7 +16,7 @@ from sowmeta.collectors.options import DEFAULT_SHARD_BYTES, CollectOptions
 from sowmeta.distillation.config import DistillConfig
 from sowmeta.errors import ConfigError
 from sowmeta.options import option, options_of
-from sowmeta.synth.config import SynthConfig
+from sowmeta.synth.config import PRESETS, SynthConfig
 
 RECORDS = [("synthesize", SynthConfig), ("distill", DistillConfig), ("collect", CollectOptions)]
 
@@ -77,9 +77,10 @@ def test_a_field_without_an_option_is_refused():
 
 
 def test_synthesize_help_shows_every_presets_default():
-    """The bracket at the end of each help is what SynthConfig.imagenet() and .cifar() hold: one value when they agree."""
+    """The bracket at the end of each help is what every preset (imagenet, cifar, paper) holds: one value when they agree."""
     help_of = _help_of("synthesize")
-    presets = {"imagenet": SynthConfig.imagenet(), "cifar": SynthConfig.cifar()}
+    presets = {name: SynthConfig.preset(name) for name in PRESETS.names()}
+    assert set(presets) == {"imagenet", "cifar", "paper"}
     checked = 0
     for f, spec in options_of(SynthConfig):
         if spec.by_hand:
@@ -90,8 +91,8 @@ def test_synthesize_help_shows_every_presets_default():
         assert _default_shown(text) == want, (f.name, text, want)
         checked += 1
     assert checked >= 30
-    assert help_of["--alpha-image-var"].endswith("[imagenet 0, cifar 1]")  # it once said "[0: off]" while the cifar preset set 1
-    assert help_of["--jitter-wrap"].endswith("[imagenet on, cifar off]")
+    assert help_of["--alpha-image-var"].endswith("[imagenet 0, cifar 1, paper 0]")  # it once said "[0: off]" while the cifar preset set 1
+    assert help_of["--jitter-wrap"].endswith("[imagenet on, cifar off, paper on]")
 
 
 @pytest.mark.parametrize("command,record", [("distill", DistillConfig), ("collect", CollectOptions)])

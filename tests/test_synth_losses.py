@@ -216,13 +216,16 @@ def test_tap_weights_globs_and_first_tap_multiplier():
 
 
 def test_paper_and_cifar_defaults_and_the_docs_table():
-    """The defaults are the paper's ImageNet ones, and docs/synthesis.md's option table states both presets as the code has them."""
+    """The defaults are the paper's ImageNet ones (the paper preset), and docs/synthesis.md's option table states the imagenet
+    and cifar presets as the code has them."""
     d = SynthConfig()
     assert (d.lr, d.alpha_tv, d.alpha_l2, d.alpha_cc, d.feature_loss, d.mode, d.init) == (0.25, 1e-4, 1e-5, 0.01, "eq7", "cc", "noise")
     assert d.betas == (0.5, 0.9) and d.iterations == 2000 and d.jitter == 30 and d.flip
     c = SynthConfig.cifar()
     assert (c.lr, c.alpha_tv, c.alpha_l2, c.alpha_cc, c.jitter) == (0.1, 5e-2, 0.0, 1.0, 2)
-    assert SynthConfig.preset("cifar", lr=0.3).lr == 0.3 and SynthConfig.preset("imagenet") == d
+    assert SynthConfig.preset("cifar", lr=0.3).lr == 0.3 and SynthConfig.preset("paper") == d
+    i = SynthConfig.imagenet()
+    assert (i.param, i.lr, i.iterations) == ("fourier", 0.1, 200) and i == d.replace(param="fourier", lr=0.1, iterations=200)
     doc = (Path(__file__).resolve().parents[1] / "docs" / "synthesis.md").read_text()
     fields = {"--iterations": "iterations", "--lr": "lr", "--alpha-tv": "alpha_tv", "--alpha-l2": "alpha_l2", "--alpha-cc": "alpha_cc",
               "--first-tap-multiplier": "first_tap_multiplier", "--jitter": "jitter", "--multires": "multires", "--batch-size": "batch_size",
@@ -231,9 +234,9 @@ def test_paper_and_cifar_defaults_and_the_docs_table():
         row = re.search(rf"^\| `{option}` \| ([^|]+) \| ([^|]+) \|", doc, flags=re.M)
         assert row is not None, option
         imagenet, cifar = (float(v.split()[0]) for v in row.groups())
-        assert (imagenet, cifar) == (getattr(d, name), getattr(c, name)), option
+        assert (imagenet, cifar) == (getattr(i, name), getattr(c, name)), option
     row = re.search(r"^\| `--jitter-wrap/--no-jitter-wrap` \| ([^|]+) \| ([^|]+) \|", doc, flags=re.M)
-    assert row is not None and tuple(v.strip() for v in row.groups()) == tuple("wrap" if w else "no wrap" for w in (d.jitter_wrap, c.jitter_wrap))
+    assert row is not None and tuple(v.strip() for v in row.groups()) == tuple("wrap" if w else "no wrap" for w in (i.jitter_wrap, c.jitter_wrap))
 
 
 def test_bad_config_values_are_clear_errors():
@@ -310,18 +313,25 @@ def test_multires_runs_the_first_fraction_at_half_resolution(monkeypatch):
 
 
 def test_amp_off_cuda_falls_back_to_float32(caplog):
-    """--amp on a CPU device logs a warning and gives exactly the float32 result."""
+    """fp16 on a CPU device logs a warning and gives exactly the float32 result; bf16 autocasts on a CPU with native
+    bf16 (AVX512-BF16 or AMX: images close to float32's, not equal) and falls back like fp16 elsewhere."""
     model = tiny_net()
     taps = resolve_taps(model, "bn-inputs")
     targets = [TapTarget(t, torch.zeros(1, c), torch.ones(1, c)) for t, c in zip(taps, (6, 12))]
     init = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     out = {}
-    for amp in ("none", "bf16"):
+    for amp in ("none", "fp16", "bf16"):
         inv = Inverter(model, targets, Preprocessing(crop=8), SynthConfig(iterations=3, amp=amp))
         out[amp] = inv.run(torch.tensor([0, 1]), torch.tensor([0, 0]), init, seed=1).images
-        assert inv.autocast_dtype is None and not inv.channels_last
-    assert torch.equal(out["none"], out["bf16"])
+        assert not inv.channels_last
+        assert inv.autocast_dtype == (torch.bfloat16 if amp == "bf16" and native else None)
+    assert torch.equal(out["none"], out["fp16"])
     assert "needs a CUDA device" in caplog.text
+    if native:
+        assert not torch.equal(out["none"], out["bf16"]) and (out["none"] - out["bf16"]).abs().mean() < 0.01
+    else:
+        assert torch.equal(out["none"], out["bf16"])
 
 
 def test_an_inverter_without_statistics_optimizes_the_other_terms_only():

@@ -38,6 +38,11 @@ __all__ = ["TapTarget", "BatchResult", "IterationInfo", "Step", "Term", "objecti
 
 log = logging.getLogger(__name__)
 
+
+def _cpu_bf16(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively here: a CPU with AVX512-BF16 or AMX (elsewhere it is emulated, and slow)."""
+    return dtype is torch.bfloat16 and device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
 _CHECK_EVERY = 25  # iterations between finiteness checks (each one synchronizes the GPU)
 
 
@@ -167,10 +172,11 @@ class Inverter:
         self.std = torch.tensor(preprocessing.std, device=self.device).view(1, 3, 1, 1)
         self.lo, self.hi = -self.mean / self.std, (1 - self.mean) / self.std
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
-        if self.autocast_dtype is not None and self.device.type != "cuda":
-            log.warning("AMP (%s) needs a CUDA device; running in float32 on %s", config.amp, self.device)
+        if self.autocast_dtype is not None and self.device.type != "cuda" and not _cpu_bf16(self.autocast_dtype, self.device):
+            log.warning("AMP (%s) needs a CUDA device or, for bf16, a CPU with native bf16 (AVX512-BF16 or AMX); running in float32 on %s",
+                        config.amp, self.device)
             self.autocast_dtype = None
-        self.channels_last = config.channels_last and self.device.type == "cuda"
+        self.channels_last = self.device.type == "cuda" if config.channels_last is None else config.channels_last
         self._moments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.moments_log = DispatchLog("synthesize")  # which implementation computes each tap's moments, said once
         self.target_stats = _side_by_side(targets, self.device)

@@ -62,7 +62,8 @@ def synthesize(
             ``bundle.load_model_for``). It must be the model the bundle was recorded on (checked).
         classes: class indices or labels; default all classes.
         per_class: images per class.
-        config: the objective and schedule (default ``SynthConfig()``, the paper's ImageNet setting).
+        config: the objective and schedule (default: the preset ``auto`` picks for the model's input size, as the CLI's
+            ``--preset auto``: ``SynthConfig.cifar()`` to 64 px, else ``SynthConfig.imagenet()``).
         out: the HDF5 file to write; None keeps the images in memory (single process only).
             An unfinished ``out`` (``out.partial``) with the same settings is resumed.
         device: where to optimize (``cuda`` picks the local rank's GPU under torchrun).
@@ -81,8 +82,8 @@ def synthesize(
         >>> result = synthesize("org/cifar-resnet56-cc", per_class=50, config=SynthConfig.cifar(), out="synth.h5")  # doctest: +SKIP
     """
     started = time.perf_counter()
-    config = config or SynthConfig()
     located = bundle if bundle is None or isinstance(bundle, Bundle) else locate_bundle(bundle, registry=registry)  # once, here
+    config = config or _auto_config(model, located)
     job = resolve_job(located, model, classes=classes, config=config, out=out, overwrite=overwrite, init_images=init_images,
                       terms=terms)
     Canvas.of_size(job.preprocessing.crop, job.preprocessing.crop, config.canvas_margin)  # fails before anything is written
@@ -94,6 +95,13 @@ def synthesize(
         chosen = sink or (HDF5Sink(out, overwrite=overwrite, rank=rank, world=world) if out is not None else MemorySink())
         resumed = run_batches(job, plan, chosen, device=device_for_rank(device, world), rank=rank, world=world, progress=progress)
         return chosen.finish(job, plan, time.perf_counter() - started, resumed)
+
+
+def _auto_config(model: LoadedModel | None, located: Bundle | PullResult | None) -> SynthConfig:
+    """The preset ``auto`` picks for the model's input size (the bundle's without a model): cifar to 64 px, else imagenet."""
+    manifest = getattr(located, "manifest", None)
+    crop = model.preprocessing.crop if model is not None else manifest.preprocessing.crop if manifest is not None else None
+    return SynthConfig() if crop is None else SynthConfig.preset("auto", crop=crop)
 
 
 def _note(job: SynthJob, notice: Callable[[str], None] | None) -> None:
