@@ -348,3 +348,35 @@ def test_each_folder_is_scanned_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     report = evaluate(data, [tiny(0), tiny(1, "other")], reference=real, kid_subsets=2)
     assert sorted(scanned) == ["data", "real"]
     assert report.images == 16 and report.accuracy[1].real_top1 is not None
+
+
+def _np_naturalness(images: np.ndarray) -> tuple[float, float]:
+    """Mean high-frequency fraction (luma power above 0.125 cycles/px, mean removed) and TV per pixel, N x H x W x 3 uint8, in numpy float64."""
+    x = images.astype(np.float64) / 255
+    luma = x @ np.array([0.299, 0.587, 0.114])
+    luma -= luma.mean(axis=(1, 2), keepdims=True)
+    power = np.abs(np.fft.fft2(luma)) ** 2
+    fy, fx = np.meshgrid(np.fft.fftfreq(x.shape[1]), np.fft.fftfreq(x.shape[2]), indexing="ij")
+    high = np.hypot(fy, fx) > 0.125
+    hf = (power * high).sum(axis=(1, 2)) / power.sum(axis=(1, 2))
+    tv = np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3)) + np.abs(np.diff(x, axis=1)).mean(axis=(1, 2, 3))
+    return float(hf.mean()), float(tv.mean())
+
+
+def test_evaluate_reports_naturalness_against_the_reference(tmp_path: Path):
+    """With real images, the report holds the set's and the reference's naturalness (of the evaluated classes) and their ratios."""
+    import h5py
+
+    h5 = write_synth_h5(tmp_path / "s.h5", classes=4, per_class=5)
+    real = write_image_folder(tmp_path / "real", classes=4, per_class=5, seed=3)
+    report = evaluate(h5, [tiny(2)], reference=real, kid_subsets=2, classes=[0, 2, 3])
+    with h5py.File(h5) as f:
+        x, y = f["images"][:], f["labels"][:]
+    rx, ry = read_folder(real)
+    n = report.naturalness
+    assert n is not None and n.size == 12 and (n.data.images, n.reference.images) == (15, 15)
+    keep, rkeep = np.isin(y, [0, 2, 3]), np.isin(ry, [0, 2, 3])
+    assert (n.data.hf_fraction, n.data.tv_per_pixel) == pytest.approx(_np_naturalness(x[keep]), rel=1e-9)
+    assert (n.reference.hf_fraction, n.reference.tv_per_pixel) == pytest.approx(_np_naturalness(rx[rkeep]), rel=1e-9)
+    assert n.hf_ratio == pytest.approx(n.data.hf_fraction / n.reference.hf_fraction)
+    assert json.loads(json.dumps(report.to_dict()))["naturalness"]["tv_ratio"] == pytest.approx(n.tv_ratio)

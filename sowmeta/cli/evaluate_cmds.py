@@ -99,6 +99,13 @@ def _render_report(console: Any, report: Any, quiet: bool = False) -> None:
             f"mean KID {_fmt(c.mean_kid, '.4g')} (real images: {_fmt(c.mean_kid_real, '.4g')}), "
             f"mean FD {_fmt(c.mean_frechet, '.4g')} (real images: {_fmt(c.mean_frechet_real, '.4g')})"
         )
+    n = r.naturalness
+    if n is not None:
+        console.print(
+            f"naturalness at {n.size} px (real images fitted to it): high-frequency power {n.data.hf_fraction:.3f} (real {n.reference.hf_fraction:.3f}, "
+            f"ratio {_fmt(n.hf_ratio, '.2f')}), total variation per pixel {n.data.tv_per_pixel:.3f} (real {n.reference.tv_per_pixel:.3f}, "
+            f"ratio {_fmt(n.tv_ratio, '.2f')})"
+        )
     if quiet:
         return
     per = Table(title="per class: top-1 of each network, Fréchet distance, diversity")

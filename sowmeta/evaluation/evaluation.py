@@ -23,7 +23,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from .metrics import (
 )
 from ..models import LoadedModel
 from ..data.image_sets import SynthDataset, SynthInfo, fit_square
+from .naturalness import Naturalness, compare_naturalness
 
 __all__ = [
     "AccuracyScore",
@@ -148,6 +149,18 @@ class ClassDistances:
 
 
 @dataclass
+class NaturalnessFigures:
+    """High-frequency power fraction and total variation per pixel of the set and of the reference's images of the same
+    classes fitted to the set's size, and their ratios (1: like the real images; ``evaluation.naturalness``)."""
+
+    size: int
+    data: Naturalness
+    reference: Naturalness
+    hf_ratio: float | None
+    tv_ratio: float | None
+
+
+@dataclass
 class EvaluationReport:
     """Every score of one image set. Per-class lists are indexed like ``classes``."""
 
@@ -162,6 +175,7 @@ class EvaluationReport:
     diversity: DiversityScore | None = None
     distances: DistanceScores | None = None
     class_distances: ClassDistances | None = None
+    naturalness: NaturalnessFigures | None = None
     sheets: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # one line each, e.g. that the reference images are heavily compressed
     seconds: float = 0.0
@@ -294,13 +308,31 @@ def evaluate(
     _score_classifiers(report, outputs, counts, is_splits=is_splits, seed=seed)
     ref_diversity = None
     if reference is not None:
-        passes = _Passes(run, stage, models, outputs, feat, feat_out, labels, names, keep, counts)
+        passes = _Passes(run, stage, models, outputs, feat, feat_out, labels, names, keep, counts, dataset)
         ref_diversity = _score_against_reference(report, Path(reference), passes, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
     report.diversity = _diversity(feat_out, ref_diversity, len(names), seed)
     if sheets is not None:
         report.sheets = [str(p) for p in save_class_sheets(path, sheets, classes=keep, per_sheet=sheet_size, names=names)]
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _naturalness(data: SynthDataset, reference: SynthDataset, keep: list[int], model: LoadedModel, batch: int = 64) -> NaturalnessFigures:
+    """``NaturalnessFigures`` of the evaluated classes: the reference's images are fitted to the set's size as ``model``
+    sees images of that size (resized to its ``resize`` in proportion, then centre-cropped)."""
+    size = int(data[0][0].shape[-1])
+    pp = model.preprocessing
+    resize = round(size * pp.resize / pp.crop) if pp.resize else None
+
+    def batches(ds: SynthDataset, fit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[torch.Tensor]:
+        wanted = set(keep)
+        chosen = [i for i, y in enumerate(ds.labels.tolist()) if y in wanted]
+        for start in range(0, len(chosen), batch):
+            yield torch.stack([fit(ds[i][0]) for i in chosen[start:start + batch]])
+
+    score = compare_naturalness(batches(data, lambda x: fit_square(x, size)), batches(reference, lambda x: fit_square(x, size, resize=resize)))
+    assert score.reference is not None
+    return NaturalnessFigures(size, score.data, score.reference, score.hf_ratio, score.tv_ratio)
 
 
 def _selection(path: Path, models: list[LoadedModel], classes: Sequence[int | str] | None) -> tuple[list[str] | None, SynthDataset, list[str], list[int]]:
@@ -363,6 +395,7 @@ class _Passes:
     names: list[str]
     keep: list[int]
     counts: list[int]
+    data: SynthDataset
 
 
 def _score_against_reference(
@@ -402,6 +435,7 @@ def _score_against_reference(
         logits, labels = (real.logits[held], real.labels[held]) if m is feat else (real.logits, real.labels)
         per = [top1_accuracy(logits[labels == k], labels[labels == k]) if bool((labels == k).any()) else None for k in range(k_all)]
         report.accuracy[i] = replace(report.accuracy[i], real_top1=top1_accuracy(logits, labels), real_per_class=per)
+    report.naturalness = _naturalness(p.data, ref_data, keep, p.models[0] if p.models else feat)
     return ref_diversity
 
 
