@@ -249,9 +249,9 @@ def main() -> None:
     ]
     rows = [run(study, tag, b, classes, **kw) for tag, b, classes, kw in plan if not only or tag in only]
     if not only or "cc-C-float16" in only:  # what float16 storage changes: the same run's images against float32's
-        a, b = images_of(study, "cc-C")[0].float(), images_of(study, "cc-C-float16")[0].float()
-        print(f"float16 against float32 statistics: mean |pixel difference| {(a - b).abs().mean():.2f} of 255, "
-              f"largest {(a - b).abs().max():.0f}", flush=True)
+        f32, f16 = images_of(study, "cc-C")[0].float(), images_of(study, "cc-C-float16")[0].float()
+        print(f"float16 against float32 statistics: mean |pixel difference| {(f32 - f16).abs().mean():.2f} of 255, "
+              f"largest {(f32 - f16).abs().max():.0f}", flush=True)
     real = {}
     for what, classes in (("held", held), ("table", table)):
         labels = torch.tensor(classes)
