@@ -10,17 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import shared_path
 from registry_fixtures import HUB_ORG, fake_hub, registry_env  # noqa: F401  (fixtures)
 
 from sowmeta import Bundle, SynthConfig, collect_seeds, load_model, registry, synthesize
 from sowmeta.errors import SowmetaError
 from sowmeta.cli.main import main
+from sowmeta.env import shared_dir
 from sowmeta.evaluation.naturalness import naturalness
 
-WEIGHTS = shared_path("models", "imagenet", "efficientnet-lite0.safetensors")
-PHOTOS = shared_path("data", "imagenet-sample")
-pytestmark = pytest.mark.skipif(not WEIGHTS.exists() or not PHOTOS.exists(), reason="needs ../shared/models/imagenet and data/imagenet-sample")
+WEIGHTS = shared_dir() / "models" / "imagenet" / "efficientnet-lite0.safetensors"
+PHOTOS = shared_dir() / "data" / "imagenet-sample"
+pytestmark = pytest.mark.skipif(not WEIGHTS.exists() or not PHOTOS.exists(),
+                                reason=f"needs {WEIGHTS} and {PHOTOS} (set SOWMETA_SHARED to the shared data folder)")
 NAMES = {1: "goldfish", 340: "zebra", 417: "balloon"}
 
 
