@@ -126,7 +126,7 @@ def test_weights_the_bundle_names_are_announced_before_they_are_downloaded(model
     notes: list[tuple[str, bool]] = []
     opened = open_model(f"{REPO}/sowmeta", registry="hub", notice=lambda line: notes.append((line, any(hf_hub_cache().rglob("demo-net.safetensors")))))
     assert len(notes) == 1 and notes[0][1] is False, notes  # said before the download
-    assert "demo-net.safetensors" in notes[0][0] and f"from its repository {REPO}" in notes[0][0] and "--weights FILE" in notes[0][0]
+    assert "demo-net.safetensors" in notes[0][0] and f"from its repository {REPO}" in notes[0][0] and "weights=FILE" in notes[0][0]  # the API speaks API
     assert opened.model.weights.startswith(f"hf://{REPO}@") and any(hf_hub_cache().rglob("demo-net.safetensors"))
     quiet: list[str] = []
     open_model(f"{REPO}/sowmeta", registry="hub", weights="none", notice=quiet.append)
