@@ -29,7 +29,6 @@ import argparse
 import copy
 import json
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -230,7 +229,6 @@ def main() -> None:
         sys.exit(f"error: no ImageNet models under {a.shared}; pass --shared DIR (the folder holding models/imagenet and data/imagenet-sample)")
     if a.threads:
         torch.set_num_threads(a.threads)
-    random.seed(0)
     study = Study(a.shared, a.out, SIZES[a.size], a.views, a.device, dict(amp=a.amp, batch_size=a.batch_size))
     held, table = kept_classes(study)
     fig4 = table[:4]

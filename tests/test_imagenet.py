@@ -59,12 +59,9 @@ class Bundles:
 
     def __getitem__(self, kind: str) -> Path:
         if kind not in self.made:
-            setting = os.environ.get("SOWMETA_COMPILE")
-            os.environ["SOWMETA_COMPILE"] = "0"  # three photographs: compiling the reductions would take longer than running them
-            try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("SOWMETA_COMPILE", "0")  # three photographs: compiling the reductions would take longer than running them
                 collect_seeds(self.model, self.root / "seeds", out=self.root / kind, **self.KINDS[kind])
-            finally:
-                os.environ.pop("SOWMETA_COMPILE") if setting is None else os.environ.__setitem__("SOWMETA_COMPILE", setting)
             self.made[kind] = self.root / kind
         return self.made[kind]
 
